@@ -1,0 +1,1 @@
+//! accellm-server (placeholder).

@@ -1,0 +1,1 @@
+//! accellm-sim (placeholder).

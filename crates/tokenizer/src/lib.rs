@@ -1,0 +1,1 @@
+//! accellm-tokenizer (placeholder).

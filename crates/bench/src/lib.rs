@@ -1,1 +1,2 @@
-//! accellm-bench (placeholder).
+//! accellm-bench: replays a workload against any OpenAI-compatible endpoint.
+pub mod cli;

@@ -1,1 +1,2 @@
-//! accellm-server (placeholder).
+//! accellm-server: OpenAI-compatible HTTP server over engine instances, scheduled by the core.
+pub mod cli;

@@ -1,1 +1,2 @@
-//! accellm-sim (placeholder).
+//! accellm-sim: the scheduling core in virtual time over hardware cost models.
+pub mod cli;

@@ -1,0 +1,294 @@
+//! Cluster policies: where requests go and what each instance may do.
+//!
+//! A policy implements [`ClusterPolicy`]; its hooks act on the cluster through [`ClusterCtx`],
+//! which keeps the KV and load bookkeeping in one place (migrations, transfers, queue moves).
+//! Policies are chosen by name with [`build`].
+
+pub mod least_load;
+pub mod round_robin;
+pub mod splitwise;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    batch::Entry,
+    cost::{CostModel, Link},
+    instance::{Instance, PhaseConstraint, UnknownPolicy},
+    kv::{KvError, Ownership},
+    request::{Phase, RequestId, RequestState},
+    scheduler::{Action, State, Transfer},
+    InstanceId, TimeUs,
+};
+
+/// How a migration was carried out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Migration {
+    /// A current replica on the destination took over: no bulk data moved.
+    Free,
+    /// The replica's layer-wise copy is still landing; the move completes when it does.
+    AwaitingCopy,
+    /// An explicit KV transfer was started.
+    Transfer,
+}
+
+/// Why a migration could not start.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MigrateError {
+    /// The request is not decoding idle on its instance (in flight, waiting, moving) or already
+    /// lives on the destination.
+    #[error("request cannot move now")]
+    NotMovable,
+    /// The destination has no room for its KV.
+    #[error(transparent)]
+    Kv(#[from] KvError),
+}
+
+/// The cluster as a cluster policy sees and changes it.
+pub struct ClusterCtx<'a> {
+    pub(crate) s: &'a mut State,
+}
+
+impl ClusterCtx<'_> {
+    /// The current time.
+    pub fn now(&self) -> TimeUs {
+        self.s.now
+    }
+
+    /// All instances.
+    pub fn instances(&self) -> &[Instance] {
+        &self.s.instances
+    }
+
+    /// One instance.
+    pub fn instance(&self, i: InstanceId) -> &Instance {
+        &self.s.instances[i as usize]
+    }
+
+    /// A live request.
+    pub fn request(&self, id: RequestId) -> &RequestState {
+        self.s.requests.get(id)
+    }
+
+    /// The cost model.
+    pub fn cost(&self) -> &dyn CostModel {
+        &*self.s.cost
+    }
+
+    /// The link between instances.
+    pub fn link(&self) -> Link {
+        self.s.link
+    }
+
+    /// Outstanding work on `i` in tokens: prompts still to prefill plus KV context held.
+    pub fn load(&self, i: InstanceId) -> u64 {
+        self.s.instances[i as usize].load_tokens
+    }
+
+    /// Asks the core to offer `i` to its policies again (after the caller changed its queues).
+    pub fn wake(&mut self, i: InstanceId) {
+        self.s.mark_dirty(i);
+    }
+
+    /// Counts a role switch (for the run summary).
+    pub fn count_role_switch(&mut self) {
+        self.s.counters.role_switches += 1;
+    }
+
+    /// Moves a queued request whose prefill has not started to `to`'s waiting queue.
+    /// Returns false (and changes nothing) if it has started or is in flight.
+    pub fn move_waiting(&mut self, id: RequestId, to: InstanceId) -> bool {
+        let r = self.s.requests.get(id);
+        if r.phase != Phase::Waiting || r.in_flight || r.prefilled > 0 || r.instance == to {
+            return r.instance == to;
+        }
+        let (from, load) = (r.instance, r.load());
+        let src = &mut self.s.instances[from as usize];
+        let Some(p) = src.waiting.iter().position(|&x| x == id) else {
+            return false;
+        };
+        src.waiting.remove(p);
+        src.load_tokens -= load;
+        let dst = &mut self.s.instances[to as usize];
+        dst.waiting.push_back(id);
+        dst.load_tokens += load;
+        self.s.requests.get_mut(id).instance = to;
+        self.s.mark_dirty(to);
+        true
+    }
+
+    /// Drops the replica of `id`, if any.
+    pub fn drop_replica(&mut self, id: RequestId) {
+        let r = self.s.requests.get_mut(id);
+        if r.phase == Phase::Moving {
+            return;
+        }
+        if let Some(o) = r.replica_on.take() {
+            r.replica_tokens = 0;
+            let inst = &mut self.s.instances[o as usize];
+            inst.account_kv(self.s.now);
+            inst.kv.release(id);
+        }
+    }
+
+    /// Moves decoding request `id` to run on `to`. With a current replica there this is free;
+    /// with a replica whose copy is still landing it completes when the copy lands; otherwise the
+    /// missing KV is transferred ([`Action::Transfer`]). With `keep_source` the old primary stays
+    /// behind as a replica.
+    pub fn migrate(
+        &mut self,
+        id: RequestId,
+        to: InstanceId,
+        keep_source: bool,
+    ) -> Result<Migration, MigrateError> {
+        let now = self.s.now;
+        let r = self.s.requests.get(id);
+        if r.phase != Phase::Decoding || r.in_flight || r.instance == to {
+            return Err(MigrateError::NotMovable);
+        }
+        let from = r.instance;
+        if r.replica_on == Some(to) && r.replica_current() {
+            self.s.counters.migrations_free += 1;
+            self.s.land_migration(id, to, keep_source);
+            return Ok(Migration::Free);
+        }
+        let have_replica = r.replica_on == Some(to);
+        let tokens = r.kv_tokens;
+        let dst = &mut self.s.instances[to as usize];
+        dst.account_kv(now);
+        if have_replica {
+            dst.kv.set_ownership(id, Ownership::Primary);
+        }
+        let mut evicted = Vec::new();
+        if let Err(e) = dst.kv.reserve(id, Ownership::Primary, tokens, &mut evicted) {
+            if have_replica {
+                dst.kv.set_ownership(id, Ownership::Replica);
+            }
+            return Err(e.into());
+        }
+        self.s.counters.replica_evictions += evicted.len() as u64;
+        for v in evicted {
+            let vr = self.s.requests.get_mut(v);
+            vr.replica_on = None;
+            vr.replica_tokens = 0;
+        }
+        let r = self.s.requests.get_mut(id);
+        if let Some(old) = r.replica_on.filter(|&o| o != to) {
+            self.s.instances[old as usize].kv.release(id);
+            r.replica_on = None;
+            r.replica_tokens = 0;
+        }
+        r.phase = Phase::Moving;
+        r.moving_to = Some(to);
+        self.s.instances[from as usize].running.retain(|&x| x != id);
+        if have_replica && r.copies_pending > 0 {
+            return Ok(Migration::AwaitingCopy);
+        }
+        let have = if have_replica { r.replica_tokens } else { 0 };
+        let missing = tokens - have.min(tokens);
+        let tid = match self.s.free_transfers.pop() {
+            Some(t) => t,
+            None => {
+                self.s.transfers.push(None);
+                self.s.transfers.len() as u32 - 1
+            }
+        };
+        self.s.transfers[tid as usize] = Some(Transfer {
+            request: id,
+            to,
+            keep_source,
+        });
+        self.s.counters.migrations_transfer += 1;
+        self.s.counters.transfer_bytes += missing as u64 * self.s.cost.kv_bytes_per_token();
+        self.s.actions.push(Action::Transfer {
+            id: tid,
+            request: id,
+            from,
+            to,
+            from_token: have.min(tokens),
+            tokens: missing,
+        });
+        Ok(Migration::Transfer)
+    }
+}
+
+/// Decides where requests go and what each instance may do.
+pub trait ClusterPolicy: Send {
+    /// The policy's name, as given on the command line.
+    fn name(&self) -> &'static str;
+
+    /// Called once when the scheduler is built.
+    fn init(&mut self, _ctx: &mut ClusterCtx<'_>) {}
+
+    /// Picks the instance whose waiting queue takes the new request `id`.
+    fn route(&mut self, ctx: &mut ClusterCtx<'_>, id: RequestId) -> InstanceId;
+
+    /// Called before idle instance `i` forms its next batch: may move requests, and says what `i`
+    /// may run.
+    fn before_schedule(&mut self, _ctx: &mut ClusterCtx<'_>, _i: InstanceId) -> PhaseConstraint {
+        PhaseConstraint::Any
+    }
+
+    /// Where `entry`'s new KV, computed on `i`, should be streamed layer by layer, if anywhere.
+    fn copy_target(
+        &mut self,
+        _ctx: &ClusterCtx<'_>,
+        _i: InstanceId,
+        _entry: &Entry,
+    ) -> Option<InstanceId> {
+        None
+    }
+
+    /// `id` has produced its first token (its prefill completed).
+    fn on_prefill_done(&mut self, _ctx: &mut ClusterCtx<'_>, _id: RequestId) {}
+
+    /// An iteration on `i` ended (after its requests were updated and finished ones freed).
+    fn on_iteration_done(&mut self, _ctx: &mut ClusterCtx<'_>, _i: InstanceId) {}
+
+    /// Layer-wise copies issued by `i` landed.
+    fn on_copy_done(&mut self, _ctx: &mut ClusterCtx<'_>, _i: InstanceId) {}
+
+    /// Whether a migration that waited for a copy keeps the old primary as a replica.
+    fn keeps_replica_after_migration(&self) -> bool {
+        false
+    }
+}
+
+/// Knobs of the cluster policies, each with a default.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Splitwise: knobs of the disaggregated pools.
+    pub splitwise: splitwise::SplitwiseConfig,
+}
+
+/// Names accepted by [`build`].
+pub const NAMES: &[&str] = &["round-robin", "least-load", "splitwise"];
+
+/// Builds the cluster policy called `name` for `instances` instances.
+pub fn build(
+    name: &str,
+    instances: u32,
+    cfg: &ClusterConfig,
+) -> Result<Box<dyn ClusterPolicy>, UnknownPolicy> {
+    match name {
+        "round-robin" => Ok(Box::new(round_robin::RoundRobin::default())),
+        "least-load" => Ok(Box::new(least_load::LeastLoad)),
+        "splitwise" => Ok(Box::new(splitwise::Splitwise::new(
+            instances,
+            &cfg.splitwise,
+        ))),
+        _ => Err(UnknownPolicy {
+            kind: "cluster",
+            name: name.to_string(),
+            valid: NAMES.join(", "),
+        }),
+    }
+}
+
+/// The instance in `candidates` with the least outstanding work (lowest index on ties).
+pub fn least_loaded(
+    ctx: &ClusterCtx<'_>,
+    candidates: impl Iterator<Item = InstanceId>,
+) -> Option<InstanceId> {
+    candidates.min_by_key(|&i| (ctx.load(i), i))
+}

@@ -1,0 +1,375 @@
+//! Instance policies: which requests run in an instance's next iteration.
+//!
+//! A policy implements [`InstancePolicy`] and builds the batch through [`ScheduleCtx`], which does
+//! the KV bookkeeping (block reservation, replica eviction, preemption) so that every policy
+//! accounts memory the same way. Policies are chosen by name with [`build`].
+
+pub mod sarathi;
+pub mod vllm;
+
+use std::collections::VecDeque;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    batch::{Batch, Entry, Work},
+    cost::CostModel,
+    kv::{BlockManager, KvError, Ownership},
+    request::{Phase, RequestId, RequestState},
+    scheduler::Requests,
+    InstanceId, TimeUs,
+};
+
+/// What kinds of work the cluster policy lets an instance run in its next iteration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PhaseConstraint {
+    /// Prefill and decode, as the instance policy likes.
+    Any,
+    /// Prefill chunks only.
+    PrefillOnly,
+    /// Decodes only.
+    DecodeOnly,
+    /// Nothing: the instance idles.
+    Idle,
+}
+
+impl PhaseConstraint {
+    /// Whether prefill chunks may run.
+    pub fn allows_prefill(self) -> bool {
+        matches!(self, Self::Any | Self::PrefillOnly)
+    }
+
+    /// Whether decodes may run.
+    pub fn allows_decode(self) -> bool {
+        matches!(self, Self::Any | Self::DecodeOnly)
+    }
+}
+
+/// Busy-time accounting of one instance.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct InstanceStats {
+    /// Iterations run.
+    pub iterations: u64,
+    /// Time spent in prefill-only iterations (µs).
+    pub prefill_us: TimeUs,
+    /// Time spent in decode-only iterations (µs).
+    pub decode_us: TimeUs,
+    /// Time spent in mixed iterations (µs).
+    pub mixed_us: TimeUs,
+    /// Requests preempted here (KV dropped for recompute).
+    pub preemptions: u64,
+    /// Time-weighted sum of KV blocks in use (block·µs), for mean utilisation.
+    pub kv_block_us: f64,
+    /// Highest number of KV blocks in use at once.
+    pub kv_peak_blocks: u32,
+}
+
+impl InstanceStats {
+    /// Total busy time.
+    pub fn busy_us(&self) -> TimeUs {
+        self.prefill_us + self.decode_us + self.mixed_us
+    }
+}
+
+/// One instance as the core sees it: queues, KV blocks and the iteration in flight.
+#[derive(Debug, Clone)]
+pub struct Instance {
+    /// Its index.
+    pub id: InstanceId,
+    /// Its KV blocks.
+    pub kv: BlockManager,
+    /// Requests whose prompt is not fully prefilled, in service order.
+    pub waiting: VecDeque<RequestId>,
+    /// Requests decoding here (their primary KV lives here).
+    pub running: Vec<RequestId>,
+    /// The iteration in flight, or the last one.
+    pub batch: Batch,
+    /// Whether an iteration is in flight.
+    pub busy: bool,
+    /// When the iteration in flight started.
+    pub started_us: TimeUs,
+    /// Sequence number of the iteration in flight (or the last one).
+    pub iteration: u64,
+    /// The constraint the cluster policy set for the current iteration.
+    pub constraint: PhaseConstraint,
+    /// Accounting.
+    pub stats: InstanceStats,
+    /// Last time KV usage was integrated into the stats.
+    pub kv_since_us: TimeUs,
+    /// Outstanding work of the requests whose primary is here (Σ [`RequestState::load`]).
+    pub load_tokens: u64,
+}
+
+impl Instance {
+    /// An idle instance with `kv` blocks.
+    pub fn new(id: InstanceId, kv: BlockManager) -> Self {
+        Self {
+            id,
+            kv,
+            waiting: VecDeque::new(),
+            running: Vec::new(),
+            batch: Batch::default(),
+            busy: false,
+            started_us: 0,
+            iteration: 0,
+            constraint: PhaseConstraint::Any,
+            stats: InstanceStats::default(),
+            kv_since_us: 0,
+            load_tokens: 0,
+        }
+    }
+
+    /// Integrates KV usage up to `now` into the stats.
+    pub fn account_kv(&mut self, now: TimeUs) {
+        let used = self.kv.num_blocks() - self.kv.free_blocks();
+        self.stats.kv_block_us += used as f64 * now.saturating_sub(self.kv_since_us) as f64;
+        self.stats.kv_peak_blocks = self.stats.kv_peak_blocks.max(used);
+        self.kv_since_us = now;
+    }
+}
+
+/// What an instance policy sees and does while it builds one batch.
+pub struct ScheduleCtx<'a> {
+    pub(crate) now: TimeUs,
+    pub(crate) inst: &'a mut Instance,
+    pub(crate) requests: &'a mut Requests,
+    pub(crate) cost: &'a dyn CostModel,
+    pub(crate) constraint: PhaseConstraint,
+    pub(crate) evicted: Vec<RequestId>,
+    pub(crate) preempted: Vec<RequestId>,
+}
+
+impl<'a> ScheduleCtx<'a> {
+    /// The current time.
+    pub fn now(&self) -> TimeUs {
+        self.now
+    }
+
+    /// The instance being scheduled.
+    pub fn instance(&self) -> InstanceId {
+        self.inst.id
+    }
+
+    /// What the cluster policy allows in this iteration.
+    pub fn constraint(&self) -> PhaseConstraint {
+        self.constraint
+    }
+
+    /// Requests waiting for (more) prefill here, in service order.
+    pub fn waiting(&self) -> &VecDeque<RequestId> {
+        &self.inst.waiting
+    }
+
+    /// Requests decoding here.
+    pub fn running(&self) -> &[RequestId] {
+        &self.inst.running
+    }
+
+    /// A live request.
+    pub fn request(&self, id: RequestId) -> &RequestState {
+        self.requests.get(id)
+    }
+
+    /// The KV blocks of this instance.
+    pub fn kv(&self) -> &BlockManager {
+        &self.inst.kv
+    }
+
+    /// The batch built so far.
+    pub fn batch(&self) -> &Batch {
+        &self.inst.batch
+    }
+
+    /// The cost model, for predictions.
+    pub fn cost(&self) -> &dyn CostModel {
+        self.cost
+    }
+
+    /// Whether `id` is already in the batch.
+    pub fn is_scheduled(&self, id: RequestId) -> bool {
+        self.requests.get(id).in_flight
+    }
+
+    /// Whether `id` can decode here now: decoding, primary here, not moving, not scheduled yet.
+    pub fn can_decode(&self, id: RequestId) -> bool {
+        let r = self.requests.get(id);
+        r.phase == Phase::Decoding && r.instance == self.inst.id && !r.in_flight
+    }
+
+    /// Adds one decode step of `id` to the batch, reserving the KV block it may need (evicting
+    /// replicas if necessary).
+    pub fn add_decode(&mut self, id: RequestId) -> Result<(), KvError> {
+        debug_assert!(self.can_decode(id));
+        let context = self.requests.get(id).kv_tokens + 1;
+        self.reserve(id, context)?;
+        self.inst.batch.shape.add_decode(context);
+        self.push(id, Work::Decode { context });
+        Ok(())
+    }
+
+    /// Adds a prefill chunk of up to `len` tokens of `id` to the batch (clamped to what remains).
+    /// The first chunk reserves KV blocks for the whole prompt (as vLLM does), so a started
+    /// prefill never waits for memory. Returns the chunk length scheduled.
+    pub fn add_prefill(&mut self, id: RequestId, len: u32) -> Result<u32, KvError> {
+        let r = self.requests.get(id);
+        debug_assert!(r.phase == Phase::Waiting && !r.in_flight);
+        let start = r.prefilled;
+        let len = len.min(r.remaining_prefill());
+        if len == 0 {
+            return Ok(0);
+        }
+        let (last, target) = (start + len == r.prefill_target, r.prefill_target);
+        self.reserve(id, target)?;
+        self.inst.batch.shape.add_prefill(start, len, last);
+        self.push(id, Work::Prefill { start, len, last });
+        Ok(len)
+    }
+
+    /// Blocks `id` would need beyond what it holds to cache `tokens` tokens here.
+    pub fn extra_blocks(&self, id: RequestId, tokens: u32) -> u32 {
+        self.inst.kv.extra_for(id, tokens)
+    }
+
+    fn reserve(&mut self, id: RequestId, tokens: u32) -> Result<(), KvError> {
+        let before = self.evicted.len();
+        self.inst
+            .kv
+            .reserve(id, Ownership::Primary, tokens, &mut self.evicted)?;
+        for i in before..self.evicted.len() {
+            let victim = self.evicted[i];
+            let v = self.requests.get_mut(victim);
+            v.replica_on = None;
+            v.replica_tokens = 0;
+        }
+        Ok(())
+    }
+
+    fn push(&mut self, id: RequestId, work: Work) {
+        self.requests.get_mut(id).in_flight = true;
+        self.inst.batch.entries.push(Entry {
+            request: id,
+            work,
+            copy_to: None,
+        });
+    }
+
+    /// Preempts `id` by recompute: drops its KV here (and its replica), and queues it ahead of
+    /// every waiting request that has not started (behind started prefills, which hold their
+    /// blocks and can always finish) to prefill its prompt and generated tokens again.
+    pub fn preempt(&mut self, id: RequestId) {
+        debug_assert!(!self.requests.get(id).in_flight);
+        self.inst.kv.release(id);
+        self.inst.running.retain(|&r| r != id);
+        self.inst.waiting.retain(|&r| r != id);
+        let reqs = &*self.requests;
+        let pos = self
+            .inst
+            .waiting
+            .iter()
+            .position(|&w| reqs.get(w).prefilled == 0)
+            .unwrap_or(self.inst.waiting.len());
+        self.inst.waiting.insert(pos, id);
+        self.inst.stats.preemptions += 1;
+        self.preempted.push(id);
+        let r = self.requests.get_mut(id);
+        self.inst.load_tokens -= r.load();
+        r.prefill_target = r.spec.prompt_tokens.max(1) + r.generated;
+        r.prefilled = 0;
+        r.kv_tokens = 0;
+        r.phase = Phase::Waiting;
+        r.preemptions += 1;
+        self.inst.load_tokens += r.load();
+    }
+}
+
+/// Decides which requests run in an instance's next iteration.
+pub trait InstancePolicy: Send {
+    /// The policy's name, as given on the command line.
+    fn name(&self) -> &'static str;
+
+    /// Builds the next batch through `ctx`; an empty batch means the instance idles.
+    fn schedule(&mut self, ctx: &mut ScheduleCtx<'_>);
+}
+
+/// Knobs of the instance policies, each with a default.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InstanceConfig {
+    /// Most requests in one iteration.
+    pub max_num_seqs: u32,
+    /// vLLM: most tokens in one iteration (`max_num_batched_tokens`).
+    pub max_num_batched_tokens: u32,
+    /// Sarathi: token budget of each iteration (`chunk_size`).
+    pub chunk_size: u32,
+}
+
+impl Default for InstanceConfig {
+    fn default() -> Self {
+        Self {
+            max_num_seqs: 256,
+            max_num_batched_tokens: 4096,
+            chunk_size: 512,
+        }
+    }
+}
+
+/// Names accepted by [`build`].
+pub const NAMES: &[&str] = &["vllm", "sarathi"];
+
+/// Error for a policy name nobody knows.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown {kind} policy `{name}`; valid: {valid}")]
+pub struct UnknownPolicy {
+    /// "instance" or "cluster".
+    pub kind: &'static str,
+    /// The name given.
+    pub name: String,
+    /// The valid names, comma-separated.
+    pub valid: String,
+}
+
+/// Builds the instance policy called `name`.
+pub fn build(name: &str, cfg: &InstanceConfig) -> Result<Box<dyn InstancePolicy>, UnknownPolicy> {
+    match name {
+        "vllm" => Ok(Box::new(vllm::Vllm::new(cfg))),
+        "sarathi" => Ok(Box::new(sarathi::Sarathi::new(cfg))),
+        _ => Err(UnknownPolicy {
+            kind: "instance",
+            name: name.to_string(),
+            valid: NAMES.join(", "),
+        }),
+    }
+}
+
+/// Schedules every running request's decode step in order, preempting the most recently
+/// queued running requests (recompute) when KV runs out. Shared by policies that always decode
+/// everything (vLLM, Sarathi). `scratch` is reused to avoid allocation.
+pub fn decode_all_or_preempt(
+    ctx: &mut ScheduleCtx<'_>,
+    max_seqs: u32,
+    scratch: &mut Vec<RequestId>,
+) {
+    scratch.clear();
+    scratch.extend(ctx.running().iter().copied().filter(|&r| ctx.can_decode(r)));
+    let mut end = scratch.len();
+    let mut i = 0;
+    while i < end {
+        if ctx.batch().entries.len() as u32 >= max_seqs {
+            break;
+        }
+        let id = scratch[i];
+        match ctx.add_decode(id) {
+            Ok(()) => i += 1,
+            Err(_) => {
+                // Preempt from the back (latest in service order) and retry; if that is the
+                // request itself, it is preempted.
+                end -= 1;
+                let victim = scratch[end];
+                ctx.preempt(victim);
+                if victim == id {
+                    break;
+                }
+            }
+        }
+    }
+}

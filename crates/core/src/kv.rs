@@ -1,0 +1,439 @@
+//! The paged KV block manager of one instance.
+//!
+//! Memory is cut into blocks of `block_size` tokens. Every allocated block belongs to exactly one
+//! request's table on this instance, either as its *primary* cache (the copy the request runs on)
+//! or as a *replica* (a copy of a request whose primary lives on another instance). Replicas are
+//! evictable: when a primary needs space, replicas go first, least recently used first.
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::request::RequestId;
+
+/// Index of a block in an instance's KV pool.
+pub type BlockId = u32;
+
+/// Whose copy a table is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Ownership {
+    /// The request's own cache, on the instance that runs it.
+    Primary,
+    /// A copy of a request that runs elsewhere; may be evicted.
+    Replica,
+}
+
+/// Errors of the block manager.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum KvError {
+    /// Not enough free blocks, even after evicting every replica allowed.
+    #[error("out of KV blocks: need {needed}, can free {available}")]
+    OutOfBlocks {
+        /// Blocks the allocation needed.
+        needed: u32,
+        /// Blocks that were free or evictable.
+        available: u32,
+    },
+}
+
+#[derive(Debug, Clone)]
+struct Table {
+    blocks: Vec<BlockId>,
+    ownership: Ownership,
+    last_used: u64,
+}
+
+/// Number of KV blocks that fit in `device_bytes` after `weight_bytes` and a `reserve_fraction` of
+/// the device are set aside.
+pub fn capacity_blocks(
+    device_bytes: u64,
+    weight_bytes: u64,
+    reserve_fraction: f64,
+    kv_bytes_per_token: u64,
+    block_size: u32,
+) -> u32 {
+    let usable = device_bytes as f64 * (1.0 - reserve_fraction) - weight_bytes as f64;
+    let per_block = (kv_bytes_per_token * block_size as u64).max(1) as f64;
+    (usable / per_block).max(0.0).floor().min(u32::MAX as f64) as u32
+}
+
+/// Paged KV blocks of one instance.
+#[derive(Debug, Clone)]
+pub struct BlockManager {
+    block_size: u32,
+    num_blocks: u32,
+    free: Vec<BlockId>,
+    tables: Vec<Option<Table>>,
+    primary_blocks: u32,
+    replica_blocks: u32,
+    replica_lru: BTreeSet<(u64, RequestId)>,
+    tick: u64,
+}
+
+impl BlockManager {
+    /// A manager of `num_blocks` blocks of `block_size` tokens each.
+    pub fn new(num_blocks: u32, block_size: u32) -> Self {
+        Self {
+            block_size: block_size.max(1),
+            num_blocks,
+            // Hand out low block ids first.
+            free: (0..num_blocks).rev().collect(),
+            tables: Vec::new(),
+            primary_blocks: 0,
+            replica_blocks: 0,
+            replica_lru: BTreeSet::new(),
+            tick: 0,
+        }
+    }
+
+    /// Tokens per block.
+    pub fn block_size(&self) -> u32 {
+        self.block_size
+    }
+
+    /// Blocks in the pool.
+    pub fn num_blocks(&self) -> u32 {
+        self.num_blocks
+    }
+
+    /// Blocks nobody holds.
+    pub fn free_blocks(&self) -> u32 {
+        self.free.len() as u32
+    }
+
+    /// Blocks held by primaries.
+    pub fn primary_blocks(&self) -> u32 {
+        self.primary_blocks
+    }
+
+    /// Blocks held by replicas.
+    pub fn replica_blocks(&self) -> u32 {
+        self.replica_blocks
+    }
+
+    /// Blocks a primary could obtain: free ones plus every replica's.
+    pub fn available_for_primary(&self) -> u32 {
+        self.free_blocks() + self.replica_blocks
+    }
+
+    /// Blocks needed to hold `tokens` tokens.
+    pub fn blocks_for(&self, tokens: u32) -> u32 {
+        tokens.div_ceil(self.block_size)
+    }
+
+    /// Blocks held by `req` here (0 if none).
+    pub fn held(&self, req: RequestId) -> u32 {
+        self.entry(req).map_or(0, |t| t.blocks.len() as u32)
+    }
+
+    /// Extra blocks `req` needs to hold `tokens` tokens here.
+    pub fn extra_for(&self, req: RequestId, tokens: u32) -> u32 {
+        self.blocks_for(tokens).saturating_sub(self.held(req))
+    }
+
+    /// The block table of `req` here, if it holds any.
+    pub fn table(&self, req: RequestId) -> Option<&[BlockId]> {
+        self.entry(req).map(|t| t.blocks.as_slice())
+    }
+
+    /// Whose copy `req`'s blocks here are.
+    pub fn ownership(&self, req: RequestId) -> Option<Ownership> {
+        self.entry(req).map(|t| t.ownership)
+    }
+
+    /// Replicas held here, least recently used first.
+    pub fn replicas_lru(&self) -> impl Iterator<Item = RequestId> + '_ {
+        self.replica_lru.iter().map(|&(_, r)| r)
+    }
+
+    fn entry(&self, req: RequestId) -> Option<&Table> {
+        self.tables.get(req.index()).and_then(Option::as_ref)
+    }
+
+    /// Grows `req`'s table here so it holds `tokens` tokens. A primary may evict replicas (least
+    /// recently used first) to make room; their ids are appended to `evicted`. A replica only takes
+    /// free blocks. On error nothing changes.
+    pub fn reserve(
+        &mut self,
+        req: RequestId,
+        ownership: Ownership,
+        tokens: u32,
+        evicted: &mut Vec<RequestId>,
+    ) -> Result<(), KvError> {
+        if let Some(t) = self.entry(req) {
+            debug_assert_eq!(t.ownership, ownership, "reserve with a different ownership");
+        }
+        let needed = self.extra_for(req, tokens);
+        if needed == 0 {
+            self.touch(req);
+            return Ok(());
+        }
+        // Our own replica blocks do not count as evictable for ourselves.
+        let available = match ownership {
+            Ownership::Primary => self.free_blocks() + self.replica_blocks,
+            Ownership::Replica => self.free_blocks(),
+        };
+        if needed > available {
+            return Err(KvError::OutOfBlocks { needed, available });
+        }
+        while self.free_blocks() < needed {
+            let Some(&(_, victim)) = self.replica_lru.iter().next() else {
+                break;
+            };
+            self.release(victim);
+            evicted.push(victim);
+        }
+        self.tick += 1;
+        let idx = req.index();
+        if self.tables.len() <= idx {
+            self.tables.resize_with(idx + 1, || None);
+        }
+        let tick = self.tick;
+        let table = self.tables[idx].get_or_insert_with(|| Table {
+            blocks: Vec::new(),
+            ownership,
+            last_used: tick,
+        });
+        let old_tick = table.last_used;
+        table.last_used = tick;
+        for _ in 0..needed {
+            // Checked above: enough blocks are free.
+            if let Some(b) = self.free.pop() {
+                table.blocks.push(b);
+            }
+        }
+        match ownership {
+            Ownership::Primary => self.primary_blocks += needed,
+            Ownership::Replica => {
+                self.replica_blocks += needed;
+                self.replica_lru.remove(&(old_tick, req));
+                self.replica_lru.insert((tick, req));
+            }
+        }
+        Ok(())
+    }
+
+    /// Marks `req`'s table as just used (for LRU eviction of replicas).
+    pub fn touch(&mut self, req: RequestId) {
+        self.tick += 1;
+        let tick = self.tick;
+        if let Some(Some(t)) = self.tables.get_mut(req.index()) {
+            if t.ownership == Ownership::Replica {
+                self.replica_lru.remove(&(t.last_used, req));
+                self.replica_lru.insert((tick, req));
+            }
+            t.last_used = tick;
+        }
+    }
+
+    /// Frees every block `req` holds here; returns how many.
+    pub fn release(&mut self, req: RequestId) -> u32 {
+        let Some(slot) = self.tables.get_mut(req.index()) else {
+            return 0;
+        };
+        let Some(t) = slot.take() else {
+            return 0;
+        };
+        let n = t.blocks.len() as u32;
+        match t.ownership {
+            Ownership::Primary => self.primary_blocks -= n,
+            Ownership::Replica => {
+                self.replica_blocks -= n;
+                self.replica_lru.remove(&(t.last_used, req));
+            }
+        }
+        self.free.extend(t.blocks.into_iter().rev());
+        n
+    }
+
+    /// Changes whose copy `req`'s table here is (a migration swaps primary and replica).
+    pub fn set_ownership(&mut self, req: RequestId, ownership: Ownership) {
+        let Some(Some(t)) = self.tables.get_mut(req.index()) else {
+            return;
+        };
+        if t.ownership == ownership {
+            return;
+        }
+        let n = t.blocks.len() as u32;
+        match ownership {
+            Ownership::Primary => {
+                self.replica_blocks -= n;
+                self.primary_blocks += n;
+                self.replica_lru.remove(&(t.last_used, req));
+            }
+            Ownership::Replica => {
+                self.primary_blocks -= n;
+                self.replica_blocks += n;
+                self.replica_lru.insert((t.last_used, req));
+            }
+        }
+        t.ownership = ownership;
+    }
+
+    /// Checks the manager's invariants: every block is free or owned by exactly one table, and the
+    /// counters agree with the tables. Returns a description of the first violation.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let mut seen = vec![false; self.num_blocks as usize];
+        for &b in &self.free {
+            let s = seen
+                .get_mut(b as usize)
+                .ok_or_else(|| format!("free block {b} out of range"))?;
+            if *s {
+                return Err(format!("block {b} free twice"));
+            }
+            *s = true;
+        }
+        let (mut primary, mut replica, mut lru) = (0u32, 0u32, 0usize);
+        for (i, t) in self.tables.iter().enumerate() {
+            let Some(t) = t else { continue };
+            for &b in &t.blocks {
+                let s = seen
+                    .get_mut(b as usize)
+                    .ok_or_else(|| format!("block {b} out of range"))?;
+                if *s {
+                    return Err(format!("block {b} owned twice (request {i})"));
+                }
+                *s = true;
+            }
+            match t.ownership {
+                Ownership::Primary => primary += t.blocks.len() as u32,
+                Ownership::Replica => {
+                    replica += t.blocks.len() as u32;
+                    lru += 1;
+                    if !self
+                        .replica_lru
+                        .contains(&(t.last_used, RequestId(i as u32)))
+                    {
+                        return Err(format!("replica {i} missing from the LRU order"));
+                    }
+                }
+            }
+        }
+        if let Some(b) = seen.iter().position(|s| !s) {
+            return Err(format!("block {b} leaked"));
+        }
+        if primary != self.primary_blocks || replica != self.replica_blocks {
+            return Err("block counters disagree with the tables".into());
+        }
+        if lru != self.replica_lru.len() {
+            return Err("LRU order holds stale entries".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn primary_evicts_replicas_lru_first() {
+        let mut kv = BlockManager::new(4, 16);
+        let mut ev = Vec::new();
+        kv.reserve(RequestId(1), Ownership::Replica, 16, &mut ev)
+            .unwrap();
+        kv.reserve(RequestId(2), Ownership::Replica, 16, &mut ev)
+            .unwrap();
+        kv.touch(RequestId(1));
+        kv.reserve(RequestId(3), Ownership::Primary, 48, &mut ev)
+            .unwrap();
+        assert_eq!(ev, vec![RequestId(2)]);
+        assert_eq!(kv.ownership(RequestId(1)), Some(Ownership::Replica));
+        kv.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn replica_never_evicts() {
+        let mut kv = BlockManager::new(2, 16);
+        let mut ev = Vec::new();
+        kv.reserve(RequestId(0), Ownership::Replica, 32, &mut ev)
+            .unwrap();
+        let err = kv.reserve(RequestId(1), Ownership::Replica, 1, &mut ev);
+        assert!(matches!(
+            err,
+            Err(KvError::OutOfBlocks {
+                needed: 1,
+                available: 0
+            })
+        ));
+        assert!(ev.is_empty());
+    }
+
+    #[test]
+    fn failed_reserve_changes_nothing() {
+        let mut kv = BlockManager::new(3, 4);
+        let mut ev = Vec::new();
+        kv.reserve(RequestId(0), Ownership::Primary, 8, &mut ev)
+            .unwrap();
+        assert!(kv
+            .reserve(RequestId(1), Ownership::Primary, 8, &mut ev)
+            .is_err());
+        assert_eq!(kv.free_blocks(), 1);
+        assert_eq!(kv.held(RequestId(1)), 0);
+        kv.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn capacity_subtracts_weights_and_reserve() {
+        // 100 bytes, 10% reserve, 40 bytes of weights: 50 bytes for 5-byte blocks -> 10 blocks.
+        assert_eq!(capacity_blocks(100, 40, 0.1, 5, 1), 10);
+        assert_eq!(capacity_blocks(10, 40, 0.0, 5, 1), 0);
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Reserve(u32, bool, u32),
+        Release(u32),
+        Flip(u32),
+        Touch(u32),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (0u32..12, any::<bool>(), 0u32..80).prop_map(|(r, p, t)| Op::Reserve(r, p, t)),
+            2 => (0u32..12).prop_map(Op::Release),
+            1 => (0u32..12).prop_map(Op::Flip),
+            1 => (0u32..12).prop_map(Op::Touch),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn invariants_hold_under_any_sequence(ops in proptest::collection::vec(op(), 1..200)) {
+            let mut kv = BlockManager::new(24, 8);
+            let mut ev = Vec::new();
+            for op in ops {
+                match op {
+                    Op::Reserve(r, primary, tokens) => {
+                        let req = RequestId(r);
+                        let own = kv.ownership(req).unwrap_or(if primary { Ownership::Primary } else { Ownership::Replica });
+                        let before = kv.held(req);
+                        ev.clear();
+                        match kv.reserve(req, own, tokens, &mut ev) {
+                            Ok(()) => prop_assert!(kv.held(req) >= kv.blocks_for(tokens).max(before)),
+                            Err(_) => prop_assert_eq!(kv.held(req), before),
+                        }
+                        // Only replicas are ever evicted, and never by a replica.
+                        prop_assert!(ev.is_empty() || own == Ownership::Primary);
+                        for v in &ev { prop_assert_eq!(kv.held(*v), 0); }
+                    }
+                    Op::Release(r) => { kv.release(RequestId(r)); }
+                    Op::Flip(r) => {
+                        let req = RequestId(r);
+                        if let Some(o) = kv.ownership(req) {
+                            kv.set_ownership(req, if o == Ownership::Primary { Ownership::Replica } else { Ownership::Primary });
+                        }
+                    }
+                    Op::Touch(r) => kv.touch(RequestId(r)),
+                }
+                prop_assert!(kv.primary_blocks() + kv.replica_blocks() + kv.free_blocks() == kv.num_blocks());
+                if let Err(e) = kv.check_invariants() { prop_assert!(false, "{}", e); }
+            }
+            for r in 0..12 { kv.release(RequestId(r)); }
+            prop_assert_eq!(kv.free_blocks(), kv.num_blocks());
+            if let Err(e) = kv.check_invariants() { prop_assert!(false, "{}", e); }
+        }
+    }
+}

@@ -1,0 +1,144 @@
+//! A discrete-event executor in virtual time.
+//!
+//! It plays the executor's part for a [`Scheduler`]: arrivals at their times, each iteration
+//! lasting what the cost model predicts, layer-wise copies and transfers over links that carry
+//! one copy at a time per direction. The simulator drives it over hardware cost models and
+//! traces; policy tests drive it with hand-built scenarios. Identical inputs give identical runs.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+
+use crate::{
+    cost::layerwise_copy_end,
+    request::{RequestId, RequestSpec},
+    scheduler::{Action, Scheduler},
+    InstanceId, TimeUs,
+};
+
+/// Observes a replay as it happens (time series, timelines, progress).
+pub trait Observer {
+    /// An action was carried out at `now`.
+    fn on_action(&mut self, _now: TimeUs, _action: &Action, _sched: &Scheduler) {}
+    /// An event was handled at `now`; called after the scheduler reacted.
+    fn after_event(&mut self, _now: TimeUs, _sched: &Scheduler) {}
+}
+
+/// An observer that observes nothing.
+pub struct NoObserver;
+impl Observer for NoObserver {}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Ev {
+    Arrival(u32),
+    IterationDone(InstanceId),
+    CopyDone(InstanceId, u64),
+    TransferDone(u32),
+}
+
+/// Outcome of a replay.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ReplayEnd {
+    /// Virtual time when the last event was handled.
+    pub end_us: TimeUs,
+    /// Events handled.
+    pub events: u64,
+}
+
+/// Replays `arrivals` (sorted by arrival time) through `sched` until nothing is left to do.
+/// Requests still unfinished when the event queue runs dry are reported by
+/// [`Scheduler::live_requests`].
+pub fn run(sched: &mut Scheduler, arrivals: &[RequestSpec], obs: &mut dyn Observer) -> ReplayEnd {
+    let n = sched.instances().len();
+    let mut queue: BinaryHeap<Reverse<(TimeUs, u64, Ev)>> = BinaryHeap::new();
+    let mut seq = 0u64;
+    let mut push = |q: &mut BinaryHeap<_>, t: TimeUs, e: Ev| {
+        q.push(Reverse((t, seq, e)));
+        seq += 1;
+    };
+    // Arrivals enter the queue one at a time to keep it small.
+    if let Some(a) = arrivals.first() {
+        push(&mut queue, a.arrival_us, Ev::Arrival(0));
+    }
+    let mut link_free = vec![0 as TimeUs; n * n];
+    let mut actions = Vec::new();
+    let mut copy_ends: Vec<(InstanceId, TimeUs)> = Vec::new();
+    let mut now = 0;
+    let mut events = 0u64;
+    let kvb = sched.cost().kv_bytes_per_token();
+    let layers = sched.cost().num_layers();
+    let link = sched.link();
+    let mut stopped: Vec<RequestId> = Vec::new();
+    while let Some(Reverse((t, _, ev))) = queue.pop() {
+        now = t;
+        events += 1;
+        match ev {
+            Ev::Arrival(i) => {
+                sched.submit(now, arrivals[i as usize]);
+                if let Some(next) = arrivals.get(i as usize + 1) {
+                    push(&mut queue, next.arrival_us.max(now), Ev::Arrival(i + 1));
+                }
+            }
+            Ev::IterationDone(inst) => sched.iteration_done(now, inst, &stopped),
+            Ev::CopyDone(inst, it) => sched.copy_done(now, inst, it),
+            Ev::TransferDone(id) => sched.transfer_done(now, id),
+        }
+        stopped.clear();
+        sched.take_actions(&mut actions);
+        for a in actions.drain(..) {
+            obs.on_action(now, &a, sched);
+            match a {
+                Action::Run {
+                    instance,
+                    iteration,
+                } => {
+                    let batch = &sched.instance(instance).batch;
+                    let dur = sched.cost().iteration_us(&batch.shape).max(1);
+                    push(&mut queue, now + dur, Ev::IterationDone(instance));
+                    // Layer-wise copies: one pipeline per destination, each on its own link.
+                    copy_ends.clear();
+                    for e in &batch.entries {
+                        if let Some(to) = e.copy_to {
+                            if !copy_ends.iter().any(|&(d, _)| d == to) {
+                                copy_ends.push((to, 0));
+                            }
+                        }
+                    }
+                    let mut done_at = now + dur;
+                    for (to, _) in &copy_ends {
+                        let bytes = batch.copy_bytes_to(*to, kvb);
+                        let per_layer = link.transfer_us(bytes.div_ceil(layers.max(1) as u64));
+                        let slot = instance as usize * n + *to as usize;
+                        let start = now.max(link_free[slot]);
+                        let end = start
+                            + layerwise_copy_end(layers, dur / layers.max(1) as u64, per_layer);
+                        link_free[slot] = end;
+                        done_at = done_at.max(end);
+                    }
+                    if !copy_ends.is_empty() {
+                        push(&mut queue, done_at, Ev::CopyDone(instance, iteration));
+                    }
+                }
+                Action::Transfer {
+                    id,
+                    from,
+                    to,
+                    tokens,
+                    ..
+                } => {
+                    let slot = from as usize * n + to as usize;
+                    let start = now.max(link_free[slot]);
+                    let end = start + link.transfer_us(tokens as u64 * kvb);
+                    link_free[slot] = end;
+                    push(&mut queue, end, Ev::TransferDone(id));
+                }
+                Action::Finished { .. } | Action::Rejected { .. } => {}
+            }
+        }
+        obs.after_event(now, sched);
+    }
+    sched.account(now);
+    ReplayEnd {
+        end_us: now,
+        events,
+    }
+}

@@ -1,0 +1,701 @@
+//! The scheduling state machine: events and the current time in, actions out.
+//!
+//! The executor (simulator or server) calls [`Scheduler::submit`], [`Scheduler::iteration_done`],
+//! [`Scheduler::copy_done`], [`Scheduler::transfer_done`] and [`Scheduler::cancel`] with the
+//! current time, then drains [`Scheduler::take_actions`] and carries the actions out: run the
+//! batch now in `instance.batch` on that instance, move KV blocks, report a finished request.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    batch::{BatchKind, Work},
+    cluster::{ClusterCtx, ClusterPolicy},
+    cost::{CostModel, Link},
+    instance::{Instance, InstancePolicy, PhaseConstraint, ScheduleCtx},
+    kv::{BlockManager, Ownership},
+    metrics::Metrics,
+    request::{FinishReason, Phase, RejectReason, RequestId, RequestSpec, RequestState},
+    InstanceId, TimeUs,
+};
+
+/// What the executor must do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Action {
+    /// Run the batch now in [`Scheduler::instance`]`(instance).batch` on `instance`. When it ends,
+    /// call [`Scheduler::iteration_done`]; if any entry has `copy_to`, its layer-wise copies must
+    /// also be reported with [`Scheduler::copy_done`] once they land.
+    Run {
+        /// Where.
+        instance: InstanceId,
+        /// The iteration's sequence number on that instance.
+        iteration: u64,
+    },
+    /// Copy `tokens` tokens of `request`'s KV (positions `from_token..from_token+tokens`) from
+    /// instance `from` to instance `to`, then call [`Scheduler::transfer_done`] with `id`.
+    Transfer {
+        /// Transfer handle.
+        id: u32,
+        /// Whose KV.
+        request: RequestId,
+        /// Source instance.
+        from: InstanceId,
+        /// Destination instance.
+        to: InstanceId,
+        /// First token position to copy.
+        from_token: u32,
+        /// Tokens to copy.
+        tokens: u32,
+    },
+    /// The request ended; its KV blocks are already free in the core.
+    Finished {
+        /// Which.
+        request: RequestId,
+        /// Why.
+        reason: FinishReason,
+    },
+    /// The request was refused at submission.
+    Rejected {
+        /// Which.
+        request: RequestId,
+        /// Why.
+        reason: RejectReason,
+    },
+}
+
+/// Live requests, in reusable slots.
+#[derive(Debug, Default)]
+pub struct Requests {
+    slots: Vec<Option<RequestState>>,
+    free: Vec<u32>,
+    next_serial: u64,
+}
+
+impl Requests {
+    /// The live request `id`. Panics if it is not live: ids come from the core itself.
+    pub fn get(&self, id: RequestId) -> &RequestState {
+        self.slots[id.index()]
+            .as_ref()
+            .expect("request id refers to a live request")
+    }
+
+    /// Mutable access to the live request `id`.
+    pub fn get_mut(&mut self, id: RequestId) -> &mut RequestState {
+        self.slots[id.index()]
+            .as_mut()
+            .expect("request id refers to a live request")
+    }
+
+    /// The request `id`, if live.
+    pub fn try_get(&self, id: RequestId) -> Option<&RequestState> {
+        self.slots.get(id.index()).and_then(Option::as_ref)
+    }
+
+    /// Live requests.
+    pub fn len(&self) -> usize {
+        self.slots.len() - self.free.len()
+    }
+
+    /// Whether no request is live.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn insert(&mut self, mut state: RequestState) -> RequestId {
+        state.serial = self.next_serial;
+        self.next_serial += 1;
+        match self.free.pop() {
+            Some(i) => {
+                self.slots[i as usize] = Some(state);
+                RequestId(i)
+            }
+            None => {
+                self.slots.push(Some(state));
+                RequestId(self.slots.len() as u32 - 1)
+            }
+        }
+    }
+
+    fn remove(&mut self, id: RequestId) -> Option<RequestState> {
+        let s = self.slots.get_mut(id.index())?.take()?;
+        self.free.push(id.0);
+        Some(s)
+    }
+}
+
+/// Layer-wise copy issued with an iteration, waiting for [`Scheduler::copy_done`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PendingCopy {
+    pub iteration: u64,
+    pub request: RequestId,
+    pub serial: u64,
+    pub to: InstanceId,
+    pub tokens: u32,
+}
+
+/// An explicit KV transfer in flight.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Transfer {
+    pub request: RequestId,
+    pub to: InstanceId,
+    pub keep_source: bool,
+}
+
+/// Cluster-wide counters beyond per-request metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClusterCounters {
+    /// Bytes moved by explicit transfers (migrations without a current replica, disaggregation).
+    pub transfer_bytes: u64,
+    /// Bytes streamed layer-wise alongside iterations (replicas, overlapped disaggregation).
+    pub copy_bytes: u64,
+    /// Migrations served by a current replica (no bulk transfer).
+    pub migrations_free: u64,
+    /// Migrations that needed a transfer.
+    pub migrations_transfer: u64,
+    /// Replicas evicted to make room for primaries.
+    pub replica_evictions: u64,
+    /// Requests preempted (KV dropped for recompute).
+    pub preemptions: u64,
+    /// Role switches reported by the cluster policy.
+    pub role_switches: u64,
+    /// Requests rejected at submission.
+    pub rejected: u64,
+}
+
+/// Configuration of the scheduler that is not a policy knob.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SchedulerConfig {
+    /// KV blocks per instance.
+    pub kv_blocks: u32,
+    /// Tokens per KV block.
+    pub block_size: u32,
+    /// Link between any two instances (pairs, pools).
+    pub link: Link,
+    /// Most requests waiting in the whole cluster before new ones are rejected (0: unbounded).
+    pub max_waiting: usize,
+    /// Keep every request's token times (tests, small runs); off for large simulations.
+    pub record_timelines: bool,
+}
+
+/// State shared by the scheduler and the policies it calls.
+pub struct State {
+    pub(crate) now: TimeUs,
+    pub(crate) instances: Vec<Instance>,
+    pub(crate) requests: Requests,
+    pub(crate) cost: Arc<dyn CostModel>,
+    pub(crate) link: Link,
+    pub(crate) actions: Vec<Action>,
+    pub(crate) dirty: Vec<InstanceId>,
+    pub(crate) is_dirty: Vec<bool>,
+    pub(crate) pending_copies: Vec<VecDeque<PendingCopy>>,
+    pub(crate) transfers: Vec<Option<Transfer>>,
+    pub(crate) free_transfers: Vec<u32>,
+    pub(crate) counters: ClusterCounters,
+    pub(crate) metrics: Metrics,
+    pub(crate) max_waiting: usize,
+}
+
+impl State {
+    pub(crate) fn waiting_total(&self) -> usize {
+        self.instances.iter().map(|i| i.waiting.len()).sum()
+    }
+
+    pub(crate) fn mark_dirty(&mut self, i: InstanceId) {
+        if !self.is_dirty[i as usize] {
+            self.is_dirty[i as usize] = true;
+            self.dirty.push(i);
+        }
+    }
+
+    /// Ends `id`: frees its KV everywhere, records metrics, emits [`Action::Finished`].
+    pub(crate) fn finish(&mut self, id: RequestId, reason: FinishReason) {
+        let Some(r) = self.requests.remove(id) else {
+            return;
+        };
+        let inst = &mut self.instances[r.instance as usize];
+        inst.account_kv(self.now);
+        inst.kv.release(id);
+        inst.load_tokens -= r.load();
+        match r.phase {
+            Phase::Waiting => {
+                if let Some(p) = inst.waiting.iter().position(|&x| x == id) {
+                    inst.waiting.remove(p);
+                }
+            }
+            Phase::Decoding => inst.running.retain(|&x| x != id),
+            Phase::Moving | Phase::Done => {}
+        }
+        for other in [r.replica_on, r.moving_to].into_iter().flatten() {
+            let o = &mut self.instances[other as usize];
+            o.account_kv(self.now);
+            o.kv.release(id);
+            self.mark_dirty(other);
+        }
+        self.mark_dirty(r.instance);
+        self.metrics.on_finish(&r, id, self.now, reason);
+        self.actions.push(Action::Finished {
+            request: id,
+            reason,
+        });
+    }
+
+    /// Completes the migration of `id` to `to`, whose KV there is now complete.
+    pub(crate) fn land_migration(&mut self, id: RequestId, to: InstanceId, keep_source: bool) {
+        let r = self.requests.get_mut(id);
+        let from = r.instance;
+        r.instance = to;
+        r.phase = Phase::Decoding;
+        r.moving_to = None;
+        let ctx = r.kv_tokens;
+        let load = r.load();
+        let cancelled = r.cancelled;
+        if keep_source {
+            r.replica_on = Some(from);
+            r.replica_tokens = ctx;
+        } else {
+            r.replica_on = None;
+            r.replica_tokens = 0;
+        }
+        let src = &mut self.instances[from as usize];
+        src.account_kv(self.now);
+        if keep_source {
+            src.kv.set_ownership(id, Ownership::Replica);
+        } else {
+            src.kv.release(id);
+        }
+        src.running.retain(|&x| x != id);
+        src.load_tokens -= load;
+        let dst = &mut self.instances[to as usize];
+        dst.load_tokens += load;
+        dst.kv.set_ownership(id, Ownership::Primary);
+        dst.kv.touch(id);
+        dst.running.push(id);
+        self.mark_dirty(from);
+        self.mark_dirty(to);
+        if cancelled {
+            self.finish(id, FinishReason::Cancelled);
+        }
+    }
+}
+
+/// The scheduling core: policies plus the state they act on.
+pub struct Scheduler {
+    state: State,
+    cluster: Box<dyn ClusterPolicy>,
+    instance_policies: Vec<Box<dyn InstancePolicy>>,
+    scratch_done: Vec<RequestId>,
+}
+
+impl Scheduler {
+    /// A cluster of `instance_policies.len()` instances, each with its own instance policy object.
+    pub fn new(
+        cfg: &SchedulerConfig,
+        cost: Arc<dyn CostModel>,
+        cluster: Box<dyn ClusterPolicy>,
+        instance_policies: Vec<Box<dyn InstancePolicy>>,
+    ) -> Self {
+        let n = instance_policies.len();
+        let instances = (0..n as InstanceId)
+            .map(|i| Instance::new(i, BlockManager::new(cfg.kv_blocks, cfg.block_size)))
+            .collect();
+        let mut s = Self {
+            state: State {
+                now: 0,
+                instances,
+                requests: Requests::default(),
+                cost,
+                link: cfg.link,
+                actions: Vec::new(),
+                dirty: Vec::new(),
+                is_dirty: vec![false; n],
+                pending_copies: vec![VecDeque::new(); n],
+                transfers: Vec::new(),
+                free_transfers: Vec::new(),
+                counters: ClusterCounters::default(),
+                metrics: Metrics::new(cfg.record_timelines),
+                max_waiting: cfg.max_waiting,
+            },
+            cluster,
+            instance_policies,
+            scratch_done: Vec::new(),
+        };
+        let mut ctx = ClusterCtx { s: &mut s.state };
+        s.cluster.init(&mut ctx);
+        s
+    }
+
+    /// The instances.
+    pub fn instances(&self) -> &[Instance] {
+        &self.state.instances
+    }
+
+    /// One instance; its `batch` is the iteration in flight.
+    pub fn instance(&self, i: InstanceId) -> &Instance {
+        &self.state.instances[i as usize]
+    }
+
+    /// A live request, if `id` is live.
+    pub fn request(&self, id: RequestId) -> Option<&RequestState> {
+        self.state.requests.try_get(id)
+    }
+
+    /// Live requests.
+    pub fn live_requests(&self) -> usize {
+        self.state.requests.len()
+    }
+
+    /// Requests waiting for prefill across the cluster.
+    pub fn waiting_requests(&self) -> usize {
+        self.state.waiting_total()
+    }
+
+    /// The cost model.
+    pub fn cost(&self) -> &dyn CostModel {
+        &*self.state.cost
+    }
+
+    /// The link between instances.
+    pub fn link(&self) -> Link {
+        self.state.link
+    }
+
+    /// Cluster-wide counters.
+    pub fn counters(&self) -> &ClusterCounters {
+        &self.state.counters
+    }
+
+    /// Per-request metrics collected so far.
+    pub fn metrics(&self) -> &Metrics {
+        &self.state.metrics
+    }
+
+    /// The cluster policy's name.
+    pub fn cluster_policy(&self) -> &'static str {
+        self.cluster.name()
+    }
+
+    /// The instance policy's name.
+    pub fn instance_policy(&self) -> &'static str {
+        self.instance_policies.first().map_or("", |p| p.name())
+    }
+
+    /// Takes the actions produced so far.
+    pub fn take_actions(&mut self, out: &mut Vec<Action>) {
+        out.append(&mut self.state.actions);
+    }
+
+    /// Integrates KV usage of every instance up to `now` (call before reading stats).
+    pub fn account(&mut self, now: TimeUs) {
+        for i in &mut self.state.instances {
+            i.account_kv(now);
+        }
+    }
+
+    /// A new request arrives at `now`. Returns its id; it may be rejected right away
+    /// ([`Action::Rejected`]).
+    pub fn submit(&mut self, now: TimeUs, spec: RequestSpec) -> RequestId {
+        self.state.now = now;
+        let id = self.state.requests.insert(RequestState::new(spec, 0));
+        let s = &mut self.state;
+        let kv = &s.instances[0].kv;
+        let need = kv.blocks_for(spec.prompt_tokens.max(1) + spec.max_output_tokens);
+        let reason = if need > kv.num_blocks() {
+            Some(RejectReason::TooLong)
+        } else if s.max_waiting > 0 && s.waiting_total() >= s.max_waiting {
+            Some(RejectReason::QueueFull)
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            s.requests.remove(id);
+            s.counters.rejected += 1;
+            s.metrics.on_reject();
+            s.actions.push(Action::Rejected {
+                request: id,
+                reason,
+            });
+            return id;
+        }
+        s.metrics.on_arrival(id, &spec);
+        let mut ctx = ClusterCtx { s: &mut self.state };
+        let target = self.cluster.route(&mut ctx, id);
+        let s = &mut self.state;
+        s.requests.get_mut(id).instance = target;
+        s.instances[target as usize].waiting.push_back(id);
+        s.instances[target as usize].load_tokens += s.requests.get(id).load();
+        s.mark_dirty(target);
+        self.schedule_idle();
+        id
+    }
+
+    /// The iteration in flight on `instance` ended at `now`. `stopped` lists requests the executor
+    /// ended early (end-of-sequence token, stop string); they must be in that batch.
+    pub fn iteration_done(&mut self, now: TimeUs, instance: InstanceId, stopped: &[RequestId]) {
+        self.state.now = now;
+        let s = &mut self.state;
+        let inst = &mut s.instances[instance as usize];
+        if !inst.busy {
+            return;
+        }
+        inst.busy = false;
+        inst.account_kv(now);
+        let took = now.saturating_sub(inst.started_us);
+        inst.stats.iterations += 1;
+        match inst.batch.kind() {
+            BatchKind::Prefill => inst.stats.prefill_us += took,
+            BatchKind::Decode => inst.stats.decode_us += took,
+            BatchKind::Mixed | BatchKind::Empty => inst.stats.mixed_us += took,
+        }
+        let iteration = inst.iteration;
+        let mut done = std::mem::take(&mut self.scratch_done);
+        done.clear();
+        let mut prefilled = Vec::new();
+        let mut any_waiting_left = false;
+        for k in 0..s.instances[instance as usize].batch.entries.len() {
+            let e = s.instances[instance as usize].batch.entries[k];
+            let r = s.requests.get_mut(e.request);
+            r.in_flight = false;
+            match e.work {
+                Work::Prefill { len, last, .. } => {
+                    r.prefilled += len;
+                    r.kv_tokens += len;
+                    if last {
+                        r.phase = Phase::Decoding;
+                        r.generated += 1;
+                        any_waiting_left = true;
+                        s.instances[instance as usize].running.push(e.request);
+                        prefilled.push(e.request);
+                        s.metrics.on_token(e.request, r, now);
+                    }
+                }
+                Work::Decode { .. } => {
+                    s.instances[instance as usize].load_tokens += 1;
+                    r.kv_tokens += 1;
+                    r.generated += 1;
+                    s.metrics.on_token(e.request, r, now);
+                }
+            }
+            let r = s.requests.get_mut(e.request);
+            if let Some(to) = e.copy_to {
+                r.copies_pending += 1;
+                s.pending_copies[instance as usize].push_back(PendingCopy {
+                    iteration,
+                    request: e.request,
+                    serial: r.serial,
+                    to,
+                    tokens: r.kv_tokens,
+                });
+            }
+            let finished = r.phase == Phase::Decoding && r.generated >= r.spec.max_output_tokens;
+            if r.cancelled || finished || stopped.contains(&e.request) {
+                done.push(e.request);
+            }
+        }
+        if any_waiting_left {
+            let reqs = &s.requests;
+            s.instances[instance as usize]
+                .waiting
+                .retain(|&x| reqs.get(x).phase == Phase::Waiting);
+        }
+        for &id in &done {
+            let r = s.requests.get(id);
+            let reason = if r.cancelled {
+                FinishReason::Cancelled
+            } else if r.generated >= r.spec.max_output_tokens {
+                FinishReason::Length
+            } else {
+                FinishReason::Stop
+            };
+            s.finish(id, reason);
+        }
+        self.scratch_done = done;
+        s.mark_dirty(instance);
+        let mut ctx = ClusterCtx { s: &mut self.state };
+        for id in prefilled {
+            if ctx.s.requests.try_get(id).is_some() {
+                self.cluster.on_prefill_done(&mut ctx, id);
+            }
+        }
+        self.cluster.on_iteration_done(&mut ctx, instance);
+        self.schedule_idle();
+    }
+
+    /// The layer-wise copies issued with iterations up to `iteration` on `instance` have landed.
+    pub fn copy_done(&mut self, now: TimeUs, instance: InstanceId, iteration: u64) {
+        self.state.now = now;
+        let s = &mut self.state;
+        while let Some(c) = s.pending_copies[instance as usize].front().copied() {
+            if c.iteration > iteration {
+                break;
+            }
+            s.pending_copies[instance as usize].pop_front();
+            let Some(r) = s
+                .requests
+                .slots
+                .get_mut(c.request.index())
+                .and_then(|x| x.as_mut())
+            else {
+                continue;
+            };
+            if r.serial != c.serial {
+                continue;
+            }
+            r.copies_pending = r.copies_pending.saturating_sub(1);
+            if r.replica_on == Some(c.to) {
+                r.replica_tokens = r.replica_tokens.max(c.tokens);
+            }
+            if r.phase == Phase::Moving
+                && r.moving_to == Some(c.to)
+                && r.copies_pending == 0
+                && r.replica_current()
+            {
+                let keep = self.cluster.keeps_replica_after_migration();
+                s.counters.migrations_free += 1;
+                s.land_migration(c.request, c.to, keep);
+            }
+        }
+        let mut ctx = ClusterCtx { s: &mut self.state };
+        self.cluster.on_copy_done(&mut ctx, instance);
+        self.schedule_idle();
+    }
+
+    /// The explicit transfer `id` has landed.
+    pub fn transfer_done(&mut self, now: TimeUs, id: u32) {
+        self.state.now = now;
+        let s = &mut self.state;
+        let Some(t) = s.transfers.get_mut(id as usize).and_then(Option::take) else {
+            return;
+        };
+        s.free_transfers.push(id);
+        s.land_migration(t.request, t.to, t.keep_source);
+        self.schedule_idle();
+    }
+
+    /// The client cancelled `id` at `now`. Work in flight completes first; then its KV is freed.
+    /// Ids of requests that already ended are ignored.
+    pub fn cancel(&mut self, now: TimeUs, id: RequestId) {
+        self.state.now = now;
+        let s = &mut self.state;
+        let Some(r) = s
+            .requests
+            .slots
+            .get_mut(id.index())
+            .and_then(|x| x.as_mut())
+        else {
+            return;
+        };
+        if r.in_flight || r.phase == Phase::Moving {
+            r.cancelled = true;
+            return;
+        }
+        s.finish(id, FinishReason::Cancelled);
+        self.schedule_idle();
+    }
+
+    /// Offers every idle instance with something new to its policies.
+    fn schedule_idle(&mut self) {
+        while let Some(i) = self.state.dirty.pop() {
+            self.state.is_dirty[i as usize] = false;
+            if self.state.instances[i as usize].busy {
+                continue;
+            }
+            let mut cctx = ClusterCtx { s: &mut self.state };
+            let constraint = self.cluster.before_schedule(&mut cctx, i);
+            self.build_batch(i, constraint);
+        }
+    }
+
+    fn build_batch(&mut self, i: InstanceId, constraint: PhaseConstraint) {
+        let s = &mut self.state;
+        let now = s.now;
+        let inst = &mut s.instances[i as usize];
+        inst.batch.clear();
+        inst.constraint = constraint;
+        if constraint == PhaseConstraint::Idle {
+            return;
+        }
+        if inst.waiting.is_empty() && inst.running.is_empty() {
+            return;
+        }
+        inst.account_kv(now);
+        let mut ctx = ScheduleCtx {
+            now,
+            inst,
+            requests: &mut s.requests,
+            cost: &*s.cost,
+            constraint,
+            evicted: Vec::new(),
+            preempted: Vec::new(),
+        };
+        self.instance_policies[i as usize].schedule(&mut ctx);
+        let (evicted, preempted) = (ctx.evicted.len(), ctx.preempted.len());
+        s.counters.replica_evictions += evicted as u64;
+        s.counters.preemptions += preempted as u64;
+        s.metrics.preemptions += preempted as u64;
+        if s.instances[i as usize].batch.is_empty() {
+            return;
+        }
+        // Layer-wise copies the cluster policy asks for, with replica blocks reserved up front.
+        let n = s.instances[i as usize].batch.entries.len();
+        let mut ev = Vec::new();
+        for k in 0..n {
+            let e = s.instances[i as usize].batch.entries[k];
+            let cctx = ClusterCtx { s: &mut *s };
+            let Some(to) = self.cluster.copy_target(&cctx, i, &e) else {
+                continue;
+            };
+            let tokens = match e.work {
+                Work::Prefill { start, len, .. } => start + len,
+                Work::Decode { context } => context,
+            };
+            let r = s.requests.get_mut(e.request);
+            if let Some(old) = r.replica_on.filter(|&o| o != to) {
+                s.instances[old as usize].kv.release(e.request);
+                r.replica_on = None;
+                r.replica_tokens = 0;
+            }
+            let dst = &mut s.instances[to as usize];
+            dst.account_kv(now);
+            ev.clear();
+            match dst
+                .kv
+                .reserve(e.request, Ownership::Replica, tokens, &mut ev)
+            {
+                Ok(()) => {
+                    r.replica_on = Some(to);
+                    let bytes = s.cost.kv_bytes_per_token()
+                        * match e.work {
+                            Work::Prefill { len, .. } => len as u64,
+                            Work::Decode { .. } => 1,
+                        };
+                    s.counters.copy_bytes += bytes;
+                    s.instances[i as usize].batch.entries[k].copy_to = Some(to);
+                }
+                Err(_) => {
+                    dst.kv.release(e.request);
+                    r.replica_on = None;
+                    r.replica_tokens = 0;
+                }
+            }
+        }
+        let inst = &mut s.instances[i as usize];
+        inst.busy = true;
+        inst.started_us = now;
+        inst.iteration += 1;
+        s.actions.push(Action::Run {
+            instance: i,
+            iteration: inst.iteration,
+        });
+    }
+
+    /// Checks every instance's block-manager invariants and that no request holds blocks on an
+    /// instance it has no business on. For tests.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        for inst in &self.state.instances {
+            inst.kv.check_invariants()?;
+        }
+        Ok(())
+    }
+}

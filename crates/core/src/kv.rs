@@ -3,7 +3,8 @@
 //! Memory is cut into blocks of `block_size` tokens. Every allocated block belongs to exactly one
 //! request's table on this instance, either as its *primary* cache (the copy the request runs on)
 //! or as a *replica* (a copy of a request whose primary lives on another instance). Replicas are
-//! evictable: when a primary needs space, replicas go first, least recently used first.
+//! evictable: when a primary needs space, replicas go first, least recently used first. A table
+//! can be *pinned* while a copy into it is in flight; a pinned replica is not evicted.
 
 use std::collections::BTreeSet;
 
@@ -42,6 +43,13 @@ struct Table {
     blocks: Vec<BlockId>,
     ownership: Ownership,
     last_used: u64,
+    pins: u32,
+}
+
+impl Table {
+    fn evictable(&self) -> bool {
+        self.ownership == Ownership::Replica && self.pins == 0
+    }
 }
 
 /// Number of KV blocks that fit in `device_bytes` after `weight_bytes` and a `reserve_fraction` of
@@ -68,6 +76,7 @@ pub struct BlockManager {
     primary_blocks: u32,
     replica_blocks: u32,
     replica_lru: BTreeSet<(u64, RequestId)>,
+    evictable_blocks: u32,
     tick: u64,
 }
 
@@ -83,6 +92,7 @@ impl BlockManager {
             primary_blocks: 0,
             replica_blocks: 0,
             replica_lru: BTreeSet::new(),
+            evictable_blocks: 0,
             tick: 0,
         }
     }
@@ -112,9 +122,9 @@ impl BlockManager {
         self.replica_blocks
     }
 
-    /// Blocks a primary could obtain: free ones plus every replica's.
+    /// Blocks a primary could obtain: free ones plus every unpinned replica's.
     pub fn available_for_primary(&self) -> u32 {
-        self.free_blocks() + self.replica_blocks
+        self.free_blocks() + self.evictable_blocks
     }
 
     /// Blocks needed to hold `tokens` tokens.
@@ -142,7 +152,7 @@ impl BlockManager {
         self.entry(req).map(|t| t.ownership)
     }
 
-    /// Replicas held here, least recently used first.
+    /// Unpinned replicas held here, least recently used first.
     pub fn replicas_lru(&self) -> impl Iterator<Item = RequestId> + '_ {
         self.replica_lru.iter().map(|&(_, r)| r)
     }
@@ -171,7 +181,7 @@ impl BlockManager {
         }
         // Our own replica blocks do not count as evictable for ourselves.
         let available = match ownership {
-            Ownership::Primary => self.free_blocks() + self.replica_blocks,
+            Ownership::Primary => self.free_blocks() + self.evictable_blocks,
             Ownership::Replica => self.free_blocks(),
         };
         if needed > available {
@@ -194,6 +204,7 @@ impl BlockManager {
             blocks: Vec::new(),
             ownership,
             last_used: tick,
+            pins: 0,
         });
         let old_tick = table.last_used;
         table.last_used = tick;
@@ -205,11 +216,12 @@ impl BlockManager {
         }
         match ownership {
             Ownership::Primary => self.primary_blocks += needed,
-            Ownership::Replica => {
-                self.replica_blocks += needed;
-                self.replica_lru.remove(&(old_tick, req));
-                self.replica_lru.insert((tick, req));
-            }
+            Ownership::Replica => self.replica_blocks += needed,
+        }
+        if table.evictable() {
+            self.evictable_blocks += needed;
+            self.replica_lru.remove(&(old_tick, req));
+            self.replica_lru.insert((tick, req));
         }
         Ok(())
     }
@@ -219,7 +231,7 @@ impl BlockManager {
         self.tick += 1;
         let tick = self.tick;
         if let Some(Some(t)) = self.tables.get_mut(req.index()) {
-            if t.ownership == Ownership::Replica {
+            if t.evictable() {
                 self.replica_lru.remove(&(t.last_used, req));
                 self.replica_lru.insert((tick, req));
             }
@@ -238,10 +250,11 @@ impl BlockManager {
         let n = t.blocks.len() as u32;
         match t.ownership {
             Ownership::Primary => self.primary_blocks -= n,
-            Ownership::Replica => {
-                self.replica_blocks -= n;
-                self.replica_lru.remove(&(t.last_used, req));
-            }
+            Ownership::Replica => self.replica_blocks -= n,
+        }
+        if t.evictable() {
+            self.evictable_blocks -= n;
+            self.replica_lru.remove(&(t.last_used, req));
         }
         self.free.extend(t.blocks.into_iter().rev());
         n
@@ -256,19 +269,50 @@ impl BlockManager {
             return;
         }
         let n = t.blocks.len() as u32;
+        if t.evictable() {
+            self.evictable_blocks -= n;
+            self.replica_lru.remove(&(t.last_used, req));
+        }
         match ownership {
             Ownership::Primary => {
                 self.replica_blocks -= n;
                 self.primary_blocks += n;
-                self.replica_lru.remove(&(t.last_used, req));
             }
             Ownership::Replica => {
                 self.primary_blocks -= n;
                 self.replica_blocks += n;
-                self.replica_lru.insert((t.last_used, req));
             }
         }
         t.ownership = ownership;
+        if t.evictable() {
+            self.evictable_blocks += n;
+            self.replica_lru.insert((t.last_used, req));
+        }
+    }
+
+    /// Pins `req`'s table here while a copy into it is in flight: a pinned replica is not
+    /// evicted. Pins nest; each needs an [`Self::unpin`].
+    pub fn pin(&mut self, req: RequestId) {
+        let Some(Some(t)) = self.tables.get_mut(req.index()) else {
+            return;
+        };
+        if t.evictable() {
+            self.evictable_blocks -= t.blocks.len() as u32;
+            self.replica_lru.remove(&(t.last_used, req));
+        }
+        t.pins += 1;
+    }
+
+    /// Undoes one [`Self::pin`].
+    pub fn unpin(&mut self, req: RequestId) {
+        let Some(Some(t)) = self.tables.get_mut(req.index()) else {
+            return;
+        };
+        t.pins = t.pins.saturating_sub(1);
+        if t.evictable() && !self.replica_lru.contains(&(t.last_used, req)) {
+            self.evictable_blocks += t.blocks.len() as u32;
+            self.replica_lru.insert((t.last_used, req));
+        }
     }
 
     /// Checks the manager's invariants: every block is free or owned by exactly one table, and the
@@ -284,7 +328,7 @@ impl BlockManager {
             }
             *s = true;
         }
-        let (mut primary, mut replica, mut lru) = (0u32, 0u32, 0usize);
+        let (mut primary, mut replica, mut lru, mut evictable) = (0u32, 0u32, 0usize, 0u32);
         for (i, t) in self.tables.iter().enumerate() {
             let Some(t) = t else { continue };
             for &b in &t.blocks {
@@ -298,16 +342,19 @@ impl BlockManager {
             }
             match t.ownership {
                 Ownership::Primary => primary += t.blocks.len() as u32,
-                Ownership::Replica => {
-                    replica += t.blocks.len() as u32;
-                    lru += 1;
-                    if !self
-                        .replica_lru
-                        .contains(&(t.last_used, RequestId(i as u32)))
-                    {
-                        return Err(format!("replica {i} missing from the LRU order"));
-                    }
-                }
+                Ownership::Replica => replica += t.blocks.len() as u32,
+            }
+            let listed = self
+                .replica_lru
+                .contains(&(t.last_used, RequestId(i as u32)));
+            if listed != t.evictable() {
+                return Err(format!(
+                    "request {i}: LRU membership disagrees with its table"
+                ));
+            }
+            if t.evictable() {
+                lru += 1;
+                evictable += t.blocks.len() as u32;
             }
         }
         if let Some(b) = seen.iter().position(|s| !s) {
@@ -316,8 +363,8 @@ impl BlockManager {
         if primary != self.primary_blocks || replica != self.replica_blocks {
             return Err("block counters disagree with the tables".into());
         }
-        if lru != self.replica_lru.len() {
-            return Err("LRU order holds stale entries".into());
+        if lru != self.replica_lru.len() || evictable != self.evictable_blocks {
+            return Err("LRU order or evictable count holds stale entries".into());
         }
         Ok(())
     }
@@ -388,6 +435,8 @@ mod tests {
         Release(u32),
         Flip(u32),
         Touch(u32),
+        Pin(u32),
+        Unpin(u32),
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -396,6 +445,8 @@ mod tests {
             2 => (0u32..12).prop_map(Op::Release),
             1 => (0u32..12).prop_map(Op::Flip),
             1 => (0u32..12).prop_map(Op::Touch),
+            1 => (0u32..12).prop_map(Op::Pin),
+            1 => (0u32..12).prop_map(Op::Unpin),
         ]
     }
 
@@ -404,7 +455,15 @@ mod tests {
         fn invariants_hold_under_any_sequence(ops in proptest::collection::vec(op(), 1..200)) {
             let mut kv = BlockManager::new(24, 8);
             let mut ev = Vec::new();
+            let mut pins = [0u32; 12];
             for op in ops {
+                let pinned: Vec<RequestId> = (0..12).filter(|&r| pins[r as usize] > 0).map(RequestId).collect();
+                match op {
+                    Op::Pin(r) if kv.held(RequestId(r)) > 0 => pins[r as usize] += 1,
+                    Op::Unpin(r) => pins[r as usize] = pins[r as usize].saturating_sub(1),
+                    Op::Release(r) => pins[r as usize] = 0,
+                    _ => {}
+                }
                 match op {
                     Op::Reserve(r, primary, tokens) => {
                         let req = RequestId(r);
@@ -415,9 +474,10 @@ mod tests {
                             Ok(()) => prop_assert!(kv.held(req) >= kv.blocks_for(tokens).max(before)),
                             Err(_) => prop_assert_eq!(kv.held(req), before),
                         }
-                        // Only replicas are ever evicted, and never by a replica.
+                        // Only unpinned replicas are ever evicted, and never by a replica.
                         prop_assert!(ev.is_empty() || own == Ownership::Primary);
-                        for v in &ev { prop_assert_eq!(kv.held(*v), 0); }
+                        for v in &ev { prop_assert!(!pinned.contains(v), "evicted a pinned replica"); }
+                        for v in &ev { prop_assert_eq!(kv.held(*v), 0); pins[v.index()] = 0; }
                     }
                     Op::Release(r) => { kv.release(RequestId(r)); }
                     Op::Flip(r) => {
@@ -427,6 +487,8 @@ mod tests {
                         }
                     }
                     Op::Touch(r) => kv.touch(RequestId(r)),
+                    Op::Pin(r) => kv.pin(RequestId(r)),
+                    Op::Unpin(r) => kv.unpin(RequestId(r)),
                 }
                 prop_assert!(kv.primary_blocks() + kv.replica_blocks() + kv.free_blocks() == kv.num_blocks());
                 if let Err(e) = kv.check_invariants() { prop_assert!(false, "{}", e); }

@@ -543,6 +543,7 @@ impl Scheduler {
                 continue;
             }
             r.copies_pending = r.copies_pending.saturating_sub(1);
+            s.instances[c.to as usize].kv.unpin(c.request);
             if r.replica_on == Some(c.to) {
                 r.replica_tokens = r.replica_tokens.max(c.tokens);
             }
@@ -646,11 +647,16 @@ impl Scheduler {
             let Some(to) = self.cluster.copy_target(&cctx, i, &e) else {
                 continue;
             };
-            let tokens = match e.work {
-                Work::Prefill { start, len, .. } => start + len,
-                Work::Decode { context } => context,
+            let (tokens, fresh) = match e.work {
+                Work::Prefill { start, len, .. } => (start + len, start == 0),
+                Work::Decode { context } => (context, false),
             };
             let r = s.requests.get_mut(e.request);
+            // A copy only extends a replica that holds everything before it: one that starts
+            // with the prompt, or one already kept on `to`. A lost replica is not patched up.
+            if !fresh && r.replica_on != Some(to) {
+                continue;
+            }
             if let Some(old) = r.replica_on.filter(|&o| o != to) {
                 s.instances[old as usize].kv.release(e.request);
                 r.replica_on = None;
@@ -664,6 +670,7 @@ impl Scheduler {
                 .reserve(e.request, Ownership::Replica, tokens, &mut ev)
             {
                 Ok(()) => {
+                    dst.kv.pin(e.request);
                     r.replica_on = Some(to);
                     let bytes = s.cost.kv_bytes_per_token()
                         * match e.work {

@@ -223,6 +223,7 @@ fn splitwise_never_decodes_on_a_prefill_instance() {
                 prefill_instances: 2,
                 layerwise,
             },
+            ..Default::default()
         };
         let mut s = sched(
             "splitwise",

@@ -4,6 +4,7 @@
 //! which keeps the KV and load bookkeeping in one place (migrations, transfers, queue moves).
 //! Policies are chosen by name with [`build`].
 
+pub mod accellm;
 pub mod least_load;
 pub mod round_robin;
 pub mod splitwise;
@@ -259,10 +260,12 @@ pub trait ClusterPolicy: Send {
 pub struct ClusterConfig {
     /// Splitwise: knobs of the disaggregated pools.
     pub splitwise: splitwise::SplitwiseConfig,
+    /// AcceLLM: knobs of the paired instances.
+    pub accellm: accellm::AccellmConfig,
 }
 
 /// Names accepted by [`build`].
-pub const NAMES: &[&str] = &["round-robin", "least-load", "splitwise"];
+pub const NAMES: &[&str] = &["round-robin", "least-load", "splitwise", "accellm"];
 
 /// Builds the cluster policy called `name` for `instances` instances.
 pub fn build(
@@ -277,6 +280,7 @@ pub fn build(
             instances,
             &cfg.splitwise,
         ))),
+        "accellm" => Ok(Box::new(accellm::Accellm::new(instances, &cfg.accellm))),
         _ => Err(UnknownPolicy {
             kind: "cluster",
             name: name.to_string(),

@@ -1,10 +1,307 @@
-//! `accellm bench`.
+//! `accellm bench`: replay a workload against an OpenAI-compatible endpoint and report latency,
+//! throughput, goodput and SLO attainment.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use accellm_workload::{Arrivals, ContextFit, SloPolicy, Workload, WorkloadSource, WorkloadSpec};
+use anyhow::{bail, Context};
+
+use crate::client::{discover_model, Client, ClientConfig, PreparedRequest};
+use crate::metrics::{summarize, to_json, GoodputConfig, RunInfo};
+use crate::prompt::{CharEstimate, PromptBuilder, TokenCounter};
+use crate::runner::{run as run_requests, RunOptions};
 
 /// Arguments of `accellm bench`.
-#[derive(Debug, clap::Args)]
-pub struct BenchArgs {}
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// Server base URL (plain http).
+    #[arg(long, default_value = "http://127.0.0.1:8000")]
+    pub base_url: String,
+    /// API path: /v1/completions or /v1/chat/completions.
+    #[arg(long, default_value = "/v1/completions")]
+    pub endpoint: String,
+    /// Model name to send; default: the first one `GET /v1/models` lists.
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Workload: azure-conv, azure-code, sharegpt, arxiv, synthetic:prompt=..,output=..,
+    /// mix:A*w@class+B*w@class, or a trace file (.csv / .jsonl).
+    #[arg(long, default_value = "sharegpt")]
+    pub workload: String,
+    /// A workload TOML file (accellm-workload's WorkloadSpec); overrides --workload, --slo,
+    /// --seed, --max-context; --num-prompts, --rate and --arrivals still apply on top.
+    #[arg(long)]
+    pub workload_config: Option<PathBuf>,
+    /// Number of requests (the workload is cut after this many).
+    #[arg(long, default_value_t = 1000)]
+    pub num_prompts: usize,
+    /// Only requests arriving in the first this many seconds.
+    #[arg(long)]
+    pub duration: Option<f64>,
+    /// Request rate (req/s) for new Poisson/Gamma arrivals (or with --retime, the target mean
+    /// rate of the trace's own timestamps). Default: the workload's own timing (trace
+    /// timestamps; all at once for length-only datasets).
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Gamma shape of inter-arrival times with --rate (1 = Poisson, <1 burstier), as in vLLM.
+    #[arg(long, default_value_t = 1.0)]
+    pub burstiness: f64,
+    /// With --rate: scale the trace's own inter-arrival times to that mean rate instead of
+    /// drawing new ones.
+    #[arg(long)]
+    pub retime: bool,
+    /// Arrival process in accellm-workload's short form (trace, retime:R, poisson:R,
+    /// gamma:R:CV, all-at-once); overrides --rate/--burstiness/--retime.
+    #[arg(long)]
+    pub arrivals: Option<String>,
+    /// At most this many requests in flight. Without --rate and trace timing this is a closed
+    /// loop: a new request starts when one finishes.
+    #[arg(long)]
+    pub max_concurrency: Option<usize>,
+    /// SLO assignment: none, fixed:TTFT_MS:TBT_MS, classes[:NAME=W,...], per-source, file.
+    #[arg(long, default_value = "none")]
+    pub slo: String,
+    /// Seed of every random draw (arrivals, lengths, classes, prompt text).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Model context length: requests longer than this are fitted (see --context-fit).
+    #[arg(long)]
+    pub max_context: Option<u32>,
+    /// How to fit long requests: cap, scale, scale-all, drop.
+    #[arg(long, default_value = "cap")]
+    pub context_fit: String,
+    /// GGUF file whose tokenizer counts prompt tokens exactly (default: an estimate).
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    /// Characters per token of the estimate used without --tokenizer.
+    #[arg(long, default_value_t = 4.0)]
+    pub chars_per_token: f64,
+    /// Percentiles to report.
+    #[arg(long, default_value = "50,90,99", value_delimiter = ',')]
+    pub percentiles: Vec<f64>,
+    /// Goodput thresholds in ms, e.g. `--goodput ttft:500 tpot:50` (also e2el:MS).
+    #[arg(long, num_args = 1..)]
+    pub goodput: Vec<String>,
+    /// Write the result as JSON (vllm bench serve's field names) to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Per-request timeout, seconds.
+    #[arg(long, default_value_t = 300.0)]
+    pub timeout: f64,
+    /// Do not send `ignore_eos`/`min_tokens` (for servers that reject unknown fields).
+    #[arg(long)]
+    pub no_ignore_eos: bool,
+    /// Sampling temperature.
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f64,
+    /// No progress bar.
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+impl BenchArgs {
+    /// The workload these arguments describe.
+    pub fn workload_spec(&self) -> anyhow::Result<WorkloadSpec> {
+        let mut spec = match &self.workload_config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                toml::from_str::<WorkloadSpec>(&text)
+                    .with_context(|| format!("parsing {}", path.display()))?
+            }
+            None => {
+                let source: WorkloadSource = self.workload.parse()?;
+                let mut spec = WorkloadSpec::new(source);
+                spec.slo = self.slo.parse::<SloPolicy>()?;
+                spec.seed = self.seed;
+                spec.max_context = self.max_context;
+                spec.context_fit = self.context_fit.parse::<ContextFit>()?;
+                spec
+            }
+        };
+        spec.max_requests = Some(self.num_prompts);
+        if self.duration.is_some() {
+            spec.duration_s = self.duration;
+        }
+        if let Some(a) = &self.arrivals {
+            spec.arrivals = Some(a.parse::<Arrivals>()?);
+        } else if let Some(rate) = self.rate {
+            if rate.is_nan() || rate <= 0.0 {
+                bail!("--rate must be positive");
+            }
+            if !positive(self.burstiness) {
+                bail!("--burstiness must be positive");
+            }
+            spec.arrivals = Some(if self.retime && rate.is_finite() {
+                Arrivals::Retime { rate }
+            } else {
+                Arrivals::with_burstiness(rate, self.burstiness)
+            });
+        }
+        Ok(spec)
+    }
+}
+
+/// Turns workload requests into HTTP requests with real prompt text.
+pub fn prepare(
+    workload: &Workload,
+    prompts: &PromptBuilder,
+    counter: &dyn TokenCounter,
+) -> Vec<PreparedRequest> {
+    workload
+        .requests
+        .iter()
+        .enumerate()
+        .map(|(index, r)| PreparedRequest {
+            index,
+            arrival_s: r.arrival_s,
+            prompt: prompts.build(index, r.prompt_tokens, counter),
+            prompt_tokens: r.prompt_tokens,
+            output_tokens: r.output_tokens,
+            ttft_slo_ms: r.ttft_slo_ms,
+            tbt_slo_ms: r.tbt_slo_ms,
+            priority: r.priority,
+            send_priority: r.class.is_some() || r.priority != 0,
+            class: r.class,
+        })
+        .collect()
+}
+
+fn positive(v: f64) -> bool {
+    v > 0.0 && v.is_finite()
+}
+
+fn utc_stamp() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}{m:02}{d:02}-{:02}{:02}{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
 
 /// Runs `accellm bench`.
-pub fn run(_args: BenchArgs) -> anyhow::Result<()> {
-    anyhow::bail!("bench: not implemented yet")
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if !positive(args.timeout) {
+        bail!("--timeout must be positive");
+    }
+    if args.percentiles.iter().any(|p| !(0.0..=100.0).contains(p)) {
+        bail!("--percentiles must be within 0..100");
+    }
+    let goodput = GoodputConfig::parse(&args.goodput).map_err(anyhow::Error::msg)?;
+    let spec = args.workload_spec()?;
+    let workload = spec.generate().context("building the workload")?;
+    if workload.requests.is_empty() {
+        bail!("the workload has no requests");
+    }
+    let counter: Box<dyn TokenCounter> = match &args.tokenizer {
+        Some(path) => bail!(
+            "--tokenizer {}: exact token counting needs accellm-tokenizer, which is not wired in yet; \
+             use --chars-per-token",
+            path.display()
+        ),
+        None => {
+            if !positive(args.chars_per_token) {
+                bail!("--chars-per-token must be positive");
+            }
+            Box::new(CharEstimate {
+                chars_per_token: args.chars_per_token,
+            })
+        }
+    };
+    let prompts = PromptBuilder::new(spec.seed);
+    let requests = prepare(&workload, &prompts, counter.as_ref());
+    let open_loop = requests.iter().any(|r| r.arrival_s > 0.0);
+    eprintln!(
+        "workload: {}\nprompt tokens: {}",
+        workload.description,
+        counter.describe()
+    );
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let timeout = Duration::from_secs_f64(args.timeout);
+    let base_url = args.base_url.trim_end_matches('/').to_string();
+    let model = match &args.model {
+        Some(m) => m.clone(),
+        None => rt.block_on(discover_model(
+            &base_url,
+            timeout.min(Duration::from_secs(30)),
+        ))?,
+    };
+    let endpoint = if args.endpoint.starts_with('/') {
+        args.endpoint.clone()
+    } else {
+        format!("/{}", args.endpoint)
+    };
+    let client = Client::new(ClientConfig {
+        url: format!("{base_url}{endpoint}"),
+        model: model.clone(),
+        ignore_eos: !args.no_ignore_eos,
+        timeout,
+        temperature: args.temperature,
+    })?;
+    let opts = RunOptions {
+        open_loop,
+        max_concurrency: args.max_concurrency,
+        progress: !args.no_progress,
+    };
+    let n = requests.len();
+    let result = rt.block_on(run_requests(client, requests, &opts));
+    let summary = summarize(
+        &result.results,
+        result.duration_s,
+        &args.percentiles,
+        &goodput,
+        &workload.classes,
+    );
+    let configured_rate = match spec.arrivals {
+        Some(Arrivals::Poisson { rate })
+        | Some(Arrivals::Gamma { rate, .. })
+        | Some(Arrivals::Retime { rate }) => Some(rate),
+        _ => None,
+    };
+    print!(
+        "{}",
+        crate::report::render(&summary, configured_rate, args.max_concurrency)
+    );
+    if let Some(first) = result.results.iter().find_map(|r| r.failure.as_ref()) {
+        eprintln!("first failure: {first}");
+    }
+    if let Some(path) = &args.json {
+        let info = RunInfo {
+            date: utc_stamp(),
+            endpoint,
+            model_id: model,
+            tokenizer_id: counter.describe(),
+            num_prompts: n,
+            request_rate: configured_rate,
+            burstiness: args.burstiness,
+            max_concurrency: args.max_concurrency,
+            workload: workload.description.clone(),
+        };
+        let json = to_json(&info, &summary, &result.results);
+        let text = serde_json::to_string_pretty(&json)?;
+        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
 }

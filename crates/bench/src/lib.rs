@@ -1,2 +1,15 @@
-//! accellm-bench: replays a workload against any OpenAI-compatible endpoint.
+//! accellm-bench: replays a workload against any OpenAI-compatible endpoint and measures it.
+//!
+//! The workload comes from `accellm-workload` (the same descriptions the simulator reads);
+//! [`prompt`] turns each request's token counts into real text; [`runner`] releases requests
+//! open-loop at their arrival times and/or under a concurrency cap; [`client`] streams each
+//! completion and timestamps every chunk; [`metrics`] computes TTFT, TPOT, ITL and E2E
+//! statistics, throughput, goodput and SLO attainment with `vllm bench serve`'s definitions and
+//! JSON field names; [`report`] prints the summary table. [`cli`] ties them together as
+//! `accellm bench`.
 pub mod cli;
+pub mod client;
+pub mod metrics;
+pub mod prompt;
+pub mod report;
+pub mod runner;

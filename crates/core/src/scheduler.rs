@@ -636,6 +636,11 @@ impl Scheduler {
         s.counters.preemptions += preempted as u64;
         s.metrics.preemptions += preempted as u64;
         if s.instances[i as usize].batch.is_empty() {
+            // Preempting everything it had (e.g. under a decode-only constraint) changed the
+            // instance's queues: offer it again, or it would idle with work queued.
+            if preempted > 0 {
+                s.mark_dirty(i);
+            }
             return;
         }
         // Layer-wise copies the cluster policy asks for, with replica blocks reserved up front.

@@ -274,10 +274,13 @@ impl Accellm {
     }
 
     /// Hands `i`'s decodes to its partner if the partner decodes. Returns how many stay on `i`.
+    /// Without replication a request's KV moves only once, right after its prefill
+    /// ([`ClusterPolicy::on_prefill_done`]); afterwards it is pinned, so nothing is handed over.
     fn hand_over(&mut self, ctx: &mut ClusterCtx<'_>, i: InstanceId) -> usize {
         let p = self.partner(i);
         let running = ctx.instance(i).running.len();
-        if p == i || self.role[p as usize] != Role::Decode || running == 0 {
+        if p == i || self.role[p as usize] != Role::Decode || running == 0 || !self.cfg.replication
+        {
             return running;
         }
         self.scratch.clear();
@@ -341,11 +344,12 @@ impl Accellm {
                 continue;
             }
             if ctx.migrate(id, p, true).is_ok() {
-                diff -= 2 * w;
                 moved = true;
-                if diff <= slack {
+                // Past the balance point the partner is now the heavier one: stop.
+                if 2 * w >= diff || diff - 2 * w <= slack {
                     break;
                 }
+                diff -= 2 * w;
             }
         }
         if moved {
@@ -391,8 +395,17 @@ impl Accellm {
         let mut left = false;
         for k in 0..self.scratch.len() {
             let id = self.scratch[k];
-            let started = ctx.request(id).prefilled > 0;
-            if started || !ctx.move_waiting(id, p) {
+            let r = ctx.request(id);
+            if r.prefilled > 0 {
+                left = true;
+                continue;
+            }
+            // A recomputed request may still have its old replica on the partner, where its new
+            // primary is about to be built.
+            if r.replica_on == Some(p) {
+                ctx.drop_replica(id);
+            }
+            if !ctx.move_waiting(id, p) {
                 left = true;
             }
         }
@@ -492,6 +505,19 @@ impl ClusterPolicy for Accellm {
                 && r.replica_on == Some(p)
                 && r.phase == Phase::Decoding)
                 .then_some(p),
+        }
+    }
+
+    fn on_prefill_done(&mut self, ctx: &mut ClusterCtx<'_>, id: RequestId) {
+        if self.cfg.replication {
+            return;
+        }
+        // Splitwise-like pairs: the KV moves to the decoding partner by one explicit transfer
+        // and is not kept; if the partner has no room the request stays pinned here.
+        let i = ctx.request(id).instance;
+        let p = self.partner(i);
+        if p != i && self.role[p as usize] == Role::Decode && ctx.migrate(id, p, false).is_ok() {
+            ctx.wake(p);
         }
     }
 

@@ -4,6 +4,7 @@
 //! the KV bookkeeping (block reservation, replica eviction, preemption) so that every policy
 //! accounts memory the same way. Policies are chosen by name with [`build`].
 
+pub mod accelgen;
 pub mod sarathi;
 pub mod vllm;
 
@@ -301,6 +302,8 @@ pub struct InstanceConfig {
     pub max_num_batched_tokens: u32,
     /// Sarathi: token budget of each iteration (`chunk_size`).
     pub chunk_size: u32,
+    /// AccelGen's knobs.
+    pub accelgen: accelgen::AccelGenConfig,
 }
 
 impl Default for InstanceConfig {
@@ -309,12 +312,13 @@ impl Default for InstanceConfig {
             max_num_seqs: 256,
             max_num_batched_tokens: 4096,
             chunk_size: 512,
+            accelgen: accelgen::AccelGenConfig::default(),
         }
     }
 }
 
 /// Names accepted by [`build`].
-pub const NAMES: &[&str] = &["vllm", "sarathi"];
+pub const NAMES: &[&str] = &["vllm", "sarathi", "accelgen"];
 
 /// Error for a policy name nobody knows.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -333,6 +337,7 @@ pub fn build(name: &str, cfg: &InstanceConfig) -> Result<Box<dyn InstancePolicy>
     match name {
         "vllm" => Ok(Box::new(vllm::Vllm::new(cfg))),
         "sarathi" => Ok(Box::new(sarathi::Sarathi::new(cfg))),
+        "accelgen" => Ok(Box::new(accelgen::AccelGen::new(cfg))),
         _ => Err(UnknownPolicy {
             kind: "instance",
             name: name.to_string(),

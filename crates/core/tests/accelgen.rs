@@ -1,0 +1,381 @@
+//! AccelGen end to end in virtual time: SLO-bounded iterations, dynamic chunks, deadline order,
+//! KV packing and the preemption victim rule.
+
+use std::sync::Arc;
+
+use accellm_core::{
+    batch::{Batch, Work},
+    cluster::{self, ClusterConfig},
+    cost::{CostModel, LinearCostModel, Link},
+    instance::{
+        self,
+        accelgen::{AccelGenConfig, AccelGenMode},
+        InstanceConfig,
+    },
+    ms_to_us,
+    replay::{self, Observer},
+    request::{RequestId, RequestSpec, Slo},
+    scheduler::{Action, Scheduler, SchedulerConfig},
+    TimeUs,
+};
+use proptest::prelude::*;
+
+fn linear(per_kv_token_us: f64) -> LinearCostModel {
+    LinearCostModel {
+        base_us: 1000.0,
+        per_token_us: 10.0,
+        per_kv_token_us,
+        per_logit_row_us: 1.0,
+        layers: 4,
+        kv_bytes_per_token: 1024,
+    }
+}
+
+fn sched(cost: LinearCostModel, kv_blocks: u32, icfg: &InstanceConfig) -> Scheduler {
+    let cfg = SchedulerConfig {
+        kv_blocks,
+        block_size: 16,
+        link: Link {
+            bytes_per_s: 1e9,
+            latency_us: 5.0,
+        },
+        max_waiting: 0,
+        record_timelines: false,
+    };
+    let policies = vec![instance::build("accelgen", icfg).unwrap()];
+    Scheduler::new(
+        &cfg,
+        Arc::new(cost),
+        cluster::build("round-robin", 1, &ClusterConfig::default()).unwrap(),
+        policies,
+    )
+}
+
+fn icfg(ag: AccelGenConfig) -> InstanceConfig {
+    InstanceConfig {
+        accelgen: ag,
+        ..Default::default()
+    }
+}
+
+fn spec(arrival_us: TimeUs, prompt: u32, output: u32, tbt_ms: f64, class: u16) -> RequestSpec {
+    RequestSpec {
+        arrival_us,
+        prompt_tokens: prompt,
+        max_output_tokens: output,
+        slo: Slo {
+            ttft_ms: Some(10_000.0),
+            tbt_ms: Some(tbt_ms),
+        },
+        priority: 0,
+        class: Some(class),
+    }
+}
+
+/// Calls `f` on every batch as it is launched, and checks KV invariants after every event.
+struct Watch<F: FnMut(TimeUs, &Batch, &Scheduler)>(F);
+impl<F: FnMut(TimeUs, &Batch, &Scheduler)> Observer for Watch<F> {
+    fn on_action(&mut self, now: TimeUs, a: &Action, s: &Scheduler) {
+        if let Action::Run { instance, .. } = a {
+            (self.0)(now, &s.instance(*instance).batch, s);
+        }
+    }
+    fn after_event(&mut self, _now: TimeUs, s: &Scheduler) {
+        s.check_invariants().unwrap();
+    }
+}
+
+fn assert_all_done(s: &Scheduler, n: usize) {
+    assert_eq!(s.live_requests(), 0, "requests left unfinished");
+    assert_eq!(s.metrics().finished.len(), n);
+    for inst in s.instances() {
+        assert_eq!(inst.kv.free_blocks(), inst.kv.num_blocks(), "blocks leaked");
+        assert_eq!(inst.load_tokens, 0);
+    }
+    s.check_invariants().unwrap();
+}
+
+/// The tightest TBT SLO among the requests in `b`, in µs.
+fn tightest_us(b: &Batch, s: &Scheduler) -> TimeUs {
+    b.entries
+        .iter()
+        .map(|e| ms_to_us(s.request(e.request).unwrap().spec.slo.tbt_ms.unwrap()))
+        .min()
+        .unwrap()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    /// With the scheduler's own cost model as the executor (predicted = simulated), no iteration
+    /// takes longer than the tightest TBT SLO (less the margin) among the requests in it, KV never
+    /// overcommits, and everything finishes.
+    #[test]
+    fn no_iteration_exceeds_the_tightest_slo_in_it(
+        reqs in prop::collection::vec(
+            (0u64..40_000, 1u32..1500, 1u32..60, prop::sample::select(vec![5.0, 8.0, 20.0, 50.0, 250.0])),
+            1..40,
+        ),
+        kv_blocks in 110u32..400,
+        per_kv in prop::sample::select(vec![0.0, 0.001, 0.01]),
+        admission in any::<bool>(),
+    ) {
+        let mut arrivals: Vec<RequestSpec> = reqs
+            .iter()
+            .map(|&(t, p, o, tbt)| spec(t, p, o, tbt, 0))
+            .collect();
+        arrivals.sort_by_key(|r| r.arrival_us);
+        let ag = AccelGenConfig {
+            mode: if admission { AccelGenMode::Admission } else { AccelGenMode::Edf },
+            ..Default::default()
+        };
+        let margin = ag.margin;
+        let cost = linear(per_kv);
+        let mut s = sched(cost, kv_blocks, &icfg(ag));
+        let mut worst = 0.0f64;
+        let mut runs = 0;
+        replay::run(&mut s, &arrivals, &mut Watch(|_, b: &Batch, s: &Scheduler| {
+            runs += 1;
+            let t = cost.iteration_us(&b.shape) as f64;
+            let limit = tightest_us(b, s) as f64 * (1.0 - margin);
+            worst = worst.max(t / limit);
+        }));
+        prop_assert!(runs > 0);
+        if !admission {
+            prop_assert!(worst <= 1.0, "an iteration took {worst:.3}× its SLO limit");
+        }
+        assert_all_done(&s, arrivals.len());
+    }
+}
+
+#[test]
+fn a_long_prompt_chunk_shrinks_while_a_tight_request_decodes() {
+    // 1 ms + 10 µs per token: a 9 ms limit (10 ms SLO) holds ~800 tokens, a 225 ms limit
+    // (250 ms SLO) is capped by the pivot forward size instead.
+    let cost = linear(0.0);
+    let mut s = sched(cost, 4000, &icfg(AccelGenConfig::default()));
+    let arrivals = vec![spec(0, 30_000, 4, 250.0, 0), spec(40_000, 8, 10, 10.0, 1)];
+    let (long, tight) = (RequestId(0), RequestId(1));
+    let (mut before, mut during, mut after) = (Vec::new(), Vec::new(), Vec::new());
+    let mut tight_done = false;
+    replay::run(
+        &mut s,
+        &arrivals,
+        &mut Watch(|_, b: &Batch, s: &Scheduler| {
+            let chunk = b.entries.iter().find_map(|e| match e.work {
+                Work::Prefill { len, .. } if e.request == long => Some(len),
+                _ => None,
+            });
+            let tight_in = b.entries.iter().any(|e| e.request == tight);
+            tight_done |= !tight_in && s.metrics().finished.len() == 1;
+            if let Some(len) = chunk {
+                if tight_in {
+                    during.push(len);
+                } else if tight_done {
+                    after.push(len);
+                } else {
+                    before.push(len);
+                }
+            }
+        }),
+    );
+    assert_all_done(&s, 2);
+    let max = |v: &[u32]| v.iter().copied().max().unwrap_or(0);
+    assert!(!before.is_empty() && !during.is_empty() && !after.is_empty());
+    assert!(
+        max(&during) < max(&before) / 2,
+        "chunks: before {before:?}, during {during:?}"
+    );
+    assert!(max(&during) <= 800, "{during:?}");
+    assert!(
+        max(&after) > max(&during),
+        "the chunk grows back: {after:?}"
+    );
+}
+
+#[test]
+fn decodes_go_in_earliest_deadline_order() {
+    // 2 ms per token: a 10 ms SLO leaves room for about four decodes, so once tight requests
+    // join six loose ones the time limit, not the sequence cap, decides who decodes. No running
+    // request left out may be due before one that decodes (deadline = last token + TBT SLO).
+    let mut cost = linear(0.0);
+    cost.per_token_us = 2000.0;
+    let mut s = sched(cost, 1000, &icfg(AccelGenConfig::default()));
+    let mut arrivals: Vec<_> = [200.0, 250.0, 200.0, 250.0, 200.0, 250.0]
+        .iter()
+        .enumerate()
+        .map(|(i, &tbt)| spec(0, 2, 60, tbt, i as u16))
+        .collect();
+    arrivals.extend((0..3).map(|i| spec(20_000, 2, 20, 10.0 + i as f64, 10 + i)));
+    let (mut checked, mut reordered) = (0, 0);
+    replay::run(
+        &mut s,
+        &arrivals,
+        &mut Watch(|_, b: &Batch, s: &Scheduler| {
+            let deadline = |id| {
+                let r = s.request(id).unwrap();
+                r.last_token_us.unwrap() + ms_to_us(r.spec.slo.tbt_ms.unwrap())
+            };
+            let decoding: Vec<RequestId> = b
+                .entries
+                .iter()
+                .filter(|e| matches!(e.work, Work::Decode { .. }))
+                .map(|e| e.request)
+                .collect();
+            let inst = s.instance(0);
+            let left_out: Vec<RequestId> = inst
+                .running
+                .iter()
+                .copied()
+                .filter(|r| !decoding.contains(r))
+                .collect();
+            if decoding.is_empty() || left_out.is_empty() {
+                return;
+            }
+            let latest_in = decoding.iter().map(|&r| deadline(r)).max().unwrap();
+            let earliest_out = left_out.iter().map(|&r| deadline(r)).min().unwrap();
+            assert!(latest_in <= earliest_out, "a later deadline went first");
+            checked += 1;
+            let prefix = inst.running[..decoding.len()]
+                .iter()
+                .all(|r| decoding.contains(r));
+            reordered += !prefix as u32;
+        }),
+    );
+    assert!(checked > 20 && reordered > 0, "{checked} {reordered}");
+    assert_all_done(&s, arrivals.len());
+}
+
+/// A one-token request that keeps the instance busy while the others arrive.
+fn opener() -> RequestSpec {
+    spec(0, 16, 1, 100.0, 9)
+}
+
+#[test]
+fn prompts_go_in_ttft_deadline_order_without_packing_weights() {
+    let ag = AccelGenConfig {
+        w_compute: 0.0,
+        w_kv: 0.0,
+        ..Default::default()
+    };
+    let icfg = InstanceConfig {
+        max_num_seqs: 1,
+        ..icfg(ag)
+    };
+    let mut s = sched(linear(0.0), 1000, &icfg);
+    // Arrival order 0, 1, 2, 3; TTFT deadlines 9 s, 1 s, 5 s, 3 s.
+    let mut arrivals = vec![opener()];
+    arrivals.extend(
+        [9_000.0, 1_000.0, 5_000.0, 3_000.0]
+            .iter()
+            .enumerate()
+            .map(|(i, &ttft)| RequestSpec {
+                slo: Slo {
+                    ttft_ms: Some(ttft),
+                    tbt_ms: Some(100.0),
+                },
+                ..spec(10, 64, 1, 100.0, i as u16)
+            }),
+    );
+    replay::run(
+        &mut s,
+        &arrivals,
+        &mut Watch(|_, _: &Batch, _: &Scheduler| {}),
+    );
+    assert_all_done(&s, 5);
+    let order: Vec<u16> = s
+        .metrics()
+        .finished
+        .iter()
+        .map(|r| r.class.unwrap())
+        .collect();
+    assert_eq!(order, vec![9, 1, 3, 2, 0]);
+}
+
+#[test]
+fn packing_score_can_override_deadline_order() {
+    // Two prompts wait together. With the packing score all on KV the 400-token prompt starts
+    // first although the 64-token one is due earlier; without weights deadline order decides.
+    let first_started = |w_compute: f64, w_kv: f64| {
+        let ag = AccelGenConfig {
+            w_compute,
+            w_kv,
+            ..Default::default()
+        };
+        let icfg = InstanceConfig {
+            max_num_seqs: 1,
+            ..icfg(ag)
+        };
+        let mut s = sched(linear(0.0), 1000, &icfg);
+        let with_ttft = |ttft_ms, r| RequestSpec {
+            slo: Slo {
+                ttft_ms: Some(ttft_ms),
+                tbt_ms: Some(100.0),
+            },
+            ..r
+        };
+        let arrivals = vec![
+            opener(),
+            with_ttft(2_000.0, spec(10, 64, 1, 100.0, 0)),
+            with_ttft(3_000.0, spec(10, 400, 1, 100.0, 1)),
+        ];
+        let mut first = None;
+        replay::run(
+            &mut s,
+            &arrivals,
+            &mut Watch(|_, b: &Batch, s: &Scheduler| {
+                let c = s.request(b.entries[0].request).unwrap().spec.class;
+                if first.is_none() && c != Some(9) {
+                    first = c;
+                }
+            }),
+        );
+        assert_all_done(&s, 3);
+        first.unwrap()
+    };
+    assert_eq!(first_started(0.0, 1.0), 1);
+    assert_eq!(
+        first_started(1.0, 0.0),
+        1,
+        "the bigger chunk fills more budget"
+    );
+    assert_eq!(first_started(0.0, 0.0), 0, "deadline order on a tie");
+}
+
+#[test]
+fn kv_runs_out_and_the_loosest_longest_request_is_preempted_first() {
+    for mode in [AccelGenMode::Admission, AccelGenMode::Edf] {
+        // 12 blocks of 16 tokens. Three 40-token prompts; the tight one (class 0) and the loose
+        // long one (class 2) grow to 140 tokens, the loose short one (class 1) to 70.
+        let ag = AccelGenConfig {
+            mode,
+            ..Default::default()
+        };
+        let mut s = sched(linear(0.0), 12, &icfg(ag));
+        let arrivals = vec![
+            spec(0, 40, 100, 10.0, 0),
+            spec(0, 40, 30, 100.0, 1),
+            spec(0, 40, 100, 100.0, 2),
+        ];
+        let mut first_victim = None;
+        replay::run(
+            &mut s,
+            &arrivals,
+            &mut Watch(|_, _: &Batch, s: &Scheduler| {
+                if first_victim.is_some() || s.counters().preemptions == 0 {
+                    return;
+                }
+                let inst = s.instance(0);
+                first_victim = inst
+                    .waiting
+                    .iter()
+                    .chain(&inst.running)
+                    .find(|&&r| s.request(r).unwrap().preemptions > 0)
+                    .map(|&r| s.request(r).unwrap().spec.class.unwrap());
+            }),
+        );
+        assert!(s.counters().preemptions > 0, "{mode:?}: KV never ran out");
+        assert_eq!(first_victim, Some(2), "{mode:?}");
+        assert_all_done(&s, 3);
+    }
+}

@@ -154,6 +154,27 @@ impl LengthDist {
     }
 }
 
+impl std::fmt::Display for LengthDist {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LengthDist::Fixed { tokens } => write!(f, "{tokens}"),
+            LengthDist::Uniform { min, max } => write!(f, "uniform({min},{max})"),
+            LengthDist::LogNormal {
+                median: Some(m),
+                sigma,
+                ..
+            } => write!(f, "lognormal({m},{sigma})"),
+            LengthDist::LogNormal { mean, sigma, .. } => {
+                write!(
+                    f,
+                    "lognormal(mean={},sigma={sigma})",
+                    mean.unwrap_or(f64::NAN)
+                )
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -176,6 +197,14 @@ mod tests {
                 sigma: 1.0
             }
         );
+        for s in [
+            "128",
+            "uniform(64,512)",
+            "lognormal(1000,0.5)",
+            "lognormal(mean=300,sigma=1)",
+        ] {
+            assert_eq!(LengthDist::parse(s).unwrap().to_string(), s);
+        }
         assert!(LengthDist::parse("uniform(5,2)").is_err());
         assert!(LengthDist::parse("zipf(3)").is_err());
         assert!(LengthDist::parse("lognormal(x,1)").is_err());

@@ -234,7 +234,7 @@ impl WorkloadSource {
             WorkloadSource::Builtin { name, .. } => name.name().to_string(),
             WorkloadSource::File { path, .. } => path.display().to_string(),
             WorkloadSource::Synthetic { prompt, output } => {
-                format!("synthetic prompt {prompt:?}, output {output:?}")
+                format!("synthetic:prompt={prompt},output={output}")
             }
             WorkloadSource::Mixture { components } => {
                 let parts: Vec<String> = components

@@ -91,6 +91,10 @@ pub struct BenchArgs {
     /// Do not send `ignore_eos`/`min_tokens` (for servers that reject unknown fields).
     #[arg(long)]
     pub no_ignore_eos: bool,
+    /// Do not send `priority` (vLLM rejects non-zero priorities unless it runs its priority
+    /// scheduler).
+    #[arg(long)]
+    pub no_priority: bool,
     /// Sampling temperature.
     #[arg(long, default_value_t = 0.0)]
     pub temperature: f64,
@@ -225,7 +229,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
     };
     let prompts = PromptBuilder::new(spec.seed);
-    let requests = prepare(&workload, &prompts, counter.as_ref());
+    let mut requests = prepare(&workload, &prompts, counter.as_ref());
+    if args.no_priority {
+        requests.iter_mut().for_each(|r| r.send_priority = false);
+    }
     let open_loop = requests.iter().any(|r| r.arrival_s > 0.0);
     eprintln!(
         "workload: {}\nprompt tokens: {}",

@@ -95,6 +95,9 @@ pub struct BenchArgs {
     /// scheduler).
     #[arg(long)]
     pub no_priority: bool,
+    /// JSON object merged into every request body, e.g. `{"logit_bias": {"2": -100}}`.
+    #[arg(long)]
+    pub extra_body: Option<String>,
     /// Sampling temperature.
     #[arg(long, default_value_t = 0.0)]
     pub temperature: f64,
@@ -259,7 +262,16 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     } else {
         format!("/{}", args.endpoint)
     };
+    let extra_body = match &args.extra_body {
+        Some(text) => match serde_json::from_str::<serde_json::Value>(text) {
+            Ok(serde_json::Value::Object(m)) => m,
+            Ok(_) => bail!("--extra-body must be a JSON object"),
+            Err(e) => bail!("--extra-body: {e}"),
+        },
+        None => serde_json::Map::new(),
+    };
     let client = Client::new(ClientConfig {
+        extra_body,
         url: format!("{base_url}{endpoint}"),
         model: model.clone(),
         ignore_eos: !args.no_ignore_eos,

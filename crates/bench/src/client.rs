@@ -160,6 +160,8 @@ pub struct ClientConfig {
     pub timeout: Duration,
     /// Sampling temperature.
     pub temperature: f64,
+    /// Fields merged into every body (after the standard ones, so they override them).
+    pub extra_body: serde_json::Map<String, Value>,
 }
 
 /// A pooled HTTP/1 client for one endpoint.
@@ -216,6 +218,9 @@ impl Client {
         }
         if r.send_priority {
             o.insert("priority".into(), json!(r.priority));
+        }
+        for (k, v) in &self.cfg.extra_body {
+            o.insert(k.clone(), v.clone());
         }
         body
     }

@@ -220,7 +220,7 @@ fn metrics_match_known_latencies() {
 
 #[test]
 fn tight_goodput_and_slo_are_missed() {
-    let (addr, _) = start_server();
+    let (addr, seen) = start_server();
     let j = bench(
         addr,
         "tight.json",
@@ -235,8 +235,16 @@ fn tight_goodput_and_slo_are_missed() {
             "fixed:10:30",
             "--goodput",
             "ttft:10",
+            "--no-ignore-eos",
+            "--extra-body",
+            r#"{"logit_bias": {"2": -100}, "temperature": 0.5}"#,
         ],
     );
+    for (_, _, body) in seen.lock().unwrap().iter() {
+        assert_eq!(body["logit_bias"]["2"], -100);
+        assert_eq!(body["temperature"], 0.5);
+        assert!(body.get("ignore_eos").is_none() && body.get("min_tokens").is_none());
+    }
     assert_eq!(j["completed"], 4);
     assert_eq!(f(&j, "request_goodput"), 0.0);
     assert_eq!(j["slo_attainment"][0]["met"], 0);

@@ -1,10 +1,220 @@
-//! `accellm serve`.
+//! `accellm serve`: flags, merged over an optional TOML config, then [`crate::serve`] until
+//! SIGINT or SIGTERM.
 
-/// Arguments of `accellm serve`.
-#[derive(Debug, clap::Args)]
-pub struct ServeArgs {}
+use std::path::PathBuf;
+
+use accellm_engine::WeightFormat;
+use anyhow::Context as _;
+
+use crate::config::{CostConfig, ServerConfig};
+
+/// Arguments of `accellm serve`. Flags override the `--config` file, which overrides defaults.
+#[derive(Debug, Default, clap::Args)]
+pub struct ServeArgs {
+    /// TOML configuration file (every key optional; see docs/server.md).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// GGUF model file [default: SmolLM2-135M-Instruct Q4_1, fetched into ~/.cache/accellm/models].
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Name the model is served under [default: the file name without .gguf].
+    #[arg(long)]
+    pub served_model_name: Option<String>,
+    /// Weight format after loading: q8-padded (fast), native, f32 [default: q8-padded].
+    #[arg(long)]
+    pub weight_format: Option<WeightFormat>,
+    /// Address to listen on [default: 127.0.0.1].
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Port [default: 8000].
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// Engine instances [default: 2, one AcceLLM pair].
+    #[arg(long)]
+    pub instances: Option<u32>,
+    /// Threads per instance [default: 1].
+    #[arg(long)]
+    pub threads_per_instance: Option<usize>,
+    /// Cluster policy [default: accellm].
+    #[arg(long)]
+    pub cluster_policy: Option<String>,
+    /// Instance policy [default: accelgen].
+    #[arg(long)]
+    pub instance_policy: Option<String>,
+    /// KV blocks per instance [default: 1024].
+    #[arg(long)]
+    pub kv_blocks: Option<u32>,
+    /// Tokens per KV block [default: 16].
+    #[arg(long)]
+    pub block_size: Option<u32>,
+    /// Most requests waiting before new ones get HTTP 429 (0: unbounded) [default: 256].
+    #[arg(long)]
+    pub max_waiting: Option<usize>,
+    /// Require `Authorization: Bearer KEY` on /v1/* routes.
+    #[arg(long, env = "ACCELLM_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Default time-to-first-token SLO in ms for requests that bring none.
+    #[arg(long)]
+    pub slo_ttft_ms: Option<f64>,
+    /// Default time-between-tokens SLO in ms for requests that bring none.
+    #[arg(long)]
+    pub slo_tbt_ms: Option<f64>,
+    /// Cost model: a TOML file with base_ms, per_token_ms, per_kv_token_ms, per_logit_row_ms
+    /// (as `accellm calibrate --out` writes) [default: the measured CPU fit].
+    #[arg(long)]
+    pub cost_model: Option<PathBuf>,
+}
+
+impl ServeArgs {
+    /// The configuration these arguments describe.
+    pub fn to_config(&self) -> anyhow::Result<ServerConfig> {
+        let mut c = match &self.config {
+            Some(p) => ServerConfig::from_file(p)?,
+            None => ServerConfig::default(),
+        };
+        macro_rules! set {
+            ($($f:ident),*) => {$( if let Some(v) = &self.$f { c.$f = v.clone().into(); } )*};
+        }
+        set!(
+            host,
+            port,
+            instances,
+            threads_per_instance,
+            cluster_policy,
+            instance_policy,
+            kv_blocks,
+            block_size,
+            max_waiting,
+            weight_format
+        );
+        if let Some(m) = &self.model {
+            c.model = Some(m.clone());
+        }
+        if let Some(n) = &self.served_model_name {
+            c.served_model_name = Some(n.clone());
+        }
+        if let Some(k) = &self.api_key {
+            c.api_key = Some(k.clone());
+        }
+        if let Some(v) = self.slo_ttft_ms {
+            c.slo.ttft_ms = Some(v);
+        }
+        if let Some(v) = self.slo_tbt_ms {
+            c.slo.tbt_ms = Some(v);
+        }
+        if let Some(p) = &self.cost_model {
+            c.cost = Some(read_cost(p)?);
+        }
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+/// Reads cost coefficients from a TOML file: either at the top level or under `[cost]`.
+fn read_cost(path: &std::path::Path) -> anyhow::Result<CostConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read cost model {}", path.display()))?;
+    let v: toml::Value =
+        toml::from_str(&text).with_context(|| format!("invalid TOML in {}", path.display()))?;
+    let table = v.get("cost").cloned().unwrap_or(v);
+    let get = |k: &str| -> anyhow::Result<f64> {
+        table
+            .get(k)
+            .and_then(|x| x.as_float().or_else(|| x.as_integer().map(|i| i as f64)))
+            .with_context(|| format!("{}: missing number `{k}`", path.display()))
+    };
+    Ok(CostConfig {
+        base_ms: get("base_ms")?,
+        per_token_ms: get("per_token_ms")?,
+        per_kv_token_ms: get("per_kv_token_ms")?,
+        per_logit_row_ms: get("per_logit_row_ms")?,
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("SIGINT received"),
+        _ = term => tracing::info!("SIGTERM received"),
+    }
+}
 
 /// Runs `accellm serve`.
-pub fn run(_args: ServeArgs) -> anyhow::Result<()> {
-    anyhow::bail!("serve: not implemented yet")
+pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let cfg = args.to_config()?;
+    accellm_engine::set_matmul_threads(cfg.threads_per_instance);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("accellm-http")
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(crate::serve(&cfg, shutdown_signal(), |addr| {
+        tracing::info!("listening on http://{addr}");
+        eprintln!("accellm serve: listening on http://{addr} (Ctrl-C to stop)");
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Wrap {
+        #[command(flatten)]
+        args: ServeArgs,
+    }
+
+    #[test]
+    fn flags_override_defaults() {
+        let w = Wrap::parse_from([
+            "x",
+            "--instances",
+            "4",
+            "--port",
+            "0",
+            "--cluster-policy",
+            "round-robin",
+            "--instance-policy",
+            "vllm",
+            "--slo-ttft-ms",
+            "300",
+        ]);
+        let c = w.args.to_config().unwrap();
+        assert_eq!(c.instances, 4);
+        assert_eq!(c.port, 0);
+        assert_eq!(c.slo.ttft_ms, Some(300.0));
+        assert_eq!(c.host, "127.0.0.1");
+    }
+
+    #[test]
+    fn cost_file_is_read() {
+        let dir = std::env::temp_dir().join(format!("accellm-cost-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("cost.toml");
+        std::fs::write(
+            &p,
+            "[cost]\nbase_ms = 5\nper_token_ms = 1.5\nper_kv_token_ms = 0.01\nper_logit_row_ms = 0.2\n",
+        )
+        .unwrap();
+        let c = read_cost(&p).unwrap();
+        assert_eq!(c.base_ms, 5.0);
+        assert_eq!(c.per_token_ms, 1.5);
+        std::fs::write(&p, "base_ms = 5\n").unwrap();
+        assert!(read_cost(&p).is_err());
+    }
 }

@@ -1,2 +1,315 @@
-//! accellm-server: OpenAI-compatible HTTP server over engine instances, scheduled by the core.
+//! # accellm-server
+//!
+//! An OpenAI-compatible HTTP server over several engine instances, scheduled live by
+//! accellm-core. `accellm serve` with no arguments serves the default model on two instances that
+//! form one AcceLLM pair.
+//!
+//! Threads (see `docs/server.md`):
+//! - the **HTTP runtime** (tokio): parses and validates requests, tokenises prompts, streams
+//!   answers ([`http`]);
+//! - the **scheduler thread**: owns the core's `Scheduler`, feeds it arrivals, iteration and copy
+//!   completions, transfers and cancellations with the wall clock, and turns its actions into
+//!   work ([`executor`]);
+//! - per instance, a **worker** (forward passes on its own thread pool, sampling) and a **link**
+//!   (KV block copies to other instances' pools, layer by layer) ([`worker`]).
+//!
+//! [`Server::start`] runs it all in the background (tests use it); [`serve`] runs it until a
+//! shutdown signal.
+
+pub mod api;
 pub mod cli;
+pub mod config;
+pub mod error;
+pub(crate) mod executor;
+pub(crate) mod http;
+pub mod metrics;
+pub mod text;
+pub(crate) mod worker;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use accellm_core::cost::Link;
+use accellm_core::scheduler::{Scheduler, SchedulerConfig};
+use accellm_engine::{KvPool, Model};
+use anyhow::Context as _;
+
+pub use config::ServerConfig;
+
+use crate::executor::{Executor, Input};
+use crate::metrics::Metrics;
+use crate::text::TextModel;
+use crate::worker::{Engine, LinkCounters};
+
+/// Everything loaded and started before the HTTP listener opens.
+struct Prepared {
+    state: Arc<http::AppState>,
+    exec_tx: mpsc::Sender<Input>,
+    exec_join: std::thread::JoinHandle<()>,
+    listener: tokio::net::TcpListener,
+    grace: Duration,
+}
+
+/// Resolves the model path: the configured one, or the default model (fetched if missing).
+pub fn model_path(cfg: &ServerConfig) -> anyhow::Result<PathBuf> {
+    match &cfg.model {
+        Some(p) => Ok(p.clone()),
+        None => accellm_tokenizer::ensure_default_model()
+            .context("cannot obtain the default model (pass --model FILE.gguf)"),
+    }
+}
+
+/// Loads the model, builds the scheduler, starts the threads and binds the listener.
+async fn prepare(cfg: &ServerConfig) -> anyhow::Result<Prepared> {
+    cfg.validate()?;
+    let path = model_path(cfg)?;
+    let text = Arc::new(
+        TextModel::load(&path)
+            .with_context(|| format!("loading tokenizer of {}", path.display()))?,
+    );
+    let model = {
+        let (p, format) = (path.clone(), cfg.weight_format);
+        tokio::task::spawn_blocking(move || Model::load(&p, format))
+            .await
+            .context("model loader panicked")?
+            .with_context(|| format!("loading model {}", path.display()))?
+    };
+    let model = Arc::new(model);
+    let mc = model.config().clone();
+    let pools = (0..cfg.instances)
+        .map(|_| KvPool::new(&mc, cfg.kv_blocks as usize, cfg.block_size as usize))
+        .collect::<Result<Vec<_>, _>>()
+        .context("allocating KV pools")?;
+    let engine = Engine {
+        model: model.clone(),
+        pools: Arc::new(pools),
+        eos: Arc::new(text.eos()),
+    };
+    let cost = cfg
+        .cost_config()
+        .to_model(mc.layers as u32, mc.kv_bytes_per_token as u64);
+    let cluster = accellm_core::cluster::build(&cfg.cluster_policy, cfg.instances, &cfg.cluster)?;
+    let policies = (0..cfg.instances)
+        .map(|_| accellm_core::instance::build(&cfg.instance_policy, &cfg.instance))
+        .collect::<Result<Vec<_>, _>>()?;
+    let sched = Scheduler::new(
+        &SchedulerConfig {
+            kv_blocks: cfg.kv_blocks,
+            block_size: cfg.block_size,
+            // Copies between pools in the same process: memory bandwidth, small fixed cost.
+            link: Link {
+                bytes_per_s: 5e9,
+                latency_us: 20.0,
+            },
+            max_waiting: cfg.max_waiting,
+            record_timelines: false,
+        },
+        Arc::new(cost),
+        cluster,
+        policies,
+    );
+    let name = cfg.served_model_name.clone().unwrap_or_else(|| {
+        path.file_name()
+            .map(|f| f.to_string_lossy().trim_end_matches(".gguf").to_string())
+            .unwrap_or_else(|| "model".into())
+    });
+    let metrics = Arc::new(Mutex::new(Metrics::new(
+        &name,
+        cfg.instances as usize,
+        (cfg.cluster_policy.clone(), cfg.instance_policy.clone()),
+    )));
+    let (exec_tx, exec_rx) = mpsc::channel();
+    let counters = Arc::new(LinkCounters::default());
+    let mut threads = Vec::new();
+    for i in 0..cfg.instances as usize {
+        threads.push(
+            worker::spawn_instance(
+                i,
+                &engine,
+                cfg.threads_per_instance,
+                exec_tx.clone(),
+                counters.clone(),
+            )
+            .context("starting instance threads")?,
+        );
+    }
+    let executor = Executor::new(
+        sched,
+        text.clone(),
+        engine.eos.clone(),
+        threads,
+        metrics.clone(),
+        counters,
+    );
+    let exec_join = std::thread::Builder::new()
+        .name("accellm-sched".into())
+        .spawn(move || executor.run(exec_rx))
+        .context("starting the scheduler thread")?;
+    let addr = format!("{}:{}", cfg.host, cfg.port);
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    let kv_tokens = cfg.kv_blocks.saturating_mul(cfg.block_size);
+    let api_key = cfg
+        .api_key
+        .clone()
+        .or_else(|| std::env::var("ACCELLM_API_KEY").ok())
+        .filter(|k| !k.is_empty());
+    let state = Arc::new(http::AppState {
+        exec: Mutex::new(exec_tx.clone()),
+        text,
+        model_name: name,
+        context_len: mc.context_length as u32,
+        kv_tokens,
+        api_key,
+        metrics,
+        next_handle: AtomicU64::new(1),
+        default_slo: cfg.slo,
+        max_body_bytes: cfg.max_body_bytes,
+        created: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+    });
+    tracing::info!(
+        model = %path.display(),
+        instances = cfg.instances,
+        threads_per_instance = cfg.threads_per_instance,
+        cluster_policy = %cfg.cluster_policy,
+        instance_policy = %cfg.instance_policy,
+        kv_blocks = cfg.kv_blocks,
+        "server ready"
+    );
+    Ok(Prepared {
+        state,
+        exec_tx,
+        exec_join,
+        listener,
+        grace: Duration::from_secs_f64(cfg.shutdown_grace_s),
+    })
+}
+
+/// Serves until `shutdown` resolves, then stops accepting, lets in-flight requests finish for
+/// the configured grace period, cancels the rest, and stops every thread. `on_ready` receives
+/// the bound address.
+pub async fn serve(
+    cfg: &ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    on_ready: impl FnOnce(SocketAddr),
+) -> anyhow::Result<()> {
+    let p = prepare(cfg).await?;
+    let addr = p.listener.local_addr()?;
+    on_ready(addr);
+    let app = http::router(p.state.clone());
+    let exec_tx = p.exec_tx.clone();
+    let grace = p.grace;
+    let signalled = async move {
+        shutdown.await;
+        tracing::info!(
+            grace_s = grace.as_secs_f64(),
+            "shutting down: no new connections"
+        );
+        // After the grace period, cancel whatever is still running so connections close.
+        tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            let _ = exec_tx.send(Input::Shutdown);
+        });
+    };
+    axum::serve(p.listener, app)
+        .with_graceful_shutdown(signalled)
+        .await
+        .context("HTTP server failed")?;
+    let _ = p.exec_tx.send(Input::Shutdown);
+    drop(p.state);
+    let join = p.exec_join;
+    tokio::task::spawn_blocking(move || join.join())
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .context("scheduler thread panicked")?;
+    tracing::info!("server stopped");
+    Ok(())
+}
+
+/// A server running in the background (for tests and embedding).
+pub struct Server {
+    addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    join: Option<std::thread::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Server {
+    /// Starts a server on its own runtime thread and waits until it listens.
+    pub fn start(cfg: ServerConfig) -> anyhow::Result<Server> {
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let err_tx = ready_tx.clone();
+        let join = std::thread::Builder::new()
+            .name("accellm-http".into())
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(1)
+                    .enable_all()
+                    .build()?;
+                let r = rt.block_on(serve(
+                    &cfg,
+                    async move {
+                        let _ = stop_rx.await;
+                    },
+                    move |addr| {
+                        let _ = ready_tx.send(Ok(addr));
+                    },
+                ));
+                if let Err(e) = &r {
+                    let _ = err_tx.send(Err(format!("{e:#}")));
+                }
+                r
+            })?;
+        match ready_rx.recv() {
+            Ok(Ok(addr)) => Ok(Server {
+                addr,
+                stop: Some(stop_tx),
+                join: Some(join),
+            }),
+            Ok(Err(e)) => {
+                let _ = join.join();
+                Err(anyhow::anyhow!(e))
+            }
+            Err(_) => match join.join() {
+                Ok(Err(e)) => Err(e),
+                _ => Err(anyhow::anyhow!("server thread ended before listening")),
+            },
+        }
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Shuts down gracefully and waits for every thread.
+    pub fn shutdown(mut self) -> anyhow::Result<()> {
+        self.stop_and_join()
+    }
+
+    fn stop_and_join(&mut self) -> anyhow::Result<()> {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        match self.join.take() {
+            Some(j) => j
+                .join()
+                .map_err(|_| anyhow::anyhow!("server thread panicked"))?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.stop_and_join();
+    }
+}

@@ -1,0 +1,249 @@
+//! Server configuration: a TOML file, overridden by command-line flags, with defaults for
+//! everything (`accellm serve` with no arguments is a complete configuration).
+
+use std::path::{Path, PathBuf};
+
+use accellm_core::{
+    cluster::ClusterConfig, cost::LinearCostModel, instance::InstanceConfig, request::Slo,
+};
+use accellm_engine::WeightFormat;
+use serde::{Deserialize, Serialize};
+
+/// Errors while reading or checking the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("invalid config {path}: {source}")]
+    Toml {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: toml::de::Error,
+    },
+    /// A value is out of range.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// Everything `accellm serve` needs. Every field has a default.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// GGUF model file; `None` fetches and uses the default model (SmolLM2-135M-Instruct).
+    pub model: Option<PathBuf>,
+    /// Name the model is served under (`/v1/models`, the `model` field); by default the file
+    /// name without `.gguf`.
+    pub served_model_name: Option<String>,
+    /// How projection weights are stored after loading.
+    pub weight_format: WeightFormat,
+    /// Address to listen on.
+    pub host: String,
+    /// Port to listen on (0 picks a free one).
+    pub port: u16,
+    /// Engine instances (model replicas); AcceLLM pairs them up.
+    pub instances: u32,
+    /// Threads of each instance.
+    pub threads_per_instance: usize,
+    /// Cluster policy name (`accellm`, `round-robin`, `least-load`, `splitwise`, ...).
+    pub cluster_policy: String,
+    /// Instance policy name (`accelgen`, `vllm`, `sarathi`, ...).
+    pub instance_policy: String,
+    /// KV blocks per instance.
+    pub kv_blocks: u32,
+    /// Tokens per KV block.
+    pub block_size: u32,
+    /// Most requests waiting for prefill before new ones get 429 (0: unbounded).
+    pub max_waiting: usize,
+    /// Largest accepted request body in bytes (413 beyond).
+    pub max_body_bytes: usize,
+    /// Bearer token required on `/v1/*` (also read from `ACCELLM_API_KEY`).
+    pub api_key: Option<String>,
+    /// Default SLOs of requests that bring none.
+    pub slo: Slo,
+    /// Seconds in-flight requests may take to finish after SIGINT/SIGTERM before they are cancelled.
+    pub shutdown_grace_s: f64,
+    /// Iteration-time model of one instance; by default the CPU engine's measured fit scaled to
+    /// the thread count.
+    pub cost: Option<CostConfig>,
+    /// Instance-policy knobs.
+    pub instance: InstanceConfig,
+    /// Cluster-policy knobs.
+    pub cluster: ClusterConfig,
+}
+
+/// Coefficients of the linear iteration-time model, in milliseconds (the form
+/// `accellm calibrate` fits): `ms = base + per_token·T + per_kv_token·Σcontext + per_logit_row·rows`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CostConfig {
+    /// Fixed cost per iteration (ms).
+    pub base_ms: f64,
+    /// Cost per token in the iteration (ms).
+    pub per_token_ms: f64,
+    /// Cost per KV token read by attention (ms).
+    pub per_kv_token_ms: f64,
+    /// Cost per row that needs logits (ms).
+    pub per_logit_row_ms: f64,
+}
+
+impl CostConfig {
+    /// The fit measured for SmolLM2-135M with the Q8-padded weights on 2 threads of this
+    /// machine class (see the engine notes), scaled to `threads` assuming compute scales
+    /// linearly with threads (a rough guess; calibrate for better).
+    pub fn default_for_threads(threads: usize) -> Self {
+        let scale = 2.0 / threads.max(1) as f64;
+        Self {
+            base_ms: 9.0 * scale,
+            per_token_ms: 2.2 * scale,
+            per_kv_token_ms: 0.006 * scale,
+            per_logit_row_ms: 0.4 * scale,
+        }
+    }
+
+    /// The core's cost model for a model of `layers` layers and `kv_bytes_per_token`.
+    pub fn to_model(self, layers: u32, kv_bytes_per_token: u64) -> LinearCostModel {
+        LinearCostModel {
+            base_us: self.base_ms * 1000.0,
+            per_token_us: self.per_token_ms * 1000.0,
+            per_kv_token_us: self.per_kv_token_ms * 1000.0,
+            per_logit_row_us: self.per_logit_row_ms * 1000.0,
+            layers,
+            kv_bytes_per_token,
+        }
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            model: None,
+            served_model_name: None,
+            weight_format: WeightFormat::default(),
+            host: "127.0.0.1".into(),
+            port: 8000,
+            instances: 2,
+            threads_per_instance: 1,
+            cluster_policy: "accellm".into(),
+            instance_policy: "accelgen".into(),
+            kv_blocks: 1024,
+            block_size: 16,
+            max_waiting: 256,
+            max_body_bytes: 4 << 20,
+            api_key: None,
+            slo: Slo::default(),
+            shutdown_grace_s: 30.0,
+            cost: None,
+            instance: InstanceConfig::default(),
+            cluster: ClusterConfig::default(),
+        }
+    }
+}
+
+impl ServerConfig {
+    /// Reads a TOML configuration file; missing fields keep their defaults.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Toml {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+
+    /// Checks ranges and policy names.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.instances == 0 {
+            return bad("instances must be at least 1".into());
+        }
+        if self.threads_per_instance == 0 {
+            return bad("threads_per_instance must be at least 1".into());
+        }
+        if self.kv_blocks == 0 || self.block_size == 0 {
+            return bad("kv_blocks and block_size must be at least 1".into());
+        }
+        if !accellm_core::cluster::NAMES.contains(&self.cluster_policy.as_str()) {
+            return bad(format!(
+                "unknown cluster policy `{}`; valid: {}",
+                self.cluster_policy,
+                accellm_core::cluster::NAMES.join(", ")
+            ));
+        }
+        if !accellm_core::instance::NAMES.contains(&self.instance_policy.as_str()) {
+            return bad(format!(
+                "unknown instance policy `{}`; valid: {}",
+                self.instance_policy,
+                accellm_core::instance::NAMES.join(", ")
+            ));
+        }
+        for (name, v) in [
+            ("slo.ttft_ms", self.slo.ttft_ms),
+            ("slo.tbt_ms", self.slo.tbt_ms),
+        ] {
+            if v.is_some_and(|v| !(v.is_finite() && v > 0.0)) {
+                return bad(format!("{name} must be a positive number of milliseconds"));
+            }
+        }
+        if !(self.shutdown_grace_s.is_finite() && self.shutdown_grace_s >= 0.0) {
+            return bad("shutdown_grace_s must be >= 0".into());
+        }
+        Ok(())
+    }
+
+    /// The cost coefficients in force.
+    pub fn cost_config(&self) -> CostConfig {
+        self.cost
+            .unwrap_or_else(|| CostConfig::default_for_threads(self.threads_per_instance))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partial_toml_keeps_defaults() {
+        let c: ServerConfig = toml::from_str(
+            "instances = 4\ncluster_policy = \"round-robin\"\n[slo]\nttft_ms = 500.0\n",
+        )
+        .unwrap();
+        assert_eq!(c.instances, 4);
+        assert_eq!(c.cluster_policy, "round-robin");
+        assert_eq!(c.slo.ttft_ms, Some(500.0));
+        assert_eq!(c.port, 8000);
+        assert_eq!(c.threads_per_instance, 1);
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        assert!(toml::from_str::<ServerConfig>("instancez = 4\n").is_err());
+    }
+
+    #[test]
+    fn default_cost_scales_with_threads() {
+        let one = CostConfig::default_for_threads(1);
+        let two = CostConfig::default_for_threads(2);
+        assert!((one.base_ms - 2.0 * two.base_ms).abs() < 1e-9);
+        let m = two.to_model(30, 1000);
+        assert_eq!(m.base_us, 9000.0);
+    }
+
+    #[test]
+    fn bad_values_are_reported() {
+        let c = ServerConfig {
+            cluster_policy: "nope".into(),
+            ..ServerConfig::default()
+        };
+        assert!(c.validate().unwrap_err().to_string().contains("nope"));
+    }
+}

@@ -1,0 +1,810 @@
+//! The scheduler thread: owns the core [`Scheduler`] and drives it in real time.
+//!
+//! Every event reaches this thread through one channel ([`Input`]): arrivals and cancellations
+//! from HTTP handlers, finished iterations from instance workers, landed transfers from links.
+//! The thread feeds each to the core with the wall clock (µs since server start), then carries
+//! out the core's actions: an `Action::Run` becomes a [`RunJob`] (token ids of each entry's
+//! chunk, block tables from the core's block manager, samplers, and the KV copies of entries the
+//! core replicates); an `Action::Transfer` becomes a block copy on the source's link; finished
+//! and rejected requests are answered. Tokens come back here to be detokenised, checked against
+//! stop strings and streamed to their clients.
+
+use std::collections::HashMap;
+use std::sync::mpsc::{Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use accellm_core::{
+    batch::Work,
+    instance::PhaseConstraint,
+    request::{FinishReason, RejectReason, RequestId, RequestSpec, Slo},
+    scheduler::{Action, Scheduler},
+    InstanceId, TimeUs,
+};
+use accellm_engine::{ForwardBatch, Sampler, SamplingParams, SeqInput, StopMatcher, StopStatus};
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::metrics::{Metrics, Role};
+use crate::text::{Decoder, TextModel};
+use crate::worker::{
+    CopyPlan, InstanceThreads, LinkCounters, LinkJob, RunJob, RunReport, SampleJob,
+};
+
+/// A request handed to the scheduler thread by an HTTP handler.
+pub(crate) struct Submission {
+    /// The handler's id for it (never reused, unlike core ids).
+    pub handle: u64,
+    /// Prompt token ids.
+    pub prompt: Vec<u32>,
+    /// Output tokens at most.
+    pub max_tokens: u32,
+    /// Output tokens before EOS or stop strings may end it.
+    pub min_tokens: u32,
+    /// Sampling options.
+    pub params: SamplingParams,
+    /// SLOs.
+    pub slo: Slo,
+    /// Priority (lower first).
+    pub priority: i32,
+    /// Where its output goes.
+    pub events: UnboundedSender<ToClient>,
+}
+
+/// How a request ended, as the API reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Finish {
+    /// EOS or a stop string.
+    Stop,
+    /// `max_tokens` reached.
+    Length,
+    /// Cancelled (client gone, or shutdown).
+    Abort,
+}
+
+impl Finish {
+    /// OpenAI's `finish_reason`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Finish::Stop => "stop",
+            Finish::Length => "length",
+            Finish::Abort => "abort",
+        }
+    }
+}
+
+/// What a request's client is told.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum ToClient {
+    /// Admitted by the core.
+    Accepted,
+    /// Refused.
+    Rejected(RejectReason),
+    /// Refused because the server is shutting down.
+    ShuttingDown,
+    /// One more output token, and the text it completes (possibly empty).
+    Token(String),
+    /// The end.
+    Done {
+        /// Why.
+        finish: Finish,
+        /// Prompt tokens.
+        prompt_tokens: u32,
+        /// Output tokens.
+        completion_tokens: u32,
+        /// Instances that ran it (bit mask).
+        instances: u64,
+    },
+    /// The engine failed while running it.
+    Failed(String),
+}
+
+/// Events for the scheduler thread.
+pub(crate) enum Input {
+    /// A new request.
+    Submit(Box<Submission>),
+    /// The client of `handle` went away.
+    Cancel(u64),
+    /// A worker finished an iteration.
+    Worker(Box<RunReport>),
+    /// A link finished a transfer.
+    TransferDone {
+        /// Transfer id.
+        id: u32,
+        /// Failure, if any.
+        error: Option<String>,
+    },
+    /// Stop admitting; cancel everything live; exit when idle.
+    Shutdown,
+}
+
+/// One live request's executor-side state.
+struct Live {
+    handle: u64,
+    /// Prompt followed by generated tokens (recompute after preemption reads from here).
+    tokens: Vec<u32>,
+    prompt_len: usize,
+    min_tokens: u32,
+    ignore_eos: bool,
+    /// `None` while the sampler travels with an iteration.
+    sampler: Option<Box<Sampler>>,
+    decoder: Decoder,
+    stop: StopMatcher,
+    /// Set once the executor decided to end it (EOS, stop string).
+    stopped: bool,
+    events: UnboundedSender<ToClient>,
+    arrival: Instant,
+    last_token: Option<Instant>,
+    instances: u64,
+    failed: bool,
+}
+
+impl Live {
+    fn generated(&self) -> u32 {
+        (self.tokens.len() - self.prompt_len) as u32
+    }
+}
+
+/// Rows of the iteration in flight on one instance.
+struct InFlight {
+    iteration: u64,
+    /// `(request, sequence index)` of every entry, in batch order.
+    rows: Vec<(RequestId, usize)>,
+    /// Entries that could not be run (failed at dispatch); stopped when the iteration ends.
+    broken: Vec<RequestId>,
+    had_copies: bool,
+}
+
+/// A dispatch held back until KV copies into its blocks have landed.
+enum Deferred {
+    Run(usize, RunJob),
+    Transfer(usize, LinkJob, Vec<u32>),
+}
+
+/// The scheduler thread's state.
+pub(crate) struct Executor {
+    sched: Scheduler,
+    text: Arc<TextModel>,
+    eos: Arc<Vec<u32>>,
+    start: Instant,
+    lives: Vec<Option<Live>>,
+    handles: HashMap<u64, RequestId>,
+    instances: Vec<InstanceThreads>,
+    inflight: Vec<Option<InFlight>>,
+    /// Per destination instance: `(source instance, block)` being written by in-flight copies.
+    incoming: Vec<Vec<(usize, u32)>>,
+    deferred: Vec<Deferred>,
+    metrics: Arc<Mutex<Metrics>>,
+    link_counters: Arc<LinkCounters>,
+    actions: Vec<Action>,
+    shutting_down: bool,
+}
+
+impl Executor {
+    /// A scheduler thread over `sched`, running iterations on `instances`.
+    pub(crate) fn new(
+        sched: Scheduler,
+        text: Arc<TextModel>,
+        eos: Arc<Vec<u32>>,
+        instances: Vec<InstanceThreads>,
+        metrics: Arc<Mutex<Metrics>>,
+        link_counters: Arc<LinkCounters>,
+    ) -> Self {
+        let n = instances.len();
+        Self {
+            sched,
+            text,
+            eos,
+            start: Instant::now(),
+            lives: Vec::new(),
+            handles: HashMap::new(),
+            instances,
+            inflight: (0..n).map(|_| None).collect(),
+            incoming: vec![Vec::new(); n],
+            deferred: Vec::new(),
+            metrics,
+            link_counters,
+            actions: Vec::new(),
+            shutting_down: false,
+        }
+    }
+
+    fn now(&self) -> TimeUs {
+        self.start.elapsed().as_micros() as TimeUs
+    }
+
+    /// Runs until shut down and idle; then stops the instance threads.
+    pub(crate) fn run(mut self, rx: Receiver<Input>) {
+        while let Ok(first) = rx.recv() {
+            self.handle(first);
+            while let Ok(more) = rx.try_recv() {
+                self.handle(more);
+            }
+            self.publish_metrics();
+            if self.shutting_down && self.idle() {
+                break;
+            }
+        }
+        let joins: Vec<_> = self
+            .instances
+            .drain(..)
+            .flat_map(|t| {
+                drop(t.run);
+                drop(t.link);
+                t.joins
+            })
+            .collect();
+        for j in joins {
+            let _ = j.join();
+        }
+        tracing::info!("scheduler thread stopped");
+    }
+
+    fn idle(&self) -> bool {
+        self.sched.live_requests() == 0
+            && self.inflight.iter().all(Option::is_none)
+            && self.deferred.is_empty()
+    }
+
+    fn handle(&mut self, input: Input) {
+        match input {
+            Input::Submit(s) => self.submit(*s),
+            Input::Cancel(h) => {
+                if let Some(&id) = self.handles.get(&h) {
+                    let now = self.now();
+                    self.sched.cancel(now, id);
+                }
+            }
+            Input::Worker(r) => self.iteration_done(*r),
+            Input::TransferDone { id, error } => {
+                if let Some(e) = error {
+                    tracing::error!(transfer = id, error = %e, "KV transfer failed");
+                }
+                let now = self.now();
+                self.sched.transfer_done(now, id);
+            }
+            Input::Shutdown => {
+                if !self.shutting_down {
+                    tracing::info!(
+                        live = self.sched.live_requests(),
+                        "cancelling live requests"
+                    );
+                }
+                self.shutting_down = true;
+                let ids: Vec<RequestId> = self.handles.values().copied().collect();
+                let now = self.now();
+                for id in ids {
+                    self.sched.cancel(now, id);
+                }
+            }
+        }
+        self.drain_actions();
+    }
+
+    fn submit(&mut self, s: Submission) {
+        if self.shutting_down {
+            let _ = s.events.send(ToClient::ShuttingDown);
+            return;
+        }
+        let now = self.now();
+        let spec = RequestSpec {
+            arrival_us: now,
+            prompt_tokens: s.prompt.len() as u32,
+            max_output_tokens: s.max_tokens,
+            slo: s.slo,
+            priority: s.priority,
+            class: None,
+        };
+        // Reserve the slot the core will use before it can schedule it: the id is only known
+        // after `submit`, and actions are drained afterwards, so insert right after.
+        let ignore_eos = s.params.ignore_eos;
+        let stop = StopMatcher::new(&s.params.stop);
+        let live = Live {
+            handle: s.handle,
+            prompt_len: s.prompt.len(),
+            tokens: s.prompt,
+            min_tokens: s.min_tokens,
+            ignore_eos,
+            sampler: Some(Box::new(Sampler::new(s.params))),
+            decoder: self.text.decoder(),
+            stop,
+            stopped: false,
+            events: s.events,
+            arrival: Instant::now(),
+            last_token: None,
+            instances: 0,
+            failed: false,
+        };
+        let prompt_tokens = live.prompt_len as u64;
+        let handle = live.handle;
+        let id = self.sched.submit(now, spec);
+        let i = id.index();
+        if self.lives.len() <= i {
+            self.lives.resize_with(i + 1, || None);
+        }
+        self.handles.insert(handle, id);
+        self.lives[i] = Some(live);
+        // A rejection is an action of `submit` itself: handle it before telling the client.
+        self.drain_actions();
+        if let Some(live) = self.lives[i].as_ref().filter(|l| l.handle == handle) {
+            let _ = live.events.send(ToClient::Accepted);
+            if let Ok(mut m) = self.metrics.lock() {
+                m.prompt_tokens += prompt_tokens;
+            }
+        }
+    }
+
+    fn drain_actions(&mut self) {
+        loop {
+            self.sched.take_actions(&mut self.actions);
+            if self.actions.is_empty() {
+                break;
+            }
+            let actions = std::mem::take(&mut self.actions);
+            for a in &actions {
+                match *a {
+                    Action::Run {
+                        instance,
+                        iteration,
+                    } => self.dispatch_run(instance, iteration),
+                    Action::Transfer {
+                        id,
+                        request,
+                        from,
+                        to,
+                        from_token,
+                        tokens,
+                    } => self.dispatch_transfer(id, request, from, to, from_token, tokens),
+                    Action::Finished { request, reason } => self.finished(request, reason),
+                    Action::Rejected { request, reason } => self.rejected(request, reason),
+                }
+            }
+            self.actions = actions;
+            self.actions.clear();
+        }
+    }
+
+    fn rejected(&mut self, id: RequestId, reason: RejectReason) {
+        let Some(live) = self.lives.get_mut(id.index()).and_then(Option::take) else {
+            return;
+        };
+        self.handles.remove(&live.handle);
+        // The Accepted sent at submission is superseded: handlers read the first two events.
+        let _ = live.events.send(ToClient::Rejected(reason));
+        if let Ok(mut m) = self.metrics.lock() {
+            let k = match reason {
+                RejectReason::QueueFull => 0,
+                RejectReason::TooLong => 1,
+            };
+            m.rejected[k] += 1;
+        }
+    }
+
+    fn finished(&mut self, id: RequestId, reason: FinishReason) {
+        let Some(mut live) = self.lives.get_mut(id.index()).and_then(Option::take) else {
+            return;
+        };
+        self.handles.remove(&live.handle);
+        let finish = match reason {
+            FinishReason::Cancelled => Finish::Abort,
+            FinishReason::Stop => Finish::Stop,
+            FinishReason::Length => {
+                if live.stopped {
+                    Finish::Stop
+                } else {
+                    Finish::Length
+                }
+            }
+        };
+        if finish == Finish::Length {
+            let tail = live.stop.flush() + &live.decoder.flush();
+            if !tail.is_empty() {
+                let _ = live.events.send(ToClient::Token(tail));
+            }
+        }
+        let completion = live.generated();
+        if !live.failed {
+            let _ = live.events.send(ToClient::Done {
+                finish,
+                prompt_tokens: live.prompt_len as u32,
+                completion_tokens: completion,
+                instances: live.instances,
+            });
+        }
+        if let Ok(mut m) = self.metrics.lock() {
+            let k = match finish {
+                Finish::Stop => 0,
+                Finish::Length => 1,
+                Finish::Abort => 2,
+            };
+            m.finished[k] += 1;
+            m.e2e.observe(live.arrival.elapsed().as_secs_f64());
+        }
+    }
+
+    /// The KV block ids of `req` on `i`, covering token positions `tokens`.
+    fn blocks(
+        &self,
+        i: InstanceId,
+        req: RequestId,
+        tokens: std::ops::Range<u32>,
+    ) -> Option<&[u32]> {
+        let inst = self.sched.instance(i);
+        let bs = inst.kv.block_size();
+        let table = inst.kv.table(req)?;
+        if tokens.is_empty() {
+            return Some(&[]);
+        }
+        let (a, b) = (
+            (tokens.start / bs) as usize,
+            tokens.end.div_ceil(bs) as usize,
+        );
+        table.get(a..b)
+    }
+
+    fn dispatch_run(&mut self, instance: InstanceId, iteration: u64) {
+        let i = instance as usize;
+        let entries = self.sched.instance(instance).batch.entries.clone();
+        let mut seqs = Vec::with_capacity(entries.len());
+        let mut samples = Vec::new();
+        let mut rows = Vec::with_capacity(entries.len());
+        let mut copies: Vec<(usize, Vec<(u32, u32)>)> = Vec::new();
+        let mut broken = Vec::new();
+        for e in &entries {
+            let Some(live) = self.lives.get(e.request.index()).and_then(Option::as_ref) else {
+                broken.push(e.request);
+                continue;
+            };
+            let (start, len, want) = match e.work {
+                Work::Prefill { start, len, last } => (start, len, last),
+                Work::Decode { context } => (context - 1, 1, true),
+            };
+            let end = (start + len) as usize;
+            let table = self.sched.instance(instance).kv.table(e.request);
+            let (Some(table), true) = (table, end <= live.tokens.len()) else {
+                tracing::error!(
+                    request = e.request.0,
+                    "inconsistent batch entry; failing it"
+                );
+                broken.push(e.request);
+                continue;
+            };
+            rows.push((e.request, seqs.len()));
+            seqs.push(SeqInput {
+                tokens: live.tokens[start as usize..end].to_vec(),
+                start_pos: start as usize,
+                block_table: table.to_vec(),
+                want_logits: want,
+            });
+            if let Some(to) = e.copy_to {
+                // Stream the new tokens' KV; a replica that lacks earlier tokens (fresh, or
+                // restarted after an eviction) gets them too.
+                let have = self
+                    .sched
+                    .request(e.request)
+                    .filter(|r| r.replica_on == Some(to))
+                    .map_or(0, |r| r.replica_tokens);
+                let from = have.min(start);
+                let src = self.blocks(instance, e.request, from..start + len);
+                let dst = self.blocks(to, e.request, from..start + len);
+                if let (Some(src), Some(dst)) = (src, dst) {
+                    let pairs: Vec<(u32, u32)> =
+                        src.iter().copied().zip(dst.iter().copied()).collect();
+                    match copies.iter_mut().find(|(t, _)| *t == to as usize) {
+                        Some((_, v)) => v.extend(pairs),
+                        None => copies.push((to as usize, pairs)),
+                    }
+                }
+            }
+        }
+        // Samplers travel with the job.
+        for &(req, seq) in &rows {
+            if !seqs[seq].want_logits {
+                continue;
+            }
+            if let Some(live) = self.lives[req.index()].as_mut() {
+                live.instances |= 1 << (instance.min(63));
+                if let Some(sampler) = live.sampler.take() {
+                    let mask_eos = !live.ignore_eos && live.generated() < live.min_tokens;
+                    samples.push(SampleJob {
+                        seq,
+                        sampler,
+                        mask_eos,
+                    });
+                }
+            }
+        }
+        for &r in &broken {
+            self.fail(r, "internal error: inconsistent batch".into());
+        }
+        let had_copies = !copies.is_empty();
+        let copies: Vec<CopyPlan> = copies
+            .into_iter()
+            .map(|(to, pairs)| {
+                self.incoming[to].extend(pairs.iter().map(|&(_, d)| (i, d)));
+                CopyPlan {
+                    to,
+                    pairs: Arc::new(pairs),
+                }
+            })
+            .collect();
+        self.inflight[i] = Some(InFlight {
+            iteration,
+            rows,
+            broken,
+            had_copies,
+        });
+        let job = RunJob {
+            iteration,
+            batch: ForwardBatch { seqs },
+            samples,
+            copies,
+        };
+        if self.conflicts(
+            i,
+            job.batch
+                .seqs
+                .iter()
+                .flat_map(|s| s.block_table.iter().copied()),
+        ) {
+            tracing::debug!(
+                instance = i,
+                "iteration waits for KV copies into its blocks"
+            );
+            self.deferred.push(Deferred::Run(i, job));
+        } else {
+            self.send_run(i, job);
+        }
+    }
+
+    fn send_run(&mut self, i: usize, job: RunJob) {
+        if self.instances[i].run.send(job).is_err() {
+            tracing::error!(instance = i, "worker thread is gone");
+        }
+    }
+
+    /// Whether any of `blocks` on instance `i` is the target of a copy still in flight.
+    fn conflicts(&self, i: usize, blocks: impl Iterator<Item = u32>) -> bool {
+        let inc = &self.incoming[i];
+        if inc.is_empty() {
+            return false;
+        }
+        let mut blocks = blocks.peekable();
+        blocks.peek().is_some() && blocks.any(|b| inc.iter().any(|&(_, d)| d == b))
+    }
+
+    fn dispatch_transfer(
+        &mut self,
+        id: u32,
+        req: RequestId,
+        from: InstanceId,
+        to: InstanceId,
+        from_token: u32,
+        tokens: u32,
+    ) {
+        let range = from_token..from_token + tokens;
+        let pairs: Vec<(u32, u32)> = match (
+            self.blocks(from, req, range.clone()),
+            self.blocks(to, req, range),
+        ) {
+            (Some(s), Some(d)) => s.iter().copied().zip(d.iter().copied()).collect(),
+            _ => Vec::new(),
+        };
+        let dst: Vec<u32> = pairs.iter().map(|&(_, d)| d).collect();
+        let job = LinkJob::Transfer {
+            id,
+            to: to as usize,
+            pairs,
+        };
+        if self.conflicts(to as usize, dst.iter().copied()) {
+            self.deferred
+                .push(Deferred::Transfer(from as usize, job, dst));
+        } else if self.instances[from as usize].link.send(job).is_err() {
+            tracing::error!(instance = from, "link thread is gone");
+        }
+    }
+
+    fn retry_deferred(&mut self) {
+        if self.deferred.is_empty() {
+            return;
+        }
+        let pending = std::mem::take(&mut self.deferred);
+        for d in pending {
+            match d {
+                Deferred::Run(i, job) => {
+                    let blocked = self.conflicts(
+                        i,
+                        job.batch
+                            .seqs
+                            .iter()
+                            .flat_map(|s| s.block_table.iter().copied()),
+                    );
+                    if blocked {
+                        self.deferred.push(Deferred::Run(i, job));
+                    } else {
+                        self.send_run(i, job);
+                    }
+                }
+                Deferred::Transfer(from, job, dst) => {
+                    let to = match &job {
+                        LinkJob::Transfer { to, .. } => *to,
+                        _ => 0,
+                    };
+                    if self.conflicts(to, dst.iter().copied()) {
+                        self.deferred.push(Deferred::Transfer(from, job, dst));
+                    } else if self.instances[from].link.send(job).is_err() {
+                        tracing::error!(instance = from, "link thread is gone");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Ends `req` with an error for its client (the core finishes it at its next event).
+    fn fail(&mut self, req: RequestId, message: String) {
+        if let Some(live) = self.lives.get_mut(req.index()).and_then(Option::as_mut) {
+            if !live.failed {
+                live.failed = true;
+                let _ = live.events.send(ToClient::Failed(message));
+            }
+        }
+    }
+
+    fn iteration_done(&mut self, r: RunReport) {
+        let i = r.instance;
+        let Some(flight) = self.inflight[i].take() else {
+            tracing::error!(
+                instance = i,
+                "report for an instance with nothing in flight"
+            );
+            return;
+        };
+        debug_assert_eq!(flight.iteration, r.iteration);
+        self.incoming
+            .iter_mut()
+            .for_each(|v| v.retain(|&(src, _)| src != i));
+        let now = self.now();
+        let mut stopped = flight.broken.clone();
+        let mut by_seq: HashMap<usize, (u32, Box<Sampler>)> = r
+            .tokens
+            .into_iter()
+            .map(|(seq, tok, s)| (seq, (tok, s)))
+            .collect();
+        if let Some(e) = &r.error {
+            tracing::error!(instance = i, error = %e, "iteration failed");
+        }
+        for &(req, seq) in &flight.rows {
+            if let Some(e) = &r.error {
+                self.fail(req, format!("engine error: {e}"));
+                stopped.push(req);
+                continue;
+            }
+            if let Some((tok, sampler)) = by_seq.remove(&seq) {
+                if let Some(live) = self.lives[req.index()].as_mut() {
+                    live.sampler = Some(sampler);
+                }
+                if self.on_token(req, tok) {
+                    stopped.push(req);
+                }
+            }
+        }
+        if let Ok(mut m) = self.metrics.lock() {
+            if let Some(g) = m.instances.get_mut(i) {
+                g.iterations += 1;
+                g.busy_s += r.elapsed_s;
+            }
+        }
+        self.sched.iteration_done(now, i as InstanceId, &stopped);
+        if flight.had_copies {
+            self.sched.copy_done(now, i as InstanceId, flight.iteration);
+        }
+        self.retry_deferred();
+    }
+
+    /// Handles a new token of `req`; returns whether the request must stop now.
+    fn on_token(&mut self, req: RequestId, token: u32) -> bool {
+        let Some(live) = self.lives[req.index()].as_mut() else {
+            return false;
+        };
+        let now = Instant::now();
+        if let Ok(mut m) = self.metrics.lock() {
+            m.generation_tokens += 1;
+            match live.last_token {
+                None => m
+                    .ttft
+                    .observe(now.duration_since(live.arrival).as_secs_f64()),
+                Some(t) => m.itl.observe(now.duration_since(t).as_secs_f64()),
+            }
+        }
+        live.last_token = Some(now);
+        live.tokens.push(token);
+        if live.stopped || live.failed {
+            return true;
+        }
+        let generated = live.generated();
+        let text;
+        let mut stop = false;
+        if !live.ignore_eos && self.eos.contains(&token) {
+            text = live.stop.flush();
+            stop = true;
+        } else {
+            let piece = live.decoder.push(token);
+            if generated < live.min_tokens {
+                text = piece;
+            } else {
+                match live.stop.push(&piece) {
+                    StopStatus::Continue(t) => text = t,
+                    StopStatus::Stopped(t) => {
+                        text = t;
+                        stop = true;
+                    }
+                }
+            }
+        }
+        let _ = live.events.send(ToClient::Token(text));
+        live.stopped = stop;
+        stop
+    }
+
+    fn publish_metrics(&mut self) {
+        let copied_r = self
+            .link_counters
+            .replica_bytes
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let copied_t = self
+            .link_counters
+            .transfer_bytes
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let Ok(mut m) = self.metrics.lock() else {
+            return;
+        };
+        let waiting = self.sched.waiting_requests() as u64;
+        m.waiting = waiting;
+        m.running = (self.sched.live_requests() as u64).saturating_sub(waiting);
+        let (mut used, mut total) = (0u64, 0u64);
+        for (k, inst) in self.sched.instances().iter().enumerate() {
+            let kv = &inst.kv;
+            used += (kv.num_blocks() - kv.free_blocks()) as u64;
+            total += kv.num_blocks() as u64;
+            if let Some(g) = m.instances.get_mut(k) {
+                g.free_blocks = kv.free_blocks();
+                g.primary_blocks = kv.primary_blocks();
+                g.replica_blocks = kv.replica_blocks();
+                g.total_blocks = kv.num_blocks();
+                g.waiting = inst.waiting.len() as u32;
+                g.running = inst.running.len() as u32;
+                g.role = match inst.constraint {
+                    PhaseConstraint::Any => Role::Mixed,
+                    PhaseConstraint::PrefillOnly => Role::Prefill,
+                    PhaseConstraint::DecodeOnly => Role::Decode,
+                    PhaseConstraint::Idle => Role::Idle,
+                };
+            }
+        }
+        m.kv_usage = if total == 0 {
+            0.0
+        } else {
+            used as f64 / total as f64
+        };
+        m.counters = *self.sched.counters();
+        m.copied_replica_bytes = copied_r;
+        m.copied_transfer_bytes = copied_t;
+    }
+}
+
+/// Keeps a [`Sender`] and tells the scheduler when a client goes away.
+pub(crate) struct CancelGuard {
+    /// The request's handle.
+    pub handle: u64,
+    /// The scheduler thread.
+    pub tx: Sender<Input>,
+    /// Set once the request ended normally.
+    pub done: bool,
+}
+
+impl Drop for CancelGuard {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = self.tx.send(Input::Cancel(self.handle));
+        }
+    }
+}

@@ -1,0 +1,454 @@
+//! Prometheus metrics: vLLM's names for the usual serving figures, plus accellm's own (roles,
+//! replicas, migrations, KV blocks per instance). The scheduler thread updates them; `GET
+//! /metrics` renders them in the text exposition format.
+
+use std::fmt::Write;
+
+/// A cumulative histogram with fixed upper bounds (seconds, or tokens).
+#[derive(Debug, Clone)]
+pub struct Histogram {
+    bounds: &'static [f64],
+    counts: Vec<u64>,
+    sum: f64,
+    count: u64,
+}
+
+impl Histogram {
+    /// An empty histogram with these bucket bounds (ascending; `+Inf` is implicit).
+    pub fn new(bounds: &'static [f64]) -> Self {
+        Self {
+            bounds,
+            counts: vec![0; bounds.len()],
+            sum: 0.0,
+            count: 0,
+        }
+    }
+
+    /// Records one value.
+    pub fn observe(&mut self, v: f64) {
+        if let Some(i) = self.bounds.iter().position(|&b| v <= b) {
+            self.counts[i] += 1;
+        }
+        self.sum += v;
+        self.count += 1;
+    }
+
+    /// Values recorded.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str, labels: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut acc = 0;
+        for (b, c) in self.bounds.iter().zip(&self.counts) {
+            acc += c;
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{b}\"}} {acc}");
+        }
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", self.count);
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {}", self.sum);
+        let _ = writeln!(out, "{name}_count{{{labels}}} {}", self.count);
+    }
+}
+
+const TTFT_BUCKETS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+    20.0, 40.0, 80.0, 160.0, 640.0, 2560.0,
+];
+const ITL_BUCKETS: &[f64] = &[
+    0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0,
+    40.0, 80.0,
+];
+const E2E_BUCKETS: &[f64] = &[
+    0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0,
+    480.0, 960.0, 1920.0, 7680.0,
+];
+
+/// The role an instance plays in its current (or last) iteration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Role {
+    /// Prefill and decode allowed.
+    #[default]
+    Mixed,
+    /// Prefill only.
+    Prefill,
+    /// Decode only.
+    Decode,
+    /// Told to idle.
+    Idle,
+}
+
+impl Role {
+    const ALL: [Role; 4] = [Role::Mixed, Role::Prefill, Role::Decode, Role::Idle];
+
+    fn name(self) -> &'static str {
+        match self {
+            Role::Mixed => "mixed",
+            Role::Prefill => "prefill",
+            Role::Decode => "decode",
+            Role::Idle => "idle",
+        }
+    }
+}
+
+/// Gauges of one instance.
+#[derive(Debug, Clone, Default)]
+pub struct InstanceGauges {
+    /// Role of the current iteration.
+    pub role: Role,
+    /// Free KV blocks.
+    pub free_blocks: u32,
+    /// Blocks held by primaries.
+    pub primary_blocks: u32,
+    /// Blocks held by replicas.
+    pub replica_blocks: u32,
+    /// Blocks in the pool.
+    pub total_blocks: u32,
+    /// Requests waiting here.
+    pub waiting: u32,
+    /// Requests decoding here.
+    pub running: u32,
+    /// Iterations run.
+    pub iterations: u64,
+    /// Seconds spent running iterations.
+    pub busy_s: f64,
+}
+
+/// Every metric the server exports.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    model: String,
+    /// Requests being processed (prefilling or decoding).
+    pub running: u64,
+    /// Requests waiting for prefill.
+    pub waiting: u64,
+    /// Fraction of KV blocks in use across instances (0..=1).
+    pub kv_usage: f64,
+    /// Prompt tokens of admitted requests.
+    pub prompt_tokens: u64,
+    /// Generated tokens.
+    pub generation_tokens: u64,
+    /// Finished requests by reason (`stop`, `length`, `abort`).
+    pub finished: [u64; 3],
+    /// Requests refused by reason (`queue_full`, `too_long`, `shutting_down`).
+    pub rejected: [u64; 3],
+    /// Time to first token.
+    pub ttft: Histogram,
+    /// Inter-token latency.
+    pub itl: Histogram,
+    /// End-to-end latency.
+    pub e2e: Histogram,
+    /// Per instance.
+    pub instances: Vec<InstanceGauges>,
+    /// Cluster counters of the core.
+    pub counters: accellm_core::scheduler::ClusterCounters,
+    /// KV bytes really copied between pools alongside iterations (replicas).
+    pub copied_replica_bytes: u64,
+    /// KV bytes really copied by explicit transfers.
+    pub copied_transfer_bytes: u64,
+    /// Cluster and instance policy names.
+    pub policies: (String, String),
+}
+
+impl Metrics {
+    /// Empty metrics for `instances` instances serving `model`.
+    pub fn new(model: &str, instances: usize, policies: (String, String)) -> Self {
+        Self {
+            model: model.replace(['"', '\\', '\n'], "_"),
+            running: 0,
+            waiting: 0,
+            kv_usage: 0.0,
+            prompt_tokens: 0,
+            generation_tokens: 0,
+            finished: [0; 3],
+            rejected: [0; 3],
+            ttft: Histogram::new(TTFT_BUCKETS),
+            itl: Histogram::new(ITL_BUCKETS),
+            e2e: Histogram::new(E2E_BUCKETS),
+            instances: vec![InstanceGauges::default(); instances],
+            counters: Default::default(),
+            copied_replica_bytes: 0,
+            copied_transfer_bytes: 0,
+            policies,
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut o = String::with_capacity(8192);
+        let m = format!("model_name=\"{}\"", self.model);
+        let gauge = |o: &mut String, name: &str, help: &str, v: f64| {
+            let _ = writeln!(
+                o,
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{{m}}} {v}"
+            );
+        };
+        gauge(
+            &mut o,
+            "vllm:num_requests_running",
+            "Requests being prefilled or decoded.",
+            self.running as f64,
+        );
+        gauge(
+            &mut o,
+            "vllm:num_requests_waiting",
+            "Requests waiting for prefill.",
+            self.waiting as f64,
+        );
+        gauge(
+            &mut o,
+            "vllm:kv_cache_usage_perc",
+            "Fraction of KV blocks in use (1 = full).",
+            self.kv_usage,
+        );
+        gauge(
+            &mut o,
+            "vllm:gpu_cache_usage_perc",
+            "Fraction of KV blocks in use (1 = full); same as vllm:kv_cache_usage_perc.",
+            self.kv_usage,
+        );
+        let counter = |o: &mut String, name: &str, help: &str, v: u64| {
+            let _ = writeln!(
+                o,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name}{{{m}}} {v}"
+            );
+        };
+        counter(
+            &mut o,
+            "vllm:prompt_tokens_total",
+            "Prompt tokens of admitted requests.",
+            self.prompt_tokens,
+        );
+        counter(
+            &mut o,
+            "vllm:generation_tokens_total",
+            "Generated tokens.",
+            self.generation_tokens,
+        );
+        let _ = writeln!(
+            o,
+            "# HELP vllm:request_success_total Finished requests by reason.\n# TYPE vllm:request_success_total counter"
+        );
+        for (i, r) in ["stop", "length", "abort"].iter().enumerate() {
+            let _ = writeln!(
+                o,
+                "vllm:request_success_total{{{m},finished_reason=\"{r}\"}} {}",
+                self.finished[i]
+            );
+        }
+        self.ttft.render(
+            &mut o,
+            "vllm:time_to_first_token_seconds",
+            "Time to first token.",
+            &m,
+        );
+        self.itl.render(
+            &mut o,
+            "vllm:inter_token_latency_seconds",
+            "Time between consecutive output tokens.",
+            &m,
+        );
+        self.itl.render(
+            &mut o,
+            "vllm:time_per_output_token_seconds",
+            "Time between consecutive output tokens (older name).",
+            &m,
+        );
+        self.e2e.render(
+            &mut o,
+            "vllm:e2e_request_latency_seconds",
+            "Arrival to last token.",
+            &m,
+        );
+        let _ = writeln!(
+            o,
+            "# HELP accellm_requests_rejected_total Requests refused at admission by reason.\n# TYPE accellm_requests_rejected_total counter"
+        );
+        for (i, r) in ["queue_full", "too_long", "shutting_down"]
+            .iter()
+            .enumerate()
+        {
+            let _ = writeln!(
+                o,
+                "accellm_requests_rejected_total{{reason=\"{r}\"}} {}",
+                self.rejected[i]
+            );
+        }
+        let _ = writeln!(
+            o,
+            "# HELP accellm_info Policies in use.\n# TYPE accellm_info gauge\naccellm_info{{{m},cluster_policy=\"{}\",instance_policy=\"{}\"}} 1",
+            self.policies.0, self.policies.1
+        );
+        let per_instance = |o: &mut String,
+                            name: &str,
+                            kind: &str,
+                            help: &str,
+                            f: &dyn Fn(&InstanceGauges) -> f64| {
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (i, g) in self.instances.iter().enumerate() {
+                let _ = writeln!(o, "{name}{{instance=\"{i}\"}} {}", f(g));
+            }
+        };
+        let _ = writeln!(
+            o,
+            "# HELP accellm_instance_role Role of each instance in its current iteration (1 for the role it plays).\n# TYPE accellm_instance_role gauge"
+        );
+        for (i, g) in self.instances.iter().enumerate() {
+            for r in Role::ALL {
+                let _ = writeln!(
+                    o,
+                    "accellm_instance_role{{instance=\"{i}\",role=\"{}\"}} {}",
+                    r.name(),
+                    (g.role == r) as u8
+                );
+            }
+        }
+        per_instance(
+            &mut o,
+            "accellm_kv_free_blocks",
+            "gauge",
+            "Free KV blocks per instance.",
+            &|g| g.free_blocks as f64,
+        );
+        per_instance(
+            &mut o,
+            "accellm_kv_primary_blocks",
+            "gauge",
+            "KV blocks held by primaries per instance.",
+            &|g| g.primary_blocks as f64,
+        );
+        per_instance(
+            &mut o,
+            "accellm_kv_replica_blocks",
+            "gauge",
+            "KV blocks held by replicas per instance.",
+            &|g| g.replica_blocks as f64,
+        );
+        per_instance(
+            &mut o,
+            "accellm_kv_total_blocks",
+            "gauge",
+            "KV blocks in each instance's pool.",
+            &|g| g.total_blocks as f64,
+        );
+        per_instance(
+            &mut o,
+            "accellm_instance_waiting",
+            "gauge",
+            "Requests waiting for prefill per instance.",
+            &|g| g.waiting as f64,
+        );
+        per_instance(
+            &mut o,
+            "accellm_instance_running",
+            "gauge",
+            "Requests decoding per instance.",
+            &|g| g.running as f64,
+        );
+        per_instance(
+            &mut o,
+            "accellm_instance_iterations_total",
+            "counter",
+            "Iterations run per instance.",
+            &|g| g.iterations as f64,
+        );
+        per_instance(
+            &mut o,
+            "accellm_instance_busy_seconds_total",
+            "counter",
+            "Seconds spent running iterations per instance.",
+            &|g| g.busy_s,
+        );
+        let c = &self.counters;
+        let plain = |o: &mut String, name: &str, help: &str, v: u64| {
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+        };
+        plain(
+            &mut o,
+            "accellm_role_switches_total",
+            "Role switches decided by the cluster policy.",
+            c.role_switches,
+        );
+        plain(
+            &mut o,
+            "accellm_replica_bytes_total",
+            "KV bytes streamed layer by layer to replicas (as planned by the core).",
+            c.copy_bytes,
+        );
+        plain(
+            &mut o,
+            "accellm_transfer_bytes_total",
+            "KV bytes moved by explicit transfers (as planned by the core).",
+            c.transfer_bytes,
+        );
+        let _ = writeln!(
+            o,
+            "# HELP accellm_kv_copied_bytes_total KV bytes really copied between instance pools.\n# TYPE accellm_kv_copied_bytes_total counter"
+        );
+        let _ = writeln!(
+            o,
+            "accellm_kv_copied_bytes_total{{kind=\"replica\"}} {}\naccellm_kv_copied_bytes_total{{kind=\"transfer\"}} {}",
+            self.copied_replica_bytes, self.copied_transfer_bytes
+        );
+        let _ = writeln!(
+            o,
+            "# HELP accellm_migrations_total Decodes moved between instances, by how.\n# TYPE accellm_migrations_total counter\naccellm_migrations_total{{kind=\"free\"}} {}\naccellm_migrations_total{{kind=\"transfer\"}} {}",
+            c.migrations_free, c.migrations_transfer
+        );
+        plain(
+            &mut o,
+            "accellm_replica_evictions_total",
+            "Replicas evicted to make room for primaries.",
+            c.replica_evictions,
+        );
+        plain(
+            &mut o,
+            "accellm_preemptions_total",
+            "Requests preempted (KV dropped, recomputed later).",
+            c.preemptions,
+        );
+        o
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative() {
+        let mut h = Histogram::new(&[1.0, 2.0]);
+        h.observe(0.5);
+        h.observe(1.5);
+        h.observe(9.0);
+        let mut s = String::new();
+        h.render(&mut s, "x", "help", "a=\"b\"");
+        assert!(s.contains("x_bucket{a=\"b\",le=\"1\"} 1"));
+        assert!(s.contains("x_bucket{a=\"b\",le=\"2\"} 2"));
+        assert!(s.contains("x_bucket{a=\"b\",le=\"+Inf\"} 3"));
+        assert!(s.contains("x_count{a=\"b\"} 3"));
+    }
+
+    #[test]
+    fn render_names_every_family_once() {
+        let m = Metrics::new("m", 2, ("accellm".into(), "vllm".into()));
+        let text = m.render();
+        for name in [
+            "vllm:num_requests_running",
+            "vllm:num_requests_waiting",
+            "vllm:kv_cache_usage_perc",
+            "vllm:time_to_first_token_seconds",
+            "vllm:inter_token_latency_seconds",
+            "vllm:e2e_request_latency_seconds",
+            "accellm_instance_role",
+            "accellm_kv_free_blocks",
+        ] {
+            assert_eq!(
+                text.matches(&format!("# TYPE {name} ")).count(),
+                1,
+                "{name}"
+            );
+        }
+        assert!(text.contains("accellm_kv_free_blocks{instance=\"1\"} 0"));
+    }
+}

@@ -1,0 +1,268 @@
+//! Instance workers and KV links: the threads that touch model weights and KV memory.
+//!
+//! Each instance has a **worker** thread that runs one iteration at a time (a batched forward
+//! pass on its own rayon pool, then sampling) and a **link** thread that copies KV blocks out of
+//! its pool. While the worker computes layer `l+1`, the link copies layer `l` of the entries the
+//! core asked to replicate into the partner's pool; before reporting the iteration the worker
+//! waits for the link to drain, so a replica is complete when the scheduler hears of it.
+//! Explicit transfers (migrations without a current replica) also run on the source's link.
+
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use accellm_engine::{copy_blocks, ForwardBatch, KvPool, Model, Sampler, Threads};
+
+use crate::executor::Input;
+
+/// One sequence that needs a token sampled after the forward pass.
+pub(crate) struct SampleJob {
+    /// Index of the sequence in the batch.
+    pub seq: usize,
+    /// The request's sampler (travels with the job and comes back).
+    pub sampler: Box<Sampler>,
+    /// Forbid end-of-sequence tokens (`min_tokens` not reached yet).
+    pub mask_eos: bool,
+}
+
+/// Blocks of some entries to stream to `to`, layer by layer.
+pub(crate) struct CopyPlan {
+    /// Destination instance.
+    pub to: usize,
+    /// `(source block, destination block)` pairs.
+    pub pairs: Arc<Vec<(u32, u32)>>,
+}
+
+/// One iteration for a worker.
+pub(crate) struct RunJob {
+    /// The core's iteration number on this instance.
+    pub iteration: u64,
+    /// Token ids and block tables.
+    pub batch: ForwardBatch,
+    /// Rows to sample.
+    pub samples: Vec<SampleJob>,
+    /// Layer-wise copies to partners.
+    pub copies: Vec<CopyPlan>,
+}
+
+/// A worker's answer.
+pub(crate) struct RunReport {
+    /// Which instance.
+    pub instance: usize,
+    /// Which iteration.
+    pub iteration: u64,
+    /// `(sequence index, token)` per sampled row, with the sampler handed back.
+    pub tokens: Vec<(usize, u32, Box<Sampler>)>,
+    /// Set when the forward pass or a copy failed.
+    pub error: Option<String>,
+    /// Wall time of the forward pass and sampling.
+    pub elapsed_s: f64,
+}
+
+/// Work for a link thread.
+pub(crate) enum LinkJob {
+    /// Copy one layer of these block pairs to `to`.
+    Layer {
+        to: usize,
+        layer: usize,
+        pairs: Arc<Vec<(u32, u32)>>,
+    },
+    /// Reply with the first error since the last barrier once everything before is done.
+    Barrier(mpsc::SyncSender<Option<String>>),
+    /// Copy every layer of these pairs to `to`, then report transfer `id` to the scheduler.
+    Transfer {
+        id: u32,
+        to: usize,
+        pairs: Vec<(u32, u32)>,
+    },
+}
+
+/// Byte counters the link threads keep.
+#[derive(Debug, Default)]
+pub(crate) struct LinkCounters {
+    /// Bytes copied for replicas.
+    pub replica_bytes: AtomicU64,
+    /// Bytes copied by transfers.
+    pub transfer_bytes: AtomicU64,
+}
+
+/// Shared engine state.
+pub(crate) struct Engine {
+    pub model: Arc<Model>,
+    pub pools: Arc<Vec<KvPool>>,
+    pub eos: Arc<Vec<u32>>,
+}
+
+/// Handles of one instance's threads.
+pub(crate) struct InstanceThreads {
+    /// Sends iterations to the worker.
+    pub run: Sender<RunJob>,
+    /// Sends transfers to the link.
+    pub link: Sender<LinkJob>,
+    /// Thread handles, joined at shutdown.
+    pub joins: Vec<JoinHandle<()>>,
+}
+
+/// Starts the worker and link threads of instance `i`.
+pub(crate) fn spawn_instance(
+    i: usize,
+    engine: &Engine,
+    threads: usize,
+    out: Sender<Input>,
+    counters: Arc<LinkCounters>,
+) -> std::io::Result<InstanceThreads> {
+    let pool = Threads::new(threads, &format!("accellm-i{i}"))
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let (run_tx, run_rx) = mpsc::channel::<RunJob>();
+    let (link_tx, link_rx) = mpsc::channel::<LinkJob>();
+    let pools = engine.pools.clone();
+    let out2 = out.clone();
+    let link = std::thread::Builder::new()
+        .name(format!("accellm-link{i}"))
+        .spawn(move || link_loop(i, pools, link_rx, out2, counters))?;
+    let model = engine.model.clone();
+    let pools = engine.pools.clone();
+    let eos = engine.eos.clone();
+    let link_for_worker = link_tx.clone();
+    let worker = std::thread::Builder::new()
+        .name(format!("accellm-worker{i}"))
+        .spawn(move || {
+            for job in run_rx {
+                let report = run_one(i, &model, &pools, &pool, &eos, &link_for_worker, job);
+                if out.send(Input::Worker(Box::new(report))).is_err() {
+                    break;
+                }
+            }
+        })?;
+    Ok(InstanceThreads {
+        run: run_tx,
+        link: link_tx,
+        joins: vec![worker, link],
+    })
+}
+
+fn run_one(
+    i: usize,
+    model: &Model,
+    pools: &[KvPool],
+    threads: &Threads,
+    eos: &[u32],
+    link: &Sender<LinkJob>,
+    job: RunJob,
+) -> RunReport {
+    let started = Instant::now();
+    let RunJob {
+        iteration,
+        batch,
+        samples,
+        copies,
+    } = job;
+    let mut error = None;
+    let forward = threads.install(|| {
+        model.forward_with(&pools[i], &batch, |layer| {
+            for c in &copies {
+                let _ = link.send(LinkJob::Layer {
+                    to: c.to,
+                    layer,
+                    pairs: c.pairs.clone(),
+                });
+            }
+        })
+    });
+    let mut tokens = Vec::with_capacity(samples.len());
+    match forward {
+        Ok(out) => {
+            for mut s in samples {
+                match out.logits.get(s.seq).and_then(|l| l.as_ref()) {
+                    Some(logits) => {
+                        let token = if s.mask_eos && !eos.is_empty() {
+                            let mut l = logits.clone();
+                            for &e in eos {
+                                if let Some(x) = l.get_mut(e as usize) {
+                                    *x = f32::NEG_INFINITY;
+                                }
+                            }
+                            s.sampler.sample(&l)
+                        } else {
+                            s.sampler.sample(logits)
+                        };
+                        tokens.push((s.seq, token, s.sampler));
+                    }
+                    None => {
+                        error = Some(format!("no logits for sequence {}", s.seq));
+                    }
+                }
+            }
+        }
+        Err(e) => error = Some(format!("forward pass failed: {e}")),
+    }
+    if !copies.is_empty() {
+        let (tx, rx) = mpsc::sync_channel(1);
+        if link.send(LinkJob::Barrier(tx)).is_ok() {
+            if let Ok(Some(e)) = rx.recv() {
+                error.get_or_insert(format!("KV copy failed: {e}"));
+            }
+        }
+    }
+    RunReport {
+        instance: i,
+        iteration,
+        tokens,
+        error,
+        elapsed_s: started.elapsed().as_secs_f64(),
+    }
+}
+
+fn pair_bytes(pools: &[KvPool], pairs: usize, layers: Range<usize>) -> u64 {
+    let per_layer_block = pools[0].block_bytes() / pools[0].num_layers().max(1);
+    (per_layer_block * pairs * layers.len()) as u64
+}
+
+fn link_loop(
+    i: usize,
+    pools: Arc<Vec<KvPool>>,
+    rx: Receiver<LinkJob>,
+    out: Sender<Input>,
+    counters: Arc<LinkCounters>,
+) {
+    let mut first_error: Option<String> = None;
+    for job in rx {
+        match job {
+            LinkJob::Layer { to, layer, pairs } => {
+                let r = copy_blocks(&pools[i], &pools[to], &pairs, layer..layer + 1);
+                match r {
+                    Ok(()) => {
+                        counters.replica_bytes.fetch_add(
+                            pair_bytes(&pools, pairs.len(), layer..layer + 1),
+                            Ordering::Relaxed,
+                        );
+                    }
+                    Err(e) => {
+                        first_error.get_or_insert(e.to_string());
+                    }
+                }
+            }
+            LinkJob::Barrier(reply) => {
+                let _ = reply.send(first_error.take());
+            }
+            LinkJob::Transfer { id, to, pairs } => {
+                let layers = 0..pools[i].num_layers();
+                let error = match copy_blocks(&pools[i], &pools[to], &pairs, layers.clone()) {
+                    Ok(()) => {
+                        counters
+                            .transfer_bytes
+                            .fetch_add(pair_bytes(&pools, pairs.len(), layers), Ordering::Relaxed);
+                        None
+                    }
+                    Err(e) => Some(e.to_string()),
+                };
+                if out.send(Input::TransferDone { id, error }).is_err() {
+                    break;
+                }
+            }
+        }
+    }
+}

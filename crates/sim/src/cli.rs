@@ -1,10 +1,399 @@
-//! `accellm simulate`.
+//! `accellm simulate`: one run, several policies side by side (`--compare`), or metrics against
+//! arrival rate (`--sweep-rate`, in parallel on all cores).
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use accellm_core::{cluster, instance, request::RequestSpec};
+use accellm_workload::{
+    Arrivals, BuiltinTrace, SloClass, SloPolicy, Workload, WorkloadError, WorkloadSource,
+};
+use anyhow::{bail, Context};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::{
+    config::SimConfig,
+    output,
+    runner::{self, RunReport, Watch},
+    specs::Specs,
+    validate,
+};
 
 /// Arguments of `accellm simulate`.
-#[derive(Debug, clap::Args)]
-pub struct SimulateArgs {}
+#[derive(Debug, Default, clap::Args)]
+pub struct SimulateArgs {
+    /// TOML config (see `accellm_sim::config`); flags override its values.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Model (llama2-7b, llama2-13b, llama2-70b, llama3-8b, llama3-70b, mistral-7b, qwen2.5-7b, ...).
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Accelerator or alias (h100, a100, h200, ascend-910b2, ...).
+    #[arg(long)]
+    pub hardware: Option<String>,
+    /// Number of instances (model replicas).
+    #[arg(long)]
+    pub instances: Option<u32>,
+    /// Tensor parallelism (devices per instance).
+    #[arg(long)]
+    pub tp: Option<u32>,
+    /// Cluster policy (round-robin, least-load, splitwise, ...).
+    #[arg(long)]
+    pub cluster_policy: Option<String>,
+    /// Instance policy (vllm, sarathi, ...).
+    #[arg(long)]
+    pub instance_policy: Option<String>,
+    /// Sarathi token budget per iteration.
+    #[arg(long)]
+    pub chunk_size: Option<u32>,
+    /// vLLM: most tokens per iteration.
+    #[arg(long)]
+    pub max_num_batched_tokens: Option<u32>,
+    /// Most requests per iteration.
+    #[arg(long)]
+    pub max_num_seqs: Option<u32>,
+    /// Splitwise: instances in the prefill pool.
+    #[arg(long)]
+    pub prefill_instances: Option<u32>,
+    /// Tokens per KV block.
+    #[arg(long)]
+    pub block_size: Option<u32>,
+    /// Link between instances: auto, nvlink, pcie, inter-node or NUMgbps.
+    #[arg(long)]
+    pub link: Option<String>,
+    /// Workload: azure-conv, azure-code, sharegpt, arxiv, a trace file (CSV/JSONL),
+    /// synthetic:prompt=DIST,output=DIST or mix:A*w@class+B*w@class. Default: azure-conv.
+    #[arg(long)]
+    pub workload: Option<String>,
+    /// Arrival rate (req/s): re-times a timed trace, else Poisson (Gamma with --burstiness).
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Gamma arrivals with this burstiness (shape; 1 = Poisson, smaller is burstier).
+    #[arg(long)]
+    pub burstiness: Option<f64>,
+    /// Most requests.
+    #[arg(long)]
+    pub num_requests: Option<usize>,
+    /// Only requests arriving in the first this many seconds.
+    #[arg(long)]
+    pub duration: Option<f64>,
+    /// Seed of the workload's random draws.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// TTFT SLO (ms) for every request.
+    #[arg(long)]
+    pub ttft_slo_ms: Option<f64>,
+    /// TBT SLO (ms) for every request.
+    #[arg(long)]
+    pub tbt_slo_ms: Option<f64>,
+    /// SLO classes: `default` (chat/code/summarisation/batch), or `classes:chat=0.5,batch=0.5`.
+    #[arg(long)]
+    pub slo_classes: Option<String>,
+    /// Run these policies (cluster or instance names, or cluster/instance) on the identical
+    /// request sequence and print them side by side.
+    #[arg(long, value_delimiter = ',')]
+    pub compare: Vec<String>,
+    /// Print metrics against these arrival rates (req/s), per policy, in parallel.
+    #[arg(long, value_delimiter = ',')]
+    pub sweep_rate: Vec<f64>,
+    /// Threads for sweeps and comparisons (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Print JSON instead of tables.
+    #[arg(long, conflicts_with = "csv")]
+    pub json: bool,
+    /// Print CSV instead of tables.
+    #[arg(long)]
+    pub csv: bool,
+    /// Compare the cost model with the measured profiles and print the error table.
+    #[arg(long)]
+    pub validate_cost_model: bool,
+}
 
 /// Runs `accellm simulate`.
-pub fn run(_args: SimulateArgs) -> anyhow::Result<()> {
-    anyhow::bail!("simulate: not implemented yet")
+pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
+    if args.validate_cost_model {
+        return validate_cost_model(args.json);
+    }
+    let cfg = config(&args)?;
+    let policies = resolve_policies(&cfg, &args.compare)?;
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1);
+    let reports = if args.sweep_rate.is_empty() {
+        let w = workload(&cfg, args.rate, args.burstiness)?;
+        let requests = runner::core_requests(&w);
+        if !args.json && !args.csv {
+            println!("{}", describe(&cfg, &w, &policies));
+        }
+        let jobs: Vec<(SimConfig, Option<f64>)> =
+            policies.iter().map(|p| (p.clone(), args.rate)).collect();
+        run_jobs(&jobs, threads, |_| Ok(requests.clone()))?
+    } else {
+        for &r in &args.sweep_rate {
+            anyhow::ensure!(
+                r > 0.0 && r.is_finite(),
+                "--sweep-rate values must be positive, got {r}"
+            );
+        }
+        let jobs: Vec<(SimConfig, Option<f64>)> = policies
+            .iter()
+            .flat_map(|p| args.sweep_rate.iter().map(move |&r| (p.clone(), Some(r))))
+            .collect();
+        let burst = args.burstiness;
+        run_jobs(&jobs, threads, |(c, rate)| {
+            Ok(runner::core_requests(&workload(c, *rate, burst)?))
+        })?
+    };
+    if args.json {
+        let text = if reports.len() == 1 {
+            serde_json::to_string_pretty(&reports[0])?
+        } else {
+            serde_json::to_string_pretty(&reports)?
+        };
+        println!("{text}");
+    } else if args.csv {
+        print!("{}", output::csv(&reports));
+    } else if args.sweep_rate.is_empty() {
+        print!("{}", output::metrics_table(&reports));
+    } else {
+        print!("{}", output::sweep_table(&reports));
+    }
+    for r in &reports {
+        if r.unfinished > 0 {
+            tracing::warn!(
+                "{}: {} requests unfinished at the end ({} never started prefill)",
+                r.label(),
+                r.unfinished,
+                r.unfinished_waiting
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The config of `args`: the `--config` file (or defaults) with flags applied.
+pub fn config(args: &SimulateArgs) -> anyhow::Result<SimConfig> {
+    let mut c = match &args.config {
+        Some(p) => SimConfig::load(p)?,
+        None => SimConfig::default(),
+    };
+    macro_rules! set {
+        ($($flag:ident => $($field:ident).+),* $(,)?) => {
+            $(if let Some(v) = &args.$flag { c.$($field).+ = v.clone(); })*
+        };
+    }
+    set!(
+        model => model,
+        hardware => hardware,
+        instances => instances,
+        tp => tp,
+        cluster_policy => cluster_policy,
+        instance_policy => instance_policy,
+        chunk_size => instance.chunk_size,
+        max_num_batched_tokens => instance.max_num_batched_tokens,
+        max_num_seqs => instance.max_num_seqs,
+        prefill_instances => cluster.splitwise.prefill_instances,
+        block_size => block_size,
+        link => link,
+        seed => workload.seed,
+    );
+    if let Some(w) = &args.workload {
+        c.workload.source = w.parse::<WorkloadSource>()?;
+    }
+    if let Some(n) = args.num_requests {
+        c.workload.max_requests = Some(n);
+    }
+    if let Some(d) = args.duration {
+        c.workload.duration_s = Some(d);
+    }
+    if args.ttft_slo_ms.is_some() || args.tbt_slo_ms.is_some() {
+        anyhow::ensure!(
+            args.slo_classes.is_none(),
+            "give either --ttft-slo-ms/--tbt-slo-ms or --slo-classes"
+        );
+        c.workload.slo = SloPolicy::Fixed {
+            ttft_ms: args.ttft_slo_ms,
+            tbt_ms: args.tbt_slo_ms,
+            priority: 0,
+        };
+    }
+    if let Some(s) = &args.slo_classes {
+        c.workload.slo = match s.trim() {
+            "default" | "defaults" => SloPolicy::Classes {
+                classes: SloClass::defaults(),
+            },
+            other => other.parse()?,
+        };
+    }
+    if args.burstiness.is_some() && args.rate.is_none() && args.sweep_rate.is_empty() {
+        bail!("--burstiness needs --rate (or --sweep-rate)");
+    }
+    // Fail early on names and shapes nobody knows.
+    let specs = Specs::builtin()?;
+    specs.model(&c.model)?;
+    specs.device(&c.hardware)?;
+    cluster::build(&c.cluster_policy, c.instances.max(1), &c.cluster)?;
+    instance::build(&c.instance_policy, &c.instance)?;
+    Ok(c)
+}
+
+/// Generates `cfg`'s workload, with `rate` (re-timed trace, or Poisson/Gamma) if given.
+pub fn workload(
+    cfg: &SimConfig,
+    rate: Option<f64>,
+    burstiness: Option<f64>,
+) -> anyhow::Result<Workload> {
+    let Some(rate) = rate else {
+        return runner::workload(cfg).context("generating the workload");
+    };
+    anyhow::ensure!(rate > 0.0, "--rate must be positive, got {rate}");
+    let generated = Arrivals::with_burstiness(rate, burstiness.unwrap_or(1.0));
+    let retime = burstiness.is_none()
+        && match &cfg.workload.source {
+            WorkloadSource::Builtin { name, .. } => {
+                matches!(name, BuiltinTrace::AzureConv | BuiltinTrace::AzureCode)
+            }
+            WorkloadSource::File { .. } => true,
+            _ => false,
+        };
+    let mut c = cfg.clone();
+    if retime {
+        c.workload.arrivals = Some(Arrivals::Retime { rate });
+        match runner::workload(&c) {
+            Ok(w) => return Ok(w),
+            // An untimed file: generate arrivals instead.
+            Err(e)
+                if matches!(
+                    e.downcast_ref::<WorkloadError>(),
+                    Some(WorkloadError::Invalid(_))
+                ) => {}
+            Err(e) => return Err(e.context("generating the workload")),
+        }
+    }
+    c.workload.arrivals = Some(generated);
+    runner::workload(&c).context("generating the workload")
+}
+
+/// One config per policy to run: the config itself, or one per `--compare` name. A name is a
+/// cluster policy, an instance policy, or `cluster/instance`.
+pub fn resolve_policies(cfg: &SimConfig, names: &[String]) -> anyhow::Result<Vec<SimConfig>> {
+    if names.is_empty() {
+        return Ok(vec![cfg.clone()]);
+    }
+    let mut out = Vec::new();
+    for name in names.iter().map(|n| n.trim()).filter(|n| !n.is_empty()) {
+        let mut c = cfg.clone();
+        if let Some((cl, inst)) = name.split_once('/') {
+            cluster::build(cl, c.instances.max(1), &c.cluster)?;
+            instance::build(inst, &c.instance)?;
+            c.cluster_policy = cl.to_string();
+            c.instance_policy = inst.to_string();
+        } else if cluster::build(name, c.instances.max(1), &c.cluster).is_ok() {
+            c.cluster_policy = name.to_string();
+        } else if instance::build(name, &c.instance).is_ok() {
+            c.instance_policy = name.to_string();
+        } else {
+            bail!(
+                "unknown policy `{name}`; cluster policies: {}; instance policies: {}",
+                cluster::NAMES.join(", "),
+                instance::NAMES.join(", ")
+            );
+        }
+        out.push(c);
+    }
+    anyhow::ensure!(!out.is_empty(), "--compare needs at least one policy name");
+    Ok(out)
+}
+
+fn describe(cfg: &SimConfig, w: &Workload, policies: &[SimConfig]) -> String {
+    let names: Vec<String> = policies
+        .iter()
+        .map(|p| format!("{}/{}", p.cluster_policy, p.instance_policy))
+        .collect();
+    format!(
+        "{} x {} TP{} ({}), {}: {}\n",
+        cfg.instances,
+        cfg.model,
+        cfg.tp,
+        Specs::builtin()
+            .ok()
+            .and_then(|s| s.device_name(&cfg.hardware).ok())
+            .unwrap_or_else(|| cfg.hardware.clone()),
+        names.join(", "),
+        w.description
+    )
+}
+
+/// Runs every job (a config and its rate) on up to `threads` threads; `requests` produces each
+/// job's request list. Reports come back in job order.
+fn run_jobs(
+    jobs: &[(SimConfig, Option<f64>)],
+    threads: usize,
+    requests: impl Fn(&(SimConfig, Option<f64>)) -> anyhow::Result<Vec<RequestSpec>> + Sync,
+) -> anyhow::Result<Vec<RunReport>> {
+    let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+    if std::io::stderr().is_terminal() {
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} {pos} requests simulated ({per_sec}) {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        );
+    } else {
+        bar.set_draw_target(ProgressDrawTarget::hidden());
+    }
+    let tick = |n: u64| bar.inc(n);
+    let next = AtomicUsize::new(0);
+    let results: Mutex<Vec<Option<anyhow::Result<RunReport>>>> =
+        Mutex::new((0..jobs.len()).map(|_| None).collect());
+    let work = || loop {
+        let k = next.fetch_add(1, Ordering::Relaxed);
+        let Some(job) = jobs.get(k) else { break };
+        let r = requests(job).and_then(|reqs| {
+            let watch = Watch {
+                progress: Some(&tick),
+                timeseries: false,
+            };
+            runner::run(&job.0, &reqs, Some(watch)).map(|mut rep| {
+                rep.rate = job.1;
+                rep
+            })
+        });
+        if let Ok(mut g) = results.lock() {
+            g[k] = Some(r);
+        }
+    };
+    let n = threads.min(jobs.len()).max(1);
+    if n == 1 {
+        work();
+    } else {
+        std::thread::scope(|s| {
+            for _ in 0..n {
+                s.spawn(work);
+            }
+        });
+    }
+    bar.finish_and_clear();
+    let results = results
+        .into_inner()
+        .map_err(|_| anyhow::anyhow!("a simulation thread panicked"))?;
+    results
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| Err(anyhow::anyhow!("a simulation did not run"))))
+        .collect()
+}
+
+fn validate_cost_model(json: bool) -> anyhow::Result<()> {
+    let specs = Specs::builtin()?;
+    let dir = validate::profiles_dir()?;
+    let v = validate::validate(&specs, &dir)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        println!("Cost model against measured profiles ({})\n", dir.display());
+        print!("{}", v.to_markdown());
+    }
+    Ok(())
 }

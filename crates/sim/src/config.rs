@@ -1,0 +1,169 @@
+//! A simulation described in TOML. Every field has a default; command-line flags override it.
+//!
+//! ```toml
+//! model = "llama2-70b"
+//! hardware = "h100"          # or h100-sxm5-80gb, a100, h200, ascend-910b2, ...
+//! instances = 8
+//! tp = 8
+//! cluster_policy = "splitwise"
+//! instance_policy = "sarathi"
+//! block_size = 16
+//! link = "auto"              # nvlink, pcie, inter-node, or "25gbps" (per direction)
+//!
+//! [workload]                 # accellm_workload::WorkloadSpec
+//! source = "azure-conv"
+//! arrivals = { kind = "retime", rate = 8.0 }
+//! max_requests = 5000
+//! slo = { kind = "classes" }
+//!
+//! [instance]                 # accellm_core::instance::InstanceConfig
+//! chunk_size = 1024
+//!
+//! [cluster.splitwise]        # accellm_core::cluster::ClusterConfig
+//! prefill_instances = 3
+//!
+//! [cost]                     # efficiency overrides (data/specs/cost-model.toml)
+//! gemm_mfu = 0.6
+//! ```
+
+use std::path::Path;
+
+use accellm_core::{cluster::ClusterConfig, instance::InstanceConfig};
+use accellm_workload::{BuiltinTrace, WorkloadSource, WorkloadSpec};
+use serde::{Deserialize, Serialize};
+
+use crate::specs::EfficiencyOverrides;
+
+/// Everything one simulation needs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SimConfig {
+    /// Model name (`data/specs/models.toml`).
+    pub model: String,
+    /// Device name or alias (`data/specs/hardware.toml`, `cost-model.toml`).
+    pub hardware: String,
+    /// Instances (model replicas).
+    pub instances: u32,
+    /// Tensor parallelism: devices per instance.
+    pub tp: u32,
+    /// Cluster policy (`accellm_core::cluster::NAMES`).
+    pub cluster_policy: String,
+    /// Instance policy (`accellm_core::instance::NAMES`).
+    pub instance_policy: String,
+    /// Tokens per KV block.
+    pub block_size: u32,
+    /// Link between instances: `auto`, `nvlink`, `pcie`, `inter-node` or `NUMgbps`.
+    pub link: String,
+    /// Most requests waiting cluster-wide before new ones are rejected (0: unbounded).
+    pub max_waiting: usize,
+    /// Interval of time-series samples in ms (0: about 500 samples over the workload).
+    pub sample_interval_ms: f64,
+    /// The workload.
+    pub workload: WorkloadSpec,
+    /// Instance-policy knobs.
+    pub instance: InstanceConfig,
+    /// Cluster-policy knobs.
+    pub cluster: ClusterConfig,
+    /// Cost-model efficiency overrides.
+    pub cost: EfficiencyOverrides,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        Self {
+            model: "llama2-70b".into(),
+            hardware: "h100-sxm5-80gb".into(),
+            instances: 4,
+            tp: 8,
+            cluster_policy: "least-load".into(),
+            instance_policy: "vllm".into(),
+            block_size: 16,
+            link: "auto".into(),
+            max_waiting: 0,
+            sample_interval_ms: 0.0,
+            workload: WorkloadSpec::new(WorkloadSource::builtin(BuiltinTrace::AzureConv)),
+            instance: InstanceConfig::default(),
+            cluster: ClusterConfig::default(),
+            cost: EfficiencyOverrides::default(),
+        }
+    }
+}
+
+/// Why a config file could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Unreadable file.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Bad TOML or unknown keys.
+    #[error("{path}: {message}")]
+    Toml {
+        /// The file.
+        path: String,
+        /// What is wrong (with line and column).
+        message: String,
+    },
+}
+
+impl SimConfig {
+    /// Reads a TOML config; missing fields keep their defaults.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|message| ConfigError::Toml {
+            path: path.display().to_string(),
+            message,
+        })
+    }
+
+    /// Parses TOML text.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// Total devices.
+    pub fn gpus(&self) -> u32 {
+        self.instances * self.tp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_sections_reach_policy_knobs() {
+        let c = SimConfig::parse(
+            r#"
+            instances = 6
+            cluster_policy = "splitwise"
+            [workload]
+            source = "sharegpt"
+            max_requests = 10
+            [instance]
+            chunk_size = 1024
+            [cluster.splitwise]
+            prefill_instances = 2
+            [cost]
+            gemm_mfu = 0.6
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.instances, 6);
+        assert_eq!(c.instance.chunk_size, 1024);
+        assert_eq!(c.cluster.splitwise.prefill_instances, 2);
+        assert_eq!(c.cost.gemm_mfu, Some(0.6));
+        assert_eq!(c.tp, 8);
+        assert!(SimConfig::parse("instnaces = 3")
+            .unwrap_err()
+            .contains("instnaces"));
+    }
+}

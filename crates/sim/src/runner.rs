@@ -1,0 +1,315 @@
+//! Builds a scheduler from a [`SimConfig`], replays a workload through it in virtual time and
+//! summarises the run.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use accellm_core::{
+    cluster, instance,
+    metrics::Summary,
+    replay::{self, Observer},
+    request::{RequestSpec, Slo},
+    scheduler::{Action, ClusterCounters, Scheduler, SchedulerConfig},
+    TimeUs,
+};
+use accellm_workload::Workload;
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    config::SimConfig,
+    hardware::{instance_link, kv_blocks, HardwareCostModel, LinkKind},
+    observer::{TimeSeries, TimeSeriesObserver},
+    specs::Specs,
+};
+
+/// Generates the configured workload; prompts plus outputs are fitted to the model's context
+/// unless the workload sets `max_context` itself.
+pub fn workload(cfg: &SimConfig) -> anyhow::Result<Workload> {
+    let specs = Specs::builtin()?;
+    let model = specs.model(&cfg.model)?;
+    let mut spec = cfg.workload.clone();
+    spec.max_context
+        .get_or_insert(model.max_position_embeddings);
+    Ok(spec.generate()?)
+}
+
+/// The workload's requests as the core sees them.
+pub fn core_requests(w: &Workload) -> Vec<RequestSpec> {
+    w.requests
+        .iter()
+        .map(|r| RequestSpec {
+            arrival_us: (r.arrival_s * 1e6).round().max(0.0) as TimeUs,
+            prompt_tokens: r.prompt_tokens.max(1),
+            max_output_tokens: r.output_tokens.max(1),
+            slo: Slo {
+                ttft_ms: r.ttft_slo_ms,
+                tbt_ms: r.tbt_slo_ms,
+            },
+            priority: r.priority,
+            class: r.class,
+        })
+        .collect()
+}
+
+/// What the configuration resolves to on the hardware.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClusterInfo {
+    /// Model.
+    pub model: String,
+    /// Canonical device name.
+    pub hardware: String,
+    /// Instances.
+    pub instances: u32,
+    /// Devices per instance.
+    pub tp: u32,
+    /// KV blocks per instance.
+    pub kv_blocks: u32,
+    /// Tokens per block.
+    pub block_size: u32,
+    /// Link between instances, GB/s per direction.
+    pub link_gbps: f64,
+}
+
+/// Builds the scheduler (and its cost model) that `cfg` describes.
+pub fn build(cfg: &SimConfig) -> anyhow::Result<(Scheduler, ClusterInfo)> {
+    anyhow::ensure!(cfg.instances > 0, "--instances must be at least 1");
+    anyhow::ensure!(cfg.tp > 0, "--tp must be at least 1");
+    anyhow::ensure!(cfg.block_size > 0, "--block-size must be at least 1");
+    let specs = Specs::builtin()?;
+    let model = specs.model(&cfg.model)?;
+    let (canon, device) = specs.device(&cfg.hardware)?;
+    let eff = specs.efficiency(&canon).with(&cfg.cost);
+    let cost = Arc::new(HardwareCostModel::new(model, device, &canon, cfg.tp, &eff)?);
+    let blocks = kv_blocks(model, device, &eff, cfg.tp, cfg.block_size);
+    anyhow::ensure!(
+        blocks > 0,
+        "{} does not fit on {} x {}: weights {:.1} GB, memory {:.1} GB (less {:.0}% reserve)",
+        cfg.model,
+        cfg.tp,
+        canon,
+        model.weights_bytes_fp16 as f64 / 1e9,
+        device.memory_bytes() as f64 * cfg.tp as f64 / 1e9,
+        eff.memory_reserve * 100.0
+    );
+    let kind: LinkKind = cfg.link.parse().map_err(anyhow::Error::msg)?;
+    let link = instance_link(kind, device, &eff, cfg.tp, cfg.instances);
+    let sched_cfg = SchedulerConfig {
+        kv_blocks: blocks,
+        block_size: cfg.block_size,
+        link,
+        max_waiting: cfg.max_waiting,
+        record_timelines: false,
+    };
+    let cluster = cluster::build(&cfg.cluster_policy, cfg.instances, &cfg.cluster)?;
+    let policies = (0..cfg.instances)
+        .map(|_| instance::build(&cfg.instance_policy, &cfg.instance))
+        .collect::<Result<Vec<_>, _>>()?;
+    let info = ClusterInfo {
+        model: cfg.model.clone(),
+        hardware: canon,
+        instances: cfg.instances,
+        tp: cfg.tp,
+        kv_blocks: blocks,
+        block_size: cfg.block_size,
+        link_gbps: link.bytes_per_s / 1e9,
+    };
+    Ok((Scheduler::new(&sched_cfg, cost, cluster, policies), info))
+}
+
+/// Per-instance figures of a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstanceReport {
+    /// Fraction of the run spent in iterations.
+    pub busy: f64,
+    /// Fraction in prefill-only iterations.
+    pub prefill: f64,
+    /// Fraction in decode-only iterations.
+    pub decode: f64,
+    /// Fraction in mixed iterations.
+    pub mixed: f64,
+    /// Time-averaged KV utilisation.
+    pub kv_mean: f64,
+    /// Peak KV utilisation.
+    pub kv_peak: f64,
+    /// Iterations run.
+    pub iterations: u64,
+    /// Preemptions here.
+    pub preemptions: u64,
+}
+
+/// Everything measured in one run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunReport {
+    /// Cluster policy.
+    pub cluster_policy: String,
+    /// Instance policy.
+    pub instance_policy: String,
+    /// Arrival rate asked for, if any (sweeps).
+    pub rate: Option<f64>,
+    /// Resolved cluster.
+    pub cluster: ClusterInfo,
+    /// Latency and throughput.
+    pub summary: Summary,
+    /// Requests still live when the run ended (not finished, not rejected).
+    pub unfinished: u64,
+    /// Of those, still waiting for their prefill.
+    pub unfinished_waiting: u64,
+    /// Cluster counters (bytes moved, migrations, preemptions, ...).
+    pub counters: ClusterCounters,
+    /// KV bytes moved between instances (layer-wise copies plus transfers).
+    pub kv_bytes_moved: u64,
+    /// Per instance.
+    pub instances: Vec<InstanceReport>,
+    /// Mean busy fraction over instances.
+    pub busy_mean: f64,
+    /// Mean KV utilisation over instances and time.
+    pub kv_mean: f64,
+    /// Highest KV utilisation of any instance.
+    pub kv_peak: f64,
+    /// Completed requests per second per instance.
+    pub requests_per_s_per_instance: f64,
+    /// Output tokens per GPU-second.
+    pub tokens_per_gpu_s: f64,
+    /// Simulated time (s).
+    pub simulated_s: f64,
+    /// Wall time of the replay (s).
+    pub wall_s: f64,
+    /// Events handled.
+    pub events: u64,
+    /// Time series, if recorded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeseries: Option<TimeSeries>,
+}
+
+impl RunReport {
+    /// `cluster/instance`, the run's label.
+    pub fn label(&self) -> String {
+        format!("{}/{}", self.cluster_policy, self.instance_policy)
+    }
+}
+
+/// Hooks to watch a run.
+pub struct Watch<'a> {
+    /// Called with the number of requests that ended (finished or rejected) since the last call.
+    pub progress: Option<&'a (dyn Fn(u64) + Sync)>,
+    /// Record time series.
+    pub timeseries: bool,
+}
+
+struct RunObserver<'a> {
+    ts: Option<TimeSeriesObserver>,
+    progress: Option<&'a (dyn Fn(u64) + Sync)>,
+    ended: u64,
+}
+
+impl Observer for RunObserver<'_> {
+    fn on_action(&mut self, now: TimeUs, action: &Action, sched: &Scheduler) {
+        if let Some(ts) = &mut self.ts {
+            ts.on_action(now, action, sched);
+        }
+        if matches!(action, Action::Finished { .. } | Action::Rejected { .. }) {
+            self.ended += 1;
+            if self.ended == 4096 {
+                if let Some(p) = self.progress {
+                    p(self.ended);
+                }
+                self.ended = 0;
+            }
+        }
+    }
+
+    fn after_event(&mut self, now: TimeUs, sched: &Scheduler) {
+        if let Some(ts) = &mut self.ts {
+            ts.after_event(now, sched);
+        }
+    }
+}
+
+/// Replays `requests` (sorted by arrival) on the cluster `cfg` describes.
+pub fn run(
+    cfg: &SimConfig,
+    requests: &[RequestSpec],
+    watch: Option<Watch<'_>>,
+) -> anyhow::Result<RunReport> {
+    let (mut sched, info) = build(cfg).context("building the simulated cluster")?;
+    let last_arrival = requests.last().map_or(0, |r| r.arrival_us);
+    let interval = if cfg.sample_interval_ms > 0.0 {
+        (cfg.sample_interval_ms * 1e3) as TimeUs
+    } else {
+        (last_arrival / 500).max(100_000)
+    };
+    let (progress, want_ts) = watch.map_or((None, false), |w| (w.progress, w.timeseries));
+    let mut obs = RunObserver {
+        ts: want_ts
+            .then(|| TimeSeriesObserver::new(cfg.instances as usize, interval, 20_000, 2_000)),
+        progress,
+        ended: 0,
+    };
+    let t0 = Instant::now();
+    let end = replay::run(&mut sched, requests, &mut obs);
+    let wall_s = t0.elapsed().as_secs_f64();
+    if let Some(p) = progress {
+        p(obs.ended);
+    }
+    let timeseries = obs.ts.map(|t| t.finish());
+    Ok(report(
+        cfg, &sched, info, end.end_us, end.events, wall_s, timeseries,
+    ))
+}
+
+fn report(
+    cfg: &SimConfig,
+    sched: &Scheduler,
+    info: ClusterInfo,
+    end_us: TimeUs,
+    events: u64,
+    wall_s: f64,
+    timeseries: Option<TimeSeries>,
+) -> RunReport {
+    let summary = sched.metrics().summary(end_us);
+    let span = end_us.max(1) as f64;
+    let instances: Vec<InstanceReport> = sched
+        .instances()
+        .iter()
+        .map(|i| {
+            let s = &i.stats;
+            let blocks = i.kv.num_blocks().max(1) as f64;
+            InstanceReport {
+                busy: s.busy_us() as f64 / span,
+                prefill: s.prefill_us as f64 / span,
+                decode: s.decode_us as f64 / span,
+                mixed: s.mixed_us as f64 / span,
+                kv_mean: s.kv_block_us / span / blocks,
+                kv_peak: s.kv_peak_blocks as f64 / blocks,
+                iterations: s.iterations,
+                preemptions: s.preemptions,
+            }
+        })
+        .collect();
+    let n = instances.len().max(1) as f64;
+    let counters = *sched.counters();
+    let unfinished_waiting = sched.waiting_requests() as u64;
+    let secs = summary.duration_s;
+    RunReport {
+        cluster_policy: sched.cluster_policy().to_string(),
+        instance_policy: sched.instance_policy().to_string(),
+        rate: None,
+        busy_mean: instances.iter().map(|i| i.busy).sum::<f64>() / n,
+        kv_mean: instances.iter().map(|i| i.kv_mean).sum::<f64>() / n,
+        kv_peak: instances.iter().fold(0.0, |m, i| m.max(i.kv_peak)),
+        requests_per_s_per_instance: summary.request_throughput / n,
+        tokens_per_gpu_s: summary.output_throughput / cfg.gpus().max(1) as f64,
+        kv_bytes_moved: counters.copy_bytes + counters.transfer_bytes,
+        unfinished: sched.live_requests() as u64,
+        unfinished_waiting,
+        counters,
+        instances,
+        cluster: info,
+        summary,
+        simulated_s: secs,
+        wall_s,
+        events,
+        timeseries,
+    }
+}

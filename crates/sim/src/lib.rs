@@ -18,8 +18,8 @@
 //!
 //! let mut cfg = SimConfig::default();
 //! cfg.workload.max_requests = Some(500);
-//! let workload = runner::workload(&cfg)?;
-//! let report = runner::run(&cfg, &workload, None)?;
+//! let requests = runner::core_requests(&runner::workload(&cfg)?);
+//! let report = runner::run(&cfg, &requests, None)?;
 //! println!("{:.1} req/s", report.summary.request_throughput);
 //! # Ok::<(), anyhow::Error>(())
 //! ```

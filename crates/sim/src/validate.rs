@@ -291,10 +291,12 @@ fn splitwise(specs: &Specs, dir: &Path, out: &mut Vec<Point>) -> Result<(), Vali
     }
     let mut models: BTreeMap<(&str, u32), HardwareCostModel> = BTreeMap::new();
     for ((hw, tp, prompt, batch), (mut pt, mut tt)) in groups {
-        if !models.contains_key(&(hw, tp)) {
-            models.insert((hw, tp), cost_model(specs, "llama2-70b", hw, tp)?);
-        }
-        let m = &models[&(hw, tp)];
+        let m = match models.entry((hw, tp)) {
+            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::btree_map::Entry::Vacant(e) => {
+                e.insert(cost_model(specs, "llama2-70b", hw, tp)?)
+            }
+        };
         let mut pre = IterationShape::default();
         let mut dec = IterationShape::default();
         for _ in 0..batch {
@@ -345,9 +347,13 @@ fn vidur(specs: &Specs, dir: &Path, out: &mut Vec<Point>) -> Result<(), Validate
             for &c in &ops {
                 measured += csv.num(*line, row, c)?;
             }
-            if !models.contains_key(&tp) {
-                models.insert(tp, cost_model(specs, model, "h100-sxm5-80gb", tp)?);
-            }
+            let m = match models.entry(tp) {
+                std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::btree_map::Entry::Vacant(e) => {
+                    e.insert(cost_model(specs, model, "h100-sxm5-80gb", tp)?)
+                }
+            };
+            let predicted_ms = m.layer_gemm_us(tokens) / 1e3;
             out.push(Point {
                 source: "vidur",
                 model,
@@ -361,7 +367,7 @@ fn vidur(specs: &Specs, dir: &Path, out: &mut Vec<Point>) -> Result<(), Validate
                 tokens,
                 batch: 1,
                 measured_ms: measured,
-                predicted_ms: models[&tp].layer_gemm_us(tokens) / 1e3,
+                predicted_ms,
             });
         }
     }

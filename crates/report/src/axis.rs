@@ -1,0 +1,245 @@
+//! Axis scales and "nice" tick values (1, 2, 5 × 10ⁿ on linear axes, decades on log axes).
+
+/// A mapping from a data interval to a pixel interval, linear or base-10 logarithmic.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Scale {
+    /// Lower end of the data domain (positive on log scales).
+    pub lo: f64,
+    /// Upper end of the data domain.
+    pub hi: f64,
+    /// Whether the mapping is logarithmic.
+    pub log: bool,
+    /// Pixel position of `lo`.
+    pub px_lo: f64,
+    /// Pixel position of `hi`.
+    pub px_hi: f64,
+}
+
+impl Scale {
+    /// Maps a data value to a pixel position (values outside the domain extrapolate).
+    pub fn map(&self, v: f64) -> f64 {
+        let t = if self.log {
+            (v.log10() - self.lo.log10()) / (self.hi.log10() - self.lo.log10())
+        } else {
+            (v - self.lo) / (self.hi - self.lo)
+        };
+        self.px_lo + t * (self.px_hi - self.px_lo)
+    }
+}
+
+/// A data domain together with the ticks to label on it.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Ticks {
+    /// Lower end of the (widened) domain.
+    pub lo: f64,
+    /// Upper end of the (widened) domain.
+    pub hi: f64,
+    /// Tick values, ascending, all within `lo..=hi`.
+    pub values: Vec<f64>,
+}
+
+/// Rounds `x` to a "nice" number: 1, 2, 5 or 10 times a power of ten.
+fn nice_number(x: f64, round: bool) -> f64 {
+    let exp = x.log10().floor();
+    let f = x / 10f64.powf(exp);
+    let nf = if round {
+        if f < 1.5 {
+            1.0
+        } else if f < 3.0 {
+            2.0
+        } else if f < 7.0 {
+            5.0
+        } else {
+            10.0
+        }
+    } else if f <= 1.0 {
+        1.0
+    } else if f <= 2.0 {
+        2.0
+    } else if f <= 5.0 {
+        5.0
+    } else {
+        10.0
+    };
+    nf * 10f64.powf(exp)
+}
+
+/// Widens `[lo, hi]` to nice bounds and returns about `target` evenly spaced nice ticks.
+///
+/// A degenerate interval (`lo == hi`) is widened around its value.
+pub(crate) fn linear_ticks(lo: f64, hi: f64, target: usize) -> Ticks {
+    let (mut lo, mut hi) = if lo <= hi { (lo, hi) } else { (hi, lo) };
+    if hi - lo <= f64::EPSILON * hi.abs().max(1.0) {
+        let pad = if lo == 0.0 { 1.0 } else { lo.abs() * 0.1 };
+        lo -= pad;
+        hi += pad;
+    }
+    let range = nice_number(hi - lo, false);
+    let step = nice_number(range / (target.max(2) - 1) as f64, true);
+    let nlo = (lo / step).floor() * step;
+    let nhi = (hi / step).ceil() * step;
+    let n = ((nhi - nlo) / step).round() as usize;
+    // Round to the step's decimal precision so ticks carry no float noise (0.6, not 0.6000000000000001).
+    let decimals = (-step.log10().floor()).max(0.0) as i32;
+    let unit = 10f64.powi(decimals);
+    let first = (lo / step).floor();
+    let values = (0..=n)
+        .map(|i| {
+            let v = ((first + i as f64) * step * unit).round() / unit;
+            if v == 0.0 {
+                0.0 // no "-0"
+            } else {
+                v
+            }
+        })
+        .collect();
+    Ticks {
+        lo: nlo,
+        hi: nhi,
+        values,
+    }
+}
+
+/// Keeps the domain exactly `[lo, hi]` (widened only if degenerate) and returns the nice
+/// linear ticks that fall inside it; for time axes, where padding wastes width.
+pub(crate) fn inner_ticks(lo: f64, hi: f64, target: usize) -> Ticks {
+    let wide = linear_ticks(lo, hi, target);
+    let (lo, hi) = if lo < hi {
+        (lo, hi)
+    } else {
+        (wide.lo, wide.hi)
+    };
+    let values = wide
+        .values
+        .into_iter()
+        .filter(|&v| v >= lo - (hi - lo) * 1e-9 && v <= hi + (hi - lo) * 1e-9)
+        .collect();
+    Ticks { lo, hi, values }
+}
+
+/// Widens `[lo, hi]` (both positive) to whole decades and returns decade ticks,
+/// adding 2× and 5× ticks when the range spans few decades.
+pub(crate) fn log_ticks(lo: f64, hi: f64) -> Ticks {
+    let (lo, hi) = if lo <= hi { (lo, hi) } else { (hi, lo) };
+    let dlo = lo.log10().floor();
+    let mut dhi = hi.log10().ceil();
+    if dhi <= dlo {
+        dhi = dlo + 1.0;
+    }
+    let decades = (dhi - dlo) as i64;
+    let every = ((decades as f64) / 8.0).ceil().max(1.0) as i64;
+    let mut values = Vec::new();
+    for d in (dlo as i64)..=(dhi as i64) {
+        let base = 10f64.powi(d as i32);
+        if (d - dlo as i64) % every == 0 {
+            values.push(base);
+        }
+        if decades <= 2 && d < dhi as i64 {
+            values.push(2.0 * base);
+            values.push(5.0 * base);
+        }
+    }
+    Ticks {
+        lo: 10f64.powf(dlo),
+        hi: 10f64.powf(dhi),
+        values,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn linear_ticks_are_nice_and_cover_the_data() {
+        let t = linear_ticks(0.3, 9.7, 6);
+        assert_eq!(t.values, vec![0.0, 2.0, 4.0, 6.0, 8.0, 10.0]);
+        assert!(t.lo <= 0.3 && t.hi >= 9.7);
+    }
+
+    #[test]
+    fn linear_ticks_have_no_float_noise() {
+        let t = linear_ticks(0.0, 1.0, 6);
+        assert_eq!(t.values, vec![0.0, 0.2, 0.4, 0.6, 0.8, 1.0]);
+        let t = linear_ticks(0.1, 0.7, 4);
+        for v in &t.values {
+            let s = format!("{v}");
+            assert!(s.len() <= 4, "noisy tick {s}");
+        }
+    }
+
+    #[test]
+    fn linear_ticks_handle_negative_and_large_ranges() {
+        let t = linear_ticks(-37.0, 112.0, 6);
+        assert_eq!(t.values.first(), Some(&-50.0));
+        assert_eq!(t.values.last(), Some(&150.0));
+        assert!(t
+            .values
+            .windows(2)
+            .all(|w| (w[1] - w[0] - 50.0).abs() < 1e-9));
+        let t = linear_ticks(0.0, 123_456.0, 5);
+        assert!(t.values.len() >= 3 && t.values.len() <= 8);
+    }
+
+    #[test]
+    fn degenerate_linear_range_is_widened() {
+        let t = linear_ticks(5.0, 5.0, 5);
+        assert!(t.lo < 5.0 && t.hi > 5.0);
+        let t = linear_ticks(0.0, 0.0, 5);
+        assert!(t.lo < 0.0 && t.hi > 0.0);
+    }
+
+    #[test]
+    fn inner_ticks_keep_the_exact_domain() {
+        let t = inner_ticks(0.0, 612.5, 8);
+        assert_eq!((t.lo, t.hi), (0.0, 612.5));
+        assert_eq!(t.values.first(), Some(&0.0));
+        assert!(t.values.iter().all(|&v| v <= 612.5));
+        assert!(t.values.len() >= 4);
+    }
+
+    #[test]
+    fn log_ticks_are_decades() {
+        let t = log_ticks(3.0, 45_000.0);
+        assert_eq!(
+            t.values,
+            vec![1.0, 10.0, 100.0, 1000.0, 10_000.0, 100_000.0]
+        );
+        assert_eq!((t.lo, t.hi), (1.0, 100_000.0));
+    }
+
+    #[test]
+    fn narrow_log_range_gets_2_and_5_ticks() {
+        let t = log_ticks(12.0, 80.0);
+        assert_eq!(t.values, vec![10.0, 20.0, 50.0, 100.0]);
+    }
+
+    #[test]
+    fn very_wide_log_range_thins_decades() {
+        let t = log_ticks(1e-6, 1e12);
+        assert!(t.values.len() <= 10, "{:?}", t.values);
+        assert_eq!(t.values[0], 1e-6);
+    }
+
+    #[test]
+    fn scales_map_endpoints() {
+        let s = Scale {
+            lo: 0.0,
+            hi: 10.0,
+            log: false,
+            px_lo: 100.0,
+            px_hi: 0.0,
+        };
+        assert_eq!(s.map(0.0), 100.0);
+        assert_eq!(s.map(10.0), 0.0);
+        assert_eq!(s.map(5.0), 50.0);
+        let s = Scale {
+            lo: 1.0,
+            hi: 100.0,
+            log: true,
+            px_lo: 0.0,
+            px_hi: 200.0,
+        };
+        assert!((s.map(10.0) - 100.0).abs() < 1e-9);
+    }
+}

@@ -127,7 +127,8 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
         let w = workload(&cfg, args.rate, args.burstiness)?;
         let requests = runner::core_requests(&w);
         if !args.json && !args.csv {
-            println!("{}", describe(&cfg, &w, &policies));
+            emit(&describe(&cfg, &w, &policies))?;
+            emit("\n")?;
         }
         let jobs: Vec<(SimConfig, Option<f64>)> =
             policies.iter().map(|p| (p.clone(), args.rate)).collect();
@@ -148,20 +149,22 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
             Ok(runner::core_requests(&workload(c, *rate, burst)?))
         })?
     };
-    if args.json {
-        let text = if reports.len() == 1 {
+    let text = if args.json {
+        let mut t = if reports.len() == 1 {
             serde_json::to_string_pretty(&reports[0])?
         } else {
             serde_json::to_string_pretty(&reports)?
         };
-        println!("{text}");
+        t.push('\n');
+        t
     } else if args.csv {
-        print!("{}", output::csv(&reports));
+        output::csv(&reports)
     } else if args.sweep_rate.is_empty() {
-        print!("{}", output::metrics_table(&reports));
+        output::metrics_table(&reports)
     } else {
-        print!("{}", output::sweep_table(&reports));
-    }
+        output::sweep_table(&reports)
+    };
+    emit(&text)?;
     for r in &reports {
         if r.unfinished > 0 {
             tracing::warn!(
@@ -390,10 +393,23 @@ fn validate_cost_model(json: bool) -> anyhow::Result<()> {
     let dir = validate::profiles_dir()?;
     let v = validate::validate(&specs, &dir)?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        emit(&serde_json::to_string_pretty(&v)?)?;
+        emit("\n")
     } else {
-        println!("Cost model against measured profiles ({})\n", dir.display());
-        print!("{}", v.to_markdown());
+        emit(&format!(
+            "Cost model against measured profiles ({})\n\n{}",
+            dir.display(),
+            v.to_markdown()
+        ))
     }
-    Ok(())
+}
+
+/// Writes a command's output to stdout; a closed pipe (`| head`) ends quietly.
+fn emit(text: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
 }

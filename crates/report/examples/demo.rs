@@ -46,6 +46,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let requests = 5_000;
 
     let mut ttft = Cdf::new("Time to first token", "TTFT (ms)").log_x(true);
+    let mut ttft_tail = Cdf::new("Time to first token, tail", "TTFT (ms)")
+        .log_x(true)
+        .tail(true);
     let mut tbt = Cdf::new("Time between tokens", "TBT (ms)");
     let mut jct = Cdf::new("Job completion time", "JCT (s)").log_x(true);
     let mut summary = Table::new(
@@ -86,6 +89,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             format!("{:.1}", sorted_b[requests * 99 / 100]),
             format!("{:.1}%", 100.0 * met as f64 / requests as f64),
         ]);
+        ttft_tail = ttft_tail.series(name, t.clone());
         ttft = ttft.series(name, t);
         tbt = tbt.series(name, b);
         jct = jct.series(name, j);
@@ -172,6 +176,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .section(
             Section::new("Latency distributions")
                 .chart(ttft)
+                .chart(ttft_tail)
                 .chart(tbt)
                 .chart(jct),
         )
@@ -203,12 +208,14 @@ fn accellm_timeline(rng: &mut Rng, seconds: f64) -> Timeline {
         let partner = lane ^ 1;
         let mut prefill_role = lane % 2 == 0;
         let mut next_switch = rng.lognormal(40.0, 0.5);
+        // Some prefill periods run mixed batches (chunked prefill piggybacking decodes).
+        let mut mixed_period = false;
         while now < seconds {
             let (kind, dur) = if rng.uniform() < 0.02 {
                 (Timeline::IDLE, rng.lognormal(0.05, 0.5))
             } else if prefill_role {
                 (
-                    if rng.uniform() < 0.2 {
+                    if mixed_period {
                         Timeline::MIXED
                     } else {
                         Timeline::PREFILL
@@ -234,6 +241,7 @@ fn accellm_timeline(rng: &mut Rng, seconds: f64) -> Timeline {
                     });
                 }
                 prefill_role = !prefill_role;
+                mixed_period = prefill_role && rng.uniform() < 0.3;
                 next_switch = now + rng.lognormal(40.0, 0.5);
             }
         }

@@ -5,9 +5,11 @@ use crate::model::Segment;
 
 /// Points of the empirical CDF of `sorted` (ascending, finite): `(value, fraction ≤ value)`.
 ///
-/// Returns at most about `max_points` points: half spaced evenly by rank (the body of the
-/// distribution), half spaced evenly by value — in log space when `log` — so that long tails
-/// keep their shape. The first and last samples are always kept.
+/// Returns at most about `max_points` points: a third spaced evenly by rank (the body of the
+/// distribution), a third evenly by value — in log space when `log` — so that long tails keep
+/// their shape, and a third at ranks spaced geometrically towards the top (n − 1, n − 2,
+/// n − 4, …) so that p99, p99.9 and beyond are resolved. The first and last samples are always
+/// kept.
 pub(crate) fn cdf_points(sorted: &[f64], max_points: usize, log: bool) -> Vec<(f64, f64)> {
     let n = sorted.len();
     if n == 0 {
@@ -21,16 +23,21 @@ pub(crate) fn cdf_points(sorted: &[f64], max_points: usize, log: bool) -> Vec<(f
             .map(|(i, &v)| (v, frac(i)))
             .collect();
     }
-    let half = (max_points / 2).max(2);
-    let mut idx: Vec<usize> = (0..half).map(|k| k * (n - 1) / (half - 1)).collect();
+    let third = (max_points / 3).max(2);
+    let mut idx: Vec<usize> = (0..third).map(|k| k * (n - 1) / (third - 1)).collect();
+    let top = (n as f64).ln();
+    idx.extend((0..third).map(|k| {
+        let from_top = (top * k as f64 / (third - 1) as f64).exp().round() as usize;
+        n.saturating_sub(from_top.max(1))
+    }));
     let (lo, hi) = (sorted[0], sorted[n - 1]);
     let (tlo, thi) = if log {
         (lo.log10(), hi.log10())
     } else {
         (lo, hi)
     };
-    for k in 0..half {
-        let t = tlo + (thi - tlo) * k as f64 / (half - 1) as f64;
+    for k in 0..third {
+        let t = tlo + (thi - tlo) * k as f64 / (third - 1) as f64;
         let v = if log { 10f64.powf(t) } else { t };
         // Last sample ≤ v: the CDF's value there.
         let i = sorted.partition_point(|&s| s <= v);
@@ -178,6 +185,15 @@ mod tests {
         let pts = cdf_points(&samples, 200, false);
         let tail = pts.iter().filter(|p| p.0 > 100.0).count();
         assert!(tail >= 50, "only {tail} tail points");
+    }
+
+    #[test]
+    fn big_cdf_resolves_the_top_percentiles() {
+        let samples: Vec<f64> = (0..1_000_000).map(f64::from).collect();
+        let pts = cdf_points(&samples, 300, false);
+        // Points above p99.9 and between p99 and p99.9.
+        assert!(pts.iter().filter(|p| p.1 > 0.999 && p.1 < 1.0).count() >= 10);
+        assert!(pts.iter().filter(|p| p.1 > 0.99 && p.1 <= 0.999).count() >= 10);
     }
 
     #[test]

@@ -169,7 +169,8 @@ impl From<Timeline> for Chart {
     }
 }
 
-/// Empirical CDF chart: y is the fraction of samples ≤ x.
+/// Empirical CDF chart: y is the fraction of samples ≤ x, or with [`Cdf::tail`] the fraction
+/// ≥ x on a log axis.
 ///
 /// Samples need not be sorted. Non-finite samples (and, on a log axis, samples ≤ 0) are
 /// left out and counted in the legend. Large sample sets are downsampled to a few hundred
@@ -183,6 +184,9 @@ pub struct Cdf {
     pub x_label: String,
     /// Logarithmic x axis.
     pub log_x: bool,
+    /// Tail view: plot the fraction of samples ≥ x on a logarithmic y axis (a complementary
+    /// CDF), so p99, p99.9 and beyond are as readable as the median.
+    pub tail: bool,
     /// `(series name, samples)`, one curve each.
     pub series: Vec<(String, Vec<f64>)>,
 }
@@ -200,6 +204,12 @@ impl Cdf {
     /// Sets a logarithmic x axis.
     pub fn log_x(mut self, log_x: bool) -> Self {
         self.log_x = log_x;
+        self
+    }
+
+    /// Sets the tail view (fraction of samples ≥ x, log y axis).
+    pub fn tail(mut self, tail: bool) -> Self {
+        self.tail = tail;
         self
     }
 

@@ -252,3 +252,32 @@ fn page_loads_nothing_from_outside() {
         doc.all("link").is_empty() && doc.all("script").is_empty() && doc.all("img").is_empty()
     );
 }
+
+#[test]
+fn tail_view_has_a_log_percent_axis_and_p99_guides() {
+    let doc = parse(&sample_report().to_html()).unwrap_or_else(|e| panic!("{e}"));
+    let svg = charts(&doc)
+        .into_iter()
+        .find(|s| s.all("title")[0].text == "TTFT tail");
+    let svg = svg.unwrap_or_else(|| panic!("tail chart missing"));
+    let text = svg.all_text();
+    for label in [
+        "100%",
+        "10%",
+        "1%",
+        "0.1%",
+        "0.01%",
+        "p99",
+        "p99.9",
+        "fraction of samples ≥ x",
+    ] {
+        assert!(text.contains(label), "tail chart lacks {label:?}");
+    }
+    let paths: Vec<&Node> = svg
+        .all("path")
+        .into_iter()
+        .filter(|p| p.attr("class") == Some("series"))
+        .collect();
+    assert_eq!(paths.len(), 1, "the 5000-sample series is a path");
+    assert_eq!(svg.all("circle").len(), 1, "the single sample is a dot");
+}

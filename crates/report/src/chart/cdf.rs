@@ -49,12 +49,29 @@ pub(super) fn render(c: &Cdf, id: &str) -> String {
             .flatten()
             .copied(),
     );
-    let y_ticks = crate::axis::Ticks {
-        lo: 0.0,
-        hi: 1.0,
-        values: vec![0.0, 0.2, 0.4, 0.6, 0.8, 1.0],
+    let max_n = prepared.iter().map(|p| p.sorted.len()).max().unwrap_or(0);
+    let (y_ticks, y_label, guides) = if c.tail {
+        // Down to the rarest sample: 1/n of the biggest series.
+        let lo = 10f64.powf((1.0 / max_n.max(10) as f64).log10().floor());
+        let t = crate::axis::log_ticks(lo, 1.0);
+        let guides: Vec<(f64, &str)> = [(0.5, "p50"), (0.01, "p99"), (0.001, "p99.9")]
+            .into_iter()
+            .filter(|&(g, _)| g >= lo)
+            .collect();
+        (t, "fraction of samples ≥ x", guides)
+    } else {
+        let t = crate::axis::Ticks {
+            lo: 0.0,
+            hi: 1.0,
+            values: vec![0.0, 0.2, 0.4, 0.6, 0.8, 1.0],
+        };
+        (
+            t,
+            "fraction of samples ≤ x",
+            vec![(0.5, "p50"), (0.99, "p99")],
+        )
     };
-    let y_scale = frame.y_scale(&y_ticks, false);
+    let y_scale = frame.y_scale(&y_ticks, c.tail);
     let pct = |v: f64| format!("{}%", format_value(v * 100.0));
     match x_extent {
         None => {
@@ -64,7 +81,7 @@ pub(super) fn render(c: &Cdf, id: &str) -> String {
                 None,
                 Some((&y_scale, &y_ticks, &pct)),
                 &c.x_label,
-                "fraction of samples ≤ x",
+                y_label,
             );
             no_data(&mut body, &frame);
         }
@@ -77,10 +94,9 @@ pub(super) fn render(c: &Cdf, id: &str) -> String {
                 Some((&x_scale, &x_ticks)),
                 Some((&y_scale, &y_ticks, &pct)),
                 &c.x_label,
-                "fraction of samples ≤ x",
+                y_label,
             );
-            // Guides at the median and the 99th percentile.
-            for (q, name) in [(0.5, "p50"), (0.99, "p99")] {
+            for (q, name) in guides {
                 let y = fmt_px(y_scale.map(q));
                 let _ = write!(
                     body,
@@ -97,17 +113,39 @@ pub(super) fn render(c: &Cdf, id: &str) -> String {
                     continue;
                 }
                 let pts = cdf_points(&p.sorted, MAX_POINTS, c.log_x);
-                let stepped = pts.len() == p.sorted.len();
-                let mut px_pts = Vec::with_capacity(pts.len() * 2 + 1);
-                px_pts.push((x_scale.map(pts[0].0), y_scale.map(0.0)));
-                let mut prev_y = 0.0;
-                for &(x, f) in &pts {
-                    let px = x_scale.map(x);
-                    if stepped {
-                        px_pts.push((px, y_scale.map(prev_y)));
+                let n = p.sorted.len() as f64;
+                let px_pts: Vec<(f64, f64)> = if c.tail {
+                    // Fraction ≥ x_i is 1 − F(x_i) + 1/n: from 1 down to 1/n, never 0.
+                    pts.iter()
+                        .map(|&(x, f)| (x_scale.map(x), y_scale.map(1.0 - f + 1.0 / n)))
+                        .collect()
+                } else {
+                    // Steps when every sample is drawn, straight segments between the
+                    // chosen points otherwise.
+                    let stepped = pts.len() == p.sorted.len();
+                    let mut v = Vec::with_capacity(pts.len() * 2 + 1);
+                    v.push((x_scale.map(pts[0].0), y_scale.map(0.0)));
+                    let mut prev = 0.0;
+                    for &(x, f) in &pts {
+                        let px = x_scale.map(x);
+                        if stepped {
+                            v.push((px, y_scale.map(prev)));
+                        }
+                        v.push((px, y_scale.map(f)));
+                        prev = f;
                     }
-                    px_pts.push((px, y_scale.map(f)));
-                    prev_y = f;
+                    v
+                };
+                if let [(x, y)] = px_pts[..] {
+                    // A single sample in the tail view: a dot.
+                    let _ = write!(
+                        body,
+                        "<circle class=\"markers\" cx=\"{}\" cy=\"{}\" r=\"3\" fill=\"{}\"/>",
+                        fmt_px(x),
+                        fmt_px(y),
+                        series_colour(i)
+                    );
+                    continue;
                 }
                 let _ = write!(body, "<path class=\"series\" data-series=\"");
                 push_escaped(&mut body, p.name);

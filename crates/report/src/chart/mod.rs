@@ -54,7 +54,7 @@ impl Frame {
             width,
             left,
             top: 44.0,
-            plot_w: width - left - 24.0,
+            plot_w: width - left - 38.0,
             plot_h,
         }
     }

@@ -125,6 +125,7 @@ pub fn parse(xml: &str) -> Result<Node, String> {
 /// and a big timeline.
 pub fn sample_report() -> Report {
     let ttft: Vec<f64> = (1..=2000).map(|i| (i as f64).sqrt() * 10.0).collect();
+    let tail: Vec<f64> = (1..=5000).map(|i| 1e4 / i as f64).collect();
     let tbt: Vec<f64> = (1..=2000).map(|i| 20.0 + (i % 37) as f64).collect();
     let segments: Vec<Segment> = (0..25_000)
         .map(|i| Segment {
@@ -155,7 +156,14 @@ pub fn sample_report() -> Report {
                         .series("vllm", tbt)
                         .series("empty policy", Vec::new()),
                 )
-                .chart(Cdf::new("JCT", "JCT (s)")),
+                .chart(Cdf::new("JCT", "JCT (s)"))
+                .chart(
+                    Cdf::new("TTFT tail", "TTFT (ms)")
+                        .log_x(true)
+                        .tail(true)
+                        .series("vllm", tail)
+                        .series("single", vec![5.0]),
+                ),
         )
         .section(
             Section::new("Sweep")

@@ -107,6 +107,9 @@ pub struct SimulateArgs {
     /// Print CSV instead of tables.
     #[arg(long)]
     pub csv: bool,
+    /// Also write an HTML report (latency CDFs, time series, instance timelines) to this file.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
     /// Compare the cost model with the measured profiles and print the error table.
     #[arg(long)]
     pub validate_cost_model: bool,
@@ -123,16 +126,19 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
         .max(1);
+    let record = args.report.is_some();
+    let mut title = String::new();
     let reports = if args.sweep_rate.is_empty() {
         let w = workload(&cfg, args.rate, args.burstiness)?;
         let requests = runner::core_requests(&w);
+        title = describe(&cfg, &w, &policies);
         if !args.json && !args.csv {
-            emit(&describe(&cfg, &w, &policies))?;
+            emit(&title)?;
             emit("\n")?;
         }
         let jobs: Vec<(SimConfig, Option<f64>)> =
             policies.iter().map(|p| (p.clone(), args.rate)).collect();
-        run_jobs(&jobs, threads, |_| Ok(requests.clone()))?
+        run_jobs(&jobs, threads, record, |_| Ok(requests.clone()))?
     } else {
         for &r in &args.sweep_rate {
             anyhow::ensure!(
@@ -145,7 +151,7 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
             .flat_map(|p| args.sweep_rate.iter().map(move |&r| (p.clone(), Some(r))))
             .collect();
         let burst = args.burstiness;
-        run_jobs(&jobs, threads, |(c, rate)| {
+        run_jobs(&jobs, threads, record, |(c, rate)| {
             Ok(runner::core_requests(&workload(c, *rate, burst)?))
         })?
     };
@@ -165,6 +171,17 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
         output::sweep_table(&reports)
     };
     emit(&text)?;
+    if let Some(path) = &args.report {
+        if title.is_empty() {
+            title = format!(
+                "{} x {} TP{} ({}), sweep over {:?} req/s",
+                cfg.instances, cfg.model, cfg.tp, cfg.hardware, args.sweep_rate
+            );
+        }
+        crate::html_report::build(&reports, title.trim(), !args.sweep_rate.is_empty())
+            .write(path)?;
+        tracing::info!("report written to {}", path.display());
+    }
     for r in &reports {
         if r.unfinished > 0 {
             tracing::warn!(
@@ -336,6 +353,7 @@ fn describe(cfg: &SimConfig, w: &Workload, policies: &[SimConfig]) -> String {
 fn run_jobs(
     jobs: &[(SimConfig, Option<f64>)],
     threads: usize,
+    record: bool,
     requests: impl Fn(&(SimConfig, Option<f64>)) -> anyhow::Result<Vec<RequestSpec>> + Sync,
 ) -> anyhow::Result<Vec<RunReport>> {
     let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
@@ -357,7 +375,7 @@ fn run_jobs(
         let r = requests(job).and_then(|reqs| {
             let watch = Watch {
                 progress: Some(&tick),
-                timeseries: false,
+                timeseries: record,
             };
             runner::run(&job.0, &reqs, Some(watch)).map(|mut rep| {
                 rep.rate = job.1;

@@ -10,7 +10,7 @@
 //! - [`config`]: a simulation described in TOML (cluster, policies, workload, cost overrides);
 //! - [`runner`]: builds a scheduler from a config, replays a workload, summarises the run;
 //! - [`observer`]: bounded-memory time series (instance timelines, throughput, KV utilisation);
-//! - [`output`]: tables, JSON and CSV;
+//! - [`output`]: tables, JSON and CSV; [`html_report`]: the `--report` HTML page;
 //! - [`cli`]: the `accellm simulate` command (single runs, `--compare`, `--sweep-rate`).
 //!
 //! ```no_run
@@ -27,6 +27,7 @@
 pub mod cli;
 pub mod config;
 pub mod hardware;
+pub mod html_report;
 pub mod observer;
 pub mod output;
 pub mod runner;

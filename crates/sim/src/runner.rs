@@ -180,6 +180,43 @@ pub struct RunReport {
     /// Time series, if recorded.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub timeseries: Option<TimeSeries>,
+    /// Per-request latencies for distributions, if recorded (with the time series).
+    #[serde(skip)]
+    pub samples: Option<LatencySamples>,
+}
+
+/// Latency samples of a run, for CDFs.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LatencySamples {
+    /// TTFT of each completed request (ms).
+    pub ttft_ms: Vec<f64>,
+    /// JCT of each completed request (ms).
+    pub jct_ms: Vec<f64>,
+    /// JCT per output token of each completed request (ms).
+    pub normalized_ms: Vec<f64>,
+    /// TBT at 1,000 evenly spaced quantiles of every gap (ms): an equivalent sample.
+    pub tbt_ms: Vec<f64>,
+}
+
+impl LatencySamples {
+    fn of(m: &accellm_core::metrics::Metrics) -> Self {
+        let done = m.finished.iter().filter(|r| {
+            r.reason != accellm_core::request::FinishReason::Cancelled && r.output_tokens > 0
+        });
+        let mut s = Self::default();
+        for r in done {
+            s.ttft_ms.push(r.ttft_us as f64 / 1e3);
+            s.jct_ms.push(r.jct_us as f64 / 1e3);
+            s.normalized_ms
+                .push(r.jct_us as f64 / 1e3 / r.output_tokens.max(1) as f64);
+        }
+        if m.tbt_us.count() > 0 {
+            s.tbt_ms = (0..1000)
+                .map(|k| m.tbt_us.quantile((k as f64 + 0.5) / 1000.0) / 1e3)
+                .collect();
+        }
+        s
+    }
 }
 
 impl RunReport {
@@ -253,9 +290,13 @@ pub fn run(
         p(obs.ended);
     }
     let timeseries = obs.ts.map(|t| t.finish());
-    Ok(report(
+    let mut rep = report(
         cfg, &sched, info, end.end_us, end.events, wall_s, timeseries,
-    ))
+    );
+    if want_ts {
+        rep.samples = Some(LatencySamples::of(sched.metrics()));
+    }
+    Ok(rep)
 }
 
 fn report(
@@ -311,5 +352,6 @@ fn report(
         wall_s,
         events,
         timeseries,
+        samples: None,
     }
 }

@@ -220,3 +220,28 @@ fn cost_model_error_stays_within_the_calibrated_bound() {
         152
     );
 }
+
+#[test]
+fn report_flag_writes_a_self_contained_html_page() {
+    let dir = std::env::temp_dir().join(format!("accellm-sim-report-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("r.html");
+    let args = SimulateArgs {
+        model: Some("llama2-7b".into()),
+        hardware: Some("a100".into()),
+        tp: Some(1),
+        instances: Some(2),
+        workload: Some("synthetic:prompt=200,output=uniform(10,50)".into()),
+        rate: Some(4.0),
+        num_requests: Some(100),
+        compare: vec!["vllm".into(), "splitwise".into()],
+        report: Some(path.clone()),
+        ..SimulateArgs::default()
+    };
+    cli::run(args).unwrap();
+    let html = std::fs::read_to_string(&path).unwrap();
+    assert!(html.contains("<svg") && !html.contains("<script"));
+    assert!(html.contains("least-load/vllm") && html.contains("splitwise/vllm"));
+    assert!(html.contains("instance 1"));
+    std::fs::remove_dir_all(&dir).ok();
+}

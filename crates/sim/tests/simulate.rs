@@ -245,3 +245,13 @@ fn report_flag_writes_a_self_contained_html_page() {
     assert!(html.contains("instance 1"));
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn the_example_config_loads() {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/splitwise-h100.toml");
+    let c = SimConfig::load(&path).unwrap();
+    assert_eq!(c.cluster.splitwise.prefill_instances, 3);
+    assert_eq!(c.instance.max_num_batched_tokens, 8192);
+    runner::build(&c).unwrap();
+}

@@ -1,5 +1,15 @@
 //! Axis scales and "nice" tick values (1, 2, 5 × 10ⁿ on linear axes, decades on log axes).
 
+/// Largest magnitude drawn; beyond it (or below its inverse on a log axis) values are treated
+/// like non-finite ones, so axis arithmetic never overflows.
+pub(crate) const MAX_ABS: f64 = 1e100;
+
+/// Whether `v` can be placed on an axis (finite and within ±[`MAX_ABS`]; on a log axis also
+/// at least 1/[`MAX_ABS`]).
+pub(crate) fn plottable(v: f64, log: bool) -> bool {
+    v.is_finite() && v.abs() <= MAX_ABS && (!log || v >= 1.0 / MAX_ABS)
+}
+
 /// A mapping from a data interval to a pixel interval, linear or base-10 logarithmic.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Scale {

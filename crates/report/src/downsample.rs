@@ -1,6 +1,7 @@
 //! Reducing big data sets to what a few hundred pixels can show, without losing endpoints,
 //! tails or spikes.
 
+use crate::axis::plottable;
 use crate::model::Segment;
 
 /// Points of the empirical CDF of `sorted` (ascending, finite): `(value, fraction ≤ value)`.
@@ -117,7 +118,11 @@ pub(crate) fn rasterise_lane(
     let width = (t1 - t0) / cells as f64;
     let mut cover = vec![0f64; cells * kinds];
     for s in segments {
-        if s.kind >= kinds || !s.start.is_finite() || !s.end.is_finite() || s.end <= s.start {
+        if s.kind >= kinds
+            || !plottable(s.start, false)
+            || !plottable(s.end, false)
+            || s.end <= s.start
+        {
             continue;
         }
         let a = ((s.start - t0) / width).max(0.0);

@@ -61,6 +61,9 @@ pub fn format_value(v: f64) -> String {
         return "0".into();
     }
     let a = v.abs();
+    if a >= 1e12 {
+        return format!("{v:.1e}").replace(".0e", "e");
+    }
     let (scaled, suffix) = if a >= 1e9 {
         (v / 1e9, "G")
     } else if a >= 1e6 {
@@ -145,5 +148,7 @@ mod tests {
         assert_eq!(format_value(0.0123), "0.0123");
         assert_eq!(format_value(0.00002), "2e-5");
         assert_eq!(format_value(-40.0), "-40");
+        assert_eq!(format_value(3e15), "3e15");
+        assert_eq!(format_value(2.5e9), "2.5G");
     }
 }

@@ -335,9 +335,9 @@ pub(crate) fn polyline_d(pts: impl IntoIterator<Item = (f64, f64)>) -> String {
     d
 }
 
-/// Finite values only, and strictly positive ones on a log axis.
+/// Finite values of sane magnitude only, and strictly positive ones on a log axis.
 pub(crate) fn usable(v: f64, log: bool) -> bool {
-    v.is_finite() && (!log || v > 0.0)
+    crate::axis::plottable(v, log)
 }
 
 /// Min and max of an iterator of values, or `None` when it is empty.

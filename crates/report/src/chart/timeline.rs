@@ -2,7 +2,9 @@
 
 use std::fmt::Write as _;
 
-use super::{axes, extent, legend, no_data, wrap_svg, Frame, LegendItem, Swatch, CHAR_WIDTH};
+use super::{
+    axes, extent, legend, no_data, usable, wrap_svg, Frame, LegendItem, Swatch, CHAR_WIDTH,
+};
 use crate::downsample::rasterise_lane;
 use crate::escape::{fmt_px, push_escaped};
 use crate::model::Timeline;
@@ -27,7 +29,7 @@ pub(super) fn render(t: &Timeline, id: &str) -> String {
     let mut body = String::new();
 
     let valid = |s: &&crate::model::Segment| {
-        s.kind < t.kinds.len() && s.start.is_finite() && s.end.is_finite() && s.end > s.start
+        s.kind < t.kinds.len() && usable(s.start, false) && usable(s.end, false) && s.end > s.start
     };
     let span = extent(
         t.lanes
@@ -38,7 +40,7 @@ pub(super) fn render(t: &Timeline, id: &str) -> String {
                 t.moves
                     .iter()
                     .flat_map(|m| [m.start, m.end])
-                    .filter(|v| v.is_finite()),
+                    .filter(|&v| usable(v, false)),
             ),
     );
     let lane_top = |i: usize| frame.top + 6.0 + i as f64 * LANE_PITCH;
@@ -137,8 +139,8 @@ pub(super) fn render(t: &Timeline, id: &str) -> String {
 fn move_ok(t: &Timeline, m: &crate::model::Move) -> bool {
     m.from_lane < t.lanes.len()
         && m.to_lane < t.lanes.len()
-        && m.start.is_finite()
-        && m.end.is_finite()
+        && usable(m.start, false)
+        && usable(m.end, false)
         && m.end >= m.start
 }
 

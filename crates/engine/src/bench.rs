@@ -1,1 +1,175 @@
 //! Workloads shared by `accellm engine-bench`, `accellm calibrate` and the criterion bench.
+//!
+//! Timing does not depend on what the KV cache holds, so decode workloads at a given context
+//! length run their decode steps at positions `context..` over KV blocks that were not prefilled
+//! (this keeps a batch-64 measurement from spending minutes on prefill). Prefill workloads run
+//! real prompts from position 0.
+
+use std::time::Instant;
+
+use crate::batch::{ForwardBatch, SeqInput};
+use crate::error::Result;
+use crate::kv::KvPool;
+use crate::model::Model;
+
+/// Deterministic pseudo-random token ids inside the vocabulary.
+pub fn synthetic_tokens(vocab: usize, n: usize, seed: u64) -> Vec<u32> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % vocab.max(1) as u64) as u32
+        })
+        .collect()
+}
+
+/// Blocks needed for `tokens` tokens.
+pub fn blocks_for(tokens: usize, block_size: usize) -> usize {
+    tokens.div_ceil(block_size)
+}
+
+/// Times one iteration: a prefill of `len` tokens from position 0 (milliseconds).
+pub fn time_prefill(model: &Model, pool: &KvPool, len: usize) -> Result<f64> {
+    let bs = pool.block_size();
+    let seq = SeqInput {
+        tokens: synthetic_tokens(model.config().vocab, len, len as u64),
+        start_pos: 0,
+        block_table: (0..blocks_for(len, bs) as u32).collect(),
+        want_logits: true,
+    };
+    let batch = ForwardBatch { seqs: vec![seq] };
+    let t = Instant::now();
+    model.forward(pool, &batch)?;
+    Ok(t.elapsed().as_secs_f64() * 1e3)
+}
+
+/// A batch of `batch` single-token decodes, each at position `context` of its own sequence.
+pub fn decode_batch(model: &Model, pool: &KvPool, batch: usize, context: usize) -> ForwardBatch {
+    let bs = pool.block_size();
+    let per = blocks_for(context + 1, bs);
+    ForwardBatch {
+        seqs: (0..batch)
+            .map(|i| SeqInput {
+                tokens: synthetic_tokens(model.config().vocab, 1, i as u64 + 7),
+                start_pos: context,
+                block_table: ((i * per) as u32..((i + 1) * per) as u32).collect(),
+                want_logits: true,
+            })
+            .collect(),
+    }
+}
+
+/// Times `steps` decode iterations of `batch` sequences at context `context`..; returns
+/// milliseconds per iteration (median).
+pub fn time_decode(
+    model: &Model,
+    pool: &KvPool,
+    batch: usize,
+    context: usize,
+    steps: usize,
+) -> Result<f64> {
+    let mut b = decode_batch(model, pool, batch, context);
+    let mut times = Vec::with_capacity(steps);
+    for _ in 0..steps.max(1) {
+        let t = Instant::now();
+        let out = model.forward(pool, &b)?;
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+        for (s, l) in b.seqs.iter_mut().zip(&out.logits) {
+            s.start_pos += 1;
+            if let Some(l) = l {
+                s.tokens = vec![crate::sampling::argmax(l)];
+            }
+        }
+    }
+    Ok(median(&mut times))
+}
+
+/// Median of a slice (0 if empty).
+pub fn median(xs: &mut [f64]) -> f64 {
+    if xs.is_empty() {
+        return 0.0;
+    }
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
+}
+
+/// A pool large enough for `tokens` tokens.
+pub fn pool_for(model: &Model, tokens: usize) -> Result<KvPool> {
+    let bs = crate::kv::DEFAULT_BLOCK_SIZE;
+    KvPool::new(model.config(), blocks_for(tokens, bs).max(1), bs)
+}
+
+/// Solves the least-squares problem `min |X b - y|` through the normal equations
+/// (small, well-conditioned systems only). Returns `None` if singular.
+#[allow(clippy::needless_range_loop)] // index arithmetic reads best as in the textbook
+pub fn least_squares(x: &[Vec<f64>], y: &[f64]) -> Option<Vec<f64>> {
+    let p = x.first()?.len();
+    let mut a = vec![vec![0.0; p + 1]; p];
+    for (row, &yi) in x.iter().zip(y) {
+        for i in 0..p {
+            for j in 0..p {
+                a[i][j] += row[i] * row[j];
+            }
+            a[i][p] += row[i] * yi;
+        }
+    }
+    // Gaussian elimination with partial pivoting.
+    for col in 0..p {
+        let piv = (col..p).max_by(|&r, &s| a[r][col].abs().total_cmp(&a[s][col].abs()))?;
+        if a[piv][col].abs() < 1e-12 {
+            return None;
+        }
+        a.swap(col, piv);
+        for r in 0..p {
+            if r != col {
+                let f = a[r][col] / a[col][col];
+                for c in col..=p {
+                    a[r][c] -= f * a[col][c];
+                }
+            }
+        }
+    }
+    Some((0..p).map(|i| a[i][p] / a[i][i]).collect())
+}
+
+/// Measures read bandwidth (GB/s) by summing a `mib`-MiB buffer on the current rayon pool;
+/// the best of `reps` passes.
+pub fn read_bandwidth_gbs(mib: usize, reps: usize) -> f64 {
+    use rayon::prelude::*;
+    let n = mib * 1024 * 1024 / 4;
+    let buf: Vec<f32> = (0..n).map(|i| (i % 7) as f32).collect();
+    let mut best = 0f64;
+    for _ in 0..reps.max(1) {
+        let t = Instant::now();
+        let s: f32 = buf
+            .par_chunks(1 << 16)
+            .map(|c| c.iter().fold(0f32, |a, &b| a + b))
+            .sum();
+        let secs = t.elapsed().as_secs_f64();
+        std::hint::black_box(s);
+        best = best.max((n * 4) as f64 / secs / 1e9);
+    }
+    best
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn least_squares_recovers_coefficients() {
+        let xs: Vec<Vec<f64>> = (0..20)
+            .map(|i| vec![1.0, i as f64, ((i * 7) % 5) as f64, (i % 3) as f64])
+            .collect();
+        let y: Vec<f64> = xs
+            .iter()
+            .map(|r| 2.0 + 0.5 * r[1] + 3.0 * r[2] - 1.0 * r[3])
+            .collect();
+        let b = least_squares(&xs, &y).unwrap();
+        for (got, want) in b.iter().zip([2.0, 0.5, 3.0, -1.0]) {
+            assert!((got - want).abs() < 1e-9, "{b:?}");
+        }
+    }
+}

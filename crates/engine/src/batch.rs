@@ -49,4 +49,17 @@ pub struct ForwardOutput {
     /// One entry per sequence of the batch, in order: the logits of its last token if it asked
     /// for them (`vocab` floats), else `None`.
     pub logits: Vec<Option<Vec<f32>>>,
+    /// Where the iteration's wall time went.
+    pub timings: PhaseTimings,
+}
+
+/// Wall time of one iteration split by phase, in milliseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PhaseTimings {
+    /// Projection matmuls (QKV, output, gate/up, down) and the logits head.
+    pub matmul_ms: f64,
+    /// Storing K/V and attention over the paged cache.
+    pub attention_ms: f64,
+    /// The whole forward pass.
+    pub total_ms: f64,
 }

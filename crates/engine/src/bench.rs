@@ -7,7 +7,7 @@
 
 use std::time::Instant;
 
-use crate::batch::{ForwardBatch, SeqInput};
+use crate::batch::{ForwardBatch, PhaseTimings, SeqInput};
 use crate::error::Result;
 use crate::kv::KvPool;
 use crate::model::Model;
@@ -30,8 +30,8 @@ pub fn blocks_for(tokens: usize, block_size: usize) -> usize {
     tokens.div_ceil(block_size)
 }
 
-/// Times one iteration: a prefill of `len` tokens from position 0 (milliseconds).
-pub fn time_prefill(model: &Model, pool: &KvPool, len: usize) -> Result<f64> {
+/// Times one iteration: a prefill of `len` tokens from position 0.
+pub fn time_prefill(model: &Model, pool: &KvPool, len: usize) -> Result<PhaseTimings> {
     let bs = pool.block_size();
     let seq = SeqInput {
         tokens: synthetic_tokens(model.config().vocab, len, len as u64),
@@ -41,8 +41,11 @@ pub fn time_prefill(model: &Model, pool: &KvPool, len: usize) -> Result<f64> {
     };
     let batch = ForwardBatch { seqs: vec![seq] };
     let t = Instant::now();
-    model.forward(pool, &batch)?;
-    Ok(t.elapsed().as_secs_f64() * 1e3)
+    let out = model.forward(pool, &batch)?;
+    Ok(PhaseTimings {
+        total_ms: t.elapsed().as_secs_f64() * 1e3,
+        ..out.timings
+    })
 }
 
 /// A batch of `batch` single-token decodes, each at position `context` of its own sequence.
@@ -69,13 +72,16 @@ pub fn time_decode(
     batch: usize,
     context: usize,
     steps: usize,
-) -> Result<f64> {
+) -> Result<PhaseTimings> {
     let mut b = decode_batch(model, pool, batch, context);
     let mut times = Vec::with_capacity(steps);
     for _ in 0..steps.max(1) {
         let t = Instant::now();
         let out = model.forward(pool, &b)?;
-        times.push(t.elapsed().as_secs_f64() * 1e3);
+        times.push(PhaseTimings {
+            total_ms: t.elapsed().as_secs_f64() * 1e3,
+            ..out.timings
+        });
         for (s, l) in b.seqs.iter_mut().zip(&out.logits) {
             s.start_pos += 1;
             if let Some(l) = l {
@@ -83,7 +89,32 @@ pub fn time_decode(
             }
         }
     }
-    Ok(median(&mut times))
+    Ok(median_timing(&mut times))
+}
+
+/// The iteration with the median total time (default if empty).
+pub fn median_timing(xs: &mut [PhaseTimings]) -> PhaseTimings {
+    if xs.is_empty() {
+        return PhaseTimings::default();
+    }
+    xs.sort_by(|a, b| a.total_ms.total_cmp(&b.total_ms));
+    xs[xs.len() / 2]
+}
+
+/// CPU time consumed by the whole process so far, in milliseconds. Under a loaded machine the
+/// CPU time of a one-thread run is a better estimate of its idle-machine wall time than the wall
+/// time itself.
+pub fn process_cpu_ms() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; the clock id is a constant libc knows.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return 0.0;
+    }
+    ts.tv_sec as f64 * 1e3 + ts.tv_nsec as f64 / 1e6
 }
 
 /// Median of a slice (0 if empty).

@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use anyhow::Context;
 
-use crate::bench::{least_squares, median, pool_for, time_decode, time_prefill};
+use crate::bench::{
+    least_squares, median, median_timing, pool_for, process_cpu_ms, time_decode, time_prefill,
+};
 use crate::linear::WeightFormat;
 use crate::model::Model;
 use crate::threads::{set_matmul_threads, Threads};
@@ -62,6 +64,13 @@ pub struct BenchRow {
     pub ms_per_iter: f64,
     /// Tokens per second (aggregate over the batch for decode).
     pub tokens_per_s: f64,
+    /// Process CPU milliseconds per iteration (all threads, spinning included); with one thread
+    /// a proxy for the wall time on an idle machine.
+    pub cpu_ms_per_iter: f64,
+    /// Share of the iteration spent in projection matmuls.
+    pub matmul_share: f64,
+    /// Share of the iteration spent storing K/V and in attention.
+    pub attention_share: f64,
 }
 
 fn resolve_model(model: &Option<PathBuf>) -> anyhow::Result<PathBuf> {
@@ -182,13 +191,19 @@ fn bench_in_process(
                     size: 512,
                     ms_per_iter: 0.0,
                     tokens_per_s: gbs,
+                    cpu_ms_per_iter: 0.0,
+                    matmul_share: 0.0,
+                    attention_share: 0.0,
                 });
             }
             for &len in &args.prompt_lens {
-                let mut times: Vec<f64> = (0..args.reps.max(1))
+                let cpu0 = process_cpu_ms();
+                let mut times: Vec<_> = (0..args.reps.max(1))
                     .map(|_| time_prefill(&model, &pool, len))
                     .collect::<crate::Result<_>>()?;
-                let ms = median(&mut times);
+                let cpu = (process_cpu_ms() - cpu0) / args.reps.max(1) as f64;
+                let t = median_timing(&mut times);
+                let ms = t.total_ms;
                 eprintln!("  {format} {n}t prefill {len}: {ms:.1} ms");
                 rows.push(BenchRow {
                     format,
@@ -197,10 +212,16 @@ fn bench_in_process(
                     size: len,
                     ms_per_iter: ms,
                     tokens_per_s: len as f64 / ms * 1e3,
+                    cpu_ms_per_iter: cpu,
+                    matmul_share: t.matmul_ms / ms,
+                    attention_share: t.attention_ms / ms,
                 });
             }
             for &b in &args.batches {
-                let ms = time_decode(&model, &pool, b, args.context, args.steps)?;
+                let cpu0 = process_cpu_ms();
+                let t = time_decode(&model, &pool, b, args.context, args.steps)?;
+                let cpu = (process_cpu_ms() - cpu0) / args.steps.max(1) as f64;
+                let ms = t.total_ms;
                 eprintln!("  {format} {n}t decode batch {b}: {ms:.1} ms/iter");
                 rows.push(BenchRow {
                     format,
@@ -209,6 +230,9 @@ fn bench_in_process(
                     size: b,
                     ms_per_iter: ms,
                     tokens_per_s: b as f64 / ms * 1e3,
+                    cpu_ms_per_iter: cpu,
+                    matmul_share: t.matmul_ms / ms,
+                    attention_share: t.attention_ms / ms,
                 });
             }
             Ok(())
@@ -219,18 +243,30 @@ fn bench_in_process(
 
 fn print_table(rows: &[BenchRow]) {
     println!(
-        "{:<10} {:>7} {:<8} {:>6} {:>12} {:>12}",
-        "format", "threads", "kind", "size", "ms/iter", "tokens/s"
+        "{:<10} {:>7} {:<8} {:>6} {:>10} {:>10} {:>10} {:>7} {:>7}",
+        "format", "threads", "kind", "size", "ms/iter", "tokens/s", "cpu-ms/it", "matmul", "attn"
     );
-    for r in rows {
+    for r in rows
+        .iter()
+        .filter(|r| r.kind == "prefill" || r.kind == "decode")
+    {
         println!(
-            "{:<10} {:>7} {:<8} {:>6} {:>12.2} {:>12.1}",
+            "{:<10} {:>7} {:<8} {:>6} {:>10.2} {:>10.1} {:>10.2} {:>6.0}% {:>6.0}%",
             r.format.name(),
             r.threads,
             r.kind,
             r.size,
             r.ms_per_iter,
-            r.tokens_per_s
+            r.tokens_per_s,
+            r.cpu_ms_per_iter,
+            r.matmul_share * 100.0,
+            r.attention_share * 100.0
+        );
+    }
+    for r in rows.iter().filter(|r| r.kind == "read-bandwidth-gbs") {
+        println!(
+            "read bandwidth, {} thread(s): {:.1} GB/s",
+            r.threads, r.tokens_per_s
         );
     }
 }

@@ -20,7 +20,7 @@ pub mod model;
 pub mod sampling;
 pub mod threads;
 
-pub use batch::{ForwardBatch, ForwardOutput, SeqInput};
+pub use batch::{ForwardBatch, ForwardOutput, PhaseTimings, SeqInput};
 pub use config::ModelConfig;
 pub use error::{EngineError, Result};
 pub use kv::{copy_blocks, KvPool, DEFAULT_BLOCK_SIZE};

@@ -8,11 +8,12 @@ use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 
 use crate::attention::{attend_row, AttnShape, RowCtx};
-use crate::batch::{ForwardBatch, ForwardOutput};
+use crate::batch::{ForwardBatch, ForwardOutput, PhaseTimings};
 use crate::config::ModelConfig;
 use crate::error::{EngineError, Result};
 use crate::kv::KvPool;
 use crate::linear::{Linear, WeightFormat};
+use std::time::Instant;
 
 struct Layer {
     attn_norm: Vec<f32>,
@@ -203,6 +204,9 @@ impl Model {
         mut on_layer_done: impl FnMut(usize),
     ) -> Result<ForwardOutput> {
         let c = &self.config;
+        let started = Instant::now();
+        let (mut mm, mut at) = (0f64, 0f64);
+        let ms = |t: Instant| t.elapsed().as_secs_f64() * 1e3;
         self.validate(pool, batch)?;
         let t = batch.num_tokens();
         if t == 0 {
@@ -211,6 +215,7 @@ impl Model {
             }
             return Ok(ForwardOutput {
                 logits: vec![None; batch.seqs.len()],
+                timings: PhaseTimings::default(),
             });
         }
         let hidden = c.hidden;
@@ -257,7 +262,9 @@ impl Model {
         let mut attn = vec![0f32; t * hidden];
         for (l, layer) in self.layers.iter().enumerate() {
             rms_norm(&h, &layer.attn_norm, c.rms_eps, &mut xn);
+            let t0 = Instant::now();
             let mut qkv = layer.qkv.forward(&xn, t)?;
+            mm += ms(t0);
             for (r, row) in qkv.chunks_exact_mut(qkv_dim).enumerate() {
                 let (cs, sn) = (
                     &cos[r * half..(r + 1) * half],
@@ -267,6 +274,7 @@ impl Model {
                     rope_interleaved(head, cs, sn);
                 }
             }
+            let t0 = Instant::now();
             {
                 let mut kv = pool.write_layer(l)?;
                 let kv = &mut *kv;
@@ -290,11 +298,16 @@ impl Model {
                         attend_row(&shape, kv, *row, q, out, scores);
                     });
             }
+            at += ms(t0);
             on_layer_done(l);
+            let t0 = Instant::now();
             let o = layer.o.forward(&attn, t)?;
+            mm += ms(t0);
             add_in_place(&mut h, &o);
             rms_norm(&h, &layer.ffn_norm, c.rms_eps, &mut xn);
+            let t0 = Instant::now();
             let gu = layer.gate_up.forward(&xn, t)?;
+            mm += ms(t0);
             let ff = c.ffn_hidden;
             let mut act = vec![0f32; t * ff];
             for (a, g) in act.chunks_exact_mut(ff).zip(gu.chunks_exact(2 * ff)) {
@@ -303,7 +316,9 @@ impl Model {
                     *a = g / (1.0 + (-g).exp()) * u;
                 }
             }
+            let t0 = Instant::now();
             let d = layer.down.forward(&act, t)?;
+            mm += ms(t0);
             add_in_place(&mut h, &d);
         }
 
@@ -323,13 +338,20 @@ impl Model {
             let n = which.len();
             let mut hn = vec![0f32; n * hidden];
             rms_norm(&picked, &self.norm, c.rms_eps, &mut hn);
+            let t0 = Instant::now();
             let out = self.lm_head.forward(&hn, n)?;
+            mm += ms(t0);
             let vocab = self.lm_head.out_dim();
             for (k, &i) in which.iter().enumerate() {
                 logits[i] = Some(out[k * vocab..(k + 1) * vocab].to_vec());
             }
         }
-        Ok(ForwardOutput { logits })
+        let timings = PhaseTimings {
+            matmul_ms: mm,
+            attention_ms: at,
+            total_ms: ms(started),
+        };
+        Ok(ForwardOutput { logits, timings })
     }
 
     fn validate(&self, pool: &KvPool, batch: &ForwardBatch) -> Result<()> {

@@ -9,7 +9,7 @@ use anyhow::{bail, Context};
 
 use crate::client::{discover_model, Client, ClientConfig, PreparedRequest};
 use crate::metrics::{summarize, to_json, GoodputConfig, RunInfo};
-use crate::prompt::{CharEstimate, PromptBuilder, TokenCounter};
+use crate::prompt::{CharEstimate, GgufTokenCounter, PromptBuilder, TokenCounter};
 use crate::runner::{run as run_requests, RunOptions};
 
 /// Arguments of `accellm bench`.
@@ -217,10 +217,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         bail!("the workload has no requests");
     }
     let counter: Box<dyn TokenCounter> = match &args.tokenizer {
-        Some(path) => bail!(
-            "--tokenizer {}: exact token counting needs accellm-tokenizer, which is not wired in yet; \
-             use --chars-per-token",
-            path.display()
+        Some(path) => Box::new(
+            GgufTokenCounter::open(path)
+                .with_context(|| format!("loading the tokenizer of {}", path.display()))?,
         ),
         None => {
             if !positive(args.chars_per_token) {

@@ -48,6 +48,42 @@ impl TokenCounter for CharEstimate {
     }
 }
 
+/// Exact counts with the tokenizer stored in a GGUF model file (`accellm-tokenizer`).
+pub struct GgufTokenCounter {
+    tokenizer: accellm_tokenizer::Tokenizer,
+    path: String,
+}
+
+impl GgufTokenCounter {
+    /// Loads the tokenizer of a GGUF file.
+    pub fn open(path: &std::path::Path) -> Result<Self, accellm_tokenizer::TokenizerError> {
+        Ok(GgufTokenCounter {
+            tokenizer: accellm_tokenizer::Tokenizer::from_gguf_file(path)?,
+            path: path.display().to_string(),
+        })
+    }
+}
+
+impl TokenCounter for GgufTokenCounter {
+    fn count(&self, text: &str) -> usize {
+        match self.tokenizer.encode(text, false) {
+            Ok(ids) => ids.len(),
+            Err(e) => {
+                tracing::warn!("tokenizer failed ({e}); estimating");
+                text.len() / 4
+            }
+        }
+    }
+
+    fn is_exact(&self) -> bool {
+        true
+    }
+
+    fn describe(&self) -> String {
+        format!("exact, tokenizer of {}", self.path)
+    }
+}
+
 /// Builds prompts from the corpus.
 #[derive(Debug, Clone)]
 pub struct PromptBuilder {
@@ -155,6 +191,22 @@ mod tests {
                 "{t}: {c}"
             );
             assert_eq!(Words.count(&b.build(3, t, &Words)), t as usize);
+        }
+    }
+
+    /// With the real SmolLM2 tokenizer (skipped when the model file is not downloaded).
+    #[test]
+    fn gguf_tokenizer_hits_exact_lengths() {
+        let path = accellm_tokenizer::default_model_path();
+        if !path.is_file() {
+            eprintln!("skipping: {} not present", path.display());
+            return;
+        }
+        let counter = GgufTokenCounter::open(&path).unwrap();
+        let b = PromptBuilder::new(0);
+        for &(i, t) in &[(0usize, 1u32), (1, 64), (2, 1000), (3, 4000)] {
+            let p = b.build(i, t, &counter);
+            assert_eq!(counter.count(&p), t as usize, "request {i}, {t} tokens");
         }
     }
 

@@ -73,6 +73,17 @@ pub enum SyncMode {
     Lazy,
 }
 
+/// How the scheduling manager ranks the pairs that have KV room for a new request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Routing {
+    /// Least outstanding work of the pair: prompt tokens to prefill plus KV context held.
+    LeastLoad,
+    /// Fewest prompt tokens queued for prefill in the pair (what the new request waits behind),
+    /// then least outstanding work.
+    LeastPrefillBacklog,
+}
+
 /// Knobs of `accellm`, each with a default.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -87,6 +98,8 @@ pub struct AccellmConfig {
     /// Let roles change with the load. Off: the first instance of each pair always prefills, the
     /// second always decodes (no decode-time sync, no rebalancing).
     pub role_switching: bool,
+    /// How new requests pick a pair.
+    pub routing: Routing,
     /// Which instance of an idle pair starts prefilling.
     pub prefill_choice: PrefillChoice,
     /// What rebalancing equalises between two decoding partners.
@@ -106,6 +119,7 @@ impl Default for AccellmConfig {
             pairs: Vec::new(),
             replication: true,
             role_switching: true,
+            routing: Routing::LeastLoad,
             prefill_choice: PrefillChoice::LeastDecodeLoad,
             rebalance: RebalanceMetric::ContextTokens,
             rebalance_tolerance: 0.1,
@@ -220,6 +234,15 @@ impl Accellm {
         let held = kv.primary_blocks() as u64 * bs;
         let queued = ctx.load(i).saturating_sub(held);
         (kv.available_for_primary() as u64 * bs).saturating_sub(queued)
+    }
+
+    /// Prompt tokens queued on `i` and not yet prefilled.
+    fn backlog(ctx: &ClusterCtx<'_>, i: InstanceId) -> u64 {
+        let inst = ctx.instance(i);
+        inst.waiting
+            .iter()
+            .map(|&w| ctx.request(w).remaining_prefill() as u64)
+            .sum()
     }
 
     /// The instance of pair `k` that takes a new prompt, switching a role if needed.
@@ -441,17 +464,24 @@ impl ClusterPolicy for Accellm {
 
     fn route(&mut self, ctx: &mut ClusterCtx<'_>, id: RequestId) -> InstanceId {
         let need = ctx.request(id).prefill_target as u64;
-        let mut best: Option<(bool, u64, usize)> = None;
+        let mut best: Option<(bool, u64, u64, usize)> = None;
         for (k, &(a, b)) in self.pairs.iter().enumerate() {
             let room = Self::room_tokens(ctx, a).max(Self::room_tokens(ctx, b)) >= need;
             let load = ctx.load(a) + if a == b { ctx.load(a) } else { ctx.load(b) };
-            // Pairs with room first, then the least load, then the lowest index.
-            let key = (!room, load, k);
+            let backlog = match self.cfg.routing {
+                Routing::LeastLoad => 0,
+                Routing::LeastPrefillBacklog => {
+                    Self::backlog(ctx, a) + if a == b { 0 } else { Self::backlog(ctx, b) }
+                }
+            };
+            // Pairs with room first, then the least backlog (if asked), then the least load,
+            // then the lowest index.
+            let key = (!room, backlog, load, k);
             if best.is_none_or(|b| key < b) {
                 best = Some(key);
             }
         }
-        let k = best.map_or(0, |b| b.2);
+        let k = best.map_or(0, |b| b.3);
         self.prefill_instance(ctx, k)
     }
 

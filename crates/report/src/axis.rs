@@ -156,6 +156,30 @@ pub(crate) fn log_ticks(lo: f64, hi: f64) -> Ticks {
     }
 }
 
+/// Unlabelled minor ticks of a log scale: 2…9 × 10ⁿ inside the domain, not already a
+/// labelled tick; none on linear scales or when the domain spans more than six decades.
+pub(crate) fn log_minor_ticks(scale: &Scale, ticks: &Ticks) -> Vec<f64> {
+    if !scale.log || scale.lo <= 0.0 || scale.hi / scale.lo > 1e6 {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    let (dlo, dhi) = (
+        scale.lo.log10().floor() as i32,
+        scale.hi.log10().ceil() as i32,
+    );
+    for d in dlo..dhi {
+        let base = 10f64.powi(d);
+        for m in 2..=9 {
+            let v = m as f64 * base;
+            let labelled = ticks.values.iter().any(|&t| (t - v).abs() <= v * 1e-9);
+            if v > scale.lo && v < scale.hi && !labelled {
+                out.push(v);
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -229,6 +253,22 @@ mod tests {
         let t = log_ticks(1e-6, 1e12);
         assert!(t.values.len() <= 10, "{:?}", t.values);
         assert_eq!(t.values[0], 1e-6);
+    }
+
+    #[test]
+    fn minor_log_ticks_fill_decades_without_repeating_labels() {
+        let t = log_ticks(12.0, 80.0);
+        let s = Scale {
+            lo: t.lo,
+            hi: t.hi,
+            log: true,
+            px_lo: 0.0,
+            px_hi: 100.0,
+        };
+        let minor = log_minor_ticks(&s, &t);
+        assert_eq!(minor, vec![30.0, 40.0, 60.0, 70.0, 80.0, 90.0]);
+        let lin = Scale { log: false, ..s };
+        assert!(log_minor_ticks(&lin, &t).is_empty());
     }
 
     #[test]

@@ -17,8 +17,9 @@ h3 { font-size: 15px; margin: 16px 0 6px; }
 .subtitle { color: #555; margin: 0 0 8px; }
 nav { font-size: 13px; color: #555; margin: 6px 0 0; }
 nav a { color: #0b5cad; margin-right: 14px; text-decoration: none; }
-table { border-collapse: collapse; background: #fff; margin: 4px 0 12px; font-variant-numeric: tabular-nums; }
-th, td { border: 1px solid #e0e0e0; padding: 4px 10px; text-align: left; vertical-align: top; }
+table { border-collapse: collapse; background: #fff; margin: 4px 0 12px; font-size: 13px; font-variant-numeric: tabular-nums; }
+th, td { border: 1px solid #e0e0e0; padding: 3px 8px; text-align: left; vertical-align: top; }
+td { white-space: nowrap; }
 th { background: #f0f2f5; font-weight: 600; }
 td.num { text-align: right; }
 table.config th { background: #f6f6f6; font-weight: 500; color: #444; }
@@ -34,11 +35,11 @@ svg.chart text.tick { font-size: 11px; fill: #555; }
 svg.chart text.nodata { font-size: 16px; fill: #888; font-style: italic; }
 svg.chart text.guide-label { font-size: 10px; fill: #777; }
 svg.chart text.lane-label { font-size: 12px; }
-svg.chart .grid { stroke: #ebebeb; stroke-width: 1; }
+svg.chart .grid { stroke: #e6e6e6; stroke-width: 1; }
+svg.chart .grid.minor { stroke: #f3f3f3; }
 svg.chart .frame { fill: none; stroke: #888; stroke-width: 1; }
 svg.chart .guide { stroke: #999; stroke-width: 0.8; stroke-dasharray: 3 3; }
 svg.chart path.series { fill: none; stroke-width: 2; stroke-linejoin: round; stroke-linecap: round; }
-svg.chart .lane-bg { fill: #f4f4f4; }
 svg.chart .move { stroke: #222; stroke-opacity: 0.55; stroke-width: 1; }
 svg.chart .move-head { fill: #222; fill-opacity: 0.7; }
 footer { margin-top: 32px; color: #777; font-size: 12px; }

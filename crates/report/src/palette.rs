@@ -17,6 +17,9 @@ pub const MIXED: &str = "#CC79A7";
 /// Colour of idle segments.
 pub const IDLE: &str = "#DDDDDD";
 
+/// Background of timeline lanes where no segment was recorded.
+pub const NOTHING: &str = "#F2F2F2";
+
 /// Colour of the `i`-th series.
 pub fn series_colour(i: usize) -> &'static str {
     SERIES[i % SERIES.len()]

@@ -281,3 +281,40 @@ fn tail_view_has_a_log_percent_axis_and_p99_guides() {
     assert_eq!(paths.len(), 1, "the 5000-sample series is a path");
     assert_eq!(svg.all("circle").len(), 1, "the single sample is a dot");
 }
+
+#[test]
+fn timeline_legend_lists_only_kinds_that_occur() {
+    let t = Timeline::with_standard_kinds("roles", "time (s)")
+        .lane(
+            "a",
+            vec![Segment {
+                start: 0.0,
+                end: 1.0,
+                kind: Timeline::PREFILL,
+            }],
+        )
+        .lane(
+            "b",
+            vec![Segment {
+                start: 0.5,
+                end: 2.0,
+                kind: Timeline::DECODE,
+            }],
+        );
+    let doc = parse(
+        &Report::new("t")
+            .section(Section::new("s").chart(t))
+            .to_html(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let legend = doc
+        .all("g")
+        .into_iter()
+        .find(|g| g.attr("class") == Some("legend"));
+    let text = legend.map(Node::all_text).unwrap_or_default();
+    assert!(
+        text.contains("prefill") && text.contains("decode") && text.contains("nothing recorded"),
+        "{text}"
+    );
+    assert!(!text.contains("mixed") && !text.contains("idle"), "{text}");
+}

@@ -243,6 +243,15 @@ pub(crate) fn axes(
 ) {
     out.push_str("<g class=\"axes\">");
     if let Some((scale, ticks)) = x {
+        for v in crate::axis::log_minor_ticks(scale, ticks) {
+            let px = fmt_px(scale.map(v));
+            let _ = write!(
+                out,
+                "<line class=\"grid minor\" x1=\"{px}\" y1=\"{}\" x2=\"{px}\" y2=\"{}\"/>",
+                fmt_px(frame.top),
+                fmt_px(frame.bottom())
+            );
+        }
         for &v in &ticks.values {
             let px = fmt_px(scale.map(v));
             let _ = write!(
@@ -257,6 +266,15 @@ pub(crate) fn axes(
         }
     }
     if let Some((scale, ticks, fmt)) = y {
+        for v in crate::axis::log_minor_ticks(scale, ticks) {
+            let py = fmt_px(scale.map(v));
+            let _ = write!(
+                out,
+                "<line class=\"grid minor\" x1=\"{}\" y1=\"{py}\" x2=\"{}\" y2=\"{py}\"/>",
+                fmt_px(frame.left),
+                fmt_px(frame.right())
+            );
+        }
         for &v in &ticks.values {
             let py = fmt_px(scale.map(v));
             let _ = write!(

@@ -66,9 +66,10 @@ pub(super) fn render(t: &Timeline, id: &str) -> String {
                 let _ = write!(body, "\" data-rects=\"{}\">", runs.len());
                 let _ = write!(
                     body,
-                    "<rect class=\"lane-bg\" x=\"{}\" y=\"{y}\" width=\"{}\" height=\"{LANE_H}\"/>",
+                    "<rect class=\"lane-bg\" x=\"{}\" y=\"{y}\" width=\"{}\" height=\"{LANE_H}\" fill=\"{}\"/>",
                     fmt_px(frame.left),
-                    fmt_px(frame.plot_w)
+                    fmt_px(frame.plot_w),
+                    crate::palette::NOTHING
                 );
                 for (start, len, kind) in runs {
                     let _ = write!(
@@ -106,15 +107,37 @@ pub(super) fn render(t: &Timeline, id: &str) -> String {
         body.push_str("</text>");
     }
 
+    // Only the kinds that occur (all of them when nothing does), then the background.
+    let mut used = vec![false; t.kinds.len()];
+    for s in t
+        .lanes
+        .iter()
+        .flat_map(|(_, segs)| segs.iter())
+        .filter(valid)
+    {
+        used[s.kind] = true;
+    }
+    let any_used = used.iter().any(|&u| u);
     let mut items: Vec<LegendItem<'_>> = t
         .kinds
         .iter()
-        .map(|(name, colour)| LegendItem {
+        .zip(&used)
+        .filter(|&(_, &u)| u || !any_used)
+        .map(|((name, colour), _)| LegendItem {
             swatch: Swatch::Box { colour },
             label: name.clone(),
             faded: false,
         })
         .collect();
+    if any_used {
+        items.push(LegendItem {
+            swatch: Swatch::Box {
+                colour: crate::palette::NOTHING,
+            },
+            label: "nothing recorded".into(),
+            faded: false,
+        });
+    }
     let valid_moves = t.moves.iter().filter(|m| move_ok(t, m)).count();
     if valid_moves > 0 {
         let drawn = valid_moves.min(MAX_MOVES);

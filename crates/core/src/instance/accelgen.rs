@@ -22,9 +22,10 @@
 //!    present may skip the iteration while its slack is at least `skip_horizon` iteration limits;
 //!    skipped decodes fill whatever budget the prompts leave. In `admission` mode every running
 //!    request decodes in every iteration and prioritisation only orders admission and chunking.
-//!    Prompts are ordered overdue first (earliest TTFT deadline), then by SLO bin (tighter first),
-//!    then by TTFT deadline.
-//! 4. **Multi-resource batching**: overdue prompts go first in deadline order; among the next
+//!    Prompts are ordered: overdue ones that already hold KV first (earliest TTFT deadline), then
+//!    by SLO bin (tighter first) and TTFT deadline; prompts that missed their TTFT deadline before
+//!    starting go last (`overdue = "last"`, default) or first (`"first"`, plain EDF).
+//! 4. **Multi-resource batching**: urgent prompts go first in deadline order; among the next
 //!    `pack_window` prompts of the tightest SLO bin still waiting the policy
 //!    greedily takes the one with the highest `w_compute·(share of the token budget left) +
 //!    w_kv·(share of the free KV blocks)` that fits both, until one of them runs out. New prompts
@@ -60,6 +61,18 @@ pub enum AccelGenMode {
     Admission,
 }
 
+/// Where prompts whose TTFT deadline has passed before they started go in the queue.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Overdue {
+    /// First (plain earliest deadline first).
+    First,
+    /// Last: they already missed their SLO, so requests that can still meet theirs go ahead
+    /// (avoids EDF's domino effect under overload).
+    #[default]
+    Last,
+}
+
 /// AccelGen's knobs. Where the paper gives no value, the default is ours (see docs/accelgen.md).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -80,6 +93,8 @@ pub struct AccelGenConfig {
     pub default_tbt_ms: f64,
     /// TTFT SLO assumed for requests without one, for deadline ordering (ms).
     pub default_ttft_ms: f64,
+    /// Where not-yet-started prompts past their TTFT deadline go: `last` (default) or `first`.
+    pub overdue: Overdue,
     /// Upper edges of explicit SLO classes (ms, ascending); empty: geometric bins.
     pub slo_classes_ms: Vec<f64>,
     /// Ratio of the geometric SLO bins (bin `k` holds SLOs in `[r^k, r^(k+1))` ms).
@@ -107,6 +122,7 @@ impl Default for AccelGenConfig {
             table_context_tokens: 0,
             default_tbt_ms: 1_000.0,
             default_ttft_ms: 10_000.0,
+            overdue: Overdue::Last,
             slo_classes_ms: Vec::new(),
             bin_ratio: 2.0,
             skip_horizon: 2.0,
@@ -168,6 +184,8 @@ struct Cand {
     deadline: i64,
     slo_us: TimeUs,
     bin: u32,
+    /// Prompt order group: 0 urgent, 1 normal, 2 demoted.
+    group: u8,
 }
 
 /// The AccelGen policy.
@@ -220,6 +238,7 @@ impl AccelGen {
             deadline: deadline as i64,
             slo_us,
             bin: self.cfg.bin(slo_us as f64 / 1000.0),
+            group: 1,
         }
     }
 
@@ -333,9 +352,8 @@ impl AccelGen {
         (lo > 0).then_some((lo, lim, need))
     }
 
-    /// Fills the batch with prefill chunks (started and overdue prompts first, then packing).
+    /// Fills the batch with prefill chunks (urgent prompts first, then packing).
     fn fill_prefills(&mut self, ctx: &mut ScheduleCtx<'_>, lim: &mut Limit) {
-        let now = ctx.now() as i64;
         self.tried.clear();
         self.tried.resize(self.prefills.len(), false);
         while !self.full(ctx) && ctx.batch().shape.tokens() < lim.tokens {
@@ -345,11 +363,11 @@ impl AccelGen {
                 if self.tried[k] || ctx.is_scheduled(c.id) {
                     continue;
                 }
-                let urgent = c.deadline < now;
+                let urgent = c.group == 0;
                 if !urgent {
                     // Pack within the tightest SLO bin still waiting, up to `pack_window` prompts.
-                    let bin = *group.get_or_insert(c.bin);
-                    if bin != c.bin || window >= self.cfg.pack_window.max(1) {
+                    let key = *group.get_or_insert((c.group, c.bin));
+                    if key != (c.group, c.bin) || window >= self.cfg.pack_window.max(1) {
                         break;
                     }
                     window += 1;
@@ -459,11 +477,20 @@ impl InstancePolicy for AccelGen {
             }
         }
         decodes.sort_by_key(|c| (c.deadline, c.id));
-        // Overdue prompts first (earliest deadline), then tighter SLO bins, then TTFT deadline.
+        // Overdue prompts that hold KV first (earliest deadline); then tighter SLO bins, then TTFT
+        // deadline; overdue prompts that have not started go first or last as configured.
         let t = now as i64;
-        prefills.sort_by_key(|c| match c.deadline < t {
-            true => (0, 0, c.deadline, c.id),
-            false => (1, c.bin, c.deadline, c.id),
+        for c in &mut prefills {
+            let started = ctx.request(c.id).prefilled > 0;
+            c.group = match (c.deadline < t, started, self.cfg.overdue) {
+                (false, _, _) => 1,
+                (true, true, _) | (true, false, Overdue::First) => 0,
+                (true, false, Overdue::Last) => 2,
+            };
+        }
+        prefills.sort_by_key(|c| match c.group {
+            0 => (0, 0, c.deadline, c.id),
+            g => (g, c.bin, c.deadline, c.id),
         });
 
         // The tightest SLO present sets the expected iteration length; looser decodes with enough

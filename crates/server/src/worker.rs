@@ -10,7 +10,7 @@
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -80,13 +80,34 @@ pub(crate) enum LinkJob {
     },
 }
 
-/// Byte counters the link threads keep.
+/// What the link threads share: byte counters, and one lock that serialises pool-to-pool
+/// copies. `copy_blocks` holds a read lock on the source layer while it waits for the write
+/// lock on the destination layer, so two links copying the same layer in opposite directions
+/// (an AcceLLM pair replicating both ways) would deadlock without it.
 #[derive(Debug, Default)]
 pub(crate) struct LinkCounters {
     /// Bytes copied for replicas.
     pub replica_bytes: AtomicU64,
     /// Bytes copied by transfers.
     pub transfer_bytes: AtomicU64,
+    /// Held during every copy between pools.
+    pub copy_lock: Mutex<()>,
+}
+
+impl LinkCounters {
+    fn copy(
+        &self,
+        src: &KvPool,
+        dst: &KvPool,
+        pairs: &[(u32, u32)],
+        layers: Range<usize>,
+    ) -> Result<(), String> {
+        let _one_at_a_time = self
+            .copy_lock
+            .lock()
+            .map_err(|_| "copy lock poisoned".to_string())?;
+        copy_blocks(src, dst, pairs, layers).map_err(|e| e.to_string())
+    }
 }
 
 /// Shared engine state.
@@ -232,7 +253,7 @@ fn link_loop(
     for job in rx {
         match job {
             LinkJob::Layer { to, layer, pairs } => {
-                let r = copy_blocks(&pools[i], &pools[to], &pairs, layer..layer + 1);
+                let r = counters.copy(&pools[i], &pools[to], &pairs, layer..layer + 1);
                 match r {
                     Ok(()) => {
                         counters.replica_bytes.fetch_add(
@@ -241,7 +262,7 @@ fn link_loop(
                         );
                     }
                     Err(e) => {
-                        first_error.get_or_insert(e.to_string());
+                        first_error.get_or_insert(e);
                     }
                 }
             }
@@ -250,14 +271,14 @@ fn link_loop(
             }
             LinkJob::Transfer { id, to, pairs } => {
                 let layers = 0..pools[i].num_layers();
-                let error = match copy_blocks(&pools[i], &pools[to], &pairs, layers.clone()) {
+                let error = match counters.copy(&pools[i], &pools[to], &pairs, layers.clone()) {
                     Ok(()) => {
                         counters
                             .transfer_bytes
                             .fetch_add(pair_bytes(&pools, pairs.len(), layers), Ordering::Relaxed);
                         None
                     }
-                    Err(e) => Some(e.to_string()),
+                    Err(e) => Some(e),
                 };
                 if out.send(Input::TransferDone { id, error }).is_err() {
                     break;

@@ -120,7 +120,8 @@ pub(crate) fn render(r: &Report) -> String {
 
 /// Renders one summary table; numeric-looking cells are right-aligned.
 fn table(out: &mut String, t: &Table) {
-    if !t.title.is_empty() {
+    // A title repeating the section heading ("Summary") adds nothing.
+    if !t.title.is_empty() && !t.title.eq_ignore_ascii_case("summary") {
         out.push_str("<h3>");
         push_escaped(out, &t.title);
         out.push_str("</h3>");

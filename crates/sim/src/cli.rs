@@ -88,7 +88,8 @@ pub struct SimulateArgs {
     /// TBT SLO (ms) for every request.
     #[arg(long)]
     pub tbt_slo_ms: Option<f64>,
-    /// SLO classes: `default` (chat/code/summarisation/batch), or `classes:chat=0.5,batch=0.5`.
+    /// SLO classes: `default` (chat/code/summarisation/batch), `classes:chat=0.5,batch=0.5`, or
+    /// another SLO policy (`file`: per-request columns of the trace, `fixed:TTFT_MS:TBT_MS`).
     #[arg(long)]
     pub slo_classes: Option<String>,
     /// Run these policies (cluster or instance names, or cluster/instance) on the identical
@@ -253,6 +254,12 @@ pub fn config(args: &SimulateArgs) -> anyhow::Result<SimConfig> {
         bail!("--burstiness needs --rate (or --sweep-rate)");
     }
     // Fail early on names and shapes nobody knows.
+    anyhow::ensure!(c.instances > 0, "--instances must be at least 1");
+    anyhow::ensure!(c.tp > 0, "--tp must be at least 1");
+    anyhow::ensure!(c.block_size > 0, "--block-size must be at least 1");
+    c.link
+        .parse::<crate::hardware::LinkKind>()
+        .map_err(anyhow::Error::msg)?;
     let specs = Specs::builtin()?;
     specs.model(&c.model)?;
     specs.device(&c.hardware)?;

@@ -255,3 +255,17 @@ fn the_example_config_loads() {
     assert_eq!(c.instance.max_num_batched_tokens, 8192);
     runner::build(&c).unwrap();
 }
+
+#[test]
+fn bad_shapes_and_flags_are_errors_before_any_run() {
+    let err = |f: &dyn Fn(&mut SimulateArgs)| {
+        let mut a = SimulateArgs::default();
+        f(&mut a);
+        format!("{:#}", cli::config(&a).unwrap_err())
+    };
+    assert!(err(&|a| a.instances = Some(0)).contains("--instances"));
+    assert!(err(&|a| a.tp = Some(0)).contains("--tp"));
+    assert!(err(&|a| a.link = Some("pigeon".into())).contains("nvlink"));
+    assert!(err(&|a| a.burstiness = Some(0.5)).contains("--rate"));
+    assert!(err(&|a| a.config = Some("/nonexistent/x.toml".into())).contains("/nonexistent/x.toml"));
+}

@@ -28,7 +28,11 @@ fn every_chart_is_an_svg_with_its_title() {
     let expected: Vec<&Chart> = report.sections.iter().flat_map(|s| &s.charts).collect();
     assert_eq!(svgs.len(), expected.len());
     for (svg, chart) in svgs.iter().zip(expected) {
-        let titles = svg.all("title");
+        let titles: Vec<&Node> = svg
+            .all("title")
+            .into_iter()
+            .filter(|t| t.attr("id").is_some())
+            .collect();
         assert_eq!(titles.len(), 1);
         assert_eq!(titles[0].text, chart.title());
         let shown: Vec<&Node> = svg
@@ -126,6 +130,8 @@ fn no_series_path_is_empty_and_empty_series_say_no_data() {
         .collect();
     assert_eq!(markers.len(), 1);
     assert_eq!(markers[0].all("circle").len(), 1);
+    // Markers carry their exact value as a tooltip.
+    assert_eq!(markers[0].all("title")[0].text, "one point: 2.5, 120");
 }
 
 #[test]

@@ -156,7 +156,9 @@ pub(super) fn render(c: &Cdf, id: &str) -> String {
                     series_colour(i)
                 );
                 super::dash_attr(&mut body, series_dash(i));
-                body.push_str("/>");
+                body.push_str("><title>");
+                push_escaped(&mut body, p.name);
+                body.push_str("</title></path>");
             }
             body.push_str("</g>");
         }

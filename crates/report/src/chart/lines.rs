@@ -83,18 +83,28 @@ pub(super) fn render(c: &Lines, id: &str) -> String {
                     );
                     let _ = write!(body, "\" d=\"{d}\" stroke=\"{colour}\"");
                     super::dash_attr(&mut body, series_dash(i));
-                    body.push_str("/>");
+                    body.push_str("><title>");
+                    push_escaped(&mut body, name);
+                    body.push_str("</title></path>");
                 }
                 if pts.len() <= MARKER_LIMIT {
                     body.push_str("<g class=\"markers\" data-series=\"");
                     push_escaped(&mut body, name);
                     let _ = write!(body, "\" fill=\"{colour}\">");
                     for &(x, y) in pts {
+                        // The tooltip gives the exact point.
                         let _ = write!(
                             body,
-                            "<circle cx=\"{}\" cy=\"{}\" r=\"3\"/>",
+                            "<circle cx=\"{}\" cy=\"{}\" r=\"3\"><title>",
                             fmt_px(x_scale.map(x)),
                             fmt_px(y_scale.map(y))
+                        );
+                        push_escaped(&mut body, name);
+                        let _ = write!(
+                            body,
+                            ": {}, {}</title></circle>",
+                            format_value(x),
+                            format_value(y)
                         );
                     }
                     body.push_str("</g>");

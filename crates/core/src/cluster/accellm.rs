@@ -7,8 +7,8 @@
 //! running decodes on the same accelerator.
 //!
 //! - **Scheduling manager** ([`ClusterPolicy::route`]): a new request goes to the pair with the
-//!   least outstanding work among pairs whose instances have KV room for its prompt, and there to
-//!   the pair's prefill instance. If the pair has none, one instance takes the prefill role
+//!   least outstanding work (or the shortest prompt backlog, `routing`) among pairs whose
+//!   instances have KV room for its prompt, and there to the pair's prefill instance. If the pair has none, one instance takes the prefill role
 //!   (`prefill_choice`).
 //! - **Roles.** The prefill instance hands its decoding requests to its partner and runs
 //!   prefill-only iterations until its prompt queue drains; then it returns to decoding. With no

@@ -5,7 +5,7 @@
 //! one copy at a time per direction. The simulator drives it over hardware cost models and
 //! traces; policy tests drive it with hand-built scenarios. Identical inputs give identical runs.
 
-use std::cmp::Reverse;
+use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 
 use crate::{
@@ -35,6 +35,38 @@ enum Ev {
     TransferDone(u32),
 }
 
+/// A queued event, ordered by time, then by the order it was queued (`key = time << 64 | seq`),
+/// earliest first. One `u128` comparison keeps the event heap cheap.
+#[derive(Debug, Clone, Copy)]
+struct Queued {
+    key: u128,
+    ev: Ev,
+}
+
+impl Queued {
+    fn time(&self) -> TimeUs {
+        (self.key >> 64) as TimeUs
+    }
+}
+
+impl PartialEq for Queued {
+    fn eq(&self, o: &Self) -> bool {
+        self.key == o.key
+    }
+}
+impl Eq for Queued {}
+impl PartialOrd for Queued {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Queued {
+    /// Reversed: `BinaryHeap` is a max-heap and the earliest event must come first.
+    fn cmp(&self, o: &Self) -> Ordering {
+        o.key.cmp(&self.key)
+    }
+}
+
 /// Outcome of a replay.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ReplayEnd {
@@ -49,15 +81,29 @@ pub struct ReplayEnd {
 /// [`Scheduler::live_requests`].
 pub fn run(sched: &mut Scheduler, arrivals: &[RequestSpec], obs: &mut dyn Observer) -> ReplayEnd {
     let n = sched.instances().len();
-    let mut queue: BinaryHeap<Reverse<(TimeUs, u64, Ev)>> = BinaryHeap::new();
+    let mut queue: BinaryHeap<Queued> = BinaryHeap::new();
     let mut seq = 0u64;
-    let mut push = |q: &mut BinaryHeap<_>, t: TimeUs, e: Ev| {
-        q.push(Reverse((t, seq, e)));
+    // Queues an event. The event being handled stays at the top of the queue until the first
+    // event it causes replaces it (one sift instead of a pop and a push); `taken` tells whether
+    // that happened. The order of events is the same as popping first.
+    let mut push = |q: &mut BinaryHeap<Queued>, taken: &mut bool, t: TimeUs, e: Ev| {
+        let item = Queued {
+            key: ((t as u128) << 64) | seq as u128,
+            ev: e,
+        };
         seq += 1;
+        if !*taken {
+            if let Some(mut top) = q.peek_mut() {
+                *top = item;
+                *taken = true;
+                return;
+            }
+        }
+        q.push(item);
     };
     // Arrivals enter the queue one at a time to keep it small.
     if let Some(a) = arrivals.first() {
-        push(&mut queue, a.arrival_us, Ev::Arrival(0));
+        push(&mut queue, &mut true, a.arrival_us, Ev::Arrival(0));
     }
     let mut link_free = vec![0 as TimeUs; n * n];
     let mut actions = Vec::new();
@@ -68,14 +114,21 @@ pub fn run(sched: &mut Scheduler, arrivals: &[RequestSpec], obs: &mut dyn Observ
     let layers = sched.cost().num_layers();
     let link = sched.link();
     let mut stopped: Vec<RequestId> = Vec::new();
-    while let Some(Reverse((t, _, ev))) = queue.pop() {
+    while let Some(top) = queue.peek().copied() {
+        let (t, ev) = (top.time(), top.ev);
+        let mut taken = false;
         now = t;
         events += 1;
         match ev {
             Ev::Arrival(i) => {
                 sched.submit(now, arrivals[i as usize]);
                 if let Some(next) = arrivals.get(i as usize + 1) {
-                    push(&mut queue, next.arrival_us.max(now), Ev::Arrival(i + 1));
+                    push(
+                        &mut queue,
+                        &mut taken,
+                        next.arrival_us.max(now),
+                        Ev::Arrival(i + 1),
+                    );
                 }
             }
             Ev::IterationDone(inst) => sched.iteration_done(now, inst, &stopped),
@@ -93,7 +146,12 @@ pub fn run(sched: &mut Scheduler, arrivals: &[RequestSpec], obs: &mut dyn Observ
                 } => {
                     let batch = &sched.instance(instance).batch;
                     let dur = sched.cost().iteration_us(&batch.shape).max(1);
-                    push(&mut queue, now + dur, Ev::IterationDone(instance));
+                    push(
+                        &mut queue,
+                        &mut taken,
+                        now + dur,
+                        Ev::IterationDone(instance),
+                    );
                     // Layer-wise copies: one pipeline per destination, each on its own link.
                     copy_ends.clear();
                     for e in &batch.entries {
@@ -115,7 +173,12 @@ pub fn run(sched: &mut Scheduler, arrivals: &[RequestSpec], obs: &mut dyn Observ
                         done_at = done_at.max(end);
                     }
                     if !copy_ends.is_empty() {
-                        push(&mut queue, done_at, Ev::CopyDone(instance, iteration));
+                        push(
+                            &mut queue,
+                            &mut taken,
+                            done_at,
+                            Ev::CopyDone(instance, iteration),
+                        );
                     }
                 }
                 Action::Transfer {
@@ -129,10 +192,13 @@ pub fn run(sched: &mut Scheduler, arrivals: &[RequestSpec], obs: &mut dyn Observ
                     let start = now.max(link_free[slot]);
                     let end = start + link.transfer_us(tokens as u64 * kvb);
                     link_free[slot] = end;
-                    push(&mut queue, end, Ev::TransferDone(id));
+                    push(&mut queue, &mut taken, end, Ev::TransferDone(id));
                 }
                 Action::Finished { .. } | Action::Rejected { .. } => {}
             }
+        }
+        if !taken {
+            queue.pop();
         }
         obs.after_event(now, sched);
     }

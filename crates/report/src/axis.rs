@@ -48,33 +48,24 @@ pub(crate) struct Ticks {
     pub values: Vec<f64>,
 }
 
-/// Rounds `x` to a "nice" number: 1, 2, 5 or 10 times a power of ten.
-fn nice_number(x: f64, round: bool) -> f64 {
-    let exp = x.log10().floor();
-    let f = x / 10f64.powf(exp);
-    let nf = if round {
-        if f < 1.5 {
-            1.0
-        } else if f < 3.0 {
-            2.0
-        } else if f < 7.0 {
-            5.0
-        } else {
-            10.0
+/// The smallest step of the form 1, 2 or 5 × 10ⁿ that covers `[lo, hi]` in at most
+/// `intervals` whole steps.
+fn nice_step(lo: f64, hi: f64, intervals: usize) -> f64 {
+    let mut base = 10f64.powf(((hi - lo) / intervals as f64).log10().floor());
+    loop {
+        for m in [1.0, 2.0, 5.0] {
+            let step = m * base;
+            let n = (hi / step).ceil() - (lo / step).floor();
+            if n <= intervals as f64 {
+                return step;
+            }
         }
-    } else if f <= 1.0 {
-        1.0
-    } else if f <= 2.0 {
-        2.0
-    } else if f <= 5.0 {
-        5.0
-    } else {
-        10.0
-    };
-    nf * 10f64.powf(exp)
+        base *= 10.0;
+    }
 }
 
-/// Widens `[lo, hi]` to nice bounds and returns about `target` evenly spaced nice ticks.
+/// Widens `[lo, hi]` to nice bounds and returns evenly spaced nice ticks: at most `target`
+/// intervals, as few as the 1-2-5 steps allow.
 ///
 /// A degenerate interval (`lo == hi`) is widened around its value.
 pub(crate) fn linear_ticks(lo: f64, hi: f64, target: usize) -> Ticks {
@@ -84,8 +75,7 @@ pub(crate) fn linear_ticks(lo: f64, hi: f64, target: usize) -> Ticks {
         lo -= pad;
         hi += pad;
     }
-    let range = nice_number(hi - lo, false);
-    let step = nice_number(range / (target.max(2) - 1) as f64, true);
+    let step = nice_step(lo, hi, target.max(2));
     let nlo = (lo / step).floor() * step;
     let nhi = (hi / step).ceil() * step;
     let n = ((nhi - nlo) / step).round() as usize;
@@ -125,6 +115,39 @@ pub(crate) fn inner_ticks(lo: f64, hi: f64, target: usize) -> Ticks {
         .filter(|&v| v >= lo - (hi - lo) * 1e-9 && v <= hi + (hi - lo) * 1e-9)
         .collect();
     Ticks { lo, hi, values }
+}
+
+/// Ticks for an x axis: the domain hugs the data (a 2% margin; a linear axis starts at 0
+/// when the data starts near it) instead of widening to the next nice bound, so no width is
+/// wasted; labelled ticks are the nice values inside.
+pub(crate) fn x_ticks(lo: f64, hi: f64, log: bool, target: usize) -> Ticks {
+    if log {
+        let (l, h) = (lo.log10(), hi.log10());
+        let pad = ((h - l) * 0.02).max(0.01);
+        let (dlo, dhi) = (10f64.powf(l - pad), 10f64.powf(h + pad));
+        let mut t = log_ticks(dlo, dhi);
+        let inside = |v: f64| v >= dlo && v <= dhi;
+        // Few decades: label 2× and 5× too; within one decade, every multiple.
+        if h - l <= 3.0 {
+            let d0 = l.floor() as i32 - 1;
+            let mults: &[f64] = if h - l < 1.0 {
+                &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0]
+            } else {
+                &[1.0, 2.0, 5.0]
+            };
+            t.values = (d0..=h.ceil() as i32)
+                .flat_map(|d| mults.iter().map(move |m| m * 10f64.powi(d)))
+                .collect();
+        }
+        t.values.retain(|&v| inside(v));
+        t.lo = dlo;
+        t.hi = dhi;
+        return t;
+    }
+    let lo = if lo >= 0.0 && lo <= 0.2 * hi { 0.0 } else { lo };
+    let pad = (hi - lo) * 0.02;
+    let lo = if lo == 0.0 { 0.0 } else { lo - pad };
+    inner_ticks(lo, hi + pad, target)
 }
 
 /// Widens `[lo, hi]` (both positive) to whole decades and returns decade ticks,
@@ -230,6 +253,41 @@ mod tests {
         assert_eq!(t.values.first(), Some(&0.0));
         assert!(t.values.iter().all(|&v| v <= 612.5));
         assert!(t.values.len() >= 4);
+    }
+
+    #[test]
+    fn x_ticks_hug_the_data() {
+        let t = x_ticks(2.0, 16.0, false, 7);
+        assert_eq!(t.lo, 0.0);
+        assert!(t.hi > 16.0 && t.hi < 17.0, "{t:?}");
+        assert!(t.values.contains(&15.0) && !t.values.iter().any(|&v| v > t.hi));
+        let t = x_ticks(50.0, 60.0, false, 6);
+        assert!(
+            t.lo > 49.0 && t.lo < 50.0 && t.hi > 60.0 && t.hi < 61.0,
+            "{t:?}"
+        );
+        assert!(t.values.len() >= 3);
+    }
+
+    #[test]
+    fn log_x_ticks_label_enough_values() {
+        let t = x_ticks(40.0, 7000.0, true, 7);
+        assert!(
+            t.lo < 40.0 && t.lo > 35.0 && t.hi > 7000.0 && t.hi < 8000.0,
+            "{t:?}"
+        );
+        assert_eq!(
+            t.values,
+            vec![50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0]
+        );
+        let t = x_ticks(12.0, 80.0, true, 7);
+        assert_eq!(t.values, vec![20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0]);
+        let t = x_ticks(1e-3, 1e6, true, 7);
+        assert!(
+            t.values.len() >= 5 && t.values.len() <= 10,
+            "{:?}",
+            t.values
+        );
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 
 use super::{
-    axes, extent, legend, no_data, polyline_d, ticks, usable, wrap_svg, Frame, LegendItem, Swatch,
+    axes, extent, legend, no_data, polyline_d, usable, wrap_svg, Frame, LegendItem, Swatch,
 };
 use crate::downsample::{cdf_points, quantile};
 use crate::escape::{fmt_px, format_value, push_escaped};
@@ -86,7 +86,7 @@ pub(super) fn render(c: &Cdf, id: &str) -> String {
             no_data(&mut body, &frame);
         }
         Some((lo, hi)) => {
-            let x_ticks = ticks(lo, hi, c.log_x, 7);
+            let x_ticks = crate::axis::x_ticks(lo, hi, c.log_x, 7);
             let x_scale = frame.x_scale(&x_ticks, c.log_x);
             axes(
                 &mut body,

@@ -37,7 +37,7 @@ pub(super) fn render(c: &Lines, id: &str) -> String {
     let fmt = |v: f64| format_value(v);
     match (x_extent, y_extent) {
         (Some((xlo, xhi)), Some((ylo, yhi))) => {
-            let x_ticks = ticks(xlo, xhi, c.log_x, 7);
+            let x_ticks = crate::axis::x_ticks(xlo, xhi, c.log_x, 7);
             let (ylo, yhi) = match c.y_range {
                 Some((lo, hi)) if usable(lo, c.log_y) && usable(hi, c.log_y) && lo < hi => (lo, hi),
                 _ if !c.log_y && ylo >= 0.0 => (0.0, yhi),

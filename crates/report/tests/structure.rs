@@ -323,4 +323,12 @@ fn timeline_legend_lists_only_kinds_that_occur() {
         "{text}"
     );
     assert!(!text.contains("mixed") && !text.contains("idle"), "{text}");
+    // Each lane's tooltip gives its share of the shown time (0–2 s) per kind.
+    let lanes: Vec<&Node> = doc
+        .all("g")
+        .into_iter()
+        .filter(|g| g.attr("class") == Some("lane"))
+        .collect();
+    assert_eq!(lanes[0].children[0].text, "a: prefill 50.0%");
+    assert_eq!(lanes[1].children[0].text, "b: decode 75.0%");
 }

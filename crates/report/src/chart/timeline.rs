@@ -63,7 +63,12 @@ pub(super) fn render(t: &Timeline, id: &str) -> String {
                 let runs = rasterise_lane(segs, x_ticks.lo, x_ticks.hi, cells, t.kinds.len());
                 body.push_str("<g class=\"lane\" data-lane=\"");
                 push_escaped(&mut body, name);
-                let _ = write!(body, "\" data-rects=\"{}\">", runs.len());
+                let _ = write!(body, "\" data-rects=\"{}\"><title>", runs.len());
+                push_escaped(
+                    &mut body,
+                    &lane_summary(name, segs, t, x_ticks.lo, x_ticks.hi),
+                );
+                body.push_str("</title>");
                 let _ = write!(
                     body,
                     "<rect class=\"lane-bg\" x=\"{}\" y=\"{y}\" width=\"{}\" height=\"{LANE_H}\" fill=\"{}\"/>",
@@ -156,6 +161,39 @@ pub(super) fn render(t: &Timeline, id: &str) -> String {
     body.push_str(&legend_svg);
     let height = frame.legend_top() + legend_h + 6.0;
     wrap_svg("timeline", id, &t.title, frame.width, height, &body)
+}
+
+/// Tooltip text of a lane: its name and the share of the shown time spent in each kind.
+fn lane_summary(
+    name: &str,
+    segs: &[crate::model::Segment],
+    t: &Timeline,
+    t0: f64,
+    t1: f64,
+) -> String {
+    let mut total = vec![0f64; t.kinds.len()];
+    for s in segs {
+        if s.kind < t.kinds.len()
+            && usable(s.start, false)
+            && usable(s.end, false)
+            && s.end > s.start
+        {
+            total[s.kind] += s.end.min(t1) - s.start.max(t0);
+        }
+    }
+    let span = t1 - t0;
+    let parts: Vec<String> = t
+        .kinds
+        .iter()
+        .zip(&total)
+        .filter(|&(_, &d)| d > 0.0)
+        .map(|((kind, _), &d)| format!("{kind} {:.1}%", 100.0 * d / span))
+        .collect();
+    if parts.is_empty() {
+        format!("{name}: nothing recorded")
+    } else {
+        format!("{name}: {}", parts.join(", "))
+    }
 }
 
 /// Whether a move refers to existing lanes and has finite, ordered times.

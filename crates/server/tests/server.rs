@@ -416,6 +416,11 @@ async fn seeded_greedy_text_is_the_same_on_either_instance() {
     }
     assert_eq!(used.len(), 2, "both instances served: {used:?}");
     assert_eq!(texts.len(), 1, "one text whatever the instance: {texts:?}");
+    let m = http.get("/metrics").await.body;
+    if server_policy_replicates() {
+        let copied = metric_in(&m, "accellm_kv_copied_bytes_total{kind=\"replica\"}").unwrap();
+        assert!(copied > 0.0, "AcceLLM replicas were really copied:\n{m}");
+    }
 
     // Sampling with a seed is reproducible too.
     let mut b = completion("once upon a time", 16);
@@ -425,6 +430,24 @@ async fn seeded_greedy_text_is_the_same_on_either_instance() {
     let c = http.post("/v1/completions", &b).await.json();
     assert_eq!(a["choices"][0]["text"], c["choices"][0]["text"]);
     server.shutdown().unwrap();
+
+    // A single instance that never moves KV says the same: replicated and moved KV is exact.
+    let mut cfg = tiny_config();
+    cfg.instances = 1;
+    cfg.cluster_policy = "round-robin".into();
+    cfg.instance_policy = "vllm".into();
+    let server = start(cfg);
+    let http = Http::new(server.addr());
+    let mut b = completion("once upon a time", 16);
+    b["seed"] = json!(42);
+    let v = http.post("/v1/completions", &b).await.json();
+    assert!(texts.contains(v["choices"][0]["text"].as_str().unwrap()));
+    server.shutdown().unwrap();
+}
+
+/// Whether the default policy (AcceLLM) streams replicas.
+fn server_policy_replicates() -> bool {
+    tiny_config().cluster_policy == "accellm"
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -321,7 +321,8 @@ pub struct Timeline {
     pub title: String,
     /// Time-axis label with unit, e.g. `"time (s)"`.
     pub x_label: String,
-    /// Legend of segment kinds: `(name, CSS colour)`; [`Segment::kind`] indexes this list.
+    /// Segment kinds: `(name, CSS colour)`; [`Segment::kind`] indexes this list. The legend
+    /// shows the kinds that occur, plus the lane background.
     pub kinds: Vec<(String, String)>,
     /// `(lane name, segments)`, top to bottom.
     pub lanes: Vec<(String, Vec<Segment>)>,

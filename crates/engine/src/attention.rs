@@ -61,6 +61,19 @@ pub(crate) fn attend_row(
     portable::attend_row(shape, kv, row, q, out, scores);
 }
 
+/// `out[i] = silu(gate[i]) * up[i]`, the gated activation of the MLP.
+pub(crate) fn silu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if simd::available() {
+            // SAFETY: the CPU supports AVX2 and FMA (checked at run time just above).
+            unsafe { simd::silu_mul(gate, up, out) };
+            return;
+        }
+    }
+    portable::silu_mul(gate, up, out);
+}
+
 macro_rules! attend_row_body {
     ($shape:ident, $kv:ident, $row:ident, $q:ident, $out:ident, $scores:ident, $dot:path, $axpy:path, $softmax:path) => {{
         let hd = $shape.head_dim;
@@ -135,6 +148,12 @@ mod portable {
             sum += *x;
         }
         sum
+    }
+
+    pub(super) fn silu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) {
+        for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
+            *o = g / (1.0 + (-g).exp()) * u;
+        }
     }
 
     pub(super) fn attend_row(
@@ -300,6 +319,30 @@ mod simd {
         sum
     }
 
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn silu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) {
+        let n = out.len().min(gate.len()).min(up.len());
+        let (pg, pu, po) = (gate.as_ptr(), up.as_ptr(), out.as_mut_ptr());
+        let one = _mm256_set1_ps(1.0);
+        let zero = _mm256_setzero_ps();
+        let mut i = 0;
+        while i + 8 <= n {
+            let g = _mm256_loadu_ps(pg.add(i));
+            let e = exp8(_mm256_sub_ps(zero, g));
+            let r = _mm256_div_ps(
+                _mm256_mul_ps(g, _mm256_loadu_ps(pu.add(i))),
+                _mm256_add_ps(one, e),
+            );
+            _mm256_storeu_ps(po.add(i), r);
+            i += 8;
+        }
+        while i < n {
+            let g = *pg.add(i);
+            *po.add(i) = g / (1.0 + (-g).exp()) * *pu.add(i);
+            i += 1;
+        }
+    }
+
     /// # Safety
     /// The CPU must support AVX2 and FMA.
     #[target_feature(enable = "avx2,fma")]
@@ -351,6 +394,14 @@ mod simd {
                     (x - y).abs() <= 1e-6 * y.abs().max(1e-30) + 1e-12,
                     "{x} vs {y}"
                 );
+            }
+            let up: Vec<f32> = b.iter().map(|x| x * 3.0 - 0.5).collect();
+            let gate: Vec<f32> = a.iter().map(|x| x * 40.0).collect();
+            let (mut o1, mut o2) = (vec![0f32; 67], vec![0f32; 67]);
+            unsafe { silu_mul(&gate, &up, &mut o1) };
+            super::super::portable::silu_mul(&gate, &up, &mut o2);
+            for (x, y) in o1.iter().zip(&o2) {
+                assert!((x - y).abs() <= 1e-6 * y.abs().max(1.0), "{x} vs {y}");
             }
             let mut y1 = b.clone();
             let mut y2 = b.clone();

@@ -7,7 +7,7 @@ use candle_core::quantized::{gguf_file, QTensor};
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 
-use crate::attention::{attend_row, AttnShape, RowCtx};
+use crate::attention::{attend_row, silu_mul, AttnShape, RowCtx};
 use crate::batch::{ForwardBatch, ForwardOutput, PhaseTimings};
 use crate::config::ModelConfig;
 use crate::error::{EngineError, Result};
@@ -312,9 +312,7 @@ impl Model {
             let mut act = vec![0f32; t * ff];
             for (a, g) in act.chunks_exact_mut(ff).zip(gu.chunks_exact(2 * ff)) {
                 let (gate, up) = g.split_at(ff);
-                for ((a, &g), &u) in a.iter_mut().zip(gate).zip(up) {
-                    *a = g / (1.0 + (-g).exp()) * u;
-                }
+                silu_mul(gate, up, a);
             }
             let t0 = Instant::now();
             let d = layer.down.forward(&act, t)?;

@@ -30,7 +30,8 @@ fn real_model_f32_matches_reference() {
     let mut oracle = ModelWeights::from_gguf(ct, &mut f, &Device::Cpu).unwrap();
     let model = Model::load(&path, WeightFormat::F32).unwrap();
 
-    // "<|im_start|>system\nYou are a helpful AI assistant ...<|im_end|>\n<|im_start|>user\n..."
+    // A ChatML-shaped prompt whose user turn is "What is the capital of France?" (the ids
+    // of that text are the ones in the tokenizer fixture).
     let prompt: Vec<u32> = vec![
         1, 9690, 198, 2683, 359, 253, 5356, 5646, 11173, 3365, 3511, 308, 2, 198, 1, 4093, 198,
         1780, 314, 260, 3575, 282, 4649, 47, 2, 198, 1, 520, 9531, 198,

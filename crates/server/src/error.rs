@@ -51,11 +51,11 @@ impl ApiError {
         }
     }
 
-    /// 400: prompt plus output do not fit the context.
-    pub fn context_length(message: String) -> Self {
+    /// 400: prompt plus output do not fit the context; `param` is `messages` or `prompt`.
+    pub fn context_length(message: String, param: &str) -> Self {
         Self {
             code: Some("context_length_exceeded"),
-            ..Self::invalid(message, Some("messages"))
+            ..Self::invalid(message, Some(param))
         }
     }
 

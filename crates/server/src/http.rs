@@ -288,6 +288,11 @@ async fn generate(
             Some("prompt"),
         ));
     }
+    let param = if kind == Kind::Chat {
+        "messages"
+    } else {
+        "prompt"
+    };
     let limit = st.context_len.min(st.kv_tokens);
     let max_tokens = match gen.max_tokens {
         Some(m) => m,
@@ -297,7 +302,7 @@ async fn generate(
         return Err(ApiError::context_length(format!(
             "This model's maximum context length is {limit} tokens. However, you requested {} tokens ({n_prompt} in the prompt, {max_tokens} for the completion). Please reduce the length of the prompt or the completion.",
             n_prompt as u64 + max_tokens as u64
-        )));
+        ), param));
     }
     let params = SamplingParams {
         temperature: gen.temperature,
@@ -339,7 +344,7 @@ async fn generate(
                 "The request needs {} tokens of KV cache ({n_prompt} prompt + {max_tokens} completion) but an instance holds at most {}.",
                 n_prompt + max_tokens,
                 st.kv_tokens
-            )));
+            ), param));
         }
         Some(ToClient::ShuttingDown) | None => {
             guard.done = true;

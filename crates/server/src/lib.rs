@@ -66,6 +66,11 @@ pub fn model_path(cfg: &ServerConfig) -> anyhow::Result<PathBuf> {
 /// Loads the model, builds the scheduler, starts the threads and binds the listener.
 async fn prepare(cfg: &ServerConfig) -> anyhow::Result<Prepared> {
     cfg.validate()?;
+    // Bind first: a busy port fails at once, not after loading the model.
+    let addr = format!("{}:{}", cfg.host, cfg.port);
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
     let path = model_path(cfg)?;
     let text = Arc::new(
         TextModel::load(&path)
@@ -149,10 +154,6 @@ async fn prepare(cfg: &ServerConfig) -> anyhow::Result<Prepared> {
         .name("accellm-sched".into())
         .spawn(move || executor.run(exec_rx))
         .context("starting the scheduler thread")?;
-    let addr = format!("{}:{}", cfg.host, cfg.port);
-    let listener = tokio::net::TcpListener::bind(&addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr}"))?;
     let kv_tokens = cfg.kv_blocks.saturating_mul(cfg.block_size);
     let api_key = cfg
         .api_key

@@ -519,3 +519,60 @@ async fn every_registered_policy_serves() {
         server.shutdown().unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_lets_running_streams_finish() {
+    let server = start(tiny_config());
+    let http = Http::new(server.addr());
+    let mut b = completion("last words", 200);
+    b["stream"] = json!(true);
+    b["stream_options"] = json!({"include_usage": true});
+    let resp = http.open("/v1/completions", &b).await;
+    assert_eq!(resp.status(), 200);
+    // Shut down while the stream runs: it must still complete within the grace period.
+    let stopper = tokio::task::spawn_blocking(move || server.shutdown());
+    use http_body_util::BodyExt;
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .expect("stream completes")
+        .to_bytes();
+    let text = String::from_utf8_lossy(&body);
+    assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
+    assert!(text.contains("\"completion_tokens\":200"), "{text}");
+    stopper.await.unwrap().unwrap();
+    // New connections are refused once it is down.
+    assert!(tokio::net::TcpStream::connect(http.addr()).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slo_headers_are_checked() {
+    let server = start(tiny_config());
+    let http = Http::new(server.addr());
+    let body = serde_json::to_vec(&completion("hi", 2)).unwrap();
+    let r = http
+        .send(
+            "POST",
+            "/v1/completions",
+            body.clone(),
+            &[("x-slo-ttft-ms", "soon")],
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["error"]["param"], "x-slo-ttft-ms");
+    let r = http
+        .send(
+            "POST",
+            "/v1/completions",
+            body,
+            &[("x-slo-ttft-ms", "500"), ("x-slo-tpot-ms", "80")],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let mut b = completion("hi", 2);
+    b["slo"] = json!({"ttft_ms": 250, "tbt_ms": 50});
+    b["priority"] = json!(-1);
+    assert_eq!(http.post("/v1/completions", &b).await.status, 200);
+    server.shutdown().unwrap();
+}

@@ -166,6 +166,7 @@ pub fn start(cfg: ServerConfig) -> Server {
 
 /// A minimal HTTP client.
 pub struct Http {
+    addr: std::net::SocketAddr,
     base: String,
     client: Client<HttpConnector, Full<Bytes>>,
 }
@@ -188,6 +189,7 @@ impl Http {
     /// A client for the server at `addr`.
     pub fn new(addr: std::net::SocketAddr) -> Self {
         Self {
+            addr,
             base: format!("http://{addr}"),
             client: Client::builder(TokioExecutor::new()).build(HttpConnector::new()),
         }
@@ -208,6 +210,11 @@ impl Http {
             b = b.header(*k, *v);
         }
         b.body(Full::new(Bytes::from(body))).unwrap()
+    }
+
+    /// The server's address.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.addr
     }
 
     /// Sends a request and reads the whole answer.

@@ -59,8 +59,8 @@ pub struct ServeArgs {
     /// Default time-between-tokens SLO in ms for requests that bring none.
     #[arg(long)]
     pub slo_tbt_ms: Option<f64>,
-    /// Cost model: a TOML file with base_ms, per_token_ms, per_kv_token_ms, per_logit_row_ms
-    /// (as `accellm calibrate --out` writes) [default: the measured CPU fit].
+    /// Cost model: the TOML file `accellm calibrate --out` writes (or base_ms, per_token_ms,
+    /// per_kv_token_ms, per_logit_row_ms) [default: the measured CPU fit scaled to the threads].
     #[arg(long)]
     pub cost_model: Option<PathBuf>,
 }
@@ -110,24 +110,30 @@ impl ServeArgs {
     }
 }
 
-/// Reads cost coefficients from a TOML file: either at the top level or under `[cost]`.
+/// Reads cost coefficients from a TOML file: the file `accellm calibrate --out` writes
+/// (`a_ms`, `b_ms_per_token`, `c_ms_per_context`, `d_ms_per_logit_row`), or the server's own
+/// names (`base_ms`, `per_token_ms`, `per_kv_token_ms`, `per_logit_row_ms`), at the top level or
+/// under `[cost]`.
 fn read_cost(path: &std::path::Path) -> anyhow::Result<CostConfig> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read cost model {}", path.display()))?;
     let v: toml::Value =
         toml::from_str(&text).with_context(|| format!("invalid TOML in {}", path.display()))?;
     let table = v.get("cost").cloned().unwrap_or(v);
-    let get = |k: &str| -> anyhow::Result<f64> {
-        table
-            .get(k)
-            .and_then(|x| x.as_float().or_else(|| x.as_integer().map(|i| i as f64)))
-            .with_context(|| format!("{}: missing number `{k}`", path.display()))
+    let get = |names: [&str; 2]| -> anyhow::Result<f64> {
+        names
+            .iter()
+            .find_map(|k| {
+                let x = table.get(*k)?;
+                x.as_float().or_else(|| x.as_integer().map(|i| i as f64))
+            })
+            .with_context(|| format!("{}: missing number `{}`", path.display(), names[0]))
     };
     Ok(CostConfig {
-        base_ms: get("base_ms")?,
-        per_token_ms: get("per_token_ms")?,
-        per_kv_token_ms: get("per_kv_token_ms")?,
-        per_logit_row_ms: get("per_logit_row_ms")?,
+        base_ms: get(["base_ms", "a_ms"])?,
+        per_token_ms: get(["per_token_ms", "b_ms_per_token"])?,
+        per_kv_token_ms: get(["per_kv_token_ms", "c_ms_per_context"])?,
+        per_logit_row_ms: get(["per_logit_row_ms", "d_ms_per_logit_row"])?,
     })
 }
 
@@ -216,5 +222,13 @@ mod tests {
         assert_eq!(c.per_token_ms, 1.5);
         std::fs::write(&p, "base_ms = 5\n").unwrap();
         assert!(read_cost(&p).is_err());
+        // What `accellm calibrate --out` writes.
+        std::fs::write(
+            &p,
+            "a_ms = 8.5\nb_ms_per_token = 2.1\nc_ms_per_context = 0.005\nd_ms_per_logit_row = 0.3\nr2 = 0.99\nsamples = 40\n",
+        )
+        .unwrap();
+        let c = read_cost(&p).unwrap();
+        assert_eq!((c.base_ms, c.per_logit_row_ms), (8.5, 0.3));
     }
 }

@@ -154,7 +154,10 @@ struct InFlight {
     had_copies: bool,
 }
 
-/// A dispatch held back until KV copies into its blocks have landed.
+/// A dispatch held back until KV copies into its blocks have landed. The core pins replica
+/// tables while copies into them are in flight, so this should never trigger; it guards the
+/// pools against a block being reused underneath a copy should the core's bookkeeping and the
+/// executor's timing ever disagree.
 enum Deferred {
     Run(usize, RunJob),
     Transfer(usize, LinkJob, Vec<u32>),

@@ -289,6 +289,22 @@ pub struct CalibrateArgs {
     /// Write the fitted coefficients as TOML to this file.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Clock to fit: `wall`, or `cpu` (process CPU time; with one thread it estimates an idle
+    /// machine's wall time when other work shares the cores).
+    #[arg(long, default_value = "wall")]
+    pub clock: Clock,
+}
+
+/// Which clock `accellm calibrate` measures iterations with.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Clock {
+    /// Elapsed time.
+    Wall,
+    /// CPU time of the whole process.
+    Cpu,
 }
 
 /// Coefficients of `iteration_ms = a + b*tokens + c*sum_context + d*logit_rows`.
@@ -312,6 +328,8 @@ pub struct CostFit {
     pub format: WeightFormat,
     /// Threads used.
     pub threads: usize,
+    /// Clock the samples were measured with.
+    pub clock: Clock,
     /// Model file name.
     pub model: String,
 }
@@ -371,8 +389,12 @@ pub fn run_calibrate(args: CalibrateArgs) -> anyhow::Result<()> {
             let mut times = Vec::new();
             for _ in 0..args.reps.max(1) {
                 let s = std::time::Instant::now();
+                let c = process_cpu_ms();
                 model.forward(&pool, &batch)?;
-                times.push(s.elapsed().as_secs_f64() * 1e3);
+                times.push(match args.clock {
+                    Clock::Wall => s.elapsed().as_secs_f64() * 1e3,
+                    Clock::Cpu => process_cpu_ms() - c,
+                });
             }
             let ms = median(&mut times);
             let row = vec![
@@ -394,7 +416,15 @@ pub fn run_calibrate(args: CalibrateArgs) -> anyhow::Result<()> {
         }
         Ok(())
     })?;
-    let coef = least_squares(&xs, &ys).context("the calibration system is singular")?;
+    // Fit relative errors (each sample weighted by 1/y) so that small decode iterations count as
+    // much as long prefills.
+    let wx: Vec<Vec<f64>> = xs
+        .iter()
+        .zip(&ys)
+        .map(|(r, y)| r.iter().map(|v| v / y.max(1e-6)).collect())
+        .collect();
+    let wy = vec![1.0; ys.len()];
+    let coef = least_squares(&wx, &wy).context("the calibration system is singular")?;
     let pred: Vec<f64> = xs
         .iter()
         .map(|r| r.iter().zip(&coef).map(|(a, b)| a * b).sum())
@@ -418,13 +448,14 @@ pub fn run_calibrate(args: CalibrateArgs) -> anyhow::Result<()> {
         samples: ys.len(),
         format: args.format,
         threads: args.threads,
+        clock: args.clock,
         model: model_path
             .file_name()
             .map(|f| f.to_string_lossy().into_owned())
             .unwrap_or_default(),
     };
     println!(
-        "iteration_ms = {:.3} + {:.4}*tokens + {:.6}*sum_context + {:.3}*logit_rows   (R² {:.3}, mean |rel err| {:.1}%, {} shapes, {} threads, {})",
+        "iteration_ms = {:.3} + {:.4}*tokens + {:.6}*sum_context + {:.3}*logit_rows   (R² {:.3}, mean |rel err| {:.1}%, {} shapes, {} threads, {}, {:?} clock)",
         fit.a_ms,
         fit.b_ms_per_token,
         fit.c_ms_per_context,
@@ -433,7 +464,8 @@ pub fn run_calibrate(args: CalibrateArgs) -> anyhow::Result<()> {
         fit.mean_rel_err * 100.0,
         fit.samples,
         fit.threads,
-        fit.format
+        fit.format,
+        fit.clock
     );
     if let Some(path) = &args.out {
         let text = toml::to_string(&fit)?;

@@ -181,18 +181,19 @@ fn metrics_match_known_latencies() {
     assert_eq!(j["server_input_lens"][0], 7);
     assert_eq!(j["itls"][0].as_array().unwrap().len(), 19);
 
+    // Lower bounds are the server's sleeps; upper bounds leave room for a loaded CI machine.
     let ttft = f(&j, "median_ttft_ms");
-    assert!((50.0..90.0).contains(&ttft), "median TTFT {ttft}");
+    assert!((50.0..150.0).contains(&ttft), "median TTFT {ttft}");
     assert!(f(&j, "p99_ttft_ms") >= ttft);
     let itl = f(&j, "mean_itl_ms");
-    assert!((9.5..16.0).contains(&itl), "mean ITL {itl}");
+    assert!((9.5..25.0).contains(&itl), "mean ITL {itl}");
     let tpot = f(&j, "mean_tpot_ms");
-    assert!((9.5..16.0).contains(&tpot), "mean TPOT {tpot}");
+    assert!((9.5..25.0).contains(&tpot), "mean TPOT {tpot}");
     let e2el = f(&j, "mean_e2el_ms");
-    assert!((240.0..330.0).contains(&e2el), "mean E2EL {e2el}");
+    assert!((240.0..600.0).contains(&e2el), "mean E2EL {e2el}");
     // Closed loop of 8 requests at concurrency 4: two waves of ~240 ms.
     let dur = f(&j, "duration");
-    assert!((0.48..1.5).contains(&dur), "duration {dur}");
+    assert!((0.48..3.0).contains(&dur), "duration {dur}");
     assert!(j["max_concurrent_requests"].as_u64().unwrap() <= 8);
     assert!((f(&j, "request_throughput") - 8.0 / dur).abs() < 1e-9);
     assert!((f(&j, "request_goodput") - 8.0 / dur).abs() < 1e-9);
@@ -282,7 +283,7 @@ fn open_loop_follows_arrival_times() {
     for (r, s) in w.requests.iter().zip(starts) {
         let s = s.as_f64().unwrap();
         assert!(
-            s >= r.arrival_s - 1e-3 && s < r.arrival_s + 0.05,
+            s >= r.arrival_s - 1e-3 && s < r.arrival_s + 0.25,
             "sent at {s}, due {}",
             r.arrival_s
         );

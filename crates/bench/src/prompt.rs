@@ -194,11 +194,17 @@ mod tests {
         }
     }
 
-    /// With the real SmolLM2 tokenizer (skipped when the model file is not downloaded).
+    /// With the real SmolLM2 tokenizer (skipped when the model file is not downloaded, unless
+    /// `ACCELLM_REQUIRE_MODEL` is set).
     #[test]
     fn gguf_tokenizer_hits_exact_lengths() {
         let path = accellm_tokenizer::default_model_path();
         if !path.is_file() {
+            assert!(
+                std::env::var_os("ACCELLM_REQUIRE_MODEL").is_none(),
+                "ACCELLM_REQUIRE_MODEL is set but {} is missing",
+                path.display()
+            );
             eprintln!("skipping: {} not present", path.display());
             return;
         }

@@ -85,6 +85,9 @@ pub struct BenchArgs {
     /// Write the result as JSON (vllm bench serve's field names) to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Write a self-contained HTML report (latency CDFs, token rate over time) to this file.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
     /// Per-request timeout, seconds.
     #[arg(long, default_value_t = 300.0)]
     pub timeout: f64,
@@ -303,6 +306,24 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     );
     if let Some(first) = result.results.iter().find_map(|r| r.failure.as_ref()) {
         eprintln!("first failure: {first}");
+    }
+    if let Some(path) = &args.report {
+        let mut config = vec![
+            ("endpoint".to_string(), endpoint.clone()),
+            ("model".to_string(), model.clone()),
+            ("workload".to_string(), workload.description.clone()),
+            ("requests".to_string(), n.to_string()),
+        ];
+        if let Some(rate) = configured_rate {
+            config.push(("request rate (req/s)".to_string(), format!("{rate}")));
+        }
+        if let Some(c) = args.max_concurrency {
+            config.push(("max concurrency".to_string(), c.to_string()));
+        }
+        crate::html::build(&config, &summary, &result.results)
+            .write(path)
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
     }
     if let Some(path) = &args.json {
         let info = RunInfo {

@@ -9,6 +9,7 @@
 //! `accellm bench`.
 pub mod cli;
 pub mod client;
+pub mod html;
 pub mod metrics;
 pub mod prompt;
 pub mod report;

@@ -413,3 +413,40 @@ fn failures_are_counted_and_never_hang() {
     assert_eq!(j["failures_by_kind"]["connect"], 2);
     assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
 }
+
+#[test]
+fn html_report_has_every_chart_with_data() {
+    let (addr, _seen) = start_server();
+    let html_path = temp_json("report.html");
+    let html_s = html_path.to_str().unwrap().to_string();
+    let j = bench(
+        addr,
+        "report.json",
+        &[
+            "--model",
+            "ok",
+            "--workload",
+            "synthetic:prompt=16,output=6",
+            "--num-prompts",
+            "4",
+            "--max-concurrency",
+            "2",
+            "--report",
+            &html_s,
+        ],
+    );
+    assert_eq!(j["completed"], 4);
+    let html = std::fs::read_to_string(&html_path).unwrap();
+    for title in [
+        "Time to first token",
+        "Time per output token",
+        "Inter-token latency",
+        "End-to-end latency",
+        "Output token rate",
+    ] {
+        assert!(html.contains(title), "chart {title} missing");
+    }
+    assert_eq!(html.matches("<svg").count(), 5, "one SVG per chart");
+    assert!(!html.contains("no data"), "a chart came out empty");
+    assert!(html.contains(&format!("http://{addr}")) || html.contains("/v1/"));
+}

@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """llama.cpp side of the engine comparison, through the PyPI package llama-cpp-python.
 
-Install (builds llama.cpp from source, 8-15 min on 2 cores; AMX off because its AMX matmul path
-crashed with SIGILL on this machine):
-    CMAKE_ARGS="-DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF" \
-        python3 -m pip install llama-cpp-python==0.3.36
+Install (builds llama.cpp from source, 8-15 min on 2 cores). A native build (-DGGML_NATIVE=ON)
+crashed with SIGILL on the first decode on this machine; this explicit-flags build works:
+    CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
+      -DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF \
+      -DGGML_AMX_BF16=OFF" python3 -m pip install llama-cpp-python==0.3.36
 Run:
     python3 llama_cpp_bench.py MODEL.gguf [THREADS ...]
 

@@ -108,8 +108,18 @@ pub fn metrics_table(reports: &[RunReport]) -> String {
         format!("{:.0}% / {:.0}%", r.kv_mean * 100.0, r.kv_peak * 100.0)
     });
     row("preemptions", &|r| r.counters.preemptions.to_string());
-    row("KV moved GB (copy+transfer)", &|r| {
-        format!("{:.1}", r.kv_bytes_moved as f64 / 1e9)
+    row("KV moved GB (layer-wise copy / transfer)", &|r| {
+        format!(
+            "{:.1} / {:.1}",
+            r.counters.copy_bytes as f64 / 1e9,
+            r.counters.transfer_bytes as f64 / 1e9
+        )
+    });
+    row("role switches / replica evictions", &|r| {
+        format!(
+            "{} / {}",
+            r.counters.role_switches, r.counters.replica_evictions
+        )
     });
     row("migrations free/transfer", &|r| {
         format!(

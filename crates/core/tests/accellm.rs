@@ -1,6 +1,9 @@
 //! The `accellm` cluster policy on small scenarios, run in virtual time by `replay` with a linear
 //! fake cost model.
 
+mod common;
+use common::{assert_all_done, cost, requests};
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -11,24 +14,13 @@ use accellm_core::{
         accellm::{AccellmConfig, PrefillChoice, RebalanceMetric, SyncMode},
         ClusterConfig,
     },
-    cost::{LinearCostModel, Link},
+    cost::Link,
     instance::{self, InstanceConfig, InstancePolicy, ScheduleCtx},
     replay::{self, NoObserver, Observer},
     request::{Phase, RequestId, RequestSpec, Slo},
     scheduler::{Action, Scheduler, SchedulerConfig},
     InstanceId, TimeUs,
 };
-
-fn cost() -> Arc<LinearCostModel> {
-    Arc::new(LinearCostModel {
-        base_us: 1000.0,
-        per_token_us: 10.0,
-        per_kv_token_us: 0.01,
-        per_logit_row_us: 1.0,
-        layers: 4,
-        kv_bytes_per_token: 1024,
-    })
-}
 
 fn config(kv_blocks: u32) -> SchedulerConfig {
     SchedulerConfig {
@@ -72,25 +64,6 @@ fn sched(inst: &str, n: u32, kv_blocks: u32, acfg: &AccellmConfig) -> Scheduler 
     with_policies(n, kv_blocks, acfg, policies)
 }
 
-/// `n` requests, one every `every_us`, with prompt and output lengths from the closures.
-fn requests(
-    n: u32,
-    every_us: TimeUs,
-    prompt: impl Fn(u32) -> u32,
-    output: impl Fn(u32) -> u32,
-) -> Vec<RequestSpec> {
-    (0..n)
-        .map(|i| RequestSpec {
-            arrival_us: i as TimeUs * every_us,
-            prompt_tokens: prompt(i),
-            max_output_tokens: output(i),
-            slo: Slo::default(),
-            priority: 0,
-            class: None,
-        })
-        .collect()
-}
-
 /// A bursty mix: bursts of four prompts of varied length, with long and short outputs, every
 /// `gap_us`.
 fn mixed(n: u32, gap_us: TimeUs) -> Vec<RequestSpec> {
@@ -104,31 +77,6 @@ fn mixed(n: u32, gap_us: TimeUs) -> Vec<RequestSpec> {
 /// Every instance policy the core knows.
 fn instance_policies() -> &'static [&'static str] {
     instance::NAMES
-}
-
-fn assert_all_done(s: &Scheduler, reqs: &[RequestSpec]) {
-    assert_eq!(s.live_requests(), 0, "requests left unfinished");
-    let m = s.metrics();
-    assert_eq!(m.finished.len(), reqs.len());
-    let mut want: Vec<u32> = reqs.iter().map(|r| r.max_output_tokens).collect();
-    let mut got: Vec<u32> = m.finished.iter().map(|r| r.output_tokens).collect();
-    want.sort();
-    got.sort();
-    assert_eq!(
-        want, got,
-        "every request produced exactly its output tokens"
-    );
-    for inst in s.instances() {
-        assert_eq!(
-            inst.kv.free_blocks(),
-            inst.kv.num_blocks(),
-            "instance {} leaked blocks",
-            inst.id
-        );
-        assert_eq!(inst.kv.replica_blocks(), 0);
-        assert_eq!(inst.load_tokens, 0, "instance {} load not zero", inst.id);
-    }
-    s.check_invariants().unwrap();
 }
 
 /// Checks every launched batch with a closure.

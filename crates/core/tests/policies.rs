@@ -1,28 +1,18 @@
 //! Baseline policies on small hand-built scenarios, run in virtual time by `replay`.
 
-use std::sync::Arc;
+mod common;
+use common::{assert_all_done, cost, requests};
 
 use accellm_core::{
     batch::Work,
     cluster::{self, ClusterConfig},
-    cost::{LinearCostModel, Link},
+    cost::Link,
     instance::{self, InstanceConfig},
     replay::{self, NoObserver, Observer},
     request::{FinishReason, RequestSpec, Slo},
     scheduler::{Action, Scheduler, SchedulerConfig},
     TimeUs,
 };
-
-fn cost() -> Arc<LinearCostModel> {
-    Arc::new(LinearCostModel {
-        base_us: 1000.0,
-        per_token_us: 10.0,
-        per_kv_token_us: 0.01,
-        per_logit_row_us: 1.0,
-        layers: 4,
-        kv_bytes_per_token: 1024,
-    })
-}
 
 fn sched(
     cluster: &str,
@@ -53,24 +43,6 @@ fn sched(
     )
 }
 
-fn requests(
-    n: u32,
-    every_us: TimeUs,
-    prompt: impl Fn(u32) -> u32,
-    output: impl Fn(u32) -> u32,
-) -> Vec<RequestSpec> {
-    (0..n)
-        .map(|i| RequestSpec {
-            arrival_us: i as TimeUs * every_us,
-            prompt_tokens: prompt(i),
-            max_output_tokens: output(i),
-            slo: Slo::default(),
-            priority: 0,
-            class: None,
-        })
-        .collect()
-}
-
 /// Checks every batch as it is launched.
 struct BatchCheck<F: FnMut(u32, &accellm_core::batch::Batch)>(F);
 impl<F: FnMut(u32, &accellm_core::batch::Batch)> Observer for BatchCheck<F> {
@@ -79,37 +51,6 @@ impl<F: FnMut(u32, &accellm_core::batch::Batch)> Observer for BatchCheck<F> {
             (self.0)(*instance, &s.instance(*instance).batch);
         }
     }
-}
-
-fn assert_all_done(s: &Scheduler, reqs: &[RequestSpec]) {
-    assert_eq!(s.live_requests(), 0, "requests left unfinished");
-    let m = s.metrics();
-    assert_eq!(m.finished.len(), reqs.len());
-    let mut want: Vec<u32> = reqs.iter().map(|r| r.max_output_tokens).collect();
-    let mut got: Vec<u32> = m.finished.iter().map(|r| r.output_tokens).collect();
-    want.sort();
-    got.sort();
-    assert_eq!(
-        want, got,
-        "every request produced exactly its output tokens"
-    );
-    for t in &m.timelines {
-        assert!(t.windows(2).all(|w| w[0] <= w[1]));
-    }
-    for inst in s.instances() {
-        assert_eq!(
-            inst.kv.free_blocks(),
-            inst.kv.num_blocks(),
-            "instance {} leaked blocks",
-            inst.id
-        );
-        assert_eq!(
-            inst.load_tokens, 0,
-            "instance {} load not back to zero",
-            inst.id
-        );
-    }
-    s.check_invariants().unwrap();
 }
 
 #[test]

@@ -69,6 +69,10 @@ fn nice_step(lo: f64, hi: f64, intervals: usize) -> f64 {
 ///
 /// A degenerate interval (`lo == hi`) is widened around its value.
 pub(crate) fn linear_ticks(lo: f64, hi: f64, target: usize) -> Ticks {
+    // Magnitudes below 1/MAX_ABS count as zero: nothing that small is drawn apart from zero,
+    // and subnormal spans would make the step arithmetic produce NaN.
+    let snap = |v: f64| if v.abs() < 1.0 / MAX_ABS { 0.0 } else { v };
+    let (lo, hi) = (snap(lo), snap(hi));
     let (mut lo, mut hi) = if lo <= hi { (lo, hi) } else { (hi, lo) };
     if hi - lo <= f64::EPSILON * hi.abs().max(1.0) {
         let pad = if lo == 0.0 { 1.0 } else { lo.abs() * 0.1 };
@@ -236,6 +240,15 @@ mod tests {
             .all(|w| (w[1] - w[0] - 50.0).abs() < 1e-9));
         let t = linear_ticks(0.0, 123_456.0, 5);
         assert!(t.values.len() >= 3 && t.values.len() <= 8);
+    }
+
+    #[test]
+    fn subnormal_values_give_finite_ticks() {
+        for (lo, hi) in [(-7.2e-309, -7.2e-309), (0.0, 1e-309), (-1e-300, 1e-300)] {
+            let t = linear_ticks(lo, hi, 5);
+            assert!(t.lo.is_finite() && t.hi.is_finite() && t.lo < t.hi, "{t:?}");
+            assert!(t.values.iter().all(|v| v.is_finite()), "{t:?}");
+        }
     }
 
     #[test]

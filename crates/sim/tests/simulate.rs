@@ -128,6 +128,41 @@ fn tighter_slos_are_met_less_often() {
 }
 
 #[test]
+fn per_class_figures_add_up_to_the_run() {
+    let mut c = small("least-load", "accelgen", 3);
+    c.workload.slo = accellm_workload::SloPolicy::Classes {
+        classes: accellm_workload::SloClass::defaults(),
+    };
+    let r = run(&c, 20.0);
+    let names: Vec<&str> = r.classes.iter().map(|k| k.name.as_str()).collect();
+    assert_eq!(names, ["chat", "code", "summarisation", "batch"]);
+    let arrived: u64 = r.classes.iter().map(|k| k.arrived).sum();
+    let completed: u64 = r.classes.iter().map(|k| k.completed).sum();
+    let goodput: f64 = r.classes.iter().map(|k| k.goodput).sum();
+    assert_eq!(arrived, r.summary.arrived);
+    assert_eq!(completed, r.summary.completed);
+    assert!((goodput - r.summary.goodput).abs() < 1e-9);
+    for k in &r.classes {
+        assert!(
+            k.tbt_slo_ms.is_some() && k.ttft_slo_ms.is_some(),
+            "{}",
+            k.name
+        );
+        // A request meets its TBT SLO only if its worst gap does: a class whose p50 worst gap
+        // is over its SLO cannot have met it for more than half its requests.
+        if k.worst_tbt_ms.p50 > k.tbt_slo_ms.unwrap() {
+            assert!(k.slo_attainment <= 0.5, "{}: {}", k.name, k.slo_attainment);
+        }
+    }
+    let table = accellm_sim::output::metrics_table(std::slice::from_ref(&r));
+    assert!(table.contains("chat (TTFT"), "{table}");
+    // Without classes there is no per-class section.
+    let plain = run(&small("least-load", "vllm", 3), 20.0);
+    assert!(plain.classes.is_empty());
+    assert!(!accellm_sim::output::metrics_table(&[plain]).contains("per SLO class"));
+}
+
+#[test]
 fn unknown_names_list_the_valid_ones() {
     let args = |f: &dyn Fn(&mut SimulateArgs)| {
         let mut a = SimulateArgs::default();

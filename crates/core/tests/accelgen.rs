@@ -379,3 +379,36 @@ fn kv_runs_out_and_the_loosest_longest_request_is_preempted_first() {
         assert_all_done(&s, 3);
     }
 }
+
+#[test]
+fn a_preempted_request_is_not_starved_by_fresh_prompts() {
+    // 12 blocks of 16 tokens: the scenario above, where KV runs out and the loose long request
+    // (class 2, 100 ms TBT) is preempted, plus short prompts with a tighter SLO (50 ms) arriving
+    // for 3 s, faster than KV lets them run, none of them overdue. The preempted request has
+    // streamed tokens already: once overdue it must be resumed, not queued behind the stream.
+    let mut s = sched(linear(0.0), 12, &icfg(AccelGenConfig::default()));
+    let mut arrivals = vec![
+        spec(0, 40, 100, 10.0, 0),
+        spec(0, 40, 30, 100.0, 1),
+        spec(0, 40, 100, 100.0, 2),
+    ];
+    let stream_end: TimeUs = 3_000_000;
+    arrivals.extend((120..=6000).map(|k| spec(k * 500, 32, 2, 50.0, 3)));
+    replay::run(
+        &mut s,
+        &arrivals,
+        &mut Watch(|_, _: &Batch, _: &Scheduler| {}),
+    );
+    let m = s.metrics();
+    let loose = m.finished.iter().find(|r| r.class == Some(2)).unwrap();
+    assert!(
+        loose.preemptions > 0,
+        "the loose long request was not preempted"
+    );
+    let end = loose.arrival_us + loose.jct_us;
+    assert!(
+        end < stream_end,
+        "the preempted request finished at {end} µs, after the stream of fresh prompts"
+    );
+    assert_all_done(&s, arrivals.len());
+}

@@ -22,17 +22,19 @@
 //!    present may skip the iteration while its slack is at least `skip_horizon` iteration limits;
 //!    skipped decodes fill whatever budget the prompts leave. In `admission` mode every running
 //!    request decodes in every iteration and prioritisation only orders admission and chunking.
-//!    Prompts are ordered: overdue ones that already hold KV first (earliest TTFT deadline), then
-//!    by SLO bin (tighter first) and TTFT deadline; prompts that missed their TTFT deadline before
-//!    starting go last (`overdue = "last"`, default) or first (`"first"`, plain EDF).
+//!    Prompts are ordered: overdue ones that already hold KV or were preempted after streaming
+//!    tokens first (earliest deadline), then by SLO bin (tighter first) and TTFT deadline;
+//!    prompts that missed their TTFT deadline before starting go last (`overdue = "last"`,
+//!    default) or first (`"first"`, plain EDF).
 //! 4. **Multi-resource batching**: urgent prompts go first in deadline order; among the next
 //!    `pack_window` prompts of the tightest SLO bin still waiting the policy
 //!    greedily takes the one with the highest `w_compute·(share of the token budget left) +
 //!    w_kv·(share of the free KV blocks)` that fits both, until one of them runs out. New prompts
 //!    leave `kv_watermark` of the blocks free for the decodes' growth. When a decode runs out of
-//!    KV, the victim is the running request (not yet in the batch) with, in order: the loosest SLO
-//!    bin, then the most output tokens left, then the cheapest recompute (predicted time of
-//!    prefilling its context), then the latest arrival ([`VictimKey`]).
+//!    KV, the victim is the running request (not yet in the batch) with, in order: no earlier
+//!    preemption (so one loose request is not preempted over and over), the loosest SLO bin,
+//!    the most output tokens left, the cheapest recompute (predicted time of prefilling its
+//!    context), the latest arrival ([`VictimKey`]).
 //!
 //! Knobs: [`AccelGenConfig`] (in `InstanceConfig::accelgen`) and `max_num_seqs`.
 
@@ -161,6 +163,9 @@ impl AccelGenConfig {
 /// Preemption order: the request with the greatest key is preempted first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct VictimKey {
+    /// Never preempted before (a request already preempted is spared while another can go, so
+    /// one loose request is not preempted over and over).
+    pub first_time: bool,
     /// SLO bin (looser is greater).
     pub bin: u32,
     /// Output tokens left to generate.
@@ -268,6 +273,7 @@ impl AccelGen {
         let mut shape = IterationShape::default();
         shape.add_prefill(0, r.kv_tokens.max(1), true);
         VictimKey {
+            first_time: r.preemptions == 0,
             bin: self.cfg.bin(self.tbt_slo_us(r) as f64 / 1000.0),
             remaining_output: r.remaining_output(),
             neg_restore_us: -(ctx.cost().iteration_us(&shape) as i64),
@@ -481,7 +487,10 @@ impl InstancePolicy for AccelGen {
         // deadline; overdue prompts that have not started go first or last as configured.
         let t = now as i64;
         for c in &mut prefills {
-            let started = ctx.request(c.id).prefilled > 0;
+            // A preempted request has streamed tokens already: it is owed its next one, so it
+            // is never demoted behind prompts that have not started.
+            let r = ctx.request(c.id);
+            let started = r.prefilled > 0 || r.last_token_us.is_some();
             c.group = match (c.deadline < t, started, self.cfg.overdue) {
                 (false, _, _) => 1,
                 (true, true, _) | (true, false, Overdue::First) => 0,
@@ -578,6 +587,7 @@ mod tests {
     #[test]
     fn victim_order_is_loosest_then_longest_then_cheapest() {
         let k = |bin, remaining_output, restore: i64, serial| VictimKey {
+            first_time: true,
             bin,
             remaining_output,
             neg_restore_us: -restore,
@@ -591,6 +601,12 @@ mod tests {
         assert!(k(7, 400, 10, 0) > k(7, 400, 9_000, 9));
         // Full tie: the later arrival.
         assert!(k(7, 400, 10, 9) > k(7, 400, 10, 0));
+        // A request preempted before is spared while another can go.
+        let again = VictimKey {
+            first_time: false,
+            ..k(9, 900, 10, 9)
+        };
+        assert!(k(0, 1, 9_000, 0) > again);
     }
 
     #[test]

@@ -270,6 +270,7 @@ fn report_flag_writes_a_self_contained_html_page() {
         rate: Some(4.0),
         num_requests: Some(100),
         compare: vec!["vllm".into(), "splitwise".into()],
+        slo_classes: Some("classes:chat=0.5,batch=0.5".into()),
         report: Some(path.clone()),
         ..SimulateArgs::default()
     };
@@ -278,6 +279,9 @@ fn report_flag_writes_a_self_contained_html_page() {
     assert!(html.contains("<svg") && !html.contains("<script"));
     assert!(html.contains("least-load/vllm") && html.contains("splitwise/vllm"));
     assert!(html.contains("instance 1"));
+    // The per-class table names the classes that were drawn, and only those.
+    assert!(html.contains("Per SLO class") && html.contains("chat") && html.contains("batch"));
+    assert!(!html.contains("summarisation"));
     std::fs::remove_dir_all(&dir).ok();
 }
 

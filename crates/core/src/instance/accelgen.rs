@@ -111,6 +111,11 @@ pub struct AccelGenConfig {
     pub w_kv: f64,
     /// Fraction of the KV blocks a new prompt must leave free while requests are decoding.
     pub kv_watermark: f64,
+    /// Overload relief: while prompts wait, an SLO bin whose iteration limit the running decodes
+    /// alone fill beyond `1 − relief_share` cannot admit new work; such bins are held, for this
+    /// iteration, to the SLO of the tightest bin present that leaves that share for prefill (their
+    /// requests may miss a deadline so the queue drains). 0 turns it off.
+    pub relief_share: f64,
 }
 
 impl Default for AccelGenConfig {
@@ -132,6 +137,7 @@ impl Default for AccelGenConfig {
             w_compute: 0.5,
             w_kv: 0.5,
             kv_watermark: 0.01,
+            relief_share: 0.0,
         }
     }
 }
@@ -435,6 +441,40 @@ impl AccelGen {
         }
     }
 
+    /// Overload relief ([`AccelGenConfig::relief_share`]): raises the SLO that bins too tight to
+    /// admit work are held to in this iteration, up to the tightest bin present that is not.
+    fn relieve(&self, ctx: &ScheduleCtx<'_>, decodes: &mut [Cand], prefills: &mut [Cand]) {
+        let mut shape = IterationShape::default();
+        for c in decodes.iter() {
+            shape.add_decode(ctx.request(c.id).kv_tokens + 1);
+        }
+        let decode_us = ctx.cost().iteration_us(&shape) as f64;
+        let feasible = |slo_us: TimeUs| {
+            let lim = self.cfg.limit_us(slo_us) as f64;
+            lim - decode_us >= self.cfg.relief_share * lim
+        };
+        let tightest = decodes
+            .iter()
+            .chain(prefills.iter())
+            .map(|c| c.slo_us)
+            .min();
+        if tightest.is_none_or(feasible) {
+            return;
+        }
+        let Some(held_to) = decodes
+            .iter()
+            .chain(prefills.iter())
+            .map(|c| c.slo_us)
+            .filter(|&s| feasible(s))
+            .min()
+        else {
+            return;
+        };
+        for c in decodes.iter_mut().chain(prefills.iter_mut()) {
+            c.slo_us = c.slo_us.max(held_to);
+        }
+    }
+
     /// The limits of an empty batch: no time limit yet, `κ·S_pf` tokens.
     fn initial_limit(&self) -> Limit {
         let pivot = self.table.as_ref().map_or(u32::MAX, BudgetTable::pivot);
@@ -501,6 +541,10 @@ impl InstancePolicy for AccelGen {
             0 => (0, 0, c.deadline, c.id),
             g => (g, c.bin, c.deadline, c.id),
         });
+
+        if self.cfg.relief_share > 0.0 && !prefills.is_empty() {
+            self.relieve(ctx, &mut decodes, &mut prefills);
+        }
 
         // The tightest SLO present sets the expected iteration length; looser decodes with enough
         // slack may skip this iteration.

@@ -630,11 +630,7 @@ fn every_block_is_free_once_every_request_finished() {
                             sync,
                             prefill_choice: choices[k % 3],
                             rebalance: metrics[(k / 3) % 3],
-                            eviction: if k % 2 == 0 {
-                                EvictionPolicy::Lru
-                            } else {
-                                EvictionPolicy::LargestFirst
-                            },
+                            eviction: [EvictionPolicy::Lru, EvictionPolicy::LargestFirst][k % 2],
                             ..Default::default()
                         };
                         // Tight memory (preemptions, evictions) on five instances (one alone).

@@ -629,9 +629,10 @@ impl Scheduler {
                 if r.replica_current() {
                     s.counters.migrations_free += 1;
                     s.land_migration(c.request, c.to, keep);
-                } else {
-                    // It decoded meanwhile and nothing streamed those steps (lazy or recompute
-                    // sync): the landed replica is still behind.
+                } else if r.replica_on == Some(c.to) {
+                    // The move waited for this copy, but the request decoded meanwhile and
+                    // nothing streamed those steps (lazy or recompute sync): the landed replica
+                    // is still behind. (A move without a replica there has a transfer in flight.)
                     s.catch_up_move(c.request, c.to, keep);
                 }
             }

@@ -583,6 +583,77 @@ fn a_replica_still_behind_when_its_copy_lands_catches_up() {
     }
 }
 
+/// Checks that a request never has two KV transfers in flight at once.
+#[derive(Default)]
+struct OneTransfer {
+    /// Requests with a transfer in flight: (id, serial).
+    moving: Vec<(RequestId, u64)>,
+    transfers: u32,
+    errors: Vec<String>,
+}
+
+impl Observer for OneTransfer {
+    fn on_action(&mut self, now: TimeUs, a: &Action, s: &Scheduler) {
+        if let Action::Transfer { request, .. } = *a {
+            self.transfers += 1;
+            let Some(r) = s.request(request) else {
+                return;
+            };
+            if self.moving.contains(&(request, r.serial)) {
+                self.errors
+                    .push(format!("second transfer of {} at {now}", r.serial));
+            }
+            self.moving.push((request, r.serial));
+        }
+    }
+
+    fn after_event(&mut self, _now: TimeUs, s: &Scheduler) {
+        self.moving.retain(|&(id, serial)| {
+            s.request(id)
+                .is_some_and(|r| r.serial == serial && r.phase == Phase::Moving)
+        });
+    }
+}
+
+#[test]
+fn a_move_never_issues_two_transfers() {
+    for sync in [SyncMode::Eager, SyncMode::Lazy, SyncMode::Recompute] {
+        for &inst in instance_policies() {
+            let acfg = AccellmConfig {
+                sync,
+                ..Default::default()
+            };
+            // Tight memory: prompt copies fail halfway, requests move by transfer while the
+            // copies of their first chunks are still landing.
+            let icfg = InstanceConfig {
+                chunk_size: 128,
+                ..Default::default()
+            };
+            let policies = (0..4)
+                .map(|_| instance::build(inst, &icfg).unwrap())
+                .collect();
+            let ccfg = ClusterConfig {
+                accellm: acfg,
+                ..Default::default()
+            };
+            let mut cfg = config(60);
+            cfg.link.bytes_per_s = 5e7;
+            let mut s = Scheduler::new(
+                &cfg,
+                cost(),
+                cluster::build("accellm", 4, &ccfg).unwrap(),
+                policies,
+            );
+            let reqs = requests(150, 300, |i| 20 + (i * 71) % 500, |i| 1 + (i * 13) % 200);
+            let mut obs = OneTransfer::default();
+            replay::run(&mut s, &reqs, &mut obs);
+            assert!(obs.errors.is_empty(), "{inst} {sync:?}: {:?}", obs.errors);
+            assert!(obs.transfers > 0, "{inst} {sync:?}");
+            assert_all_done(&s, &reqs);
+        }
+    }
+}
+
 #[test]
 fn explicit_defaults_reproduce_the_default_run() {
     let explicit = AccellmConfig {

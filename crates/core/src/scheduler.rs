@@ -624,16 +624,19 @@ impl Scheduler {
             if r.replica_on == Some(c.to) {
                 r.replica_tokens = r.replica_tokens.max(c.tokens);
             }
-            if r.phase == Phase::Moving && r.moving_to == Some(c.to) && r.copies_pending == 0 {
+            // A move that waited for copies into its replica completes with the last copy of
+            // the request to land, whichever direction that one went. (A move whose destination
+            // holds no replica has a transfer in flight instead.)
+            let to = r.moving_to.filter(|&t| r.replica_on == Some(t));
+            if let (Phase::Moving, Some(to), 0) = (r.phase, to, r.copies_pending) {
                 let keep = self.cluster.keeps_replica_after_migration();
                 if r.replica_current() {
                     s.counters.migrations_free += 1;
-                    s.land_migration(c.request, c.to, keep);
-                } else if r.replica_on == Some(c.to) {
-                    // The move waited for this copy, but the request decoded meanwhile and
-                    // nothing streamed those steps (lazy or recompute sync): the landed replica
-                    // is still behind. (A move without a replica there has a transfer in flight.)
-                    s.catch_up_move(c.request, c.to, keep);
+                    s.land_migration(c.request, to, keep);
+                } else {
+                    // The request decoded while the copy was landing and nothing streamed those
+                    // steps (lazy or recompute sync): the replica is still behind.
+                    s.catch_up_move(c.request, to, keep);
                 }
             }
         }

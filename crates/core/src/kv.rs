@@ -128,7 +128,8 @@ impl BlockManager {
         match self.eviction {
             EvictionPolicy::Lru => order.next(),
             EvictionPolicy::LargestFirst => {
-                // Strictly larger wins, so the least recently used is kept among equals.
+                // Only a strictly larger one replaces the pick: among equals the least recently
+                // used goes first. A scan, but evictions are rare (only when memory runs short).
                 let mut best: Option<(u32, RequestId)> = None;
                 for r in order {
                     let n = self.held(r);
@@ -206,8 +207,8 @@ impl BlockManager {
     }
 
     /// Grows `req`'s table here so it holds `tokens` tokens. A primary may evict replicas (in
-    /// [`Self::next_victim`] order) to make room; their ids are appended to `evicted`. A replica only takes
-    /// free blocks. On error nothing changes.
+    /// [`Self::next_victim`] order) to make room; their ids are appended to `evicted`. A replica
+    /// only takes free blocks. On error nothing changes.
     pub fn reserve(
         &mut self,
         req: RequestId,

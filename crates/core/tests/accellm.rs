@@ -324,7 +324,7 @@ struct Recomputes {
     chunks: u32,
     /// Iterations carrying recompute chunks.
     iterations: u32,
-    /// Of those, the ones whose predicted time exceeded that of the same batch with plain decode steps.
+    /// Of those, the ones predicted to take longer than the same batch with plain decode steps.
     longer: u32,
     errors: Vec<String>,
 }

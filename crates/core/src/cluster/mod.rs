@@ -153,7 +153,8 @@ impl ClusterCtx<'_> {
     /// with a replica whose copy is still landing it completes when the copy lands; with a replica
     /// that lacks the latest tokens they are recomputed there if the policy's
     /// [`ClusterPolicy::catch_up`] says so; otherwise the missing KV is transferred
-    /// ([`crate::scheduler::Action::Transfer`]). With `keep_source` the old primary stays behind as a replica.
+    /// ([`crate::scheduler::Action::Transfer`]). With `keep_source` the old primary stays behind
+    /// as a replica.
     pub fn migrate(
         &mut self,
         id: RequestId,

@@ -852,3 +852,33 @@ fn routing_prefers_the_least_loaded_pair() {
         "a pair queues prompts on its prefill instance"
     );
 }
+
+#[test]
+fn every_move_lands_under_memory_pressure_with_eager_sync() {
+    // Found by a sweep: with these shapes a request moving onto its replica saw its last pending
+    // copy land in the other direction and was left moving for ever.
+    for &inst in instance_policies() {
+        let icfg = InstanceConfig {
+            chunk_size: 128,
+            ..Default::default()
+        };
+        let policies = (0..2)
+            .map(|_| instance::build(inst, &icfg).unwrap())
+            .collect();
+        let mut cfg = config(140);
+        cfg.link.bytes_per_s = 2e8;
+        let mut s = Scheduler::new(
+            &cfg,
+            cost(),
+            cluster::build("accellm", 2, &ClusterConfig::default()).unwrap(),
+            policies,
+        );
+        let reqs = requests(200, 250, |i| 20 + (i * 71) % 500, |i| 1 + (i * 13) % 200);
+        replay::run(&mut s, &reqs, &mut NoObserver);
+        assert!(
+            s.counters().replica_evictions > 0,
+            "{inst}: memory ran short"
+        );
+        assert_all_done(&s, &reqs);
+    }
+}

@@ -127,6 +127,14 @@ pub fn metrics_table(reports: &[RunReport]) -> String {
             r.counters.migrations_free, r.counters.migrations_transfer
         )
     });
+    if reports.iter().any(|r| r.counters.migrations_recompute > 0) {
+        row("migrations recompute (tokens recomputed)", &|r| {
+            format!(
+                "{} ({})",
+                r.counters.migrations_recompute, r.counters.recompute_tokens
+            )
+        });
+    }
     row("req/s per instance", &|r| {
         format!("{:.3}", r.requests_per_s_per_instance)
     });

@@ -173,6 +173,24 @@ fn unknown_names_list_the_valid_ones() {
     assert!(e.contains("nope") && e.contains("least-load"), "{e}");
     let e = args(&|a| a.instance_policy = Some("nope".into()));
     assert!(e.contains("sarathi"), "{e}");
+    // AcceLLM knob flags: the error names the flag and every valid value.
+    let knob = |a: SimulateArgs| format!("{:#}", cli::config(&a).unwrap_err());
+    let e = knob(SimulateArgs {
+        sync: Some("sometimes".into()),
+        ..Default::default()
+    });
+    assert!(
+        e.contains("--sync") && e.contains("lazy") && e.contains("recompute"),
+        "{e}"
+    );
+    let e = knob(SimulateArgs {
+        eviction: Some("fifo".into()),
+        ..Default::default()
+    });
+    assert!(
+        e.contains("--eviction") && e.contains("lru") && e.contains("largest-first"),
+        "{e}"
+    );
     let e = args(&|a| a.model = Some("gpt-9".into()));
     assert!(e.contains("llama3-70b"), "{e}");
     let e = args(&|a| a.hardware = Some("tpu".into()));
@@ -283,6 +301,37 @@ fn report_flag_writes_a_self_contained_html_page() {
     assert!(html.contains("Per SLO class") && html.contains("chat") && html.contains("batch"));
     assert!(!html.contains("summarisation"));
     std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn accellm_recompute_sync_moves_decodes_by_compute_not_bytes() {
+    let a = SimulateArgs {
+        cluster_policy: Some("accellm".into()),
+        sync: Some("recompute".into()),
+        eviction: Some("largest-first".into()),
+        ..Default::default()
+    };
+    let parsed = cli::config(&a).unwrap();
+    let mut c = small("accellm", "vllm", 3);
+    c.cluster = parsed.cluster;
+    let r = run(&c, 8.0);
+    assert_eq!(r.unfinished, 0);
+    assert_eq!(r.summary.completed, 400);
+    let k = r.counters;
+    assert!(
+        k.migrations_recompute > 0 && k.recompute_tokens > 0,
+        "{k:?}"
+    );
+    assert_eq!(k.transfer_bytes, 0, "{k:?}");
+    // Same requests, lazy sync: the same moves are paid in link bytes instead.
+    c.cluster.accellm.sync = accellm_core::cluster::accellm::SyncMode::Lazy;
+    let lazy = run(&c, 8.0);
+    assert!(lazy.counters.transfer_bytes > 0, "{:?}", lazy.counters);
+    assert_eq!(lazy.counters.migrations_recompute, 0);
+    assert_eq!(
+        lazy.counters.copy_bytes, k.copy_bytes,
+        "prompt replicas only"
+    );
 }
 
 #[test]

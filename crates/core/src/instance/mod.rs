@@ -198,13 +198,30 @@ impl<'a> ScheduleCtx<'a> {
     }
 
     /// Adds one decode step of `id` to the batch, reserving the KV block it may need (evicting
-    /// replicas if necessary).
+    /// replicas if necessary). If its cache here lacks its latest `k` tokens
+    /// ([`RequestState::recompute_tokens`]), the step is a recompute chunk instead: a prefill
+    /// chunk of `k + 1` tokens over the positions it lacks plus its latest token, whose last row
+    /// yields the next token (what a real engine runs to rebuild the KV), costed as such.
     pub fn add_decode(&mut self, id: RequestId) -> Result<(), KvError> {
         debug_assert!(self.can_decode(id));
-        let context = self.requests.get(id).kv_tokens + 1;
+        let r = self.requests.get(id);
+        let (context, missing) = (r.kv_tokens + 1, r.recompute_tokens.min(r.kv_tokens));
         self.reserve(id, context)?;
-        self.inst.batch.shape.add_decode(context);
-        self.push(id, Work::Decode { context });
+        if missing > 0 {
+            let (start, len) = (context - 1 - missing, missing + 1);
+            self.inst.batch.shape.add_prefill(start, len, true);
+            self.push(
+                id,
+                Work::Prefill {
+                    start,
+                    len,
+                    last: true,
+                },
+            );
+        } else {
+            self.inst.batch.shape.add_decode(context);
+            self.push(id, Work::Decode { context });
+        }
         Ok(())
     }
 
@@ -277,6 +294,7 @@ impl<'a> ScheduleCtx<'a> {
         r.prefill_target = r.spec.prompt_tokens.max(1) + r.generated;
         r.prefilled = 0;
         r.kv_tokens = 0;
+        r.recompute_tokens = 0;
         r.phase = Phase::Waiting;
         r.preemptions += 1;
         self.inst.load_tokens += r.load();

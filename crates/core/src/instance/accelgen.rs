@@ -199,6 +199,14 @@ struct Cand {
     group: u8,
 }
 
+/// Prompt order: urgent prompts by deadline, then by group, SLO bin and deadline.
+fn prompt_order(c: &Cand) -> (u8, u32, i64, RequestId) {
+    match c.group {
+        0 => (0, 0, c.deadline, c.id),
+        g => (g, c.bin, c.deadline, c.id),
+    }
+}
+
 /// The AccelGen policy.
 #[derive(Debug)]
 pub struct AccelGen {
@@ -208,7 +216,11 @@ pub struct AccelGen {
     decodes: Vec<Cand>,
     deferred: Vec<Cand>,
     prefills: Vec<Cand>,
+    /// `prefills[..sorted]` is in final order (the rest is sorted only when a scan reaches it).
+    sorted: usize,
     tried: Vec<bool>,
+    /// SLO bins computed so far, by TBT SLO (workloads use a handful of distinct SLOs).
+    bins: std::cell::RefCell<Vec<(TimeUs, u32)>>,
 }
 
 impl AccelGen {
@@ -221,13 +233,28 @@ impl AccelGen {
             decodes: Vec::new(),
             deferred: Vec::new(),
             prefills: Vec::new(),
+            sorted: 0,
             tried: Vec::new(),
+            bins: Default::default(),
         }
     }
 
     /// The budget table, once the first `schedule` call has built it.
     pub fn table(&self) -> Option<&BudgetTable> {
         self.table.as_ref()
+    }
+
+    /// The SLO bin of a TBT SLO of `slo_us`, memoised (the hot path sees few distinct SLOs).
+    fn bin_us(&self, slo_us: TimeUs) -> u32 {
+        let mut bins = self.bins.borrow_mut();
+        if let Some(&(_, b)) = bins.iter().find(|&&(s, _)| s == slo_us) {
+            return b;
+        }
+        let b = self.cfg.bin(slo_us as f64 / 1000.0);
+        if bins.len() < 64 {
+            bins.push((slo_us, b));
+        }
+        b
     }
 
     fn tbt_slo_us(&self, r: &RequestState) -> TimeUs {
@@ -248,7 +275,7 @@ impl AccelGen {
             id,
             deadline: deadline as i64,
             slo_us,
-            bin: self.cfg.bin(slo_us as f64 / 1000.0),
+            bin: self.bin_us(slo_us),
             group: 1,
         }
     }
@@ -280,7 +307,7 @@ impl AccelGen {
         shape.add_prefill(0, r.kv_tokens.max(1), true);
         VictimKey {
             first_time: r.preemptions == 0,
-            bin: self.cfg.bin(self.tbt_slo_us(r) as f64 / 1000.0),
+            bin: self.bin_us(self.tbt_slo_us(r)),
             remaining_output: r.remaining_output(),
             neg_restore_us: -(ctx.cost().iteration_us(&shape) as i64),
             serial: r.serial,
@@ -371,7 +398,11 @@ impl AccelGen {
         while !self.full(ctx) && ctx.batch().shape.tokens() < lim.tokens {
             let mut best: Option<(usize, u32, Limit, f64)> = None;
             let (mut window, mut group) = (0, None);
-            for (k, c) in self.prefills.iter().enumerate() {
+            for k in 0..self.prefills.len() {
+                if k == self.sorted {
+                    self.sort_rest();
+                }
+                let c = &self.prefills[k];
                 if self.tried[k] || ctx.is_scheduled(c.id) {
                     continue;
                 }
@@ -475,6 +506,14 @@ impl AccelGen {
         }
     }
 
+    /// Puts the not-yet-ordered tail of the prompt list in order.
+    fn sort_rest(&mut self) {
+        if self.sorted < self.prefills.len() {
+            self.prefills[self.sorted..].sort_unstable_by_key(prompt_order);
+            self.sorted = self.prefills.len();
+        }
+    }
+
     /// The limits of an empty batch: no time limit yet, `κ·S_pf` tokens.
     fn initial_limit(&self) -> Limit {
         let pivot = self.table.as_ref().map_or(u32::MAX, BudgetTable::pivot);
@@ -522,7 +561,8 @@ impl InstancePolicy for AccelGen {
                 }
             }
         }
-        decodes.sort_by_key(|c| (c.deadline, c.id));
+        // Keys end with the request id, so they are unique and an unstable sort is exact.
+        decodes.sort_unstable_by_key(|c| (c.deadline, c.id));
         // Overdue prompts that hold KV first (earliest deadline); then tighter SLO bins, then TTFT
         // deadline; overdue prompts that have not started go first or last as configured.
         let t = now as i64;
@@ -537,10 +577,19 @@ impl InstancePolicy for AccelGen {
                 (true, false, Overdue::Last) => 2,
             };
         }
-        prefills.sort_by_key(|c| match c.group {
-            0 => (0, 0, c.deadline, c.id),
-            g => (g, c.bin, c.deadline, c.id),
-        });
+        // Scans rarely go past the urgent prompts and a few packing windows: order that head
+        // now, the rest only if a scan reaches it. Keys are unique (they end with the id), so
+        // the result is the full sort's.
+        let urgent = prefills.iter().filter(|c| c.group == 0).count();
+        let head = urgent + 4 * self.cfg.pack_window.max(1) as usize + 32;
+        if head < prefills.len() {
+            prefills.select_nth_unstable_by_key(head, prompt_order);
+            prefills[..head].sort_unstable_by_key(prompt_order);
+            self.sorted = head;
+        } else {
+            prefills.sort_unstable_by_key(prompt_order);
+            self.sorted = prefills.len();
+        }
 
         if self.cfg.relief_share > 0.0 && !prefills.is_empty() {
             self.relieve(ctx, &mut decodes, &mut prefills);
@@ -603,6 +652,9 @@ impl InstancePolicy for AccelGen {
         }
         self.decodes = decodes;
         self.deferred = deferred;
+        if ctx.batch().is_empty() {
+            self.sort_rest();
+        }
         self.ensure_progress(ctx);
     }
 }

@@ -13,6 +13,7 @@
 
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
 
 use crate::error::{Result, TokenizerError};
 use crate::partition::{Fragment, SpecialMatcher};
@@ -27,10 +28,33 @@ pub(crate) const TYPE_BYTE: u64 = 6;
 /// The escaped space of SentencePiece vocabularies.
 const SPACE: char = '\u{2581}';
 
+/// A fast multiply-rotate hash (FxHash's) for the piece lookups of the merge loop. The table is
+/// the model's fixed vocabulary, so user text cannot grow its collision chains.
+#[derive(Debug, Default, Clone, Copy)]
+struct PieceHasher(u64);
+
+impl Hasher for PieceHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(word))
+                .wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        }
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type PieceMap = HashMap<String, u32, BuildHasherDefault<PieceHasher>>;
+
 /// The encoding side of a SentencePiece vocabulary.
 #[derive(Debug)]
 pub(crate) struct SpmModel {
-    token_to_id: HashMap<String, u32>,
+    token_to_id: PieceMap,
+    /// Byte length of the longest token: longer pairs need no lookup.
+    max_token_len: usize,
     scores: Vec<f32>,
     /// Token of each byte for the byte fallback.
     byte_ids: [Option<u32>; 256],
@@ -96,7 +120,7 @@ impl SpmModel {
                 tokens.len()
             )));
         }
-        let mut token_to_id = HashMap::with_capacity(tokens.len());
+        let mut token_to_id = PieceMap::with_capacity_and_hasher(tokens.len(), Default::default());
         for (i, t) in tokens.iter().enumerate() {
             token_to_id.entry(t.clone()).or_insert(i as u32);
         }
@@ -130,6 +154,7 @@ impl SpmModel {
             .map(|(i, t)| (t.clone(), i as u32))
             .collect();
         Ok(Self {
+            max_token_len: tokens.iter().map(String::len).max().unwrap_or(0),
             token_to_id,
             scores,
             byte_ids,
@@ -168,6 +193,9 @@ impl SpmModel {
             return;
         }
         let (l, r) = (work.symbols[left], work.symbols[right]);
+        if l.len + r.len > self.max_token_len {
+            return;
+        }
         let text = &work.text[l.start..r.start + r.len];
         if let Some(&id) = self.token_to_id.get(text) {
             work.queue.push(Bigram {

@@ -2,13 +2,14 @@
 //!
 //! Two vocabulary kinds (`tokenizer.ggml.model`) are supported:
 //!
-//! - `gpt2`: byte-level BPE (SmolLM2, Llama 3, Qwen, ...). The vocabulary (`tokenizer.ggml.tokens`), merges (`tokenizer.ggml.merges`) and token types
-//! become a `tokenizers` BPE model. The pre-tokenizer's split regex depends on
-//! `tokenizer.ggml.pre` and must match the one the model was trained with: without it the text
-//! still round-trips, but the ids differ. Decoding maps every token back to its raw bytes
-//! (GPT-2's byte-to-unicode table, inverted), so streaming can cut text at UTF-8 boundaries.
-//! - `llama`: SentencePiece with byte fallback (TinyLlama, Llama 2, Mistral v0.1, ...), scored
-//!   merges as llama.cpp does them; see [`crate::spm`].
+//! - `gpt2`: byte-level BPE (SmolLM2, Llama 3, Qwen, ...). The vocabulary
+//!   (`tokenizer.ggml.tokens`), merges (`tokenizer.ggml.merges`) and token types become a
+//!   `tokenizers` BPE model. The pre-tokenizer's split regex depends on `tokenizer.ggml.pre` and
+//!   must match the one the model was trained with: without it the text still round-trips, but
+//!   the ids differ. Decoding maps every token back to its raw bytes (GPT-2's byte-to-unicode
+//!   table, inverted), so streaming can cut text at UTF-8 boundaries.
+//! - `llama`: SentencePiece with byte fallback (TinyLlama, Llama 2, Mistral v0.1, ...): scored
+//!   merges as llama.cpp does them (module `spm`).
 //!
 //! Both share one API: encode with special tokens parsed, decode to bytes per token, BOS/EOS and
 //! the ids that stop generation.
@@ -65,7 +66,7 @@ enum Model {
     /// Byte-level BPE (`gpt2`), with the name of its pre-tokenizer.
     Bpe(Box<tokenizers::Tokenizer>, String),
     /// SentencePiece (`llama`).
-    Spm(SpmModel),
+    Spm(Box<SpmModel>),
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -254,7 +255,12 @@ fn build_spm(md: &GgufMetadata, tokens: &[String], types: &[u64]) -> Result<Buil
     let unk = md
         .get_u64("tokenizer.ggml.unknown_token_id")
         .map(|v| v as u32)
-        .or_else(|| types.iter().position(|&t| t == TYPE_UNKNOWN).map(|i| i as u32))
+        .or_else(|| {
+            types
+                .iter()
+                .position(|&t| t == TYPE_UNKNOWN)
+                .map(|i| i as u32)
+        })
         .filter(|&v| (v as usize) < tokens.len());
     let model = SpmModel::new(tokens, &scores, types, add_space_prefix, unk)?;
     let ty = |i: usize| types.get(i).copied().unwrap_or(1);
@@ -272,7 +278,7 @@ fn build_spm(md: &GgufMetadata, tokens: &[String], types: &[u64]) -> Result<Buil
         })
         .collect();
     Ok(Built {
-        model: Model::Spm(model),
+        model: Model::Spm(Box::new(model)),
         token_bytes,
         special,
         restarts_text,

@@ -102,7 +102,10 @@ fn decoding_maps_spaces_bytes_and_special_tokens() {
     // BOS, then "▁Hello"-ish pieces, then "▁" and the three byte tokens of "€".
     assert_eq!(ids[0], 1);
     let tail = &ids[ids.len() - 3..];
-    let bytes: Vec<u8> = tail.iter().flat_map(|&i| tok.token_bytes(i).to_vec()).collect();
+    let bytes: Vec<u8> = tail
+        .iter()
+        .flat_map(|&i| tok.token_bytes(i).to_vec())
+        .collect();
     assert_eq!(bytes, "€".as_bytes());
     assert_eq!(tok.decode(&ids, true), "Hello €");
     assert_eq!(tok.decode(&ids, false), "<s>Hello €");
@@ -118,7 +121,10 @@ fn streaming_holds_back_a_character_split_across_byte_tokens() {
     let vocab = md.get("tokenizer.ggml.tokens").unwrap().as_array().unwrap();
     let byte_token = |b: u8| {
         let text = format!("<0x{b:02X}>");
-        vocab.iter().position(|t| t.as_str() == Some(&text)).unwrap() as u32
+        vocab
+            .iter()
+            .position(|t| t.as_str() == Some(&text))
+            .unwrap() as u32
     };
     let ids = tok.encode("a🚀b", false).unwrap();
     let rocket: Vec<u32> = "🚀".bytes().map(byte_token).collect();

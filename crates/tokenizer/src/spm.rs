@@ -63,25 +63,26 @@ pub(crate) struct SpmModel {
 }
 
 /// One symbol of the text being merged: a byte range of the normalised text, linked to its
-/// neighbours (`usize::MAX`: none). A merged-away symbol has `len == 0`.
+/// neighbours by index (`NONE`: none). A merged-away symbol has `len == 0`. Indices and offsets
+/// are `u32` to keep the symbols and the queue small.
 #[derive(Debug, Clone, Copy)]
 struct Symbol {
-    start: usize,
-    len: usize,
-    prev: usize,
-    next: usize,
+    start: u32,
+    len: u32,
+    prev: u32,
+    next: u32,
 }
 
-const NONE: usize = usize::MAX;
+const NONE: u32 = u32::MAX;
 
 /// A candidate merge of two adjacent symbols.
 #[derive(Debug, Clone, Copy)]
 struct Bigram {
     score: f32,
-    left: usize,
-    right: usize,
+    left: u32,
+    right: u32,
     /// Byte length of the merged text, to detect stale entries.
-    size: usize,
+    size: u32,
 }
 
 impl PartialEq for Bigram {
@@ -188,21 +189,22 @@ impl SpmModel {
         Ok(())
     }
 
-    fn try_add_bigram(&self, work: &mut Work, left: usize, right: usize) {
+    fn try_add_bigram(&self, work: &mut Work, left: u32, right: u32) {
         if left == NONE || right == NONE {
             return;
         }
-        let (l, r) = (work.symbols[left], work.symbols[right]);
-        if l.len + r.len > self.max_token_len {
+        let (l, r) = (work.symbols[left as usize], work.symbols[right as usize]);
+        let size = l.len + r.len;
+        if size as usize > self.max_token_len {
             return;
         }
-        let text = &work.text[l.start..r.start + r.len];
+        let text = &work.text[l.start as usize..(l.start + size) as usize];
         if let Some(&id) = self.token_to_id.get(text) {
             work.queue.push(Bigram {
                 score: self.scores[id as usize],
                 left,
                 right,
-                size: text.len(),
+                size,
             });
         }
     }
@@ -210,38 +212,50 @@ impl SpmModel {
     fn encode_normalised(&self, work: &mut Work, out: &mut Vec<u32>) -> Result<()> {
         work.symbols.clear();
         work.queue.clear();
-        let n = work.text.chars().count();
-        for (i, (start, c)) in work.text.char_indices().enumerate() {
+        if work.text.len() >= NONE as usize {
+            return Err(TokenizerError::Unsupported(
+                "a text of 4 GiB or more between special tokens".into(),
+            ));
+        }
+        for (start, c) in work.text.char_indices() {
+            let i = work.symbols.len() as u32;
             work.symbols.push(Symbol {
-                start,
-                len: c.len_utf8(),
-                prev: if i == 0 { NONE } else { i - 1 },
-                next: if i + 1 == n { NONE } else { i + 1 },
+                start: start as u32,
+                len: c.len_utf8() as u32,
+                prev: i.checked_sub(1).unwrap_or(NONE),
+                next: i + 1,
             });
         }
-        for i in 1..work.symbols.len() {
+        let Some(last) = work.symbols.last_mut() else {
+            return Ok(());
+        };
+        last.next = NONE;
+        for i in 1..work.symbols.len() as u32 {
             self.try_add_bigram(work, i - 1, i);
         }
         while let Some(b) = work.queue.pop() {
-            let (l, r) = (work.symbols[b.left], work.symbols[b.right]);
+            let (l, r) = (
+                work.symbols[b.left as usize],
+                work.symbols[b.right as usize],
+            );
             // Skip pairs made stale by an earlier merge.
             if l.len == 0 || r.len == 0 || l.len + r.len != b.size {
                 continue;
             }
-            work.symbols[b.left].len += r.len;
-            work.symbols[b.left].next = r.next;
-            work.symbols[b.right].len = 0;
+            work.symbols[b.left as usize].len = b.size;
+            work.symbols[b.left as usize].next = r.next;
+            work.symbols[b.right as usize].len = 0;
             if r.next != NONE {
-                work.symbols[r.next].prev = b.left;
+                work.symbols[r.next as usize].prev = b.left;
             }
             self.try_add_bigram(work, l.prev, b.left);
             self.try_add_bigram(work, b.left, r.next);
         }
         // Every merged symbol is a vocabulary token; single characters may not be.
-        let mut i = if work.symbols.is_empty() { NONE } else { 0 };
+        let mut i = 0;
         while i != NONE {
-            let s = work.symbols[i];
-            let piece = &work.text[s.start..s.start + s.len];
+            let s = work.symbols[i as usize];
+            let piece = &work.text[s.start as usize..(s.start + s.len) as usize];
             match self.token_to_id.get(piece) {
                 Some(&id) => out.push(id),
                 None => {

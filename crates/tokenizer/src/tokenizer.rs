@@ -1,10 +1,18 @@
-//! A byte-level BPE tokenizer built from GGUF metadata alone.
+//! The tokenizer of a GGUF model, built from its metadata alone.
 //!
-//! The vocabulary (`tokenizer.ggml.tokens`), merges (`tokenizer.ggml.merges`) and token types
-//! become a `tokenizers` BPE model. The pre-tokenizer's split regex depends on
-//! `tokenizer.ggml.pre` and must match the one the model was trained with: without it the text
-//! still round-trips, but the ids differ. Decoding maps every token back to its raw bytes
-//! (GPT-2's byte-to-unicode table, inverted), so streaming can cut text at UTF-8 boundaries.
+//! Two vocabulary kinds (`tokenizer.ggml.model`) are supported:
+//!
+//! - `gpt2`: byte-level BPE (SmolLM2, Llama 3, Qwen, ...). The vocabulary
+//!   (`tokenizer.ggml.tokens`), merges (`tokenizer.ggml.merges`) and token types become a
+//!   `tokenizers` BPE model. The pre-tokenizer's split regex depends on `tokenizer.ggml.pre` and
+//!   must match the one the model was trained with: without it the text still round-trips, but
+//!   the ids differ. Decoding maps every token back to its raw bytes (GPT-2's byte-to-unicode
+//!   table, inverted), so streaming can cut text at UTF-8 boundaries.
+//! - `llama`: SentencePiece with byte fallback (TinyLlama, Llama 2, Mistral v0.1, ...): scored
+//!   merges as llama.cpp does them (module `spm`).
+//!
+//! Both share one API: encode with special tokens parsed, decode to bytes per token, BOS/EOS and
+//! the ids that stop generation.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -20,10 +28,7 @@ use tokenizers::{AddedToken, SplitDelimiterBehavior};
 
 use crate::error::{Result, TokenizerError};
 use crate::gguf::{GgufMetadata, MetaValue};
-
-/// GGUF token types (`tokenizer.ggml.token_type`).
-const TYPE_CONTROL: u64 = 3;
-const TYPE_USER_DEFINED: u64 = 4;
+use crate::spm::{self, SpmModel, TYPE_CONTROL, TYPE_UNKNOWN, TYPE_USER_DEFINED};
 
 /// Llama 3's pre-tokenizer regex (`tokenizer.ggml.pre` = `llama-bpe`).
 const LLAMA3_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
@@ -37,29 +42,54 @@ const END_OF_TURN_TOKENS: &[&str] = &[
     "</s>",
 ];
 
+/// The vocabulary kinds this crate can tokenize.
+const SUPPORTED: &str = "`gpt2` (byte-level BPE) and `llama` (SentencePiece)";
+
 /// A tokenizer for one GGUF model.
 pub struct Tokenizer {
-    inner: tokenizers::Tokenizer,
+    model: Model,
     /// Raw bytes of each token (special tokens: their text).
     token_bytes: Vec<Vec<u8>>,
-    /// Whether each token is a control/special token.
+    /// Whether each token is a control/special token (hidden when decoding with `skip_special`).
     special: Vec<bool>,
+    /// Whether encoding restarts the text after each token (special tokens matched as a whole):
+    /// with a SentencePiece space prefix, the next piece's leading space is the added prefix.
+    restarts_text: Vec<bool>,
     bos: Option<u32>,
     eos: Option<u32>,
     add_bos: bool,
     stop_ids: Vec<u32>,
-    pre: String,
+}
+
+/// The encoder of each vocabulary kind.
+enum Model {
+    /// Byte-level BPE (`gpt2`), with the name of its pre-tokenizer.
+    Bpe(Box<tokenizers::Tokenizer>, String),
+    /// SentencePiece (`llama`).
+    Spm(Box<SpmModel>),
 }
 
 impl std::fmt::Debug for Tokenizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match &self.model {
+            Model::Bpe(_, pre) => format!("gpt2 (pre {pre})"),
+            Model::Spm(m) => format!("llama (space prefix {})", m.add_space_prefix()),
+        };
         f.debug_struct("Tokenizer")
+            .field("model", &kind)
             .field("vocab", &self.token_bytes.len())
-            .field("pre", &self.pre)
             .field("bos", &self.bos)
             .field("eos", &self.eos)
             .finish_non_exhaustive()
     }
+}
+
+/// What each vocabulary kind builds before the shared part (special ids, stop ids).
+struct Built {
+    model: Model,
+    token_bytes: Vec<Vec<u8>>,
+    special: Vec<bool>,
+    restarts_text: Vec<bool>,
 }
 
 /// GPT-2's reversible map from bytes to printable unicode characters.
@@ -80,6 +110,30 @@ fn byte_to_char() -> [char; 256] {
     map
 }
 
+fn token_types(md: &GgufMetadata, n: usize) -> Vec<u64> {
+    match md
+        .get("tokenizer.ggml.token_type")
+        .and_then(MetaValue::as_array)
+    {
+        Some(a) => a.iter().map(|v| v.as_u64().unwrap_or(1)).collect(),
+        None => vec![1; n],
+    }
+}
+
+fn floats(md: &GgufMetadata, key: &str) -> Result<Vec<f32>> {
+    md.get(key)
+        .and_then(MetaValue::as_array)
+        .ok_or_else(|| TokenizerError::MissingKey(key.into()))?
+        .iter()
+        .map(|v| match *v {
+            MetaValue::Float(x) => Ok(x as f32),
+            MetaValue::Int(x) => Ok(x as f32),
+            MetaValue::Uint(x) => Ok(x as f32),
+            _ => Err(TokenizerError::MissingKey(key.into())),
+        })
+        .collect()
+}
+
 fn strings(md: &GgufMetadata, key: &str) -> Result<Vec<String>> {
     md.get(key)
         .and_then(MetaValue::as_array)
@@ -93,6 +147,144 @@ fn strings(md: &GgufMetadata, key: &str) -> Result<Vec<String>> {
         .collect()
 }
 
+/// Byte-level BPE (`gpt2`) with the `tokenizers` crate.
+fn build_bpe(md: &GgufMetadata, tokens: &[String], types: &[u64]) -> Result<Built> {
+    let merges = strings(md, "tokenizer.ggml.merges")?;
+    let vocab: Vocab = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.clone(), i as u32))
+        .collect();
+    let merges: Vec<(String, String)> = merges
+        .iter()
+        .filter_map(|m| {
+            m.split_once(' ')
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+        })
+        .collect();
+    let bpe = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .build()
+        .map_err(|e| TokenizerError::Tokenizers(e.to_string()))?;
+    let mut inner = tokenizers::Tokenizer::new(bpe);
+
+    let pre = md
+        .get_str("tokenizer.ggml.pre")
+        .unwrap_or("default")
+        .to_string();
+    let byte_level = ByteLevel::new(false, true, true);
+    let pre_tok: PreTokenizerWrapper = match pre.as_str() {
+        "llama-bpe" | "llama3" | "llama-v3" => {
+            let split = Split::new(
+                SplitPattern::Regex(LLAMA3_REGEX.into()),
+                SplitDelimiterBehavior::Isolated,
+                false,
+            )
+            .map_err(|e| TokenizerError::Tokenizers(e.to_string()))?;
+            Sequence::new(vec![
+                split.into(),
+                ByteLevel::new(false, true, false).into(),
+            ])
+            .into()
+        }
+        // Starcoder-style vocabularies (SmolLM, SmolLM2, ...): every digit is its own word,
+        // then GPT-2's regex.
+        "smollm" | "starcoder" | "refact" | "codeshell" | "command-r" | "exaone" | "minerva" => {
+            Sequence::new(vec![Digits::new(true).into(), byte_level.into()]).into()
+        }
+        "gpt2" | "gpt-2" | "default" => byte_level.into(),
+        other => {
+            tracing::warn!(
+                pre = other,
+                "unknown GGUF pre-tokenizer; using GPT-2's regex"
+            );
+            byte_level.into()
+        }
+    };
+    inner.with_pre_tokenizer(Some(pre_tok));
+    inner.with_decoder(Some(ByteLevelDecoder::default()));
+
+    let to_char = byte_to_char();
+    let mut from_char: HashMap<char, u8> = HashMap::with_capacity(256);
+    for (b, c) in to_char.iter().enumerate() {
+        from_char.insert(*c, b as u8);
+    }
+    let mut specials = Vec::new();
+    let mut special = vec![false; tokens.len()];
+    let token_bytes = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let ty = types.get(i).copied().unwrap_or(1);
+            if ty == TYPE_CONTROL || ty == TYPE_USER_DEFINED {
+                special[i] = ty == TYPE_CONTROL;
+                specials.push(AddedToken::from(t.clone(), ty == TYPE_CONTROL));
+                return t.as_bytes().to_vec();
+            }
+            let mut bytes = Vec::with_capacity(t.len());
+            for c in t.chars() {
+                match from_char.get(&c) {
+                    Some(&b) => bytes.push(b),
+                    None => {
+                        let mut buf = [0u8; 4];
+                        bytes.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+                    }
+                }
+            }
+            bytes
+        })
+        .collect();
+    inner
+        .add_special_tokens(specials)
+        .map_err(|e| TokenizerError::Tokenizers(e.to_string()))?;
+    Ok(Built {
+        model: Model::Bpe(Box::new(inner), pre),
+        token_bytes,
+        special,
+        restarts_text: vec![false; tokens.len()],
+    })
+}
+
+/// SentencePiece (`llama`): needs the scores; `add_space_prefix` defaults to true.
+fn build_spm(md: &GgufMetadata, tokens: &[String], types: &[u64]) -> Result<Built> {
+    let scores = floats(md, "tokenizer.ggml.scores")?;
+    let add_space_prefix = md
+        .get("tokenizer.ggml.add_space_prefix")
+        .and_then(MetaValue::as_bool)
+        .unwrap_or(true);
+    let unk = md
+        .get_u64("tokenizer.ggml.unknown_token_id")
+        .map(|v| v as u32)
+        .or_else(|| {
+            types
+                .iter()
+                .position(|&t| t == TYPE_UNKNOWN)
+                .map(|i| i as u32)
+        })
+        .filter(|&v| (v as usize) < tokens.len());
+    let model = SpmModel::new(tokens, &scores, types, add_space_prefix, unk)?;
+    let ty = |i: usize| types.get(i).copied().unwrap_or(1);
+    let token_bytes = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| spm::piece_bytes(t, ty(i)))
+        .collect();
+    let special = (0..tokens.len())
+        .map(|i| matches!(ty(i), TYPE_CONTROL | TYPE_UNKNOWN))
+        .collect();
+    let restarts_text = (0..tokens.len())
+        .map(|i| {
+            add_space_prefix && matches!(ty(i), TYPE_CONTROL | TYPE_UNKNOWN | TYPE_USER_DEFINED)
+        })
+        .collect();
+    Ok(Built {
+        model: Model::Spm(Box::new(model)),
+        token_bytes,
+        special,
+        restarts_text,
+    })
+}
+
 impl Tokenizer {
     /// Reads the tokenizer of the GGUF file at `path`.
     pub fn from_gguf_file(path: impl AsRef<Path>) -> Result<Self> {
@@ -101,119 +293,39 @@ impl Tokenizer {
 
     /// Builds the tokenizer from GGUF metadata.
     pub fn from_gguf_metadata(md: &GgufMetadata) -> Result<Self> {
-        let model = md.get_str("tokenizer.ggml.model").unwrap_or("gpt2");
-        if model != "gpt2" {
-            return Err(TokenizerError::Unsupported(format!(
-                "tokenizer model `{model}` (only byte-level BPE, `gpt2`, is supported)"
-            )));
-        }
+        let kind = md.get_str("tokenizer.ggml.model").unwrap_or("gpt2");
         let tokens = strings(md, "tokenizer.ggml.tokens")?;
-        let merges = strings(md, "tokenizer.ggml.merges")?;
-        let types: Vec<u64> = match md
-            .get("tokenizer.ggml.token_type")
-            .and_then(MetaValue::as_array)
-        {
-            Some(a) => a.iter().map(|v| v.as_u64().unwrap_or(1)).collect(),
-            None => vec![1; tokens.len()],
-        };
-        let vocab: Vocab = tokens
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (t.clone(), i as u32))
-            .collect();
-        let merges: Vec<(String, String)> = merges
-            .iter()
-            .filter_map(|m| {
-                m.split_once(' ')
-                    .map(|(a, b)| (a.to_string(), b.to_string()))
-            })
-            .collect();
-        let bpe = BPE::builder()
-            .vocab_and_merges(vocab, merges)
-            .build()
-            .map_err(|e| TokenizerError::Tokenizers(e.to_string()))?;
-        let mut inner = tokenizers::Tokenizer::new(bpe);
-
-        let pre = md
-            .get_str("tokenizer.ggml.pre")
-            .unwrap_or("default")
-            .to_string();
-        let byte_level = ByteLevel::new(false, true, true);
-        let pre_tok: PreTokenizerWrapper = match pre.as_str() {
-            "llama-bpe" | "llama3" | "llama-v3" => {
-                let split = Split::new(
-                    SplitPattern::Regex(LLAMA3_REGEX.into()),
-                    SplitDelimiterBehavior::Isolated,
-                    false,
-                )
-                .map_err(|e| TokenizerError::Tokenizers(e.to_string()))?;
-                Sequence::new(vec![
-                    split.into(),
-                    ByteLevel::new(false, true, false).into(),
-                ])
-                .into()
-            }
-            // Starcoder-style vocabularies (SmolLM, SmolLM2, ...): every digit is its own word,
-            // then GPT-2's regex.
-            "smollm" | "starcoder" | "refact" | "codeshell" | "command-r" | "exaone"
-            | "minerva" => Sequence::new(vec![Digits::new(true).into(), byte_level.into()]).into(),
-            "gpt2" | "gpt-2" | "default" => byte_level.into(),
+        let types = token_types(md, tokens.len());
+        let spm = kind == "llama";
+        let built = match kind {
+            "gpt2" => build_bpe(md, &tokens, &types)?,
+            "llama" => build_spm(md, &tokens, &types)?,
             other => {
-                tracing::warn!(
-                    pre = other,
-                    "unknown GGUF pre-tokenizer; using GPT-2's regex"
-                );
-                byte_level.into()
+                return Err(TokenizerError::Unsupported(format!(
+                    "tokenizer model `{other}` (supported: {SUPPORTED})"
+                )))
             }
         };
-        inner.with_pre_tokenizer(Some(pre_tok));
-        inner.with_decoder(Some(ByteLevelDecoder::default()));
-
-        let to_char = byte_to_char();
-        let mut from_char: HashMap<char, u8> = HashMap::with_capacity(256);
-        for (b, c) in to_char.iter().enumerate() {
-            from_char.insert(*c, b as u8);
-        }
-        let mut specials = Vec::new();
-        let mut special = vec![false; tokens.len()];
-        let token_bytes = tokens
-            .iter()
-            .enumerate()
-            .map(|(i, t)| {
-                let ty = types.get(i).copied().unwrap_or(1);
-                if ty == TYPE_CONTROL || ty == TYPE_USER_DEFINED {
-                    special[i] = ty == TYPE_CONTROL;
-                    specials.push(AddedToken::from(t.clone(), ty == TYPE_CONTROL));
-                    return t.as_bytes().to_vec();
-                }
-                let mut bytes = Vec::with_capacity(t.len());
-                for c in t.chars() {
-                    match from_char.get(&c) {
-                        Some(&b) => bytes.push(b),
-                        None => {
-                            let mut buf = [0u8; 4];
-                            bytes.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
-                        }
-                    }
-                }
-                bytes
-            })
-            .collect();
-        inner
-            .add_special_tokens(specials)
-            .map_err(|e| TokenizerError::Tokenizers(e.to_string()))?;
+        let Built {
+            model,
+            token_bytes,
+            special,
+            restarts_text,
+        } = built;
 
         let id = |k: &str| {
             md.get_u64(k)
                 .map(|v| v as u32)
                 .filter(|&v| (v as usize) < tokens.len())
         };
-        let bos = id("tokenizer.ggml.bos_token_id");
-        let eos = id("tokenizer.ggml.eos_token_id");
+        // llama.cpp's defaults for SentencePiece vocabularies: <s> = 1, </s> = 2, BOS added.
+        let default_id = |v: u32| Some(v).filter(|&v| spm && (v as usize) < tokens.len());
+        let bos = id("tokenizer.ggml.bos_token_id").or_else(|| default_id(1));
+        let eos = id("tokenizer.ggml.eos_token_id").or_else(|| default_id(2));
         let add_bos = md
             .get("tokenizer.ggml.add_bos_token")
             .and_then(MetaValue::as_bool)
-            .unwrap_or(false);
+            .unwrap_or(spm);
         let mut stop_ids: Vec<u32> = [eos, id("tokenizer.ggml.eot_token_id")]
             .into_iter()
             .flatten()
@@ -226,14 +338,14 @@ impl Tokenizer {
             }
         }
         Ok(Self {
-            inner,
+            model,
             token_bytes,
             special,
+            restarts_text,
             bos,
             eos,
             add_bos,
             stop_ids,
-            pre,
         })
     }
 
@@ -245,17 +357,21 @@ impl Tokenizer {
     /// Encodes `text`; special tokens written in the text (e.g. `<|im_start|>`) become their ids.
     /// Prepends the BOS token if `add_bos` and the model has one.
     pub fn encode(&self, text: &str, add_bos: bool) -> Result<Vec<u32>> {
-        let enc = self
-            .inner
-            .encode_fast(text, false)
-            .map_err(|e| TokenizerError::Tokenizers(e.to_string()))?;
-        let mut ids = Vec::with_capacity(enc.get_ids().len() + 1);
+        let mut ids = Vec::with_capacity(text.len() / 3 + 2);
         if add_bos {
             if let Some(b) = self.bos {
                 ids.push(b);
             }
         }
-        ids.extend_from_slice(enc.get_ids());
+        match &self.model {
+            Model::Bpe(inner, _) => {
+                let enc = inner
+                    .encode_fast(text, false)
+                    .map_err(|e| TokenizerError::Tokenizers(e.to_string()))?;
+                ids.extend_from_slice(enc.get_ids());
+            }
+            Model::Spm(m) => m.encode(text, &mut ids)?,
+        }
         Ok(ids)
     }
 
@@ -270,16 +386,52 @@ impl Tokenizer {
     }
 
     /// Decodes `ids` to text (invalid UTF-8 replaced); special tokens are dropped if
-    /// `skip_special`.
+    /// `skip_special`. The ids are read as a whole sequence: with a SentencePiece space prefix,
+    /// the space that encoding added at the start and after each special token is removed, so
+    /// `decode(encode(text)) == text`.
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> String {
         let mut bytes = Vec::new();
+        let mut strip_space = self.adds_space_prefix();
         for &id in ids {
-            if skip_special && self.is_special(id) {
-                continue;
-            }
-            bytes.extend_from_slice(self.token_bytes(id));
+            self.push_piece(id, skip_special, &mut strip_space, &mut bytes);
         }
         String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    /// Appends the bytes of token `id` to `out` (nothing for a special token if
+    /// `skip_special`). `strip_space` says whether one leading space of this token is the
+    /// prefix encoding added; it is updated for the next token.
+    pub fn push_piece(
+        &self,
+        id: u32,
+        skip_special: bool,
+        strip_space: &mut bool,
+        out: &mut Vec<u8>,
+    ) {
+        let strip = std::mem::replace(
+            strip_space,
+            self.restarts_text
+                .get(id as usize)
+                .copied()
+                .unwrap_or(false),
+        );
+        if skip_special && self.is_special(id) {
+            return;
+        }
+        let bytes = self.token_bytes(id);
+        out.extend_from_slice(match bytes {
+            [b' ', rest @ ..] if strip => rest,
+            _ => bytes,
+        });
+    }
+
+    /// Whether encoding puts a space before text that starts the input or follows a special
+    /// token (SentencePiece's `add_space_prefix`, on by default for `llama` vocabularies).
+    pub fn adds_space_prefix(&self) -> bool {
+        match &self.model {
+            Model::Bpe(..) => false,
+            Model::Spm(m) => m.add_space_prefix(),
+        }
     }
 
     /// Beginning-of-sequence token id.

@@ -2,9 +2,11 @@
 //!
 //! Each instance has a **worker** thread that runs one iteration at a time (a batched forward
 //! pass on its own rayon pool, then sampling) and a **link** thread that copies KV out of its
-//! pool, token by token as the core names them (never whole blocks). While the worker computes layer `l+1`, the link copies layer `l` of the entries the
-//! core asked to replicate into the partner's pool; before reporting the iteration the worker
-//! waits for the link to drain, so a replica is complete when the scheduler hears of it.
+//! pool: exactly the tokens the core names, never whole blocks. While the worker computes layer
+//! `l+1`, the link copies layer `l` of the new tokens of the entries the core asked to replicate
+//! into the partner's pool; before reporting the iteration the worker waits for the link to
+//! drain, so a replica is complete when the scheduler hears of it. Links need no lock of their
+//! own: [`copy_kv`] cannot deadlock with copies in the other direction.
 //! Explicit transfers (migrations without a current replica) also run on the source's link.
 
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -248,9 +248,10 @@ impl KvSpan {
 ///
 /// Between two pools, each layer's two locks (read on `src`, write on `dst`) are taken in one
 /// global order, the pool at the lower address first, so any number of threads may copy
-/// between any pools in any directions, alongside forward passes, without deadlock. (Copying
-/// through a scratch buffer, never holding two locks, was measured 1.3–2× slower: see
-/// `docs/engine.md`.)
+/// between any pools in any directions, alongside forward passes, without deadlock — provided
+/// no thread waits on another thread while it holds a layer lock (forward passes do not).
+/// Copying through a scratch buffer, never holding two locks, was measured 1.3–2× slower
+/// (see `docs/engine.md`).
 pub fn copy_kv(src: &KvPool, dst: &KvPool, spans: &[KvSpan], layers: Range<usize>) -> Result<u64> {
     if src.layers.len() != dst.layers.len()
         || src.block_size != dst.block_size
@@ -516,9 +517,11 @@ mod tests {
         assert_eq!(copy_kv(&src, &dst, &[], 0..3).unwrap(), 0);
     }
 
-    /// Two links copying the same layers in opposite directions, while a third thread writes
-    /// every layer of both pools as forward passes do, must all finish. A deadlock fails the
-    /// test after the timeout instead of hanging the suite.
+    /// Two links copying the same layers in opposite directions, while two "forward passes"
+    /// take each layer's write lock of their own pool in turn (as instances do), must all
+    /// finish. The forward passes make both links wait on their source's lock and then get it
+    /// at the same moment, which deadlocks a copy that simply takes the source's lock first.
+    /// A deadlock fails the test after the timeout instead of hanging the suite.
     #[test]
     fn opposite_direction_copies_do_not_deadlock() {
         let pools = Arc::new([tagged_pool(1.0, 8), tagged_pool(2.0, 8)]);
@@ -530,10 +533,13 @@ mod tests {
             })
             .collect();
         let spans = Arc::new(spans);
+        let start = Arc::new(std::sync::Barrier::new(4));
         let (done_tx, done_rx) = mpsc::channel();
         for (from, to) in [(0usize, 1usize), (1, 0)] {
             let (pools, spans, done) = (pools.clone(), spans.clone(), done_tx.clone());
+            let start = start.clone();
             std::thread::spawn(move || {
+                start.wait();
                 for _ in 0..2000 {
                     for l in 0..3 {
                         copy_kv(&pools[from], &pools[to], &spans, l..l + 1).unwrap();
@@ -542,18 +548,28 @@ mod tests {
                 done.send(()).unwrap();
             });
         }
-        {
-            let (pools, done) = (pools.clone(), done_tx.clone());
+        // The two forward passes take the same layer of their pools at about the same time and
+        // release it at about the same time, so both links tend to wake up holding their
+        // source's read lock together. Like real forward passes, they wait on nothing while
+        // holding a layer lock (they line up between layers).
+        let in_step = Arc::new(std::sync::Barrier::new(2));
+        for own in 0..2 {
+            let (pools, done, start) = (pools.clone(), done_tx.clone(), start.clone());
+            let in_step = in_step.clone();
             std::thread::spawn(move || {
-                for i in 0..6000 {
-                    let mut g = pools[i % 2].write_layer(i % 3).unwrap();
+                start.wait();
+                for i in 0..1000 {
+                    in_step.wait();
+                    let mut g = pools[own].write_layer(i % 3).unwrap();
                     g.k[0] += 1.0;
+                    std::thread::sleep(Duration::from_micros(50));
+                    drop(g);
                 }
                 done.send(()).unwrap();
             });
         }
         drop(done_tx);
-        for _ in 0..3 {
+        for _ in 0..4 {
             done_rx
                 .recv_timeout(Duration::from_secs(120))
                 .expect("copies in opposite directions deadlocked (or took over 2 minutes)");

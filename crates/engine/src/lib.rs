@@ -4,9 +4,10 @@
 //! memory ([`KvPool`], one preallocated paged pool per instance), and executes the iterations the
 //! scheduling core plans: one [`Model::forward`] call runs one [`ForwardBatch`] — prefill chunks
 //! and single decode tokens of many sequences flattened into one activation matrix — and returns
-//! logits for the sequences that need a next token. [`copy_blocks`] copies KV blocks between
-//! pools layer by layer (AcceLLM's replicas). [`Sampler`] and [`StopMatcher`] turn logits into
-//! tokens and text into finished responses. See `docs/engine.md` for measurements.
+//! logits for the sequences that need a next token. [`copy_kv`] copies the KV of token slots
+//! ([`KvSpan`]) between pools layer by layer (AcceLLM's replicas). [`Sampler`] and
+//! [`StopMatcher`] turn logits into tokens and text into finished responses. See
+//! `docs/engine.md` for measurements.
 
 mod attention;
 pub mod batch;
@@ -23,7 +24,7 @@ pub mod threads;
 pub use batch::{ForwardBatch, ForwardOutput, PhaseTimings, SeqInput};
 pub use config::ModelConfig;
 pub use error::{EngineError, Result};
-pub use kv::{copy_blocks, KvPool, DEFAULT_BLOCK_SIZE};
+pub use kv::{copy_kv, KvPool, KvSpan, DEFAULT_BLOCK_SIZE};
 pub use linear::WeightFormat;
 pub use model::Model;
 pub use sampling::{argmax, FinishReason, Sampler, SamplingParams, StopMatcher, StopStatus};

@@ -4,7 +4,9 @@ mod support;
 
 use std::sync::Arc;
 
-use accellm_engine::{argmax, copy_blocks, ForwardBatch, KvPool, Model, SeqInput, WeightFormat};
+use accellm_engine::{
+    argmax, copy_kv, ForwardBatch, KvPool, KvSpan, Model, SeqInput, WeightFormat,
+};
 use proptest::prelude::*;
 use support::{rel_err, table, write_tiny_model, TinySpec};
 
@@ -246,47 +248,100 @@ fn chunked_prefill_with_q8_padded_weights() {
     assert!(e < 1e-3, "relative error {e}");
 }
 
+/// Runs one iteration of `seq` on `src`, copying each layer's KV of `positions` to `dst` on
+/// another thread as soon as the forward pass reports the layer written. Returns the logits.
+fn forward_copying(
+    m: &Model,
+    src: &Arc<KvPool>,
+    dst: &Arc<KvPool>,
+    seq: SeqInput,
+    dst_table: &[u32],
+    positions: std::ops::Range<usize>,
+) -> Vec<f32> {
+    let spans = KvSpan::for_positions(&seq.block_table, dst_table, positions.clone(), BS).unwrap();
+    let expected_bytes =
+        (positions.len() * m.config().kv_bytes_per_token / m.config().layers) as u64;
+    let (tx, rx) = std::sync::mpsc::channel::<usize>();
+    let copier = {
+        let (src, dst) = (src.clone(), dst.clone());
+        std::thread::spawn(move || {
+            for l in rx {
+                let bytes = copy_kv(&src, &dst, &spans, l..l + 1).unwrap();
+                assert_eq!(bytes, expected_bytes, "one layer of the named tokens");
+            }
+        })
+    };
+    let out = m
+        .forward_with(src, &ForwardBatch { seqs: vec![seq] }, |l| {
+            tx.send(l).unwrap()
+        })
+        .unwrap();
+    drop(tx);
+    copier.join().unwrap();
+    out.logits[0].clone().unwrap()
+}
+
 #[test]
 fn copied_blocks_decode_identically() {
     let m = shared_model();
     let p = prompt(9, 40);
-    let src_blocks = table(0, p.len() + 1, BS);
+    let steps = 20;
+    let src_blocks = table(0, p.len() + steps + 1, BS);
     let src = Arc::new(KvPool::new(m.config(), 8, BS).unwrap());
     let dst = Arc::new(KvPool::new(m.config(), 12, BS).unwrap());
+    let dst_blocks: Vec<u32> = vec![9, 4, 7, 2];
+    // Fill the replica's blocks with another sequence's KV first, so every token the decode
+    // reads from them must have been copied.
+    m.forward(
+        &dst,
+        &ForwardBatch {
+            seqs: vec![SeqInput {
+                tokens: prompt(5, 64),
+                start_pos: 0,
+                block_table: dst_blocks.clone(),
+                want_logits: false,
+            }],
+        },
+    )
+    .unwrap();
+    // The prompt's KV goes over in one copy per layer (40 tokens: 2.5 blocks)...
     let seq = SeqInput {
         tokens: p.clone(),
         start_pos: 0,
         block_table: src_blocks.clone(),
         want_logits: true,
     };
-    // Copy each layer on another thread as soon as the forward pass reports it written.
-    let dst_blocks: Vec<u32> = vec![9, 4, 7];
-    let pairs: Vec<(u32, u32)> = src_blocks
-        .iter()
-        .copied()
-        .zip(dst_blocks.iter().copied())
-        .collect();
-    let (tx, rx) = std::sync::mpsc::channel::<usize>();
-    let copier = {
-        let (src, dst, pairs) = (src.clone(), dst.clone(), pairs.clone());
-        std::thread::spawn(move || {
-            for l in rx {
-                copy_blocks(&src, &dst, &pairs, l..l + 1).unwrap();
-            }
-        })
-    };
-    let out = m
-        .forward_with(&src, &ForwardBatch { seqs: vec![seq] }, |l| {
-            tx.send(l).unwrap()
-        })
-        .unwrap();
-    drop(tx);
-    copier.join().unwrap();
-    let next = argmax(out.logits[0].as_ref().unwrap());
+    let mut next = argmax(&forward_copying(
+        &m,
+        &src,
+        &dst,
+        seq,
+        &dst_blocks,
+        0..p.len(),
+    ));
+    // ...then every decode step's one new token, as AcceLLM's eager replication does.
+    for step in 0..steps {
+        let pos = p.len() + step;
+        let seq = SeqInput {
+            tokens: vec![next],
+            start_pos: pos,
+            block_table: src_blocks.clone(),
+            want_logits: true,
+        };
+        next = argmax(&forward_copying(
+            &m,
+            &src,
+            &dst,
+            seq,
+            &dst_blocks,
+            pos..pos + 1,
+        ));
+    }
+    let pos = p.len() + steps;
     let step = |pool: &KvPool, blocks: &[u32]| {
         let s = SeqInput {
             tokens: vec![next],
-            start_pos: p.len(),
+            start_pos: pos,
             block_table: blocks.to_vec(),
             want_logits: true,
         };
@@ -302,22 +357,31 @@ fn copied_blocks_decode_identically() {
         a, b,
         "decoding from the copy must give bit-identical logits"
     );
-    // And the copy really is needed: an empty pool gives different logits.
+    // And the copies really are needed: an empty pool gives different logits.
     let empty = KvPool::new(m.config(), 12, BS).unwrap();
     assert_ne!(step(&empty, &dst_blocks), a);
 }
 
 #[test]
-fn copy_blocks_rejects_bad_input() {
+fn copy_kv_rejects_bad_input() {
     let m = shared_model();
     let a = KvPool::new(m.config(), 4, BS).unwrap();
     let b = KvPool::new(m.config(), 2, BS).unwrap();
-    assert!(copy_blocks(&a, &b, &[(0, 2)], 0..1).is_err());
-    assert!(copy_blocks(&a, &b, &[(0, 1)], 0..99).is_err());
+    let span = |s: u32, d: u32, slots: std::ops::Range<u32>| KvSpan {
+        src_block: s,
+        dst_block: d,
+        slots,
+    };
+    assert!(copy_kv(&a, &b, &[span(0, 2, 0..16)], 0..1).is_err());
+    assert!(copy_kv(&a, &b, &[span(0, 1, 0..16)], 0..99).is_err());
+    let e = copy_kv(&a, &b, &[span(0, 1, 4..17)], 0..1).unwrap_err();
+    assert!(e.to_string().contains("slot range"), "{e}");
     let c = KvPool::new(m.config(), 4, 8).unwrap();
-    assert!(copy_blocks(&a, &c, &[(0, 1)], 0..1).is_err());
+    assert!(copy_kv(&a, &c, &[span(0, 1, 0..8)], 0..1).is_err());
+    // A table too short for the positions.
+    assert!(KvSpan::for_positions(&[0, 1], &[2], 10..20, BS).is_err());
     // Copy within the same pool works.
-    copy_blocks(&a, &a, &[(0, 3)], 0..m.config().layers).unwrap();
+    copy_kv(&a, &a, &[span(0, 3, 0..16)], 0..m.config().layers).unwrap();
 }
 
 #[test]

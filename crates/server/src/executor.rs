@@ -4,9 +4,9 @@
 //! from HTTP handlers, finished iterations from instance workers, landed transfers from links.
 //! The thread feeds each to the core with the wall clock (µs since server start), then carries
 //! out the core's actions: an `Action::Run` becomes a [`RunJob`] (token ids of each entry's
-//! chunk, block tables from the core's block manager, samplers, and the KV copies of entries the
-//! core replicates); an `Action::Transfer` becomes a block copy on the source's link; finished
-//! and rejected requests are answered. Tokens come back here to be detokenised, checked against
+//! chunk, block tables from the core's block manager, samplers, and the KV copies of the new
+//! tokens of entries the core replicates); an `Action::Transfer` becomes a copy of the tokens it
+//! names on the source's link; finished and rejected requests are answered. Tokens come back here to be detokenised, checked against
 //! stop strings and streamed to their clients.
 
 use std::collections::HashMap;
@@ -21,7 +21,9 @@ use accellm_core::{
     scheduler::{Action, Scheduler},
     InstanceId, TimeUs,
 };
-use accellm_engine::{ForwardBatch, Sampler, SamplingParams, SeqInput, StopMatcher, StopStatus};
+use accellm_engine::{
+    ForwardBatch, KvSpan, Sampler, SamplingParams, SeqInput, StopMatcher, StopStatus,
+};
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::metrics::{Metrics, Role};
@@ -424,24 +426,27 @@ impl Executor {
         }
     }
 
-    /// The KV block ids of `req` on `i`, covering token positions `tokens`.
-    fn blocks(
+    /// The KV spans that copy token positions `tokens` of `req` from instance `from` to
+    /// instance `to` (through the request's block tables on both). `None` when either table
+    /// lacks a block for those positions.
+    fn spans(
         &self,
-        i: InstanceId,
         req: RequestId,
+        from: InstanceId,
+        to: InstanceId,
         tokens: std::ops::Range<u32>,
-    ) -> Option<&[u32]> {
-        let inst = self.sched.instance(i);
-        let bs = inst.kv.block_size();
-        let table = inst.kv.table(req)?;
-        if tokens.is_empty() {
-            return Some(&[]);
+    ) -> Option<Vec<KvSpan>> {
+        let src = self.sched.instance(from).kv.table(req)?;
+        let dst = self.sched.instance(to).kv.table(req)?;
+        let bs = self.sched.instance(from).kv.block_size() as usize;
+        let positions = tokens.start as usize..tokens.end as usize;
+        match KvSpan::for_positions(src, dst, positions, bs) {
+            Ok(spans) => Some(spans),
+            Err(e) => {
+                tracing::error!(request = req.0, error = %e, "no KV blocks to copy");
+                None
+            }
         }
-        let (a, b) = (
-            (tokens.start / bs) as usize,
-            tokens.end.div_ceil(bs) as usize,
-        );
-        table.get(a..b)
     }
 
     fn dispatch_run(&mut self, instance: InstanceId, iteration: u64) {
@@ -450,7 +455,7 @@ impl Executor {
         let mut seqs = Vec::with_capacity(entries.len());
         let mut samples = Vec::new();
         let mut rows = Vec::with_capacity(entries.len());
-        let mut copies: Vec<(usize, Vec<(u32, u32)>)> = Vec::new();
+        let mut copies: Vec<(usize, Vec<KvSpan>)> = Vec::new();
         let mut broken = Vec::new();
         for e in &entries {
             let Some(live) = self.lives.get(e.request.index()).and_then(Option::as_ref) else {
@@ -487,14 +492,10 @@ impl Executor {
                     .filter(|r| r.replica_on == Some(to))
                     .map_or(0, |r| r.replica_tokens);
                 let from = have.min(start);
-                let src = self.blocks(instance, e.request, from..start + len);
-                let dst = self.blocks(to, e.request, from..start + len);
-                if let (Some(src), Some(dst)) = (src, dst) {
-                    let pairs: Vec<(u32, u32)> =
-                        src.iter().copied().zip(dst.iter().copied()).collect();
+                if let Some(spans) = self.spans(e.request, instance, to, from..start + len) {
                     match copies.iter_mut().find(|(t, _)| *t == to as usize) {
-                        Some((_, v)) => v.extend(pairs),
-                        None => copies.push((to as usize, pairs)),
+                        Some((_, v)) => v.extend(spans),
+                        None => copies.push((to as usize, spans)),
                     }
                 }
             }
@@ -522,11 +523,11 @@ impl Executor {
         let had_copies = !copies.is_empty();
         let copies: Vec<CopyPlan> = copies
             .into_iter()
-            .map(|(to, pairs)| {
-                self.incoming[to].extend(pairs.iter().map(|&(_, d)| (i, d)));
+            .map(|(to, spans)| {
+                self.incoming[to].extend(spans.iter().map(|s| (i, s.dst_block)));
                 CopyPlan {
                     to,
-                    pairs: Arc::new(pairs),
+                    spans: Arc::new(spans),
                 }
             })
             .collect();
@@ -584,19 +585,14 @@ impl Executor {
         from_token: u32,
         tokens: u32,
     ) {
-        let range = from_token..from_token + tokens;
-        let pairs: Vec<(u32, u32)> = match (
-            self.blocks(from, req, range.clone()),
-            self.blocks(to, req, range),
-        ) {
-            (Some(s), Some(d)) => s.iter().copied().zip(d.iter().copied()).collect(),
-            _ => Vec::new(),
-        };
-        let dst: Vec<u32> = pairs.iter().map(|&(_, d)| d).collect();
+        let spans = self
+            .spans(req, from, to, from_token..from_token + tokens)
+            .unwrap_or_default();
+        let dst: Vec<u32> = spans.iter().map(|s| s.dst_block).collect();
         let job = LinkJob::Transfer {
             id,
             to: to as usize,
-            pairs,
+            spans,
         };
         if self.conflicts(to as usize, dst.iter().copied()) {
             self.deferred

@@ -1,20 +1,21 @@
 //! Instance workers and KV links: the threads that touch model weights and KV memory.
 //!
 //! Each instance has a **worker** thread that runs one iteration at a time (a batched forward
-//! pass on its own rayon pool, then sampling) and a **link** thread that copies KV blocks out of
-//! its pool. While the worker computes layer `l+1`, the link copies layer `l` of the entries the
-//! core asked to replicate into the partner's pool; before reporting the iteration the worker
-//! waits for the link to drain, so a replica is complete when the scheduler hears of it.
+//! pass on its own rayon pool, then sampling) and a **link** thread that copies KV out of its
+//! pool: exactly the tokens the core names, never whole blocks. While the worker computes layer
+//! `l+1`, the link copies layer `l` of the new tokens of the entries the core asked to replicate
+//! into the partner's pool; before reporting the iteration the worker waits for the link to
+//! drain, so a replica is complete when the scheduler hears of it. Links need no lock of their
+//! own: [`copy_kv`] cannot deadlock with copies in the other direction.
 //! Explicit transfers (migrations without a current replica) also run on the source's link.
 
-use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use accellm_engine::{copy_blocks, ForwardBatch, KvPool, Model, Sampler, Threads};
+use accellm_engine::{copy_kv, ForwardBatch, KvPool, KvSpan, Model, Sampler, Threads};
 
 use crate::executor::Input;
 
@@ -28,12 +29,12 @@ pub(crate) struct SampleJob {
     pub mask_eos: bool,
 }
 
-/// Blocks of some entries to stream to `to`, layer by layer.
+/// New tokens of some entries to stream to `to`, layer by layer.
 pub(crate) struct CopyPlan {
     /// Destination instance.
     pub to: usize,
-    /// `(source block, destination block)` pairs.
-    pub pairs: Arc<Vec<(u32, u32)>>,
+    /// Token slots to copy.
+    pub spans: Arc<Vec<KvSpan>>,
 }
 
 /// One iteration for a worker.
@@ -64,50 +65,32 @@ pub(crate) struct RunReport {
 
 /// Work for a link thread.
 pub(crate) enum LinkJob {
-    /// Copy one layer of these block pairs to `to`.
+    /// Copy one layer of these token slots to `to`.
     Layer {
         to: usize,
         layer: usize,
-        pairs: Arc<Vec<(u32, u32)>>,
+        spans: Arc<Vec<KvSpan>>,
     },
     /// Reply with the first error since the last barrier once everything before is done.
     Barrier(mpsc::SyncSender<Option<String>>),
-    /// Copy every layer of these pairs to `to`, then report transfer `id` to the scheduler.
+    /// Copy every layer of these token slots to `to`, then report transfer `id` to the
+    /// scheduler.
     Transfer {
         id: u32,
         to: usize,
-        pairs: Vec<(u32, u32)>,
+        spans: Vec<KvSpan>,
     },
 }
 
-/// What the link threads share: byte counters, and one lock that serialises pool-to-pool
-/// copies. `copy_blocks` holds a read lock on the source layer while it waits for the write
-/// lock on the destination layer, so two links copying the same layer in opposite directions
-/// (an AcceLLM pair replicating both ways) would deadlock without it.
+/// Bytes the link threads really copied between pools. No lock is needed around copies:
+/// [`copy_kv`] never holds two layer locks at once, so links copying in opposite directions
+/// cannot deadlock.
 #[derive(Debug, Default)]
 pub(crate) struct LinkCounters {
     /// Bytes copied for replicas.
     pub replica_bytes: AtomicU64,
     /// Bytes copied by transfers.
     pub transfer_bytes: AtomicU64,
-    /// Held during every copy between pools.
-    pub copy_lock: Mutex<()>,
-}
-
-impl LinkCounters {
-    fn copy(
-        &self,
-        src: &KvPool,
-        dst: &KvPool,
-        pairs: &[(u32, u32)],
-        layers: Range<usize>,
-    ) -> Result<(), String> {
-        let _one_at_a_time = self
-            .copy_lock
-            .lock()
-            .map_err(|_| "copy lock poisoned".to_string())?;
-        copy_blocks(src, dst, pairs, layers).map_err(|e| e.to_string())
-    }
 }
 
 /// Shared engine state.
@@ -188,7 +171,7 @@ fn run_one(
                 let _ = link.send(LinkJob::Layer {
                     to: c.to,
                     layer,
-                    pairs: c.pairs.clone(),
+                    spans: c.spans.clone(),
                 });
             }
         })
@@ -237,11 +220,6 @@ fn run_one(
     }
 }
 
-fn pair_bytes(pools: &[KvPool], pairs: usize, layers: Range<usize>) -> u64 {
-    let per_layer_block = pools[0].block_bytes() / pools[0].num_layers().max(1);
-    (per_layer_block * pairs * layers.len()) as u64
-}
-
 fn link_loop(
     i: usize,
     pools: Arc<Vec<KvPool>>,
@@ -252,33 +230,27 @@ fn link_loop(
     let mut first_error: Option<String> = None;
     for job in rx {
         match job {
-            LinkJob::Layer { to, layer, pairs } => {
-                let r = counters.copy(&pools[i], &pools[to], &pairs, layer..layer + 1);
-                match r {
-                    Ok(()) => {
-                        counters.replica_bytes.fetch_add(
-                            pair_bytes(&pools, pairs.len(), layer..layer + 1),
-                            Ordering::Relaxed,
-                        );
+            LinkJob::Layer { to, layer, spans } => {
+                match copy_kv(&pools[i], &pools[to], &spans, layer..layer + 1) {
+                    Ok(bytes) => {
+                        counters.replica_bytes.fetch_add(bytes, Ordering::Relaxed);
                     }
                     Err(e) => {
-                        first_error.get_or_insert(e);
+                        first_error.get_or_insert(e.to_string());
                     }
                 }
             }
             LinkJob::Barrier(reply) => {
                 let _ = reply.send(first_error.take());
             }
-            LinkJob::Transfer { id, to, pairs } => {
+            LinkJob::Transfer { id, to, spans } => {
                 let layers = 0..pools[i].num_layers();
-                let error = match counters.copy(&pools[i], &pools[to], &pairs, layers.clone()) {
-                    Ok(()) => {
-                        counters
-                            .transfer_bytes
-                            .fetch_add(pair_bytes(&pools, pairs.len(), layers), Ordering::Relaxed);
+                let error = match copy_kv(&pools[i], &pools[to], &spans, layers) {
+                    Ok(bytes) => {
+                        counters.transfer_bytes.fetch_add(bytes, Ordering::Relaxed);
                         None
                     }
-                    Err(e) => Some(e),
+                    Err(e) => Some(e.to_string()),
                 };
                 if out.send(Input::TransferDone { id, error }).is_err() {
                     break;

@@ -416,10 +416,32 @@ async fn seeded_greedy_text_is_the_same_on_either_instance() {
     }
     assert_eq!(used.len(), 2, "both instances served: {used:?}");
     assert_eq!(texts.len(), 1, "one text whatever the instance: {texts:?}");
-    let m = http.get("/metrics").await.body;
     if server_policy_replicates() {
-        let copied = metric_in(&m, "accellm_kv_copied_bytes_total{kind=\"replica\"}").unwrap();
+        // The engine copies exactly the tokens the core plans to stream: the real-copy counters
+        // equal the planned ones. /metrics is published after the scheduler thread handles its
+        // events, so give the last iteration's snapshot a moment to land.
+        let counters = |m: &str| {
+            let get = |name: &str| metric_in(m, name).unwrap_or(-1.0);
+            (
+                get("accellm_replica_bytes_total "),
+                get("accellm_kv_copied_bytes_total{kind=\"replica\"} "),
+                get("accellm_transfer_bytes_total "),
+                get("accellm_kv_copied_bytes_total{kind=\"transfer\"} "),
+            )
+        };
+        let mut m = http.get("/metrics").await.body;
+        for _ in 0..50 {
+            let (planned, copied, planned_t, copied_t) = counters(&m);
+            if planned == copied && planned_t == copied_t {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            m = http.get("/metrics").await.body;
+        }
+        let (planned, copied, planned_t, copied_t) = counters(&m);
         assert!(copied > 0.0, "AcceLLM replicas were really copied:\n{m}");
+        assert_eq!(copied, planned, "replica bytes copied = planned:\n{m}");
+        assert_eq!(copied_t, planned_t, "transfer bytes copied = planned:\n{m}");
     }
 
     // Sampling with a seed is reproducible too.

@@ -110,6 +110,7 @@ impl HardwareCostModel {
     }
 
     /// Predicted iteration time in µs, unrounded.
+    #[inline]
     pub fn iteration_us_f64(&self, s: &IterationShape) -> f64 {
         let tokens = s.tokens();
         if tokens == 0 {

@@ -123,7 +123,10 @@ impl Instance {
     /// Integrates KV usage up to `now` into the stats.
     pub fn account_kv(&mut self, now: TimeUs) {
         let used = self.kv.num_blocks() - self.kv.free_blocks();
-        self.stats.kv_block_us += used as f64 * now.saturating_sub(self.kv_since_us) as f64;
+        // Often called again at the same instant; adding nothing is skipped.
+        if now > self.kv_since_us {
+            self.stats.kv_block_us += used as f64 * (now - self.kv_since_us) as f64;
+        }
         self.stats.kv_peak_blocks = self.stats.kv_peak_blocks.max(used);
         self.kv_since_us = now;
     }
@@ -137,7 +140,8 @@ pub struct ScheduleCtx<'a> {
     pub(crate) cost: &'a dyn CostModel,
     pub(crate) constraint: PhaseConstraint,
     pub(crate) evicted: Vec<RequestId>,
-    pub(crate) preempted: Vec<RequestId>,
+    /// Requests preempted while building this batch.
+    pub(crate) preempted: u32,
 }
 
 impl<'a> ScheduleCtx<'a> {
@@ -199,6 +203,7 @@ impl<'a> ScheduleCtx<'a> {
 
     /// Adds one decode step of `id` to the batch, reserving the KV block it may need (evicting
     /// replicas if necessary).
+    #[inline]
     pub fn add_decode(&mut self, id: RequestId) -> Result<(), KvError> {
         debug_assert!(self.can_decode(id));
         let context = self.requests.get(id).kv_tokens + 1;
@@ -231,7 +236,19 @@ impl<'a> ScheduleCtx<'a> {
         self.inst.kv.extra_for(id, tokens)
     }
 
+    #[inline]
     fn reserve(&mut self, id: RequestId, tokens: u32) -> Result<(), KvError> {
+        // Most decode steps fit in the last block held: only the LRU clock moves (as
+        // `BlockManager::reserve` does when nothing is needed), without a division.
+        let kv = &mut self.inst.kv;
+        if tokens as u64 <= kv.held(id) as u64 * kv.block_size() as u64 {
+            kv.touch(id);
+            return Ok(());
+        }
+        self.reserve_blocks(id, tokens)
+    }
+
+    fn reserve_blocks(&mut self, id: RequestId, tokens: u32) -> Result<(), KvError> {
         let before = self.evicted.len();
         self.inst
             .kv
@@ -245,6 +262,7 @@ impl<'a> ScheduleCtx<'a> {
         Ok(())
     }
 
+    #[inline]
     fn push(&mut self, id: RequestId, work: Work) {
         self.requests.get_mut(id).in_flight = true;
         self.inst.batch.entries.push(Entry {
@@ -271,7 +289,7 @@ impl<'a> ScheduleCtx<'a> {
             .unwrap_or(self.inst.waiting.len());
         self.inst.waiting.insert(pos, id);
         self.inst.stats.preemptions += 1;
-        self.preempted.push(id);
+        self.preempted += 1;
         let r = self.requests.get_mut(id);
         self.inst.load_tokens -= r.load();
         r.prefill_target = r.spec.prompt_tokens.max(1) + r.generated;
@@ -355,7 +373,12 @@ pub fn decode_all_or_preempt(
     scratch: &mut Vec<RequestId>,
 ) {
     scratch.clear();
-    scratch.extend(ctx.running().iter().copied().filter(|&r| ctx.can_decode(r)));
+    scratch.reserve(ctx.running().len());
+    for &r in ctx.running() {
+        if ctx.can_decode(r) {
+            scratch.push(r);
+        }
+    }
     let mut end = scratch.len();
     let mut i = 0;
     while i < end {

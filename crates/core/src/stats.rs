@@ -149,16 +149,10 @@ impl LogHistogram {
     /// Records one value.
     pub fn record(&mut self, v: f64) {
         if v >= 1.0 && v < TABLE_LIMIT as f64 && v == (v as u64) as f64 {
-            return self.record_whole(v as u64);
+            self.record_whole(v as u64);
+        } else {
+            self.record_by_logarithm(v);
         }
-        self.total += 1;
-        self.sum += v;
-        self.max = self.max.max(v);
-        if v < 1.0 {
-            self.zeros += 1;
-            return;
-        }
-        self.add_to_bucket(bucket_of(v));
     }
 
     /// Records one whole number (e.g. microseconds): the same as [`Self::record`] with
@@ -166,20 +160,39 @@ impl LogHistogram {
     #[inline]
     pub fn record_whole(&mut self, v: u64) {
         if v == 0 || v >= TABLE_LIMIT {
-            return self.record(v as f64);
+            return self.record_by_logarithm(v as f64);
         }
-        let f = v as f64;
+        // Exact: `v` is below 2^32.
+        let f = v as i64 as f64;
         self.total += 1;
         self.sum += f;
         self.max = self.max.max(f);
-        self.add_to_bucket(BucketTable::get().bucket(v));
+        let b = BucketTable::get().bucket(v);
+        match self.counts.get_mut(b) {
+            Some(c) => *c += 1,
+            None => self.add_to_new_bucket(b),
+        }
     }
 
-    #[inline]
-    fn add_to_bucket(&mut self, b: usize) {
-        if self.counts.len() <= b {
-            self.counts.resize(b + 1, 0);
+    #[cold]
+    fn record_by_logarithm(&mut self, v: f64) {
+        self.total += 1;
+        self.sum += v;
+        self.max = self.max.max(v);
+        if v < 1.0 {
+            self.zeros += 1;
+            return;
         }
+        let b = bucket_of(v);
+        match self.counts.get_mut(b) {
+            Some(c) => *c += 1,
+            None => self.add_to_new_bucket(b),
+        }
+    }
+
+    #[cold]
+    fn add_to_new_bucket(&mut self, b: usize) {
+        self.counts.resize(b + 1, 0);
         self.counts[b] += 1;
     }
 

@@ -206,10 +206,25 @@ impl<'a> ScheduleCtx<'a> {
     #[inline]
     pub fn add_decode(&mut self, id: RequestId) -> Result<(), KvError> {
         debug_assert!(self.can_decode(id));
-        let context = self.requests.get(id).kv_tokens + 1;
-        self.reserve(id, context)?;
-        self.inst.batch.shape.add_decode(context);
-        self.push(id, Work::Decode { context });
+        let r = self.requests.get_mut(id);
+        let context = r.kv_tokens + 1;
+        // Most decode steps fit in the last block held: only the LRU clock moves, as in
+        // `BlockManager::reserve` when nothing is needed.
+        let kv = &mut self.inst.kv;
+        if context as u64 <= kv.held(id) as u64 * kv.block_size() as u64 {
+            kv.touch(id);
+            r.in_flight = true;
+        } else {
+            self.reserve_blocks(id, context)?;
+            self.requests.get_mut(id).in_flight = true;
+        }
+        let batch = &mut self.inst.batch;
+        batch.shape.add_decode(context);
+        batch.entries.push(Entry {
+            request: id,
+            work: Work::Decode { context },
+            copy_to: None,
+        });
         Ok(())
     }
 
@@ -225,7 +240,7 @@ impl<'a> ScheduleCtx<'a> {
             return Ok(0);
         }
         let (last, target) = (start + len == r.prefill_target, r.prefill_target);
-        self.reserve(id, target)?;
+        self.reserve_blocks(id, target)?;
         self.inst.batch.shape.add_prefill(start, len, last);
         self.push(id, Work::Prefill { start, len, last });
         Ok(len)
@@ -234,18 +249,6 @@ impl<'a> ScheduleCtx<'a> {
     /// Blocks `id` would need beyond what it holds to cache `tokens` tokens here.
     pub fn extra_blocks(&self, id: RequestId, tokens: u32) -> u32 {
         self.inst.kv.extra_for(id, tokens)
-    }
-
-    #[inline]
-    fn reserve(&mut self, id: RequestId, tokens: u32) -> Result<(), KvError> {
-        // Most decode steps fit in the last block held: only the LRU clock moves (as
-        // `BlockManager::reserve` does when nothing is needed), without a division.
-        let kv = &mut self.inst.kv;
-        if tokens as u64 <= kv.held(id) as u64 * kv.block_size() as u64 {
-            kv.touch(id);
-            return Ok(());
-        }
-        self.reserve_blocks(id, tokens)
     }
 
     fn reserve_blocks(&mut self, id: RequestId, tokens: u32) -> Result<(), KvError> {

@@ -92,9 +92,18 @@ struct BucketTable {
 }
 
 impl BucketTable {
+    #[inline]
     fn get() -> &'static Self {
         static TABLE: std::sync::OnceLock<BucketTable> = std::sync::OnceLock::new();
-        TABLE.get_or_init(Self::build)
+        match TABLE.get() {
+            Some(t) => t,
+            None => Self::init(&TABLE),
+        }
+    }
+
+    #[cold]
+    fn init(cell: &'static std::sync::OnceLock<BucketTable>) -> &'static Self {
+        cell.get_or_init(Self::build)
     }
 
     fn build() -> Self {

@@ -685,10 +685,16 @@ impl Scheduler {
             let dst = &mut s.instances[to as usize];
             dst.account_kv(now);
             ev.clear();
-            match dst
-                .kv
-                .reserve(e.request, Ownership::Replica, tokens, &mut ev)
-            {
+            // A replica that already has room only moves the LRU clock (what `reserve` does then).
+            let reserved =
+                if tokens as u64 <= dst.kv.held(e.request) as u64 * dst.kv.block_size() as u64 {
+                    dst.kv.touch(e.request);
+                    Ok(())
+                } else {
+                    dst.kv
+                        .reserve(e.request, Ownership::Replica, tokens, &mut ev)
+                };
+            match reserved {
                 Ok(()) => {
                     dst.kv.pin(e.request);
                     r.replica_on = Some(to);

@@ -385,7 +385,12 @@ impl Scheduler {
 
     /// Takes the actions produced so far.
     pub fn take_actions(&mut self, out: &mut Vec<Action>) {
-        out.append(&mut self.state.actions);
+        if out.is_empty() {
+            // The usual case (the executor drains `out` each time): trade buffers, copy nothing.
+            std::mem::swap(out, &mut self.state.actions);
+        } else {
+            out.append(&mut self.state.actions);
+        }
     }
 
     /// Integrates KV usage of every instance up to `now` (call before reading stats).

@@ -8,7 +8,9 @@ use crate::{cost::IterationShape, request::RequestId, InstanceId};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Work {
     /// Prefill `len` prompt tokens after `start` already-cached ones; `last` when this chunk
-    /// completes the prompt, so it yields the first output token.
+    /// completes the prompt, so it yields the first output token. For a request already decoding
+    /// it is a *recompute chunk*: positions `start..start + len` of its prompt and output (the last
+    /// one its latest token) whose KV the instance lacks after a move; it yields the next token.
     Prefill {
         /// Tokens already in the cache.
         start: u32,

@@ -3,8 +3,9 @@
 //! Memory is cut into blocks of `block_size` tokens. Every allocated block belongs to exactly one
 //! request's table on this instance, either as its *primary* cache (the copy the request runs on)
 //! or as a *replica* (a copy of a request whose primary lives on another instance). Replicas are
-//! evictable: when a primary needs space, replicas go first, least recently used first. A table
-//! can be *pinned* while a copy into it is in flight; a pinned replica is not evicted.
+//! evictable: when a primary needs space, replicas go first, in the order of the instance's
+//! [`EvictionPolicy`] (least recently used first by default). A table can be *pinned* while a copy
+//! into it is in flight; a pinned replica is not evicted.
 
 use std::collections::BTreeSet;
 
@@ -36,6 +37,18 @@ pub enum KvError {
         /// Blocks that were free or evictable.
         available: u32,
     },
+}
+
+/// Which replica goes first when a primary needs room.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EvictionPolicy {
+    /// The least recently used replica (last reserved, copied into or touched longest ago).
+    #[default]
+    Lru,
+    /// The replica holding the most blocks (least recently used among equals): frees the room
+    /// with the fewest victims, so the fewest requests lose their replica.
+    LargestFirst,
 }
 
 #[derive(Debug, Clone)]
@@ -78,6 +91,7 @@ pub struct BlockManager {
     replica_lru: BTreeSet<(u64, RequestId)>,
     evictable_blocks: u32,
     tick: u64,
+    eviction: EvictionPolicy,
 }
 
 impl BlockManager {
@@ -94,6 +108,37 @@ impl BlockManager {
             replica_lru: BTreeSet::new(),
             evictable_blocks: 0,
             tick: 0,
+            eviction: EvictionPolicy::Lru,
+        }
+    }
+
+    /// Sets which replica is evicted first when a primary needs room.
+    pub fn set_eviction(&mut self, policy: EvictionPolicy) {
+        self.eviction = policy;
+    }
+
+    /// Which replica is evicted first.
+    pub fn eviction(&self) -> EvictionPolicy {
+        self.eviction
+    }
+
+    /// The replica the eviction policy gives up first, if any is evictable.
+    pub fn next_victim(&self) -> Option<RequestId> {
+        let mut order = self.replica_lru.iter().map(|&(_, r)| r);
+        match self.eviction {
+            EvictionPolicy::Lru => order.next(),
+            EvictionPolicy::LargestFirst => {
+                // Only a strictly larger one replaces the pick: among equals the least recently
+                // used goes first. A scan, but evictions are rare (only when memory runs short).
+                let mut best: Option<(u32, RequestId)> = None;
+                for r in order {
+                    let n = self.held(r);
+                    if best.is_none_or(|(m, _)| n > m) {
+                        best = Some((n, r));
+                    }
+                }
+                best.map(|(_, r)| r)
+            }
         }
     }
 
@@ -162,9 +207,9 @@ impl BlockManager {
         self.tables.get(req.index()).and_then(Option::as_ref)
     }
 
-    /// Grows `req`'s table here so it holds `tokens` tokens. A primary may evict replicas (least
-    /// recently used first) to make room; their ids are appended to `evicted`. A replica only takes
-    /// free blocks. On error nothing changes.
+    /// Grows `req`'s table here so it holds `tokens` tokens. A primary may evict replicas (in
+    /// [`Self::next_victim`] order) to make room; their ids are appended to `evicted`. A replica
+    /// only takes free blocks. On error nothing changes.
     pub fn reserve(
         &mut self,
         req: RequestId,
@@ -189,7 +234,7 @@ impl BlockManager {
             return Err(KvError::OutOfBlocks { needed, available });
         }
         while self.free_blocks() < needed {
-            let Some(&(_, victim)) = self.replica_lru.iter().next() else {
+            let Some(victim) = self.next_victim() else {
                 break;
             };
             self.release(victim);
@@ -394,6 +439,33 @@ mod tests {
     }
 
     #[test]
+    fn largest_first_evicts_the_biggest_replica_and_lru_among_equals() {
+        let mut kv = BlockManager::new(8, 16);
+        kv.set_eviction(EvictionPolicy::LargestFirst);
+        let mut ev = Vec::new();
+        // Replicas of 1, 3 and 3 blocks (request 2 used before request 3), 1 block free.
+        kv.reserve(RequestId(1), Ownership::Replica, 16, &mut ev)
+            .unwrap();
+        kv.reserve(RequestId(2), Ownership::Replica, 48, &mut ev)
+            .unwrap();
+        kv.reserve(RequestId(3), Ownership::Replica, 48, &mut ev)
+            .unwrap();
+        assert_eq!(kv.next_victim(), Some(RequestId(2)));
+        // Two blocks more than free: one victim suffices, the largest and least recently used.
+        kv.reserve(RequestId(4), Ownership::Primary, 48, &mut ev)
+            .unwrap();
+        assert_eq!(ev, vec![RequestId(2)]);
+        // Pinned replicas are skipped: the next largest unpinned one goes.
+        kv.pin(RequestId(3));
+        ev.clear();
+        kv.reserve(RequestId(4), Ownership::Primary, 80, &mut ev)
+            .unwrap();
+        assert_eq!(ev, vec![RequestId(1)]);
+        assert_eq!(kv.ownership(RequestId(3)), Some(Ownership::Replica));
+        kv.check_invariants().unwrap();
+    }
+
+    #[test]
     fn replica_never_evicts() {
         let mut kv = BlockManager::new(2, 16);
         let mut ev = Vec::new();
@@ -454,8 +526,14 @@ mod tests {
 
     proptest! {
         #[test]
-        fn invariants_hold_under_any_sequence(ops in proptest::collection::vec(op(), 1..200)) {
+        fn invariants_hold_under_any_sequence(
+            ops in proptest::collection::vec(op(), 1..200),
+            largest_first in any::<bool>(),
+        ) {
             let mut kv = BlockManager::new(24, 8);
+            if largest_first {
+                kv.set_eviction(EvictionPolicy::LargestFirst);
+            }
             let mut ev = Vec::new();
             let mut pins = [0u32; 12];
             for op in ops {

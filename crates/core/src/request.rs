@@ -76,6 +76,10 @@ pub struct RequestState {
     pub replica_on: Option<InstanceId>,
     /// How many tokens of KV the replica holds (it is current when this equals [`Self::context`]).
     pub replica_tokens: u32,
+    /// Latest tokens of its context whose KV its primary cache lacks: it moved onto a replica that
+    /// was behind, and its next step recomputes them (a recompute chunk) instead of receiving
+    /// them over the link. 0 otherwise.
+    pub recompute_tokens: u32,
     /// When its first token was produced.
     pub first_token_us: Option<TimeUs>,
     /// When its latest token was produced.
@@ -111,6 +115,7 @@ impl RequestState {
             kv_tokens: 0,
             replica_on: None,
             replica_tokens: 0,
+            recompute_tokens: 0,
             first_token_us: None,
             last_token_us: None,
             preemptions: 0,

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     batch::{BatchKind, Work},
-    cluster::{ClusterCtx, ClusterPolicy},
+    cluster::{CatchUp, ClusterCtx, ClusterPolicy, Migration},
     cost::{CostModel, Link},
     instance::{Instance, InstancePolicy, PhaseConstraint, ScheduleCtx},
     kv::{BlockManager, Ownership},
@@ -154,6 +154,11 @@ pub struct ClusterCounters {
     pub migrations_free: u64,
     /// Migrations that needed a transfer.
     pub migrations_transfer: u64,
+    /// Migrations onto a replica that lacked the latest tokens, which the destination recomputes
+    /// (a recompute chunk) instead of receiving them.
+    pub migrations_recompute: u64,
+    /// Tokens whose KV was recomputed after such migrations.
+    pub recompute_tokens: u64,
     /// Replicas evicted to make room for primaries.
     pub replica_evictions: u64,
     /// Requests preempted (KV dropped for recompute).
@@ -195,6 +200,7 @@ pub struct State {
     pub(crate) counters: ClusterCounters,
     pub(crate) metrics: Metrics,
     pub(crate) max_waiting: usize,
+    pub(crate) catch_up: CatchUp,
 }
 
 impl State {
@@ -251,9 +257,12 @@ impl State {
         let ctx = r.kv_tokens;
         let load = r.load();
         let cancelled = r.cancelled;
+        // The source may itself have lacked tokens it was about to recompute.
+        let source_has = ctx - r.recompute_tokens.min(ctx);
+        r.recompute_tokens = 0;
         if keep_source {
             r.replica_on = Some(from);
-            r.replica_tokens = ctx;
+            r.replica_tokens = source_has;
         } else {
             r.replica_on = None;
             r.replica_tokens = 0;
@@ -277,6 +286,63 @@ impl State {
         if cancelled {
             self.finish(id, FinishReason::Cancelled);
         }
+    }
+
+    /// Completes the move of `id` (already [`Phase::Moving`], its primary blocks on `to`
+    /// reserved) when the destination lacks some of its KV: the destination recomputes the tokens
+    /// its replica lacks ([`CatchUp::Recompute`], when it holds a replica), or they are
+    /// transferred ([`Action::Transfer`]).
+    pub(crate) fn catch_up_move(
+        &mut self,
+        id: RequestId,
+        to: InstanceId,
+        keep_source: bool,
+    ) -> Migration {
+        let r = self.requests.get(id);
+        let (from, tokens) = (r.instance, r.kv_tokens);
+        let have = if r.replica_on == Some(to) {
+            r.replica_tokens.min(tokens)
+        } else {
+            0
+        };
+        let missing = tokens - have;
+        if self.catch_up == CatchUp::Recompute && have > 0 {
+            self.counters.migrations_recompute += 1;
+            self.counters.recompute_tokens += missing as u64;
+            self.land_migration(id, to, keep_source);
+            if let Some(r) = self
+                .requests
+                .slots
+                .get_mut(id.index())
+                .and_then(|x| x.as_mut())
+            {
+                r.recompute_tokens = missing;
+            }
+            return Migration::Recompute;
+        }
+        let tid = match self.free_transfers.pop() {
+            Some(t) => t,
+            None => {
+                self.transfers.push(None);
+                self.transfers.len() as u32 - 1
+            }
+        };
+        self.transfers[tid as usize] = Some(Transfer {
+            request: id,
+            to,
+            keep_source,
+        });
+        self.counters.migrations_transfer += 1;
+        self.counters.transfer_bytes += missing as u64 * self.cost.kv_bytes_per_token();
+        self.actions.push(Action::Transfer {
+            id: tid,
+            request: id,
+            from,
+            to,
+            from_token: have,
+            tokens: missing,
+        });
+        Migration::Transfer
     }
 }
 
@@ -317,6 +383,7 @@ impl Scheduler {
                 counters: ClusterCounters::default(),
                 metrics: Metrics::new(cfg.record_timelines),
                 max_waiting: cfg.max_waiting,
+                catch_up: cluster.catch_up(),
             },
             cluster,
             instance_policies,
@@ -473,6 +540,16 @@ impl Scheduler {
             let r = requests.get_mut(e.request);
             r.in_flight = false;
             match e.work {
+                Work::Prefill { start, len, .. } if r.phase == Phase::Decoding => {
+                    // A recompute chunk: the decode step that also rebuilt the KV this instance
+                    // lacked; the context grows by the one token fed, as in a decode step.
+                    let end = start + len;
+                    inst.load_tokens += (end - r.kv_tokens) as u64;
+                    r.kv_tokens = end;
+                    r.recompute_tokens = 0;
+                    r.generated += 1;
+                    metrics.on_token(e.request, r, now);
+                }
                 Work::Prefill { len, last, .. } => {
                     r.prefilled += len;
                     r.kv_tokens += len;
@@ -561,14 +638,20 @@ impl Scheduler {
             if r.replica_on == Some(c.to) {
                 r.replica_tokens = r.replica_tokens.max(c.tokens);
             }
-            if r.phase == Phase::Moving
-                && r.moving_to == Some(c.to)
-                && r.copies_pending == 0
-                && r.replica_current()
-            {
+            // A move that waited for copies into its replica completes with the last copy of
+            // the request to land, whichever direction that one went. (A move whose destination
+            // holds no replica has a transfer in flight instead.)
+            let to = r.moving_to.filter(|&t| r.replica_on == Some(t));
+            if let (Phase::Moving, Some(to), 0) = (r.phase, to, r.copies_pending) {
                 let keep = self.cluster.keeps_replica_after_migration();
-                s.counters.migrations_free += 1;
-                s.land_migration(c.request, c.to, keep);
+                if r.replica_current() {
+                    s.counters.migrations_free += 1;
+                    s.land_migration(c.request, to, keep);
+                } else {
+                    // The request decoded while the copy was landing and nothing streamed those
+                    // steps (lazy or recompute sync): the replica is still behind.
+                    s.catch_up_move(c.request, to, keep);
+                }
             }
         }
         let mut ctx = ClusterCtx { s: &mut self.state };

@@ -379,3 +379,100 @@ fn kv_runs_out_and_the_loosest_longest_request_is_preempted_first() {
         assert_all_done(&s, 3);
     }
 }
+
+#[test]
+fn a_preempted_request_is_not_starved_by_fresh_prompts() {
+    // 12 blocks of 16 tokens: the scenario above, where KV runs out and the loose long request
+    // (class 2, 100 ms TBT) is preempted, plus short prompts with a tighter SLO (50 ms) arriving
+    // for 3 s, faster than KV lets them run, none of them overdue. The preempted request has
+    // streamed tokens already: once overdue it must be resumed, not queued behind the stream.
+    let mut s = sched(linear(0.0), 12, &icfg(AccelGenConfig::default()));
+    let mut arrivals = vec![
+        spec(0, 40, 100, 10.0, 0),
+        spec(0, 40, 30, 100.0, 1),
+        spec(0, 40, 100, 100.0, 2),
+    ];
+    let stream_end: TimeUs = 3_000_000;
+    arrivals.extend((120..=6000).map(|k| spec(k * 500, 32, 2, 50.0, 3)));
+    replay::run(
+        &mut s,
+        &arrivals,
+        &mut Watch(|_, _: &Batch, _: &Scheduler| {}),
+    );
+    let m = s.metrics();
+    let loose = m.finished.iter().find(|r| r.class == Some(2)).unwrap();
+    assert!(
+        loose.preemptions > 0,
+        "the loose long request was not preempted"
+    );
+    let end = loose.arrival_us + loose.jct_us;
+    assert!(
+        end < stream_end,
+        "the preempted request finished at {end} µs, after the stream of fresh prompts"
+    );
+    assert_all_done(&s, arrivals.len());
+}
+
+#[test]
+fn overload_relief_trades_a_tight_slo_that_leaves_no_room_for_prompts() {
+    // 1 ms per iteration plus 1 ms per token: eight decodes take 9 ms, all of the 9 ms limit of
+    // the tight request's 10 ms SLO. A long prompt then gets chunks of what the skipping loose
+    // decodes leave; with `relief_share = 0.25` the tight bin is held to the loose 100 ms SLO while
+    // prompts wait, so the chunks grow and the tight request's gaps do too.
+    let run = |relief_share: f64| {
+        // κ = 10 lifts the token cap (κ·S_pf, 19 tokens for this cost) so time limits decide.
+        let ag = AccelGenConfig {
+            relief_share,
+            kappa: 10.0,
+            ..Default::default()
+        };
+        let cost = LinearCostModel {
+            per_token_us: 1000.0,
+            ..linear(0.0)
+        };
+        let mut s = sched(cost, 4000, &icfg(ag));
+        let mut arrivals = vec![spec(0, 16, 300, 10.0, 0)];
+        arrivals.extend((0..7).map(|_| spec(0, 16, 300, 100.0, 1)));
+        arrivals.push(spec(200_000, 2_000, 4, 100.0, 2));
+        let long = RequestId(8);
+        let mut chunks = Vec::new();
+        replay::run(
+            &mut s,
+            &arrivals,
+            &mut Watch(|_, b: &Batch, _: &Scheduler| {
+                // Chunks of iterations that hold the tight request's decode.
+                let tight_decodes = b
+                    .entries
+                    .iter()
+                    .any(|e| e.request == RequestId(0) && matches!(e.work, Work::Decode { .. }));
+                for e in &b.entries {
+                    if let (Work::Prefill { len, .. }, true) = (e.work, e.request == long) {
+                        if tight_decodes {
+                            chunks.push(len);
+                        }
+                    }
+                }
+            }),
+        );
+        assert_all_done(&s, arrivals.len());
+        let tight = s
+            .metrics()
+            .finished
+            .iter()
+            .find(|r| r.class == Some(0))
+            .unwrap();
+        (chunks.iter().copied().max().unwrap_or(0), tight.max_tbt_us)
+    };
+    let (off_chunk, off_gap) = run(0.0);
+    let (on_chunk, on_gap) = run(0.25);
+    assert!(off_chunk > 0 && off_chunk <= 8, "off: {off_chunk}");
+    assert!(off_gap <= 10_000, "off: the tight SLO holds ({off_gap} µs)");
+    assert!(
+        on_chunk > 2 * off_chunk,
+        "on: {on_chunk} vs off: {off_chunk}"
+    );
+    assert!(
+        on_gap > 10_000,
+        "on: the tight request is the one that pays ({on_gap} µs)"
+    );
+}

@@ -14,8 +14,9 @@ use accellm_core::{
         accellm::{AccellmConfig, PrefillChoice, RebalanceMetric, SyncMode},
         ClusterConfig,
     },
-    cost::Link,
+    cost::{IterationShape, Link},
     instance::{self, InstanceConfig, InstancePolicy, ScheduleCtx},
+    kv::EvictionPolicy,
     replay::{self, NoObserver, Observer},
     request::{Phase, RequestId, RequestSpec, Slo},
     scheduler::{Action, Scheduler, SchedulerConfig},
@@ -315,9 +316,367 @@ fn replicas_are_evicted_before_any_primary_is_preempted() {
     }
 }
 
+/// What a recompute-sync run showed: every recompute chunk, and the iterations carrying them.
+#[derive(Default)]
+struct Recomputes {
+    /// Tokens recomputed (chunk length minus the step's own token), summed.
+    tokens: u64,
+    chunks: u32,
+    /// Iterations carrying recompute chunks.
+    iterations: u32,
+    /// Of those, the ones predicted to take longer than the same batch with plain decode steps.
+    longer: u32,
+    errors: Vec<String>,
+}
+
+impl Recomputes {
+    fn check(&mut self, i: InstanceId, s: &Scheduler) {
+        let b = &s.instance(i).batch;
+        let mut plain = IterationShape::default();
+        let mut here = 0;
+        for e in &b.entries {
+            let Some(r) = s.request(e.request) else {
+                continue;
+            };
+            match e.work {
+                Work::Prefill { start, len, last } if r.phase == Phase::Decoding => {
+                    here += 1;
+                    self.tokens += len as u64 - 1;
+                    if !last || len < 2 || start + len != r.kv_tokens + 1 {
+                        self.errors.push(format!(
+                            "bad recompute chunk {start}+{len} (last {last}) for context {}",
+                            r.kv_tokens
+                        ));
+                    }
+                    if e.copy_to.is_some() || r.recompute_tokens != len - 1 {
+                        self.errors
+                            .push(format!("recompute chunk copied or miscounted: {e:?}"));
+                    }
+                    if s.instance(i).constraint != instance::PhaseConstraint::DecodeOnly {
+                        self.errors
+                            .push("recompute chunk outside a decode iteration".into());
+                    }
+                    plain.add_decode(start + len);
+                }
+                Work::Prefill { start, len, last } => {
+                    self.errors
+                        .push(format!("prompt chunk {start}+{len} in a decode iteration"));
+                    plain.add_prefill(start, len, last);
+                }
+                Work::Decode { context } => plain.add_decode(context),
+            }
+        }
+        if here > 0 {
+            self.chunks += here;
+            let cost = s.cost();
+            self.iterations += 1;
+            self.longer += (cost.iteration_us(&b.shape) > cost.iteration_us(&plain)) as u32;
+        }
+    }
+}
+
+#[test]
+fn recompute_sync_moves_decodes_without_link_bytes_and_pays_in_compute() {
+    for &inst in instance_policies() {
+        let acfg = AccellmConfig {
+            sync: SyncMode::Recompute,
+            ..Default::default()
+        };
+        let mut s = sched(inst, 2, 2000, &acfg);
+        let reqs = mixed(80, 10_000);
+        let mut rec = Recomputes::default();
+        replay::run(
+            &mut s,
+            &reqs,
+            &mut OnRun(|_, i, s: &Scheduler| {
+                if s.instance(i).batch.kind() != BatchKind::Prefill {
+                    rec.check(i, s);
+                }
+            }),
+        );
+        let c = *s.counters();
+        assert_eq!(c.preemptions + c.replica_evictions, 0, "{inst}: {c:?}");
+        // Only prompts are streamed to the partner; moved decodes send nothing.
+        let prompts: u64 = reqs.iter().map(|r| r.prompt_tokens as u64).sum();
+        assert_eq!(c.copy_bytes, prompts * 1024, "{inst}: {c:?}");
+        assert_eq!(c.transfer_bytes, 0, "{inst}: {c:?}");
+        assert_eq!(c.migrations_transfer, 0, "{inst}: {c:?}");
+        assert!(c.migrations_recompute > 0, "{inst}: {c:?}");
+        assert!(rec.errors.is_empty(), "{inst}: {:?}", rec.errors);
+        // Every move but those undone before the request ran again was paid for in compute.
+        assert!(rec.chunks > 0 && rec.chunks as u64 <= c.migrations_recompute);
+        assert!(rec.tokens > 0 && rec.tokens <= c.recompute_tokens, "{inst}");
+        assert_eq!(
+            rec.longer, rec.iterations,
+            "{inst}: a recompute step costs more"
+        );
+        assert_all_done(&s, &reqs);
+    }
+}
+
+#[test]
+fn sync_modes_produce_the_same_tokens() {
+    let reqs = mixed(80, 10_000);
+    let mut outputs = Vec::new();
+    for sync in [SyncMode::Eager, SyncMode::Lazy, SyncMode::Recompute] {
+        let acfg = AccellmConfig {
+            sync,
+            ..Default::default()
+        };
+        let mut s = sched("vllm", 4, 2000, &acfg);
+        replay::run(&mut s, &reqs, &mut NoObserver);
+        assert_all_done(&s, &reqs);
+        let mut out: Vec<(TimeUs, u32, u32)> = s
+            .metrics()
+            .finished
+            .iter()
+            .map(|r| (r.arrival_us, r.prompt_tokens, r.output_tokens))
+            .collect();
+        out.sort();
+        let tokens: usize = s.metrics().timelines.iter().map(Vec::len).sum();
+        outputs.push((out, tokens, s.metrics().tokens_out));
+    }
+    assert_eq!(outputs[0], outputs[1]);
+    assert_eq!(outputs[0], outputs[2]);
+}
+
+/// Wraps an instance policy to check, in every batch it forms, which replicas were evicted
+/// against those that stayed.
+struct EvictWatch {
+    inner: Box<dyn InstancePolicy>,
+    policy: EvictionPolicy,
+    evicted: Arc<Mutex<u32>>,
+    errors: Arc<Mutex<Vec<String>>>,
+}
+
+impl InstancePolicy for EvictWatch {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
+    fn schedule(&mut self, ctx: &mut ScheduleCtx<'_>) {
+        let before: Vec<(RequestId, u32)> = ctx
+            .kv()
+            .replicas_lru()
+            .map(|r| (r, ctx.kv().held(r)))
+            .collect();
+        self.inner.schedule(ctx);
+        // Within one batch, replicas only vanish by eviction, and their LRU order is fixed.
+        let gone: Vec<bool> = before.iter().map(|&(r, _)| ctx.kv().held(r) == 0).collect();
+        let n = gone.iter().filter(|&&g| g).count();
+        if n == 0 {
+            return;
+        }
+        *self.evicted.lock().unwrap() += n as u32;
+        let ok = match self.policy {
+            // A prefix of the LRU order.
+            EvictionPolicy::Lru => gone.iter().take(n).all(|&g| g),
+            // No survivor is larger than a victim.
+            EvictionPolicy::LargestFirst => {
+                let smallest_gone = before
+                    .iter()
+                    .zip(&gone)
+                    .filter(|(_, &g)| g)
+                    .map(|(&(_, b), _)| b)
+                    .min();
+                let largest_kept = before
+                    .iter()
+                    .zip(&gone)
+                    .filter(|(_, &g)| !g)
+                    .map(|(&(_, b), _)| b)
+                    .max();
+                smallest_gone >= largest_kept
+            }
+        };
+        if !ok {
+            self.errors
+                .lock()
+                .unwrap()
+                .push(format!("{:?}: evicted {gone:?} of {before:?}", self.policy));
+        }
+    }
+}
+
+#[test]
+fn eviction_policies_pick_their_documented_victims() {
+    let mut evictions = Vec::new();
+    for policy in [EvictionPolicy::Lru, EvictionPolicy::LargestFirst] {
+        for &inst in instance_policies() {
+            let evicted = Arc::new(Mutex::new(0));
+            let errors = Arc::new(Mutex::new(Vec::new()));
+            let icfg = InstanceConfig {
+                chunk_size: 128,
+                ..Default::default()
+            };
+            let policies: Vec<Box<dyn InstancePolicy>> = (0..2)
+                .map(|_| {
+                    Box::new(EvictWatch {
+                        inner: instance::build(inst, &icfg).unwrap(),
+                        policy,
+                        evicted: evicted.clone(),
+                        errors: errors.clone(),
+                    }) as Box<dyn InstancePolicy>
+                })
+                .collect();
+            let acfg = AccellmConfig {
+                eviction: policy,
+                ..Default::default()
+            };
+            let mut s = with_policies(2, 48, &acfg, policies);
+            assert!(s.instances().iter().all(|i| i.kv.eviction() == policy));
+            // Varied replica sizes under memory pressure (as in the test above).
+            let reqs = requests(16, 400, |i| 30 + (i * 67) % 200, |i| 60 + (i * 41) % 150);
+            replay::run(&mut s, &reqs, &mut NoObserver);
+            let errors = errors.lock().unwrap();
+            assert!(errors.is_empty(), "{inst}: {errors:?}");
+            let n = *evicted.lock().unwrap();
+            assert!(n > 0, "{inst} {policy:?}: no eviction while batching");
+            assert_all_done(&s, &reqs);
+            evictions.push((inst, policy, s.counters().replica_evictions));
+        }
+    }
+    // The knob changes the run.
+    assert!(
+        evictions[..3]
+            .iter()
+            .zip(&evictions[3..])
+            .any(|(a, b)| a.2 != b.2),
+        "{evictions:?}"
+    );
+}
+
+#[test]
+fn a_replica_still_behind_when_its_copy_lands_catches_up() {
+    // A slow link: prompt copies land long after the request has decoded on, so a move that
+    // waited for the copy finds the replica behind (nothing streams decode steps).
+    for sync in [SyncMode::Lazy, SyncMode::Recompute] {
+        for &inst in instance_policies() {
+            let acfg = AccellmConfig {
+                sync,
+                ..Default::default()
+            };
+            let icfg = InstanceConfig {
+                chunk_size: 128,
+                ..Default::default()
+            };
+            let policies = (0..2)
+                .map(|_| instance::build(inst, &icfg).unwrap())
+                .collect();
+            let ccfg = ClusterConfig {
+                accellm: acfg,
+                ..Default::default()
+            };
+            let mut cfg = config(2000);
+            cfg.link.bytes_per_s = 2e7;
+            let mut s = Scheduler::new(
+                &cfg,
+                cost(),
+                cluster::build("accellm", 2, &ccfg).unwrap(),
+                policies,
+            );
+            let reqs = mixed(60, 10_000);
+            replay::run(&mut s, &reqs, &mut NoObserver);
+            let c = *s.counters();
+            assert!(c.migrations_transfer + c.migrations_recompute > 0, "{c:?}");
+            assert_all_done(&s, &reqs);
+        }
+    }
+}
+
+/// Checks that a request never has two KV transfers in flight at once.
+#[derive(Default)]
+struct OneTransfer {
+    /// Requests with a transfer in flight: (id, serial).
+    moving: Vec<(RequestId, u64)>,
+    transfers: u32,
+    errors: Vec<String>,
+}
+
+impl Observer for OneTransfer {
+    fn on_action(&mut self, now: TimeUs, a: &Action, s: &Scheduler) {
+        if let Action::Transfer { request, .. } = *a {
+            self.transfers += 1;
+            let Some(r) = s.request(request) else {
+                return;
+            };
+            if self.moving.contains(&(request, r.serial)) {
+                self.errors
+                    .push(format!("second transfer of {} at {now}", r.serial));
+            }
+            self.moving.push((request, r.serial));
+        }
+    }
+
+    fn after_event(&mut self, _now: TimeUs, s: &Scheduler) {
+        self.moving.retain(|&(id, serial)| {
+            s.request(id)
+                .is_some_and(|r| r.serial == serial && r.phase == Phase::Moving)
+        });
+    }
+}
+
+#[test]
+fn a_move_never_issues_two_transfers() {
+    for sync in [SyncMode::Eager, SyncMode::Lazy, SyncMode::Recompute] {
+        for &inst in instance_policies() {
+            let acfg = AccellmConfig {
+                sync,
+                ..Default::default()
+            };
+            // Tight memory: prompt copies fail halfway, requests move by transfer while the
+            // copies of their first chunks are still landing.
+            let icfg = InstanceConfig {
+                chunk_size: 128,
+                ..Default::default()
+            };
+            let policies = (0..4)
+                .map(|_| instance::build(inst, &icfg).unwrap())
+                .collect();
+            let ccfg = ClusterConfig {
+                accellm: acfg,
+                ..Default::default()
+            };
+            let mut cfg = config(60);
+            cfg.link.bytes_per_s = 5e7;
+            let mut s = Scheduler::new(
+                &cfg,
+                cost(),
+                cluster::build("accellm", 4, &ccfg).unwrap(),
+                policies,
+            );
+            let reqs = requests(150, 300, |i| 20 + (i * 71) % 500, |i| 1 + (i * 13) % 200);
+            let mut obs = OneTransfer::default();
+            replay::run(&mut s, &reqs, &mut obs);
+            assert!(obs.errors.is_empty(), "{inst} {sync:?}: {:?}", obs.errors);
+            assert!(obs.transfers > 0, "{inst} {sync:?}");
+            assert_all_done(&s, &reqs);
+        }
+    }
+}
+
+#[test]
+fn explicit_defaults_reproduce_the_default_run() {
+    let explicit = AccellmConfig {
+        sync: SyncMode::Eager,
+        eviction: EvictionPolicy::Lru,
+        ..Default::default()
+    };
+    assert_eq!(explicit, AccellmConfig::default());
+    let run = |acfg: &AccellmConfig| {
+        let mut s = sched("sarathi", 2, 48, acfg);
+        let reqs = requests(16, 400, |i| 60 + (i * 37) % 80, |_| 190);
+        let end = replay::run(&mut s, &reqs, &mut NoObserver);
+        assert_all_done(&s, &reqs);
+        (end, *s.counters(), s.metrics().finished.clone())
+    };
+    let (a, b) = (run(&AccellmConfig::default()), run(&explicit));
+    assert!(a.1.replica_evictions > 0, "memory pressure: {:?}", a.1);
+    assert_eq!(a, b);
+}
+
 #[test]
 fn every_block_is_free_once_every_request_finished() {
-    let syncs = [SyncMode::Eager, SyncMode::Lazy];
+    let syncs = [SyncMode::Eager, SyncMode::Lazy, SyncMode::Recompute];
     let choices = [
         PrefillChoice::LeastDecodeLoad,
         PrefillChoice::Sticky,
@@ -334,20 +693,24 @@ fn every_block_is_free_once_every_request_finished() {
             for role_switching in [true, false] {
                 for both_prefill in [false, true] {
                     k += 1;
-                    let acfg = AccellmConfig {
-                        replication,
-                        role_switching,
-                        both_prefill,
-                        sync: syncs[k % 2],
-                        prefill_choice: choices[k % 3],
-                        rebalance: metrics[(k / 3) % 3],
-                        ..Default::default()
-                    };
-                    // Tight memory (preemptions, evictions) on five instances (one alone).
-                    let mut s = sched(inst, 5, 60, &acfg);
-                    let reqs = requests(150, 300, |i| 20 + (i * 71) % 500, |i| 1 + (i * 13) % 200);
-                    replay::run(&mut s, &reqs, &mut NoObserver);
-                    assert_all_done(&s, &reqs);
+                    for sync in syncs {
+                        let acfg = AccellmConfig {
+                            replication,
+                            role_switching,
+                            both_prefill,
+                            sync,
+                            prefill_choice: choices[k % 3],
+                            rebalance: metrics[(k / 3) % 3],
+                            eviction: [EvictionPolicy::Lru, EvictionPolicy::LargestFirst][k % 2],
+                            ..Default::default()
+                        };
+                        // Tight memory (preemptions, evictions) on five instances (one alone).
+                        let mut s = sched(inst, 5, 60, &acfg);
+                        let reqs =
+                            requests(150, 300, |i| 20 + (i * 71) % 500, |i| 1 + (i * 13) % 200);
+                        replay::run(&mut s, &reqs, &mut NoObserver);
+                        assert_all_done(&s, &reqs);
+                    }
                 }
             }
         }
@@ -488,4 +851,34 @@ fn routing_prefers_the_least_loaded_pair() {
         s.request(c).unwrap().instance,
         "a pair queues prompts on its prefill instance"
     );
+}
+
+#[test]
+fn every_move_lands_under_memory_pressure_with_eager_sync() {
+    // Found by a sweep: with these shapes a request moving onto its replica saw its last pending
+    // copy land in the other direction and was left moving for ever.
+    for &inst in instance_policies() {
+        let icfg = InstanceConfig {
+            chunk_size: 128,
+            ..Default::default()
+        };
+        let policies = (0..2)
+            .map(|_| instance::build(inst, &icfg).unwrap())
+            .collect();
+        let mut cfg = config(140);
+        cfg.link.bytes_per_s = 2e8;
+        let mut s = Scheduler::new(
+            &cfg,
+            cost(),
+            cluster::build("accellm", 2, &ClusterConfig::default()).unwrap(),
+            policies,
+        );
+        let reqs = requests(200, 250, |i| 20 + (i * 71) % 500, |i| 1 + (i * 13) % 200);
+        replay::run(&mut s, &reqs, &mut NoObserver);
+        assert!(
+            s.counters().replica_evictions > 0,
+            "{inst}: memory ran short"
+        );
+        assert_all_done(&s, &reqs);
+    }
 }

@@ -57,6 +57,12 @@ pub struct SimulateArgs {
     /// Splitwise: instances in the prefill pool.
     #[arg(long)]
     pub prefill_instances: Option<u32>,
+    /// AcceLLM: how replicas follow decoding primaries (eager, lazy, recompute).
+    #[arg(long)]
+    pub sync: Option<String>,
+    /// AcceLLM: which replica is evicted first when a primary needs room (lru, largest-first).
+    #[arg(long)]
+    pub eviction: Option<String>,
     /// Tokens per KV block.
     #[arg(long)]
     pub block_size: Option<u32>,
@@ -222,6 +228,12 @@ pub fn config(args: &SimulateArgs) -> anyhow::Result<SimConfig> {
         link => link,
         seed => workload.seed,
     );
+    if let Some(v) = &args.sync {
+        c.cluster.accellm.sync = knob("--sync", v)?;
+    }
+    if let Some(v) = &args.eviction {
+        c.cluster.accellm.eviction = knob("--eviction", v)?;
+    }
     if let Some(w) = &args.workload {
         c.workload.source = w.parse::<WorkloadSource>()?;
     }
@@ -266,6 +278,12 @@ pub fn config(args: &SimulateArgs) -> anyhow::Result<SimConfig> {
     cluster::build(&c.cluster_policy, c.instances.max(1), &c.cluster)?;
     instance::build(&c.instance_policy, &c.instance)?;
     Ok(c)
+}
+
+/// Reads a kebab-case knob value as the config file would; an unknown name lists the valid ones.
+fn knob<T: serde::de::DeserializeOwned>(flag: &str, value: &str) -> anyhow::Result<T> {
+    serde_json::from_value(serde_json::Value::String(value.trim().to_string()))
+        .with_context(|| format!("{flag} {value}"))
 }
 
 /// Generates `cfg`'s workload, with `rate` (re-timed trace, or Poisson/Gamma) if given.

@@ -22,6 +22,10 @@
 //! [cluster.splitwise]        # accellm_core::cluster::ClusterConfig
 //! prefill_instances = 3
 //!
+//! [cluster.accellm]          # AcceLLM knobs (docs/accellm.md)
+//! sync = "recompute"         # eager, lazy, recompute
+//! eviction = "largest-first" # lru, largest-first
+//!
 //! [cost]                     # efficiency overrides (data/specs/cost-model.toml)
 //! gemm_mfu = 0.6
 //! ```
@@ -138,6 +142,7 @@ impl SimConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use accellm_core::{cluster::accellm::SyncMode, kv::EvictionPolicy};
 
     #[test]
     fn toml_sections_reach_policy_knobs() {
@@ -162,6 +167,16 @@ mod tests {
         assert_eq!(c.cluster.splitwise.prefill_instances, 2);
         assert_eq!(c.cost.gemm_mfu, Some(0.6));
         assert_eq!(c.tp, 8);
+        let c = SimConfig::parse(
+            "[cluster.accellm]\nsync = \"recompute\"\neviction = \"largest-first\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.cluster.accellm.sync, SyncMode::Recompute);
+        assert_eq!(c.cluster.accellm.eviction, EvictionPolicy::LargestFirst);
+        let e = SimConfig::parse("[cluster.accellm]\nsync = \"never\"\n").unwrap_err();
+        assert!(e.contains("eager") && e.contains("recompute"), "{e}");
+        let e = SimConfig::parse("[cluster.accellm]\neviction = \"fifo\"\n").unwrap_err();
+        assert!(e.contains("lru") && e.contains("largest-first"), "{e}");
         assert!(SimConfig::parse("instnaces = 3")
             .unwrap_err()
             .contains("instnaces"));

@@ -1,5 +1,5 @@
 //! `--report out.html`: the runs of one `accellm simulate` as a self-contained HTML page
-//! (summary table, latency CDFs, throughput and KV utilisation over time, instance timelines,
+//! (summary table, per-SLO-class table, latency CDFs, throughput and KV utilisation over time, instance timelines,
 //! metrics against rate for sweeps), drawn by `accellm-report`.
 
 use accellm_report::{Cdf, Lines, Report, Section, Segment, Table, Timeline};
@@ -66,6 +66,39 @@ pub fn build(runs: &[RunReport], title_line: &str, sweep: bool) -> Report {
         ]);
     }
     report = report.table(table);
+    if runs.iter().any(|r| !r.classes.is_empty()) {
+        let mut classes = Table::new(
+            "Per SLO class",
+            [
+                "policy",
+                "rate (req/s)",
+                "class",
+                "SLO TTFT / TBT (ms)",
+                "done/arrived",
+                "SLO met",
+                "goodput",
+                "TTFT p50/p99 (ms)",
+                "worst TBT per request p50/p99 (ms)",
+            ],
+        );
+        let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.0}"));
+        for r in runs {
+            for c in &r.classes {
+                classes = classes.row([
+                    r.label(),
+                    r.rate.map_or("trace".into(), |x| format!("{x}")),
+                    c.name.clone(),
+                    format!("{} / {}", ms(c.ttft_slo_ms), ms(c.tbt_slo_ms)),
+                    format!("{}/{}", c.completed, c.arrived),
+                    format!("{:.1}%", c.slo_attainment * 100.0),
+                    format!("{:.2}", c.goodput),
+                    format!("{:.0} / {:.0}", c.ttft_ms.p50, c.ttft_ms.p99),
+                    format!("{:.1} / {:.1}", c.worst_tbt_ms.p50, c.worst_tbt_ms.p99),
+                ]);
+            }
+        }
+        report = report.table(classes);
+    }
     let name = |r: &RunReport| match r.rate {
         Some(x) if sweep => format!("{} @ {x}", r.label()),
         _ => r.label(),

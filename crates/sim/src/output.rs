@@ -127,6 +127,14 @@ pub fn metrics_table(reports: &[RunReport]) -> String {
             r.counters.migrations_free, r.counters.migrations_transfer
         )
     });
+    if reports.iter().any(|r| r.counters.migrations_recompute > 0) {
+        row("migrations recompute (tokens recomputed)", &|r| {
+            format!(
+                "{} ({})",
+                r.counters.migrations_recompute, r.counters.recompute_tokens
+            )
+        });
+    }
     row("req/s per instance", &|r| {
         format!("{:.3}", r.requests_per_s_per_instance)
     });
@@ -136,6 +144,58 @@ pub fn metrics_table(reports: &[RunReport]) -> String {
     row("simulated s / wall s", &|r| {
         format!("{:.0} / {:.2}", r.simulated_s, r.wall_s)
     });
+    let mut text = table(&rows);
+    let classes = class_table(reports);
+    if !classes.is_empty() {
+        text.push('\n');
+        text.push_str(&classes);
+    }
+    text
+}
+
+/// Per SLO class, the reports side by side: attainment and goodput, TTFT, and each request's
+/// worst gap between tokens (what its TBT SLO judges). Empty when no report has classes.
+pub fn class_table(reports: &[RunReport]) -> String {
+    let mut names: Vec<&str> = Vec::new();
+    for c in reports.iter().flat_map(|r| &r.classes) {
+        if !names.contains(&c.name.as_str()) {
+            names.push(&c.name);
+        }
+    }
+    if names.is_empty() {
+        return String::new();
+    }
+    let mut header = vec!["per SLO class".to_string()];
+    header.extend(reports.iter().map(RunReport::label));
+    let mut rows = vec![header];
+    let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.0}"));
+    for name in names {
+        let of = |r: &RunReport| r.classes.iter().find(|c| c.name == name).cloned();
+        let slo = reports.iter().find_map(of).map_or(String::new(), |c| {
+            format!(
+                " (TTFT {} / TBT {} ms)",
+                ms(c.ttft_slo_ms),
+                ms(c.tbt_slo_ms)
+            )
+        });
+        let mut row = |label: String, f: &dyn Fn(&crate::runner::ClassReport) -> String| {
+            let mut cells = vec![label];
+            cells.extend(reports.iter().map(|r| of(r).map_or("-".into(), |c| f(&c))));
+            rows.push(cells);
+        };
+        row(format!("{name}{slo}: requests done/arrived"), &|c| {
+            format!("{}/{}", c.completed, c.arrived)
+        });
+        row("  SLO attainment / goodput req/s".into(), &|c| {
+            format!("{:.1}% / {:.2}", c.slo_attainment * 100.0, c.goodput)
+        });
+        row("  TTFT ms p50 / p99".into(), &|c| {
+            format!("{:.0} / {:.0}", c.ttft_ms.p50, c.ttft_ms.p99)
+        });
+        row("  worst TBT per request ms p50 / p99".into(), &|c| {
+            format!("{:.1} / {:.1}", c.worst_tbt_ms.p50, c.worst_tbt_ms.p99)
+        });
+    }
     table(&rows)
 }
 

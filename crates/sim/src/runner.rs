@@ -6,13 +6,14 @@ use std::time::Instant;
 
 use accellm_core::{
     cluster, instance,
-    metrics::Summary,
+    metrics::{RequestRecord, Summary},
     replay::{self, Observer},
     request::{RequestSpec, Slo},
     scheduler::{Action, ClusterCounters, Scheduler, SchedulerConfig},
+    stats::Percentiles,
     TimeUs,
 };
-use accellm_workload::Workload;
+use accellm_workload::{SloClass, Workload};
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
@@ -161,6 +162,9 @@ pub struct RunReport {
     pub kv_bytes_moved: u64,
     /// Per instance.
     pub instances: Vec<InstanceReport>,
+    /// Per SLO class of the workload (empty when requests carry no class).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub classes: Vec<ClassReport>,
     /// Mean busy fraction over instances.
     pub busy_mean: f64,
     /// Mean KV utilisation over instances and time.
@@ -183,6 +187,98 @@ pub struct RunReport {
     /// Per-request latencies for distributions, if recorded (with the time series).
     #[serde(skip)]
     pub samples: Option<LatencySamples>,
+}
+
+/// The figures of one SLO class of the workload in a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClassReport {
+    /// Class name (from the workload's SLO policy; `class K` if it has none).
+    pub name: String,
+    /// The class's TTFT SLO (ms), as its requests carry it.
+    pub ttft_slo_ms: Option<f64>,
+    /// The class's TBT SLO (ms), as its requests carry it.
+    pub tbt_slo_ms: Option<f64>,
+    /// Requests of the class that arrived (rejected and unfinished ones included).
+    pub arrived: u64,
+    /// Of those, completed.
+    pub completed: u64,
+    /// Fraction of arrived requests that met their SLOs (same definition as the run's).
+    pub slo_attainment: f64,
+    /// Requests of the class per second that met their SLOs.
+    pub goodput: f64,
+    /// TTFT of completed requests (ms).
+    pub ttft_ms: Percentiles,
+    /// Each completed request's longest gap between tokens (ms): the gap its TBT SLO judges.
+    pub worst_tbt_ms: Percentiles,
+    /// JCT of completed requests (ms).
+    pub jct_ms: Percentiles,
+}
+
+/// Per-class figures of a run: `requests` as submitted, `finished` as recorded by the core,
+/// `names` the workload's classes (indexed by [`RequestSpec::class`]), over `duration_s`.
+pub fn class_reports(
+    requests: &[RequestSpec],
+    finished: &[RequestRecord],
+    names: &[SloClass],
+    duration_s: f64,
+) -> Vec<ClassReport> {
+    let n = requests
+        .iter()
+        .filter_map(|r| r.class)
+        .map(|c| c as usize + 1)
+        .max()
+        .unwrap_or(0);
+    let mut out: Vec<ClassReport> = (0..n)
+        .map(|k| ClassReport {
+            name: names
+                .get(k)
+                .map_or_else(|| format!("class {k}"), |c| c.name.clone()),
+            ttft_slo_ms: None,
+            tbt_slo_ms: None,
+            arrived: 0,
+            completed: 0,
+            slo_attainment: 0.0,
+            goodput: 0.0,
+            ttft_ms: Percentiles::default(),
+            worst_tbt_ms: Percentiles::default(),
+            jct_ms: Percentiles::default(),
+        })
+        .collect();
+    for r in requests {
+        if let Some(c) = r.class.and_then(|c| out.get_mut(c as usize)) {
+            c.arrived += 1;
+            c.ttft_slo_ms = c.ttft_slo_ms.or(r.slo.ttft_ms);
+            c.tbt_slo_ms = c.tbt_slo_ms.or(r.slo.tbt_ms);
+        }
+    }
+    let secs = duration_s.max(1e-9);
+    for (k, c) in out.iter_mut().enumerate() {
+        let done: Vec<&RequestRecord> = finished
+            .iter()
+            .filter(|r| {
+                r.class == Some(k as u16)
+                    && r.reason != accellm_core::request::FinishReason::Cancelled
+                    && r.output_tokens > 0
+            })
+            .collect();
+        let ms = |f: fn(&RequestRecord) -> TimeUs| {
+            let mut v: Vec<f64> = done.iter().map(|r| f(r) as f64 / 1e3).collect();
+            Percentiles::of(&mut v)
+        };
+        let met = done.iter().filter(|r| r.slo_met).count();
+        c.completed = done.len() as u64;
+        c.slo_attainment = if c.arrived == 0 {
+            0.0
+        } else {
+            met as f64 / c.arrived as f64
+        };
+        c.goodput = met as f64 / secs;
+        c.ttft_ms = ms(|r| r.ttft_us);
+        c.worst_tbt_ms = ms(|r| r.max_tbt_us);
+        c.jct_ms = ms(|r| r.jct_us);
+    }
+    out.retain(|c| c.arrived > 0);
+    out
 }
 
 /// Latency samples of a run, for CDFs.
@@ -293,6 +389,12 @@ pub fn run(
     let mut rep = report(
         cfg, &sched, info, end.end_us, end.events, wall_s, timeseries,
     );
+    rep.classes = class_reports(
+        requests,
+        &sched.metrics().finished,
+        cfg.workload.slo.classes(),
+        rep.summary.duration_s,
+    );
     if want_ts {
         rep.samples = Some(LatencySamples::of(sched.metrics()));
     }
@@ -346,6 +448,7 @@ fn report(
         unfinished_waiting,
         counters,
         instances,
+        classes: Vec::new(),
         cluster: info,
         summary,
         simulated_s: secs,

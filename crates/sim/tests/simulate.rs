@@ -128,6 +128,41 @@ fn tighter_slos_are_met_less_often() {
 }
 
 #[test]
+fn per_class_figures_add_up_to_the_run() {
+    let mut c = small("least-load", "accelgen", 3);
+    c.workload.slo = accellm_workload::SloPolicy::Classes {
+        classes: accellm_workload::SloClass::defaults(),
+    };
+    let r = run(&c, 20.0);
+    let names: Vec<&str> = r.classes.iter().map(|k| k.name.as_str()).collect();
+    assert_eq!(names, ["chat", "code", "summarisation", "batch"]);
+    let arrived: u64 = r.classes.iter().map(|k| k.arrived).sum();
+    let completed: u64 = r.classes.iter().map(|k| k.completed).sum();
+    let goodput: f64 = r.classes.iter().map(|k| k.goodput).sum();
+    assert_eq!(arrived, r.summary.arrived);
+    assert_eq!(completed, r.summary.completed);
+    assert!((goodput - r.summary.goodput).abs() < 1e-9);
+    for k in &r.classes {
+        assert!(
+            k.tbt_slo_ms.is_some() && k.ttft_slo_ms.is_some(),
+            "{}",
+            k.name
+        );
+        // A request meets its TBT SLO only if its worst gap does: a class whose p50 worst gap
+        // is over its SLO cannot have met it for more than half its requests.
+        if k.worst_tbt_ms.p50 > k.tbt_slo_ms.unwrap() {
+            assert!(k.slo_attainment <= 0.5, "{}: {}", k.name, k.slo_attainment);
+        }
+    }
+    let table = accellm_sim::output::metrics_table(std::slice::from_ref(&r));
+    assert!(table.contains("chat (TTFT"), "{table}");
+    // Without classes there is no per-class section.
+    let plain = run(&small("least-load", "vllm", 3), 20.0);
+    assert!(plain.classes.is_empty());
+    assert!(!accellm_sim::output::metrics_table(&[plain]).contains("per SLO class"));
+}
+
+#[test]
 fn unknown_names_list_the_valid_ones() {
     let args = |f: &dyn Fn(&mut SimulateArgs)| {
         let mut a = SimulateArgs::default();
@@ -138,6 +173,24 @@ fn unknown_names_list_the_valid_ones() {
     assert!(e.contains("nope") && e.contains("least-load"), "{e}");
     let e = args(&|a| a.instance_policy = Some("nope".into()));
     assert!(e.contains("sarathi"), "{e}");
+    // AcceLLM knob flags: the error names the flag and every valid value.
+    let knob = |a: SimulateArgs| format!("{:#}", cli::config(&a).unwrap_err());
+    let e = knob(SimulateArgs {
+        sync: Some("sometimes".into()),
+        ..Default::default()
+    });
+    assert!(
+        e.contains("--sync") && e.contains("lazy") && e.contains("recompute"),
+        "{e}"
+    );
+    let e = knob(SimulateArgs {
+        eviction: Some("fifo".into()),
+        ..Default::default()
+    });
+    assert!(
+        e.contains("--eviction") && e.contains("lru") && e.contains("largest-first"),
+        "{e}"
+    );
     let e = args(&|a| a.model = Some("gpt-9".into()));
     assert!(e.contains("llama3-70b"), "{e}");
     let e = args(&|a| a.hardware = Some("tpu".into()));
@@ -235,6 +288,7 @@ fn report_flag_writes_a_self_contained_html_page() {
         rate: Some(4.0),
         num_requests: Some(100),
         compare: vec!["vllm".into(), "splitwise".into()],
+        slo_classes: Some("classes:chat=0.5,batch=0.5".into()),
         report: Some(path.clone()),
         ..SimulateArgs::default()
     };
@@ -243,7 +297,41 @@ fn report_flag_writes_a_self_contained_html_page() {
     assert!(html.contains("<svg") && !html.contains("<script"));
     assert!(html.contains("least-load/vllm") && html.contains("splitwise/vllm"));
     assert!(html.contains("instance 1"));
+    // The per-class table names the classes that were drawn, and only those.
+    assert!(html.contains("Per SLO class") && html.contains("chat") && html.contains("batch"));
+    assert!(!html.contains("summarisation"));
     std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn accellm_recompute_sync_moves_decodes_by_compute_not_bytes() {
+    let a = SimulateArgs {
+        cluster_policy: Some("accellm".into()),
+        sync: Some("recompute".into()),
+        eviction: Some("largest-first".into()),
+        ..Default::default()
+    };
+    let parsed = cli::config(&a).unwrap();
+    let mut c = small("accellm", "vllm", 3);
+    c.cluster = parsed.cluster;
+    let r = run(&c, 8.0);
+    assert_eq!(r.unfinished, 0);
+    assert_eq!(r.summary.completed, 400);
+    let k = r.counters;
+    assert!(
+        k.migrations_recompute > 0 && k.recompute_tokens > 0,
+        "{k:?}"
+    );
+    assert_eq!(k.transfer_bytes, 0, "{k:?}");
+    // Same requests, lazy sync: the same moves are paid in link bytes instead.
+    c.cluster.accellm.sync = accellm_core::cluster::accellm::SyncMode::Lazy;
+    let lazy = run(&c, 8.0);
+    assert!(lazy.counters.transfer_bytes > 0, "{:?}", lazy.counters);
+    assert_eq!(lazy.counters.migrations_recompute, 0);
+    assert_eq!(
+        lazy.counters.copy_bytes, k.copy_bytes,
+        "prompt replicas only"
+    );
 }
 
 #[test]

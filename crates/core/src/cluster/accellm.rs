@@ -17,13 +17,16 @@
 //! - **Redundant KV.** Each prefill chunk's KV is streamed to the partner layer by layer while it
 //!   is computed, so both instances hold the request (primary on one, replica on the other).
 //!   Replicas are kept current during decode by `sync`: `eager` streams each decode step's new KV
-//!   too, `lazy` sends the missing tokens when a request moves. A move to a partner holding a
+//!   too, `lazy` sends the missing tokens when a request moves, `recompute` sends nothing and
+//!   the partner recomputes the missing tokens' KV in the moved request's first step there (a
+//!   recompute chunk: a prefill chunk of the missing tokens plus the latest one, run in a decode
+//!   iteration, since it produces the request's next token). A move to a partner holding a
 //!   current replica is free; one whose copy is still landing completes when it lands.
 //! - **Memory.** Replicas count against the holder's KV blocks; routing counts replica blocks as
-//!   free (they are evicted, least recently used first, when a primary needs room). A request whose
-//!   replica was evicted is pinned to its owner: rebalancing never moves it. Only a role switch
-//!   moves it, by an explicit transfer of its whole KV, which leaves the old primary behind as a
-//!   fresh replica.
+//!   free (they are evicted, in the `eviction` order, least recently used first by default, when a
+//!   primary needs room). A request whose replica was evicted is pinned to its owner: rebalancing
+//!   never moves it. Only a role switch moves it, by an explicit transfer of its whole KV, which
+//!   leaves the old primary behind as a fresh replica.
 //!
 //! Where the paper is silent the choices are ours, each a knob of [`AccellmConfig`]; the prefill
 //! token budget per batch is the instance policy's (`vllm`: `max_num_batched_tokens`, `sarathi`:
@@ -31,10 +34,11 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{ClusterCtx, ClusterPolicy};
+use super::{CatchUp, ClusterCtx, ClusterPolicy};
 use crate::{
     batch::{Entry, Work},
     instance::PhaseConstraint,
+    kv::EvictionPolicy,
     request::{Phase, RequestId},
     InstanceId,
 };
@@ -71,6 +75,9 @@ pub enum SyncMode {
     Eager,
     /// Nothing is sent while decoding; a move transfers the tokens the replica lacks.
     Lazy,
+    /// Nothing is sent while decoding; after a move the partner recomputes the tokens its replica
+    /// lacks, as a chunk in the request's first iteration there: compute instead of link bytes.
+    Recompute,
 }
 
 /// How the scheduling manager ranks the pairs that have KV room for a new request.
@@ -111,6 +118,8 @@ pub struct AccellmConfig {
     pub sync: SyncMode,
     /// When neither partner has decodes, a new prompt may start a second prefill instance.
     pub both_prefill: bool,
+    /// Which replica an instance evicts first when a primary needs room.
+    pub eviction: EvictionPolicy,
 }
 
 impl Default for AccellmConfig {
@@ -125,6 +134,7 @@ impl Default for AccellmConfig {
             rebalance_tolerance: 0.1,
             sync: SyncMode::Eager,
             both_prefill: false,
+            eviction: EvictionPolicy::Lru,
         }
     }
 }
@@ -462,6 +472,12 @@ impl ClusterPolicy for Accellm {
         "accellm"
     }
 
+    fn init(&mut self, ctx: &mut ClusterCtx<'_>) {
+        for i in 0..self.partner.len() {
+            ctx.set_eviction(i as InstanceId, self.cfg.eviction);
+        }
+    }
+
     fn route(&mut self, ctx: &mut ClusterCtx<'_>, id: RequestId) -> InstanceId {
         let need = ctx.request(id).prefill_target as u64;
         let mut best: Option<(bool, u64, u64, usize)> = None;
@@ -527,6 +543,8 @@ impl ClusterPolicy for Accellm {
         }
         let r = ctx.request(e.request);
         match e.work {
+            // A recompute chunk rebuilds KV the partner (the old primary) already holds.
+            Work::Prefill { .. } if r.phase == Phase::Decoding => None,
             // A prompt's replica is built chunk by chunk; once a chunk could not be copied the
             // chain is broken and the request stays without replica.
             Work::Prefill { start, .. } => (start == 0 || r.replica_on == Some(p)).then_some(p),
@@ -562,6 +580,13 @@ impl ClusterPolicy for Accellm {
     fn keeps_replica_after_migration(&self) -> bool {
         self.cfg.replication
     }
+
+    fn catch_up(&self) -> CatchUp {
+        match self.cfg.sync {
+            SyncMode::Recompute => CatchUp::Recompute,
+            SyncMode::Eager | SyncMode::Lazy => CatchUp::Transfer,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -592,19 +617,31 @@ mod tests {
 
     #[test]
     fn knobs_parse_from_kebab_case() {
-        let cfg: AccellmConfig = serde_json_like();
+        let cfg = serde_json_like(&[("sync", "lazy"), ("prefill_choice", "alternate")]).unwrap();
         assert_eq!(cfg.sync, SyncMode::Lazy);
         assert_eq!(cfg.prefill_choice, PrefillChoice::Alternate);
+        assert_eq!(cfg.eviction, EvictionPolicy::Lru);
         assert!(cfg.replication);
+        let cfg = serde_json_like(&[("sync", "recompute"), ("eviction", "largest-first")]).unwrap();
+        assert_eq!(cfg.sync, SyncMode::Recompute);
+        assert_eq!(cfg.eviction, EvictionPolicy::LargestFirst);
+    }
+
+    #[test]
+    fn unknown_knob_values_list_the_valid_ones() {
+        let e = serde_json_like(&[("sync", "sometimes")]).unwrap_err();
+        assert!(e.contains("`eager`, `lazy`"), "{e}");
+        assert!(e.contains("`recompute`"), "{e}");
+        let e = serde_json_like(&[("eviction", "fifo")]).unwrap_err();
+        assert!(e.contains("`lru`") && e.contains("`largest-first`"), "{e}");
     }
 
     /// Builds a config through serde's derive without a format crate: the value tree below is
     /// what a TOML or JSON reader would produce.
-    fn serde_json_like() -> AccellmConfig {
+    fn serde_json_like(map: &[(&'static str, &'static str)]) -> Result<AccellmConfig, String> {
         use serde::de::{value::MapDeserializer, IntoDeserializer};
-        let map = vec![("sync", "lazy"), ("prefill_choice", "alternate")];
         let de: MapDeserializer<'_, _, serde::de::value::Error> =
-            MapDeserializer::new(map.into_iter().map(|(k, v)| (k, v.into_deserializer())));
-        AccellmConfig::deserialize(de).unwrap()
+            MapDeserializer::new(map.iter().map(|&(k, v)| (k, v.into_deserializer())));
+        AccellmConfig::deserialize(de).map_err(|e| e.to_string())
     }
 }

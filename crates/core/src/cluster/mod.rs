@@ -15,9 +15,9 @@ use crate::{
     batch::Entry,
     cost::{CostModel, Link},
     instance::{Instance, PhaseConstraint, UnknownPolicy},
-    kv::{KvError, Ownership},
+    kv::{EvictionPolicy, KvError, Ownership},
     request::{Phase, RequestId, RequestState},
-    scheduler::{Action, State, Transfer},
+    scheduler::State,
     InstanceId, TimeUs,
 };
 
@@ -30,6 +30,19 @@ pub enum Migration {
     AwaitingCopy,
     /// An explicit KV transfer was started.
     Transfer,
+    /// The destination's replica lacked the latest tokens; the request runs there at once and its
+    /// next step recomputes them ([`crate::request::RequestState::recompute_tokens`]).
+    Recompute,
+}
+
+/// How a move onto a replica that lacks the latest tokens catches up.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum CatchUp {
+    /// The missing tokens' KV is transferred over the link.
+    #[default]
+    Transfer,
+    /// The destination recomputes the missing tokens' KV in the request's next step.
+    Recompute,
 }
 
 /// Why a migration could not start.
@@ -90,6 +103,11 @@ impl ClusterCtx<'_> {
         self.s.mark_dirty(i);
     }
 
+    /// Sets which replica instance `i`'s block manager evicts first.
+    pub fn set_eviction(&mut self, i: InstanceId, policy: EvictionPolicy) {
+        self.s.instances[i as usize].kv.set_eviction(policy);
+    }
+
     /// Counts a role switch (for the run summary).
     pub fn count_role_switch(&mut self) {
         self.s.counters.role_switches += 1;
@@ -132,9 +150,11 @@ impl ClusterCtx<'_> {
     }
 
     /// Moves decoding request `id` to run on `to`. With a current replica there this is free;
-    /// with a replica whose copy is still landing it completes when the copy lands; otherwise the
-    /// missing KV is transferred ([`Action::Transfer`]). With `keep_source` the old primary stays
-    /// behind as a replica.
+    /// with a replica whose copy is still landing it completes when the copy lands; with a replica
+    /// that lacks the latest tokens they are recomputed there if the policy's
+    /// [`ClusterPolicy::catch_up`] says so; otherwise the missing KV is transferred
+    /// ([`crate::scheduler::Action::Transfer`]). With `keep_source` the old primary stays behind
+    /// as a replica.
     pub fn migrate(
         &mut self,
         id: RequestId,
@@ -184,31 +204,7 @@ impl ClusterCtx<'_> {
         if have_replica && r.copies_pending > 0 {
             return Ok(Migration::AwaitingCopy);
         }
-        let have = if have_replica { r.replica_tokens } else { 0 };
-        let missing = tokens - have.min(tokens);
-        let tid = match self.s.free_transfers.pop() {
-            Some(t) => t,
-            None => {
-                self.s.transfers.push(None);
-                self.s.transfers.len() as u32 - 1
-            }
-        };
-        self.s.transfers[tid as usize] = Some(Transfer {
-            request: id,
-            to,
-            keep_source,
-        });
-        self.s.counters.migrations_transfer += 1;
-        self.s.counters.transfer_bytes += missing as u64 * self.s.cost.kv_bytes_per_token();
-        self.s.actions.push(Action::Transfer {
-            id: tid,
-            request: id,
-            from,
-            to,
-            from_token: have.min(tokens),
-            tokens: missing,
-        });
-        Ok(Migration::Transfer)
+        Ok(self.s.catch_up_move(id, to, keep_source))
     }
 }
 
@@ -257,6 +253,12 @@ pub trait ClusterPolicy: Send {
     /// Whether a migration that waited for a copy keeps the old primary as a replica.
     fn keeps_replica_after_migration(&self) -> bool {
         false
+    }
+
+    /// How a move onto a replica that lacks the latest tokens catches up (read once, when the
+    /// scheduler is built).
+    fn catch_up(&self) -> CatchUp {
+        CatchUp::Transfer
     }
 }
 

@@ -22,17 +22,19 @@
 //!    present may skip the iteration while its slack is at least `skip_horizon` iteration limits;
 //!    skipped decodes fill whatever budget the prompts leave. In `admission` mode every running
 //!    request decodes in every iteration and prioritisation only orders admission and chunking.
-//!    Prompts are ordered: overdue ones that already hold KV first (earliest TTFT deadline), then
-//!    by SLO bin (tighter first) and TTFT deadline; prompts that missed their TTFT deadline before
-//!    starting go last (`overdue = "last"`, default) or first (`"first"`, plain EDF).
+//!    Prompts are ordered: overdue ones that already hold KV or were preempted after streaming
+//!    tokens first (earliest deadline), then by SLO bin (tighter first) and TTFT deadline;
+//!    prompts that missed their TTFT deadline before starting go last (`overdue = "last"`,
+//!    default) or first (`"first"`, plain EDF).
 //! 4. **Multi-resource batching**: urgent prompts go first in deadline order; among the next
 //!    `pack_window` prompts of the tightest SLO bin still waiting the policy
 //!    greedily takes the one with the highest `w_compute·(share of the token budget left) +
 //!    w_kv·(share of the free KV blocks)` that fits both, until one of them runs out. New prompts
 //!    leave `kv_watermark` of the blocks free for the decodes' growth. When a decode runs out of
-//!    KV, the victim is the running request (not yet in the batch) with, in order: the loosest SLO
-//!    bin, then the most output tokens left, then the cheapest recompute (predicted time of
-//!    prefilling its context), then the latest arrival ([`VictimKey`]).
+//!    KV, the victim is the running request (not yet in the batch) with, in order: no earlier
+//!    preemption (so one loose request is not preempted over and over), the loosest SLO bin,
+//!    the most output tokens left, the cheapest recompute (predicted time of prefilling its
+//!    context), the latest arrival ([`VictimKey`]).
 //!
 //! Knobs: [`AccelGenConfig`] (in `InstanceConfig::accelgen`) and `max_num_seqs`.
 
@@ -111,6 +113,11 @@ pub struct AccelGenConfig {
     pub w_kv: f64,
     /// Fraction of the KV blocks a new prompt must leave free while requests are decoding.
     pub kv_watermark: f64,
+    /// Overload relief: while prompts wait, an SLO bin whose iteration limit the running decodes
+    /// alone fill beyond `1 − relief_share` cannot admit new work; such bins are held, for this
+    /// iteration, to the SLO of the tightest bin present that leaves that share for prefill (their
+    /// requests may miss a deadline so the queue drains). 0 turns it off.
+    pub relief_share: f64,
 }
 
 impl Default for AccelGenConfig {
@@ -132,6 +139,7 @@ impl Default for AccelGenConfig {
             w_compute: 0.5,
             w_kv: 0.5,
             kv_watermark: 0.01,
+            relief_share: 0.0,
         }
     }
 }
@@ -163,6 +171,9 @@ impl AccelGenConfig {
 /// Preemption order: the request with the greatest key is preempted first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct VictimKey {
+    /// Never preempted before (a request already preempted is spared while another can go, so
+    /// one loose request is not preempted over and over).
+    pub first_time: bool,
     /// SLO bin (looser is greater).
     pub bin: u32,
     /// Output tokens left to generate.
@@ -190,6 +201,14 @@ struct Cand {
     group: u8,
 }
 
+/// Prompt order: urgent prompts by deadline, then by group, SLO bin and deadline.
+fn prompt_order(c: &Cand) -> (u8, u32, i64, RequestId) {
+    match c.group {
+        0 => (0, 0, c.deadline, c.id),
+        g => (g, c.bin, c.deadline, c.id),
+    }
+}
+
 /// The AccelGen policy.
 #[derive(Debug)]
 pub struct AccelGen {
@@ -199,12 +218,16 @@ pub struct AccelGen {
     decodes: Vec<Cand>,
     deferred: Vec<Cand>,
     prefills: Vec<Cand>,
+    /// `prefills[..sorted]` is in final order (the rest is sorted only when a scan reaches it).
+    sorted: usize,
     tried: Vec<bool>,
     /// The last conversions, reused because most requests share a few SLOs: a TBT SLO in ms (as
     /// bits) to µs and its bin, an SLO in µs to its iteration limit, a limit to its token budget.
     slo_memo: Cell<Option<(u64, TimeUs, u32)>>,
     limit_memo: Cell<Option<(TimeUs, TimeUs)>>,
     budget_memo: Cell<Option<(TimeUs, u32)>>,
+    /// SLO bins computed so far, by TBT SLO (workloads use a handful of distinct SLOs).
+    bins: std::cell::RefCell<Vec<(TimeUs, u32)>>,
 }
 
 impl AccelGen {
@@ -217,16 +240,31 @@ impl AccelGen {
             decodes: Vec::new(),
             deferred: Vec::new(),
             prefills: Vec::new(),
+            sorted: 0,
             tried: Vec::new(),
             slo_memo: Cell::new(None),
             limit_memo: Cell::new(None),
             budget_memo: Cell::new(None),
+            bins: Default::default(),
         }
     }
 
     /// The budget table, once the first `schedule` call has built it.
     pub fn table(&self) -> Option<&BudgetTable> {
         self.table.as_ref()
+    }
+
+    /// The SLO bin of a TBT SLO of `slo_us`, memoised (the hot path sees few distinct SLOs).
+    fn bin_us(&self, slo_us: TimeUs) -> u32 {
+        let mut bins = self.bins.borrow_mut();
+        if let Some(&(_, b)) = bins.iter().find(|&&(s, _)| s == slo_us) {
+            return b;
+        }
+        let b = self.cfg.bin(slo_us as f64 / 1000.0);
+        if bins.len() < 64 {
+            bins.push((slo_us, b));
+        }
+        b
     }
 
     fn tbt_slo_us(&self, r: &RequestState) -> TimeUs {
@@ -310,7 +348,8 @@ impl AccelGen {
         let mut shape = IterationShape::default();
         shape.add_prefill(0, r.kv_tokens.max(1), true);
         VictimKey {
-            bin: self.slo_and_bin(r).1,
+            first_time: r.preemptions == 0,
+            bin: self.bin_us(self.tbt_slo_us(r)),
             remaining_output: r.remaining_output(),
             neg_restore_us: -(ctx.cost().iteration_us(&shape) as i64),
             serial: r.serial,
@@ -401,7 +440,11 @@ impl AccelGen {
         while !self.full(ctx) && ctx.batch().shape.tokens() < lim.tokens {
             let mut best: Option<(usize, u32, Limit, f64)> = None;
             let (mut window, mut group) = (0, None);
-            for (k, c) in self.prefills.iter().enumerate() {
+            for k in 0..self.prefills.len() {
+                if k == self.sorted {
+                    self.sort_rest();
+                }
+                let c = &self.prefills[k];
                 if self.tried[k] || ctx.is_scheduled(c.id) {
                     continue;
                 }
@@ -471,6 +514,48 @@ impl AccelGen {
         }
     }
 
+    /// Overload relief ([`AccelGenConfig::relief_share`]): raises the SLO that bins too tight to
+    /// admit work are held to in this iteration, up to the tightest bin present that is not.
+    fn relieve(&self, ctx: &ScheduleCtx<'_>, decodes: &mut [Cand], prefills: &mut [Cand]) {
+        let mut shape = IterationShape::default();
+        for c in decodes.iter() {
+            shape.add_decode(ctx.request(c.id).kv_tokens + 1);
+        }
+        let decode_us = ctx.cost().iteration_us(&shape) as f64;
+        let feasible = |slo_us: TimeUs| {
+            let lim = self.cfg.limit_us(slo_us) as f64;
+            lim - decode_us >= self.cfg.relief_share * lim
+        };
+        let tightest = decodes
+            .iter()
+            .chain(prefills.iter())
+            .map(|c| c.slo_us)
+            .min();
+        if tightest.is_none_or(feasible) {
+            return;
+        }
+        let Some(held_to) = decodes
+            .iter()
+            .chain(prefills.iter())
+            .map(|c| c.slo_us)
+            .filter(|&s| feasible(s))
+            .min()
+        else {
+            return;
+        };
+        for c in decodes.iter_mut().chain(prefills.iter_mut()) {
+            c.slo_us = c.slo_us.max(held_to);
+        }
+    }
+
+    /// Puts the not-yet-ordered tail of the prompt list in order.
+    fn sort_rest(&mut self) {
+        if self.sorted < self.prefills.len() {
+            self.prefills[self.sorted..].sort_unstable_by_key(prompt_order);
+            self.sorted = self.prefills.len();
+        }
+    }
+
     /// The limits of an empty batch: no time limit yet, `κ·S_pf` tokens.
     fn initial_limit(&self) -> Limit {
         let pivot = self.table.as_ref().map_or(u32::MAX, BudgetTable::pivot);
@@ -519,22 +604,39 @@ impl InstancePolicy for AccelGen {
                 }
             }
         }
-        decodes.sort_by_key(|c| (c.deadline, c.id));
+        // Keys end with the request id, so they are unique and an unstable sort is exact.
+        decodes.sort_unstable_by_key(|c| (c.deadline, c.id));
         // Overdue prompts that hold KV first (earliest deadline); then tighter SLO bins, then TTFT
         // deadline; overdue prompts that have not started go first or last as configured.
         let t = now as i64;
         for c in &mut prefills {
-            let started = ctx.request(c.id).prefilled > 0;
+            // A preempted request has streamed tokens already: it is owed its next one, so it
+            // is never demoted behind prompts that have not started.
+            let r = ctx.request(c.id);
+            let started = r.prefilled > 0 || r.last_token_us.is_some();
             c.group = match (c.deadline < t, started, self.cfg.overdue) {
                 (false, _, _) => 1,
                 (true, true, _) | (true, false, Overdue::First) => 0,
                 (true, false, Overdue::Last) => 2,
             };
         }
-        prefills.sort_by_key(|c| match c.group {
-            0 => (0, 0, c.deadline, c.id),
-            g => (g, c.bin, c.deadline, c.id),
-        });
+        // Scans rarely go past the urgent prompts and a few packing windows: order that head
+        // now, the rest only if a scan reaches it. Keys are unique (they end with the id), so
+        // the result is the full sort's.
+        let urgent = prefills.iter().filter(|c| c.group == 0).count();
+        let head = urgent + 4 * self.cfg.pack_window.max(1) as usize + 32;
+        if head < prefills.len() {
+            prefills.select_nth_unstable_by_key(head, prompt_order);
+            prefills[..head].sort_unstable_by_key(prompt_order);
+            self.sorted = head;
+        } else {
+            prefills.sort_unstable_by_key(prompt_order);
+            self.sorted = prefills.len();
+        }
+
+        if self.cfg.relief_share > 0.0 && !prefills.is_empty() {
+            self.relieve(ctx, &mut decodes, &mut prefills);
+        }
 
         // The tightest SLO present sets the expected iteration length; looser decodes with enough
         // slack may skip this iteration.
@@ -593,6 +695,9 @@ impl InstancePolicy for AccelGen {
         }
         self.decodes = decodes;
         self.deferred = deferred;
+        if ctx.batch().is_empty() {
+            self.sort_rest();
+        }
         self.ensure_progress(ctx);
     }
 }
@@ -621,6 +726,7 @@ mod tests {
     #[test]
     fn victim_order_is_loosest_then_longest_then_cheapest() {
         let k = |bin, remaining_output, restore: i64, serial| VictimKey {
+            first_time: true,
             bin,
             remaining_output,
             neg_restore_us: -restore,
@@ -634,6 +740,12 @@ mod tests {
         assert!(k(7, 400, 10, 0) > k(7, 400, 9_000, 9));
         // Full tie: the later arrival.
         assert!(k(7, 400, 10, 9) > k(7, 400, 10, 0));
+        // A request preempted before is spared while another can go.
+        let again = VictimKey {
+            first_time: false,
+            ..k(9, 900, 10, 9)
+        };
+        assert!(k(0, 1, 9_000, 0) > again);
     }
 
     #[test]

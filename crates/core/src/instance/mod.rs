@@ -202,12 +202,15 @@ impl<'a> ScheduleCtx<'a> {
     }
 
     /// Adds one decode step of `id` to the batch, reserving the KV block it may need (evicting
-    /// replicas if necessary).
+    /// replicas if necessary). If its cache here lacks its latest `k` tokens
+    /// ([`RequestState::recompute_tokens`]), the step is a recompute chunk instead: a prefill
+    /// chunk of `k + 1` tokens over the positions it lacks plus its latest token, whose last row
+    /// yields the next token (what a real engine runs to rebuild the KV), costed as such.
     #[inline]
     pub fn add_decode(&mut self, id: RequestId) -> Result<(), KvError> {
         debug_assert!(self.can_decode(id));
         let r = self.requests.get_mut(id);
-        let context = r.kv_tokens + 1;
+        let (context, missing) = (r.kv_tokens + 1, r.recompute_tokens.min(r.kv_tokens));
         // Most decode steps fit in the last block held: only the LRU clock moves, as in
         // `BlockManager::reserve` when nothing is needed.
         let kv = &mut self.inst.kv;
@@ -219,10 +222,21 @@ impl<'a> ScheduleCtx<'a> {
             self.requests.get_mut(id).in_flight = true;
         }
         let batch = &mut self.inst.batch;
-        batch.shape.add_decode(context);
+        let work = if missing > 0 {
+            let (start, len) = (context - 1 - missing, missing + 1);
+            batch.shape.add_prefill(start, len, true);
+            Work::Prefill {
+                start,
+                len,
+                last: true,
+            }
+        } else {
+            batch.shape.add_decode(context);
+            Work::Decode { context }
+        };
         batch.entries.push(Entry {
             request: id,
-            work: Work::Decode { context },
+            work,
             copy_to: None,
         });
         Ok(())
@@ -298,6 +312,7 @@ impl<'a> ScheduleCtx<'a> {
         r.prefill_target = r.spec.prompt_tokens.max(1) + r.generated;
         r.prefilled = 0;
         r.kv_tokens = 0;
+        r.recompute_tokens = 0;
         r.phase = Phase::Waiting;
         r.preemptions += 1;
         self.inst.load_tokens += r.load();

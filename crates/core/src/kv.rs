@@ -178,6 +178,7 @@ impl BlockManager {
     }
 
     /// Blocks held by `req` here (0 if none).
+    #[inline]
     pub fn held(&self, req: RequestId) -> u32 {
         self.entry(req).map_or(0, |t| t.blocks.len() as u32)
     }
@@ -272,6 +273,7 @@ impl BlockManager {
     }
 
     /// Marks `req`'s table as just used (for LRU eviction of replicas).
+    #[inline]
     pub fn touch(&mut self, req: RequestId) {
         self.tick += 1;
         let tick = self.tick;

@@ -91,13 +91,14 @@ impl Metrics {
         self.rejected += 1;
     }
 
+    #[inline(always)]
     pub(crate) fn on_token(&mut self, id: RequestId, r: &mut RequestState, now: TimeUs) {
         self.tokens_out += 1;
         match r.last_token_us {
             None => r.first_token_us = Some(now),
             Some(last) => {
                 let gap = now.saturating_sub(last);
-                self.tbt_us.record(gap as f64);
+                self.tbt_us.record_whole(gap);
                 r.max_tbt_us = r.max_tbt_us.max(gap);
                 if r.spec.slo.tbt_ms.is_some_and(|s| gap > ms_to_us(s)) {
                     r.tbt_misses += 1;

@@ -352,6 +352,7 @@ pub struct Scheduler {
     cluster: Box<dyn ClusterPolicy>,
     instance_policies: Vec<Box<dyn InstancePolicy>>,
     scratch_done: Vec<RequestId>,
+    scratch_evicted: Vec<RequestId>,
 }
 
 impl Scheduler {
@@ -387,6 +388,7 @@ impl Scheduler {
             cluster,
             instance_policies,
             scratch_done: Vec::new(),
+            scratch_evicted: Vec::new(),
         };
         let mut ctx = ClusterCtx { s: &mut s.state };
         s.cluster.init(&mut ctx);
@@ -450,7 +452,12 @@ impl Scheduler {
 
     /// Takes the actions produced so far.
     pub fn take_actions(&mut self, out: &mut Vec<Action>) {
-        out.append(&mut self.state.actions);
+        if out.is_empty() {
+            // The usual case (the executor drains `out` each time): trade buffers, copy nothing.
+            std::mem::swap(out, &mut self.state.actions);
+        } else {
+            out.append(&mut self.state.actions);
+        }
     }
 
     /// Integrates KV usage of every instance up to `now` (call before reading stats).
@@ -520,20 +527,28 @@ impl Scheduler {
         done.clear();
         let mut prefilled = Vec::new();
         let mut any_waiting_left = false;
-        for k in 0..s.instances[instance as usize].batch.entries.len() {
-            let e = s.instances[instance as usize].batch.entries[k];
-            let r = s.requests.get_mut(e.request);
+        let State {
+            instances,
+            requests,
+            metrics,
+            pending_copies,
+            ..
+        } = &mut *s;
+        let inst = &mut instances[instance as usize];
+        let pending = &mut pending_copies[instance as usize];
+        for e in &inst.batch.entries {
+            let r = requests.get_mut(e.request);
             r.in_flight = false;
             match e.work {
                 Work::Prefill { start, len, .. } if r.phase == Phase::Decoding => {
                     // A recompute chunk: the decode step that also rebuilt the KV this instance
                     // lacked; the context grows by the one token fed, as in a decode step.
                     let end = start + len;
-                    s.instances[instance as usize].load_tokens += (end - r.kv_tokens) as u64;
+                    inst.load_tokens += (end - r.kv_tokens) as u64;
                     r.kv_tokens = end;
                     r.recompute_tokens = 0;
                     r.generated += 1;
-                    s.metrics.on_token(e.request, r, now);
+                    metrics.on_token(e.request, r, now);
                 }
                 Work::Prefill { len, last, .. } => {
                     r.prefilled += len;
@@ -542,22 +557,21 @@ impl Scheduler {
                         r.phase = Phase::Decoding;
                         r.generated += 1;
                         any_waiting_left = true;
-                        s.instances[instance as usize].running.push(e.request);
+                        inst.running.push(e.request);
                         prefilled.push(e.request);
-                        s.metrics.on_token(e.request, r, now);
+                        metrics.on_token(e.request, r, now);
                     }
                 }
                 Work::Decode { .. } => {
-                    s.instances[instance as usize].load_tokens += 1;
+                    inst.load_tokens += 1;
                     r.kv_tokens += 1;
                     r.generated += 1;
-                    s.metrics.on_token(e.request, r, now);
+                    metrics.on_token(e.request, r, now);
                 }
             }
-            let r = s.requests.get_mut(e.request);
             if let Some(to) = e.copy_to {
                 r.copies_pending += 1;
-                s.pending_copies[instance as usize].push_back(PendingCopy {
+                pending.push_back(PendingCopy {
                     iteration,
                     request: e.request,
                     serial: r.serial,
@@ -710,11 +724,13 @@ impl Scheduler {
             requests: &mut s.requests,
             cost: &*s.cost,
             constraint,
-            evicted: Vec::new(),
-            preempted: Vec::new(),
+            evicted: std::mem::take(&mut self.scratch_evicted),
+            preempted: 0,
         };
+        ctx.evicted.clear();
         self.instance_policies[i as usize].schedule(&mut ctx);
-        let (evicted, preempted) = (ctx.evicted.len(), ctx.preempted.len());
+        let (evicted, preempted) = (ctx.evicted.len(), ctx.preempted);
+        self.scratch_evicted = ctx.evicted;
         s.counters.replica_evictions += evicted as u64;
         s.counters.preemptions += preempted as u64;
         s.metrics.preemptions += preempted as u64;
@@ -727,7 +743,11 @@ impl Scheduler {
             return;
         }
         // Layer-wise copies the cluster policy asks for, with replica blocks reserved up front.
-        let n = s.instances[i as usize].batch.entries.len();
+        let n = if self.cluster.copies_kv() {
+            s.instances[i as usize].batch.entries.len()
+        } else {
+            0
+        };
         let mut ev = Vec::new();
         for k in 0..n {
             let e = s.instances[i as usize].batch.entries[k];
@@ -753,10 +773,16 @@ impl Scheduler {
             let dst = &mut s.instances[to as usize];
             dst.account_kv(now);
             ev.clear();
-            match dst
-                .kv
-                .reserve(e.request, Ownership::Replica, tokens, &mut ev)
-            {
+            // A replica that already has room only moves the LRU clock (what `reserve` does then).
+            let reserved =
+                if tokens as u64 <= dst.kv.held(e.request) as u64 * dst.kv.block_size() as u64 {
+                    dst.kv.touch(e.request);
+                    Ok(())
+                } else {
+                    dst.kv
+                        .reserve(e.request, Ownership::Replica, tokens, &mut ev)
+                };
+            match reserved {
                 Ok(()) => {
                     dst.kv.pin(e.request);
                     r.replica_on = Some(to);

@@ -56,10 +56,6 @@ pub struct LogHistogram {
     total: u64,
     sum: f64,
     max: f64,
-    /// The last value recorded at or above 1 and its bucket: consecutive gaps are often equal
-    /// (every decode of one iteration), and this saves a logarithm per token.
-    #[serde(skip)]
-    memo: Option<(f64, usize)>,
 }
 
 impl PartialEq for LogHistogram {
@@ -71,9 +67,124 @@ impl PartialEq for LogHistogram {
 
 const GROWTH: f64 = 1.01;
 
+/// The bucket of `v` (at least 1): the definition every faster path must agree with.
+fn bucket_of(v: f64) -> usize {
+    (v.ln() / GROWTH.ln()) as usize
+}
+
+/// Whole numbers below this take the table lookup of [`BucketTable`].
+const TABLE_LIMIT: u64 = 1 << 32;
+/// Sub-intervals per power of two in [`BucketTable::start`]: each is narrower than a bucket.
+const SUB_BITS: u32 = 7;
+const SUBS: u64 = 1 << SUB_BITS;
+
+/// [`bucket_of`] for whole numbers by table lookup instead of a logarithm (an inter-token gap is
+/// recorded for every token). `small` holds the buckets of 1..128; `start` the bucket of the
+/// first whole number of each 1/128-octave sub-interval above, narrower than a bucket, so a
+/// value's bucket is that one or the next, told apart by `lower[b]`, the smallest whole number
+/// in bucket `b` or above. All are computed with [`bucket_of`] itself, which is monotonic on
+/// whole numbers (they are far apart compared with the logarithm's rounding), so the lookup gives
+/// exactly its result.
+struct BucketTable {
+    small: Vec<u16>,
+    start: Vec<u16>,
+    lower: Vec<u64>,
+}
+
+impl BucketTable {
+    #[inline]
+    fn get() -> &'static Self {
+        static TABLE: std::sync::OnceLock<BucketTable> = std::sync::OnceLock::new();
+        match TABLE.get() {
+            Some(t) => t,
+            None => Self::init(&TABLE),
+        }
+    }
+
+    #[cold]
+    fn init(cell: &'static std::sync::OnceLock<BucketTable>) -> &'static Self {
+        cell.get_or_init(Self::build)
+    }
+
+    fn build() -> Self {
+        let top = bucket_of((TABLE_LIMIT - 1) as f64) + 2;
+        let mut lower: Vec<u64> = Vec::with_capacity(top + 1);
+        lower.push(1);
+        for b in 1..=top {
+            let prev = lower[b - 1];
+            let guess = (GROWTH.powi(b as i32).floor() as u64).saturating_sub(2);
+            let mut v = guess.max(prev);
+            while v > prev && bucket_of((v - 1) as f64) >= b {
+                v -= 1;
+            }
+            while bucket_of(v as f64) < b {
+                v += 1;
+            }
+            lower.push(v);
+        }
+        lower.push(u64::MAX);
+        let small = (0..SUBS)
+            .map(|v| bucket_of(v.max(1) as f64) as u16)
+            .collect();
+        let start = (0..TABLE_LIMIT.ilog2() - SUB_BITS)
+            .flat_map(|shift| (SUBS..2 * SUBS).map(move |m| m << shift))
+            .map(|s| bucket_of(s as f64) as u16)
+            .collect();
+        Self {
+            small,
+            start,
+            lower,
+        }
+    }
+
+    /// The bucket of `v`, for `1 <= v < TABLE_LIMIT`.
+    #[inline]
+    fn bucket(&self, v: u64) -> usize {
+        if v < SUBS {
+            return self.small[v as usize] as usize;
+        }
+        let shift = 63 - v.leading_zeros() - SUB_BITS;
+        let sub = (shift as u64 * SUBS + (v >> shift) - SUBS) as usize;
+        let mut b = self.start[sub] as usize;
+        // `lower` ends with u64::MAX, so this stops.
+        while v >= self.lower[b + 1] {
+            b += 1;
+        }
+        b
+    }
+}
+
 impl LogHistogram {
     /// Records one value.
     pub fn record(&mut self, v: f64) {
+        if v >= 1.0 && v < TABLE_LIMIT as f64 && v == (v as u64) as f64 {
+            self.record_whole(v as u64);
+        } else {
+            self.record_by_logarithm(v);
+        }
+    }
+
+    /// Records one whole number (e.g. microseconds): the same as [`Self::record`] with
+    /// `v as f64`, without a logarithm.
+    #[inline]
+    pub fn record_whole(&mut self, v: u64) {
+        if v == 0 || v >= TABLE_LIMIT {
+            return self.record_by_logarithm(v as f64);
+        }
+        // Exact: `v` is below 2^32.
+        let f = v as i64 as f64;
+        self.total += 1;
+        self.sum += f;
+        self.max = self.max.max(f);
+        let b = BucketTable::get().bucket(v);
+        match self.counts.get_mut(b) {
+            Some(c) => *c += 1,
+            None => self.add_to_new_bucket(b),
+        }
+    }
+
+    #[cold]
+    fn record_by_logarithm(&mut self, v: f64) {
         self.total += 1;
         self.sum += v;
         self.max = self.max.max(v);
@@ -81,17 +192,16 @@ impl LogHistogram {
             self.zeros += 1;
             return;
         }
-        let b = match self.memo {
-            Some((last, b)) if last == v => b,
-            _ => {
-                let b = (v.ln() / GROWTH.ln()) as usize;
-                self.memo = Some((v, b));
-                b
-            }
-        };
-        if self.counts.len() <= b {
-            self.counts.resize(b + 1, 0);
+        let b = bucket_of(v);
+        match self.counts.get_mut(b) {
+            Some(c) => *c += 1,
+            None => self.add_to_new_bucket(b),
         }
+    }
+
+    #[cold]
+    fn add_to_new_bucket(&mut self, b: usize) {
+        self.counts.resize(b + 1, 0);
         self.counts[b] += 1;
     }
 
@@ -142,7 +252,7 @@ impl LogHistogram {
         }
         let mut n = self.zeros;
         if v >= 1.0 {
-            let last = (v.ln() / GROWTH.ln()) as usize;
+            let last = bucket_of(v);
             n += self.counts.iter().take(last + 1).sum::<u64>();
         }
         n as f64 / self.total as f64
@@ -159,6 +269,41 @@ mod tests {
         let p = Percentiles::of(&mut v);
         assert_eq!((p.p50, p.p90, p.p99, p.max), (50.0, 90.0, 99.0, 100.0));
         assert!((p.mean - 50.5).abs() < 1e-9);
+    }
+
+    #[test]
+    fn bucket_table_matches_the_logarithm() {
+        let t = BucketTable::get();
+        for v in 1..=1u64 << 20 {
+            assert_eq!(t.bucket(v), bucket_of(v as f64), "{v}");
+        }
+        // Every bucket boundary up to the table's limit, and its neighbours.
+        for &l in &t.lower[..t.lower.len() - 1] {
+            for v in [l.saturating_sub(1), l, l + 1] {
+                if (1..TABLE_LIMIT).contains(&v) {
+                    assert_eq!(t.bucket(v), bucket_of(v as f64), "{v}");
+                }
+            }
+        }
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..200_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let v = (x >> (x % 40)).clamp(1, TABLE_LIMIT - 1);
+            assert_eq!(t.bucket(v), bucket_of(v as f64), "{v}");
+        }
+    }
+
+    #[test]
+    fn whole_numbers_record_like_floats() {
+        let (mut a, mut b) = (LogHistogram::default(), LogHistogram::default());
+        for v in [0u64, 1, 2, 99, 128, 1000, 25_123, 1 << 31, (1 << 32) + 7] {
+            a.record(v as f64);
+            b.record_whole(v);
+        }
+        assert_eq!(a, b);
+        assert_eq!(a.counts, b.counts);
     }
 
     #[test]

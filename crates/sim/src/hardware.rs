@@ -110,6 +110,7 @@ impl HardwareCostModel {
     }
 
     /// Predicted iteration time in µs, unrounded.
+    #[inline]
     pub fn iteration_us_f64(&self, s: &IterationShape) -> f64 {
         let tokens = s.tokens();
         if tokens == 0 {
@@ -125,13 +126,13 @@ impl HardwareCostModel {
             0.0
         };
         let attn_prefill = if s.prefill_attn_pairs > 0 {
-            (s.prefill_attn_pairs as f64 * self.attn_us_per_pair)
-                .max(s.prefill_kv_tokens as f64 * self.kv_us_per_token)
+            (to_f64(s.prefill_attn_pairs) * self.attn_us_per_pair)
+                .max(to_f64(s.prefill_kv_tokens) * self.kv_us_per_token)
         } else {
             0.0
         };
         let attn_decode = if s.decode_kv_tokens > 0 {
-            let kv = s.decode_kv_tokens as f64;
+            let kv = to_f64(s.decode_kv_tokens);
             (kv * self.attn_us_per_pair).max(kv * self.kv_us_per_token)
         } else {
             0.0
@@ -152,12 +153,27 @@ impl HardwareCostModel {
     }
 }
 
+/// `x as f64`; the signed conversion is one instruction, the unsigned one several.
+#[inline]
+fn to_f64(x: u64) -> f64 {
+    match i64::try_from(x) {
+        Ok(i) => i as f64,
+        Err(_) => x as f64,
+    }
+}
+
 impl CostModel for HardwareCostModel {
     fn iteration_us(&self, s: &IterationShape) -> TimeUs {
         if s.is_empty() {
             return 0;
         }
-        (self.iteration_us_f64(s) + 0.5).max(1.0) as TimeUs
+        let us = (self.iteration_us_f64(s) + 0.5).max(1.0);
+        // The same as `us as TimeUs`; the signed conversion is one instruction.
+        if us < i64::MAX as f64 {
+            us as i64 as TimeUs
+        } else {
+            us as TimeUs
+        }
     }
 
     fn num_layers(&self) -> u32 {

@@ -14,6 +14,10 @@ impl ClusterPolicy for LeastLoad {
         "least-load"
     }
 
+    fn copies_kv(&self) -> bool {
+        false
+    }
+
     fn route(&mut self, ctx: &mut ClusterCtx<'_>, _id: RequestId) -> InstanceId {
         let n = ctx.instances().len() as u32;
         least_loaded(ctx, 0..n).unwrap_or(0)

@@ -225,6 +225,12 @@ pub trait ClusterPolicy: Send {
         PhaseConstraint::Any
     }
 
+    /// Whether [`Self::copy_target`] may ever name a destination. A policy that never copies
+    /// says so, and the scheduler skips asking about every entry of every batch.
+    fn copies_kv(&self) -> bool {
+        true
+    }
+
     /// Where `entry`'s new KV, computed on `i`, should be streamed layer by layer, if anywhere.
     fn copy_target(
         &mut self,

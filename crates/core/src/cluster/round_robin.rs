@@ -15,6 +15,10 @@ impl ClusterPolicy for RoundRobin {
         "round-robin"
     }
 
+    fn copies_kv(&self) -> bool {
+        false
+    }
+
     fn route(&mut self, ctx: &mut ClusterCtx<'_>, _id: RequestId) -> InstanceId {
         let n = ctx.instances().len() as u32;
         let i = self.next % n.max(1);

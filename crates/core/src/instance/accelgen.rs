@@ -40,6 +40,8 @@
 
 mod budget;
 
+use std::cell::Cell;
+
 pub use budget::BudgetTable;
 
 use serde::{Deserialize, Serialize};
@@ -219,6 +221,11 @@ pub struct AccelGen {
     /// `prefills[..sorted]` is in final order (the rest is sorted only when a scan reaches it).
     sorted: usize,
     tried: Vec<bool>,
+    /// The last conversions, reused because most requests share a few SLOs: a TBT SLO in ms (as
+    /// bits) to µs and its bin, an SLO in µs to its iteration limit, a limit to its token budget.
+    slo_memo: Cell<Option<(u64, TimeUs, u32)>>,
+    limit_memo: Cell<Option<(TimeUs, TimeUs)>>,
+    budget_memo: Cell<Option<(TimeUs, u32)>>,
     /// SLO bins computed so far, by TBT SLO (workloads use a handful of distinct SLOs).
     bins: std::cell::RefCell<Vec<(TimeUs, u32)>>,
 }
@@ -235,6 +242,9 @@ impl AccelGen {
             prefills: Vec::new(),
             sorted: 0,
             tried: Vec::new(),
+            slo_memo: Cell::new(None),
+            limit_memo: Cell::new(None),
+            budget_memo: Cell::new(None),
             bins: Default::default(),
         }
     }
@@ -261,8 +271,27 @@ impl AccelGen {
         ms_to_us(r.spec.slo.tbt_ms.unwrap_or(self.cfg.default_tbt_ms)).max(1)
     }
 
-    fn cand(&self, id: RequestId, r: &RequestState, now: TimeUs, decode: bool) -> Cand {
+    /// [`Self::tbt_slo_us`] and its bin.
+    fn slo_and_bin(&self, r: &RequestState) -> (TimeUs, u32) {
+        let key = r
+            .spec
+            .slo
+            .tbt_ms
+            .unwrap_or(self.cfg.default_tbt_ms)
+            .to_bits();
+        if let Some((k, slo_us, bin)) = self.slo_memo.get() {
+            if k == key {
+                return (slo_us, bin);
+            }
+        }
         let slo_us = self.tbt_slo_us(r);
+        let bin = self.cfg.bin(slo_us as f64 / 1000.0);
+        self.slo_memo.set(Some((key, slo_us, bin)));
+        (slo_us, bin)
+    }
+
+    fn cand(&self, id: RequestId, r: &RequestState, now: TimeUs, decode: bool) -> Cand {
+        let (slo_us, bin) = self.slo_and_bin(r);
         let deadline = match r.last_token_us {
             // Decoding, or recomputing after a preemption: the next token is due.
             Some(t) => t + slo_us,
@@ -275,17 +304,30 @@ impl AccelGen {
             id,
             deadline: deadline as i64,
             slo_us,
-            bin: self.bin_us(slo_us),
+            bin,
             group: 1,
         }
     }
 
     fn tighten(&self, lim: Limit, slo_us: TimeUs) -> Limit {
-        let time_us = lim.time_us.min(self.cfg.limit_us(slo_us));
-        let table = self
-            .table
-            .as_ref()
-            .map_or(u32::MAX, |t| t.slo_budget(time_us));
+        let limit_us = match self.limit_memo.get() {
+            Some((s, l)) if s == slo_us => l,
+            _ => {
+                let l = self.cfg.limit_us(slo_us);
+                self.limit_memo.set(Some((slo_us, l)));
+                l
+            }
+        };
+        let time_us = lim.time_us.min(limit_us);
+        let table = match (self.table.as_ref(), self.budget_memo.get()) {
+            (None, _) => u32::MAX,
+            (Some(_), Some((t, b))) if t == time_us => b,
+            (Some(t), _) => {
+                let b = t.slo_budget(time_us);
+                self.budget_memo.set(Some((time_us, b)));
+                b
+            }
+        };
         Limit {
             time_us,
             tokens: lim.tokens.min(table),
@@ -537,6 +579,7 @@ impl InstancePolicy for AccelGen {
                 self.cfg.table_context_tokens,
                 self.cfg.pivot_tolerance,
             ));
+            self.budget_memo.set(None);
         }
         let now = ctx.now();
         let (mut decodes, mut deferred, mut prefills) = (

@@ -123,7 +123,10 @@ impl Instance {
     /// Integrates KV usage up to `now` into the stats.
     pub fn account_kv(&mut self, now: TimeUs) {
         let used = self.kv.num_blocks() - self.kv.free_blocks();
-        self.stats.kv_block_us += used as f64 * now.saturating_sub(self.kv_since_us) as f64;
+        // Often called again at the same instant; adding nothing is skipped.
+        if now > self.kv_since_us {
+            self.stats.kv_block_us += used as f64 * (now - self.kv_since_us) as f64;
+        }
         self.stats.kv_peak_blocks = self.stats.kv_peak_blocks.max(used);
         self.kv_since_us = now;
     }
@@ -137,7 +140,8 @@ pub struct ScheduleCtx<'a> {
     pub(crate) cost: &'a dyn CostModel,
     pub(crate) constraint: PhaseConstraint,
     pub(crate) evicted: Vec<RequestId>,
-    pub(crate) preempted: Vec<RequestId>,
+    /// Requests preempted while building this batch.
+    pub(crate) preempted: u32,
 }
 
 impl<'a> ScheduleCtx<'a> {
@@ -202,26 +206,39 @@ impl<'a> ScheduleCtx<'a> {
     /// ([`RequestState::recompute_tokens`]), the step is a recompute chunk instead: a prefill
     /// chunk of `k + 1` tokens over the positions it lacks plus its latest token, whose last row
     /// yields the next token (what a real engine runs to rebuild the KV), costed as such.
+    #[inline]
     pub fn add_decode(&mut self, id: RequestId) -> Result<(), KvError> {
         debug_assert!(self.can_decode(id));
-        let r = self.requests.get(id);
+        let r = self.requests.get_mut(id);
         let (context, missing) = (r.kv_tokens + 1, r.recompute_tokens.min(r.kv_tokens));
-        self.reserve(id, context)?;
-        if missing > 0 {
-            let (start, len) = (context - 1 - missing, missing + 1);
-            self.inst.batch.shape.add_prefill(start, len, true);
-            self.push(
-                id,
-                Work::Prefill {
-                    start,
-                    len,
-                    last: true,
-                },
-            );
+        // Most decode steps fit in the last block held: only the LRU clock moves, as in
+        // `BlockManager::reserve` when nothing is needed.
+        let kv = &mut self.inst.kv;
+        if context as u64 <= kv.held(id) as u64 * kv.block_size() as u64 {
+            kv.touch(id);
+            r.in_flight = true;
         } else {
-            self.inst.batch.shape.add_decode(context);
-            self.push(id, Work::Decode { context });
+            self.reserve_blocks(id, context)?;
+            self.requests.get_mut(id).in_flight = true;
         }
+        let batch = &mut self.inst.batch;
+        let work = if missing > 0 {
+            let (start, len) = (context - 1 - missing, missing + 1);
+            batch.shape.add_prefill(start, len, true);
+            Work::Prefill {
+                start,
+                len,
+                last: true,
+            }
+        } else {
+            batch.shape.add_decode(context);
+            Work::Decode { context }
+        };
+        batch.entries.push(Entry {
+            request: id,
+            work,
+            copy_to: None,
+        });
         Ok(())
     }
 
@@ -237,7 +254,7 @@ impl<'a> ScheduleCtx<'a> {
             return Ok(0);
         }
         let (last, target) = (start + len == r.prefill_target, r.prefill_target);
-        self.reserve(id, target)?;
+        self.reserve_blocks(id, target)?;
         self.inst.batch.shape.add_prefill(start, len, last);
         self.push(id, Work::Prefill { start, len, last });
         Ok(len)
@@ -248,7 +265,7 @@ impl<'a> ScheduleCtx<'a> {
         self.inst.kv.extra_for(id, tokens)
     }
 
-    fn reserve(&mut self, id: RequestId, tokens: u32) -> Result<(), KvError> {
+    fn reserve_blocks(&mut self, id: RequestId, tokens: u32) -> Result<(), KvError> {
         let before = self.evicted.len();
         self.inst
             .kv
@@ -262,6 +279,7 @@ impl<'a> ScheduleCtx<'a> {
         Ok(())
     }
 
+    #[inline]
     fn push(&mut self, id: RequestId, work: Work) {
         self.requests.get_mut(id).in_flight = true;
         self.inst.batch.entries.push(Entry {
@@ -288,7 +306,7 @@ impl<'a> ScheduleCtx<'a> {
             .unwrap_or(self.inst.waiting.len());
         self.inst.waiting.insert(pos, id);
         self.inst.stats.preemptions += 1;
-        self.preempted.push(id);
+        self.preempted += 1;
         let r = self.requests.get_mut(id);
         self.inst.load_tokens -= r.load();
         r.prefill_target = r.spec.prompt_tokens.max(1) + r.generated;
@@ -373,7 +391,12 @@ pub fn decode_all_or_preempt(
     scratch: &mut Vec<RequestId>,
 ) {
     scratch.clear();
-    scratch.extend(ctx.running().iter().copied().filter(|&r| ctx.can_decode(r)));
+    scratch.reserve(ctx.running().len());
+    for &r in ctx.running() {
+        if ctx.can_decode(r) {
+            scratch.push(r);
+        }
+    }
     let mut end = scratch.len();
     let mut i = 0;
     while i < end {

@@ -48,6 +48,9 @@ pub(crate) struct Submission {
     pub slo: Slo,
     /// Priority (lower first).
     pub priority: i32,
+    /// The output starts a text of its own (a chat reply) rather than continuing the prompt, so a
+    /// SentencePiece space prefix on its first token is dropped.
+    pub starts_text: bool,
     /// Where its output goes.
     pub events: UnboundedSender<ToClient>,
 }
@@ -310,7 +313,7 @@ impl Executor {
             min_tokens: s.min_tokens,
             ignore_eos,
             sampler: Some(Box::new(Sampler::new(s.params))),
-            decoder: self.text.decoder(),
+            decoder: self.text.decoder(s.starts_text),
             stop,
             stopped: false,
             events: s.events,

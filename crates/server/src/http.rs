@@ -324,6 +324,7 @@ async fn generate(
         params,
         slo,
         priority: gen.priority,
+        starts_text: kind == Kind::Chat,
         events: tx,
     })))
     .map_err(|_| ApiError::unavailable())?;

@@ -77,11 +77,18 @@ impl TextModel {
         self.tok.stop_ids().to_vec()
     }
 
-    /// A fresh streaming decoder (special tokens are not shown).
-    pub fn decoder(&self) -> Decoder {
+    /// A fresh streaming decoder (special tokens are not shown). `starts_text`: the tokens begin
+    /// a text of their own (a chat reply), so a SentencePiece space prefix is dropped; otherwise
+    /// they continue the prompt and keep every space.
+    pub fn decoder(&self, starts_text: bool) -> Decoder {
+        let inner = if starts_text {
+            IncrementalDecoder::from_start(true)
+        } else {
+            IncrementalDecoder::new(true)
+        };
         Decoder {
             tok: self.tok.clone(),
-            inner: IncrementalDecoder::new(true),
+            inner,
         }
     }
 }

@@ -42,12 +42,21 @@ fn with_policies(
     acfg: &AccellmConfig,
     policies: Vec<Box<dyn InstancePolicy>>,
 ) -> Scheduler {
+    on_link(n, config(kv_blocks), acfg, policies)
+}
+
+fn on_link(
+    n: u32,
+    cfg: SchedulerConfig,
+    acfg: &AccellmConfig,
+    policies: Vec<Box<dyn InstancePolicy>>,
+) -> Scheduler {
     let ccfg = ClusterConfig {
         accellm: acfg.clone(),
         ..Default::default()
     };
     Scheduler::new(
-        &config(kv_blocks),
+        &cfg,
         cost(),
         cluster::build("accellm", n, &ccfg).unwrap(),
         policies,
@@ -55,6 +64,17 @@ fn with_policies(
 }
 
 fn sched(inst: &str, n: u32, kv_blocks: u32, acfg: &AccellmConfig) -> Scheduler {
+    sched_on_link(inst, n, kv_blocks, acfg, 1e9)
+}
+
+/// [`sched`] with the link between instances at `bytes_per_s`.
+fn sched_on_link(
+    inst: &str,
+    n: u32,
+    kv_blocks: u32,
+    acfg: &AccellmConfig,
+    bytes_per_s: f64,
+) -> Scheduler {
     let icfg = InstanceConfig {
         chunk_size: 128,
         ..Default::default()
@@ -62,7 +82,9 @@ fn sched(inst: &str, n: u32, kv_blocks: u32, acfg: &AccellmConfig) -> Scheduler 
     let policies = (0..n)
         .map(|_| instance::build(inst, &icfg).unwrap())
         .collect();
-    with_policies(n, kv_blocks, acfg, policies)
+    let mut cfg = config(kv_blocks);
+    cfg.link.bytes_per_s = bytes_per_s;
+    on_link(n, cfg, acfg, policies)
 }
 
 /// A bursty mix: bursts of four prompts of varied length, with long and short outputs, every
@@ -555,25 +577,7 @@ fn a_replica_still_behind_when_its_copy_lands_catches_up() {
                 sync,
                 ..Default::default()
             };
-            let icfg = InstanceConfig {
-                chunk_size: 128,
-                ..Default::default()
-            };
-            let policies = (0..2)
-                .map(|_| instance::build(inst, &icfg).unwrap())
-                .collect();
-            let ccfg = ClusterConfig {
-                accellm: acfg,
-                ..Default::default()
-            };
-            let mut cfg = config(2000);
-            cfg.link.bytes_per_s = 2e7;
-            let mut s = Scheduler::new(
-                &cfg,
-                cost(),
-                cluster::build("accellm", 2, &ccfg).unwrap(),
-                policies,
-            );
+            let mut s = sched_on_link(inst, 2, 2000, &acfg, 2e7);
             let reqs = mixed(60, 10_000);
             replay::run(&mut s, &reqs, &mut NoObserver);
             let c = *s.counters();
@@ -625,25 +629,7 @@ fn a_move_never_issues_two_transfers() {
             };
             // Tight memory: prompt copies fail halfway, requests move by transfer while the
             // copies of their first chunks are still landing.
-            let icfg = InstanceConfig {
-                chunk_size: 128,
-                ..Default::default()
-            };
-            let policies = (0..4)
-                .map(|_| instance::build(inst, &icfg).unwrap())
-                .collect();
-            let ccfg = ClusterConfig {
-                accellm: acfg,
-                ..Default::default()
-            };
-            let mut cfg = config(60);
-            cfg.link.bytes_per_s = 5e7;
-            let mut s = Scheduler::new(
-                &cfg,
-                cost(),
-                cluster::build("accellm", 4, &ccfg).unwrap(),
-                policies,
-            );
+            let mut s = sched_on_link(inst, 4, 60, &acfg, 5e7);
             let reqs = requests(150, 300, |i| 20 + (i * 71) % 500, |i| 1 + (i * 13) % 200);
             let mut obs = OneTransfer::default();
             replay::run(&mut s, &reqs, &mut obs);
@@ -858,21 +844,7 @@ fn every_move_lands_under_memory_pressure_with_eager_sync() {
     // Found by a sweep: with these shapes a request moving onto its replica saw its last pending
     // copy land in the other direction and was left moving for ever.
     for &inst in instance_policies() {
-        let icfg = InstanceConfig {
-            chunk_size: 128,
-            ..Default::default()
-        };
-        let policies = (0..2)
-            .map(|_| instance::build(inst, &icfg).unwrap())
-            .collect();
-        let mut cfg = config(140);
-        cfg.link.bytes_per_s = 2e8;
-        let mut s = Scheduler::new(
-            &cfg,
-            cost(),
-            cluster::build("accellm", 2, &ClusterConfig::default()).unwrap(),
-            policies,
-        );
+        let mut s = sched_on_link(inst, 2, 140, &AccellmConfig::default(), 2e8);
         let reqs = requests(200, 250, |i| 20 + (i * 71) % 500, |i| 1 + (i * 13) % 200);
         replay::run(&mut s, &reqs, &mut NoObserver);
         assert!(

@@ -2,7 +2,7 @@
 //! fake cost model.
 
 mod common;
-use common::{assert_all_done, cost, requests};
+use common::{assert_all_done, config, cost, requests};
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -14,7 +14,7 @@ use accellm_core::{
         accellm::{AccellmConfig, PrefillChoice, RebalanceMetric, SyncMode},
         ClusterConfig,
     },
-    cost::{IterationShape, Link},
+    cost::IterationShape,
     instance::{self, InstanceConfig, InstancePolicy, ScheduleCtx},
     kv::EvictionPolicy,
     replay::{self, NoObserver, Observer},
@@ -22,19 +22,6 @@ use accellm_core::{
     scheduler::{Action, Scheduler, SchedulerConfig},
     InstanceId, TimeUs,
 };
-
-fn config(kv_blocks: u32) -> SchedulerConfig {
-    SchedulerConfig {
-        kv_blocks,
-        block_size: 16,
-        link: Link {
-            bytes_per_s: 1e9,
-            latency_us: 5.0,
-        },
-        max_waiting: 0,
-        record_timelines: true,
-    }
-}
 
 fn with_policies(
     n: u32,

@@ -1,16 +1,15 @@
 //! Baseline policies on small hand-built scenarios, run in virtual time by `replay`.
 
 mod common;
-use common::{assert_all_done, cost, requests};
+use common::{assert_all_done, config, cost, requests};
 
 use accellm_core::{
     batch::Work,
     cluster::{self, ClusterConfig},
-    cost::Link,
     instance::{self, InstanceConfig},
     replay::{self, NoObserver, Observer},
     request::{FinishReason, RequestSpec, Slo},
-    scheduler::{Action, Scheduler, SchedulerConfig},
+    scheduler::{Action, Scheduler},
     TimeUs,
 };
 
@@ -22,16 +21,7 @@ fn sched(
     icfg: &InstanceConfig,
     ccfg: &ClusterConfig,
 ) -> Scheduler {
-    let cfg = SchedulerConfig {
-        kv_blocks,
-        block_size: 16,
-        link: Link {
-            bytes_per_s: 1e9,
-            latency_us: 5.0,
-        },
-        max_waiting: 0,
-        record_timelines: true,
-    };
+    let cfg = config(kv_blocks);
     let policies = (0..n)
         .map(|_| instance::build(inst, icfg).unwrap())
         .collect();

@@ -4,9 +4,9 @@
 use std::sync::Arc;
 
 use accellm_core::{
-    cost::LinearCostModel,
+    cost::{LinearCostModel, Link},
     request::{RequestSpec, Slo},
-    scheduler::Scheduler,
+    scheduler::{Scheduler, SchedulerConfig},
     TimeUs,
 };
 
@@ -20,6 +20,21 @@ pub fn cost() -> Arc<LinearCostModel> {
         layers: 4,
         kv_bytes_per_token: 1024,
     })
+}
+
+/// `kv_blocks` blocks of 16 tokens per instance, a 1 GB/s link with 5 µs latency, no queue cap,
+/// every token time recorded.
+pub fn config(kv_blocks: u32) -> SchedulerConfig {
+    SchedulerConfig {
+        kv_blocks,
+        block_size: 16,
+        link: Link {
+            bytes_per_s: 1e9,
+            latency_us: 5.0,
+        },
+        max_waiting: 0,
+        record_timelines: true,
+    }
 }
 
 /// `n` requests, one every `every_us`, with prompt and output lengths from the closures.

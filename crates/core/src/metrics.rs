@@ -44,6 +44,13 @@ pub struct RequestRecord {
     pub reason: FinishReason,
 }
 
+impl RequestRecord {
+    /// Whether it counts as completed: not cancelled, and it produced output.
+    pub fn completed(&self) -> bool {
+        self.reason != FinishReason::Cancelled && self.output_tokens > 0
+    }
+}
+
 /// Metrics collected while the scheduler runs.
 #[derive(Debug, Clone, Default)]
 pub struct Metrics {
@@ -149,11 +156,7 @@ impl Metrics {
     /// Summarises the requests finished so far over a run of `duration_us`.
     pub fn summary(&self, duration_us: TimeUs) -> Summary {
         let secs = (duration_us as f64 / 1e6).max(1e-9);
-        let done: Vec<&RequestRecord> = self
-            .finished
-            .iter()
-            .filter(|r| r.reason != FinishReason::Cancelled && r.output_tokens > 0)
-            .collect();
+        let done: Vec<&RequestRecord> = self.finished.iter().filter(|r| r.completed()).collect();
         let ms = |f: fn(&RequestRecord) -> f64| {
             let mut v: Vec<f64> = done.iter().map(|r| f(r)).collect();
             Percentiles::of(&mut v)

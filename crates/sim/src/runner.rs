@@ -255,11 +255,7 @@ pub fn class_reports(
     for (k, c) in out.iter_mut().enumerate() {
         let done: Vec<&RequestRecord> = finished
             .iter()
-            .filter(|r| {
-                r.class == Some(k as u16)
-                    && r.reason != accellm_core::request::FinishReason::Cancelled
-                    && r.output_tokens > 0
-            })
+            .filter(|r| r.class == Some(k as u16) && r.completed())
             .collect();
         let ms = |f: fn(&RequestRecord) -> TimeUs| {
             let mut v: Vec<f64> = done.iter().map(|r| f(r) as f64 / 1e3).collect();
@@ -296,9 +292,7 @@ pub struct LatencySamples {
 
 impl LatencySamples {
     fn of(m: &accellm_core::metrics::Metrics) -> Self {
-        let done = m.finished.iter().filter(|r| {
-            r.reason != accellm_core::request::FinishReason::Cancelled && r.output_tokens > 0
-        });
+        let done = m.finished.iter().filter(|r| r.completed());
         let mut s = Self::default();
         for r in done {
             s.ttft_ms.push(r.ttft_us as f64 / 1e3);

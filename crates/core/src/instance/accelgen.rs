@@ -40,7 +40,7 @@
 
 mod budget;
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 
 pub use budget::BudgetTable;
 
@@ -221,13 +221,12 @@ pub struct AccelGen {
     /// `prefills[..sorted]` is in final order (the rest is sorted only when a scan reaches it).
     sorted: usize,
     tried: Vec<bool>,
-    /// The last conversions, reused because most requests share a few SLOs: a TBT SLO in ms (as
-    /// bits) to µs and its bin, an SLO in µs to its iteration limit, a limit to its token budget.
-    slo_memo: Cell<Option<(u64, TimeUs, u32)>>,
+    /// The last conversions, reused because most requests share a few SLOs: an SLO in µs to its
+    /// iteration limit, a limit to its token budget.
     limit_memo: Cell<Option<(TimeUs, TimeUs)>>,
     budget_memo: Cell<Option<(TimeUs, u32)>>,
     /// SLO bins computed so far, by TBT SLO (workloads use a handful of distinct SLOs).
-    bins: std::cell::RefCell<Vec<(TimeUs, u32)>>,
+    bins: RefCell<Vec<(TimeUs, u32)>>,
 }
 
 impl AccelGen {
@@ -242,7 +241,6 @@ impl AccelGen {
             prefills: Vec::new(),
             sorted: 0,
             tried: Vec::new(),
-            slo_memo: Cell::new(None),
             limit_memo: Cell::new(None),
             budget_memo: Cell::new(None),
             bins: Default::default(),
@@ -273,21 +271,8 @@ impl AccelGen {
 
     /// [`Self::tbt_slo_us`] and its bin.
     fn slo_and_bin(&self, r: &RequestState) -> (TimeUs, u32) {
-        let key = r
-            .spec
-            .slo
-            .tbt_ms
-            .unwrap_or(self.cfg.default_tbt_ms)
-            .to_bits();
-        if let Some((k, slo_us, bin)) = self.slo_memo.get() {
-            if k == key {
-                return (slo_us, bin);
-            }
-        }
         let slo_us = self.tbt_slo_us(r);
-        let bin = self.cfg.bin(slo_us as f64 / 1000.0);
-        self.slo_memo.set(Some((key, slo_us, bin)));
-        (slo_us, bin)
+        (slo_us, self.bin_us(slo_us))
     }
 
     fn cand(&self, id: RequestId, r: &RequestState, now: TimeUs, decode: bool) -> Cand {
@@ -349,7 +334,7 @@ impl AccelGen {
         shape.add_prefill(0, r.kv_tokens.max(1), true);
         VictimKey {
             first_time: r.preemptions == 0,
-            bin: self.bin_us(self.tbt_slo_us(r)),
+            bin: self.slo_and_bin(r).1,
             remaining_output: r.remaining_output(),
             neg_restore_us: -(ctx.cost().iteration_us(&shape) as i64),
             serial: r.serial,

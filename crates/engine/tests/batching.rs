@@ -388,48 +388,24 @@ fn copy_kv_rejects_bad_input() {
 fn forward_rejects_invalid_batches() {
     let m = shared_model();
     let pool = KvPool::new(m.config(), 2, BS).unwrap();
-    let bad_token = SeqInput {
-        tokens: vec![1000],
-        start_pos: 0,
-        block_table: vec![0],
-        want_logits: true,
-    };
-    assert!(m
-        .forward(
-            &pool,
-            &ForwardBatch {
-                seqs: vec![bad_token]
-            }
-        )
-        .is_err());
-    let short_table = SeqInput {
-        tokens: vec![1; 20],
-        start_pos: 0,
-        block_table: vec![0],
-        want_logits: true,
-    };
-    assert!(m
-        .forward(
-            &pool,
-            &ForwardBatch {
-                seqs: vec![short_table]
-            }
-        )
-        .is_err());
-    let bad_block = SeqInput {
-        tokens: vec![1],
-        start_pos: 0,
-        block_table: vec![5],
-        want_logits: true,
-    };
-    assert!(m
-        .forward(
-            &pool,
-            &ForwardBatch {
-                seqs: vec![bad_block]
-            }
-        )
-        .is_err());
+    // An out-of-vocabulary token, a block table too short for the tokens, a block outside the pool.
+    for (tokens, block_table) in [
+        (vec![1000], vec![0]),
+        (vec![1; 20], vec![0]),
+        (vec![1], vec![5]),
+    ] {
+        let seq = SeqInput {
+            tokens: tokens.clone(),
+            start_pos: 0,
+            block_table: block_table.clone(),
+            want_logits: true,
+        };
+        let batch = ForwardBatch { seqs: vec![seq] };
+        assert!(
+            m.forward(&pool, &batch).is_err(),
+            "tokens {tokens:?} on blocks {block_table:?} were accepted"
+        );
+    }
     let none = m.forward(&pool, &ForwardBatch::default()).unwrap();
     assert!(none.logits.is_empty());
 }

@@ -7,7 +7,10 @@ use std::time::Duration;
 use accellm_workload::{Arrivals, ContextFit, SloPolicy, Workload, WorkloadSource, WorkloadSpec};
 use anyhow::{bail, Context};
 
-use crate::client::{discover_model, Client, ClientConfig, PreparedRequest};
+use accellm_core::profile::ServeSetup;
+
+use crate::client::{discover_model, get, Client, ClientConfig, PreparedRequest};
+use crate::fidelity;
 use crate::metrics::{summarize, to_json, GoodputConfig, RunInfo};
 use crate::prompt::{CharEstimate, GgufTokenCounter, PromptBuilder, TokenCounter};
 use crate::runner::{run as run_requests, RunOptions};
@@ -107,6 +110,12 @@ pub struct BenchArgs {
     /// No progress bar.
     #[arg(long)]
     pub no_progress: bool,
+    /// Also predict this run with the simulator: replay the same requests through
+    /// `accellm simulate` configured like the server (read from its `GET /accellm/config`) on
+    /// this hardware profile (`accellm calibrate --out`), and print predicted against measured
+    /// figures (also under `fidelity` in --json). See docs/fidelity.md.
+    #[arg(long, value_name = "PROFILE")]
+    pub predict: Option<PathBuf>,
 }
 
 impl BenchArgs {
@@ -280,6 +289,22 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         timeout,
         temperature: args.temperature,
     })?;
+    let predict = match &args.predict {
+        Some(path) => {
+            let profile = accellm_sim::profile::load(path)?;
+            let wait = timeout.min(Duration::from_secs(30));
+            let setup = rt
+                .block_on(get(&base_url, "/accellm/config", wait))
+                .context(
+                    "reading the server's setup (an accellm server is needed for --predict)",
+                )?;
+            let setup: ServeSetup = serde_json::from_slice(&setup)
+                .context("parsing the server's GET /accellm/config")?;
+            let metrics = rt.block_on(get(&base_url, "/metrics", wait)).ok();
+            Some((profile, setup, metrics, requests.clone(), wait))
+        }
+        None => None,
+    };
     let opts = RunOptions {
         open_loop,
         max_concurrency: args.max_concurrency,
@@ -304,6 +329,22 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         "{}",
         crate::report::render(&summary, configured_rate, args.max_concurrency)
     );
+    let fidelity = match predict {
+        Some((profile, setup, before, prepared, wait)) => {
+            let after = rt.block_on(get(&base_url, "/metrics", wait)).ok();
+            let f = fidelity::compare(
+                &profile,
+                setup,
+                &prepared,
+                &result.results,
+                result.duration_s,
+                before.zip(after),
+            )?;
+            print!("{}", f.render());
+            Some(f)
+        }
+        None => None,
+    };
     if let Some(first) = result.results.iter().find_map(|r| r.failure.as_ref()) {
         eprintln!("first failure: {first}");
     }
@@ -337,7 +378,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             max_concurrency: args.max_concurrency,
             workload: workload.description.clone(),
         };
-        let json = to_json(&info, &summary, &result.results);
+        let mut json = to_json(&info, &summary, &result.results);
+        if let (Some(f), Some(obj)) = (&fidelity, json.as_object_mut()) {
+            obj.insert("fidelity".into(), serde_json::to_value(f)?);
+        }
         let text = serde_json::to_string_pretty(&json)?;
         std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
         eprintln!("wrote {}", path.display());

@@ -352,9 +352,9 @@ impl Client {
     }
 }
 
-/// Asks `GET {base_url}/v1/models` for the first model id.
-pub async fn discover_model(base_url: &str, timeout: Duration) -> anyhow::Result<String> {
-    let url = format!("{}/v1/models", base_url.trim_end_matches('/'));
+/// `GET base_url + path`: the body of a 2xx answer, within `timeout`.
+pub async fn get(base_url: &str, path: &str, timeout: Duration) -> anyhow::Result<Bytes> {
+    let url = format!("{}{path}", base_url.trim_end_matches('/'));
     let uri: Uri = url
         .parse()
         .map_err(|e| anyhow::anyhow!("bad URL {url}: {e}"))?;
@@ -371,16 +371,24 @@ pub async fn discover_model(base_url: &str, timeout: Duration) -> anyhow::Result
         if !status.is_success() {
             anyhow::bail!("HTTP {status}");
         }
-        let v: Value = serde_json::from_slice(&body)?;
-        v.pointer("/data/0/id")
-            .and_then(Value::as_str)
-            .map(str::to_string)
-            .ok_or_else(|| anyhow::anyhow!("no model listed"))
+        Ok(body)
     };
     tokio::time::timeout(timeout, fetch)
         .await
         .map_err(|_| anyhow::anyhow!("timed out"))?
-        .map_err(|e| anyhow::anyhow!("GET {url}: {e}; pass --model"))
+        .map_err(|e| anyhow::anyhow!("GET {url}: {e}"))
+}
+
+/// The first model `GET /v1/models` lists.
+pub async fn discover_model(base_url: &str, timeout: Duration) -> anyhow::Result<String> {
+    let body = get(base_url, "/v1/models", timeout)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}; pass --model"))?;
+    let v: Value = serde_json::from_slice(&body)?;
+    v.pointer("/data/0/id")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .ok_or_else(|| anyhow::anyhow!("GET /v1/models: no model listed; pass --model"))
 }
 
 fn format_ms(v: f64) -> String {

@@ -5,10 +5,12 @@
 //! open-loop at their arrival times and/or under a concurrency cap; [`client`] streams each
 //! completion and timestamps every chunk; [`metrics`] computes TTFT, TPOT, ITL and E2E
 //! statistics, throughput, goodput and SLO attainment with `vllm bench serve`'s definitions and
-//! JSON field names; [`report`] prints the summary table. [`cli`] ties them together as
+//! JSON field names; [`report`] prints the summary table; [`fidelity`] sets the simulator's
+//! prediction of the same run beside it (`--predict`). [`cli`] ties them together as
 //! `accellm bench`.
 pub mod cli;
 pub mod client;
+pub mod fidelity;
 pub mod html;
 pub mod metrics;
 pub mod prompt;

@@ -15,6 +15,8 @@
 //! - [`cluster`]: cluster policies (where requests go, what each instance does): `round-robin`,
 //!   `least-load`, `splitwise`, ...;
 //! - [`scheduler`]: the state machine tying them together;
+//! - [`profile`]: measured hardware profiles (what `accellm calibrate` writes, what the simulator
+//!   replays to predict the real server);
 //! - [`metrics`]: per-request timestamps turned into TTFT, TBT, JCT, SLO attainment and goodput;
 //! - [`replay`]: a discrete-event executor in virtual time that carries out the actions with the
 //!   scheduler's own cost model (the simulator's engine, and the test bench of every policy).
@@ -25,6 +27,7 @@ pub mod cost;
 pub mod instance;
 pub mod kv;
 pub mod metrics;
+pub mod profile;
 pub mod replay;
 pub mod request;
 pub mod scheduler;

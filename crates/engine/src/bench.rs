@@ -132,38 +132,7 @@ pub fn pool_for(model: &Model, tokens: usize) -> Result<KvPool> {
     KvPool::new(model.config(), blocks_for(tokens, bs).max(1), bs)
 }
 
-/// Solves the least-squares problem `min |X b - y|` through the normal equations
-/// (small, well-conditioned systems only). Returns `None` if singular.
-#[allow(clippy::needless_range_loop)] // index arithmetic reads best as in the textbook
-pub fn least_squares(x: &[Vec<f64>], y: &[f64]) -> Option<Vec<f64>> {
-    let p = x.first()?.len();
-    let mut a = vec![vec![0.0; p + 1]; p];
-    for (row, &yi) in x.iter().zip(y) {
-        for i in 0..p {
-            for j in 0..p {
-                a[i][j] += row[i] * row[j];
-            }
-            a[i][p] += row[i] * yi;
-        }
-    }
-    // Gaussian elimination with partial pivoting.
-    for col in 0..p {
-        let piv = (col..p).max_by(|&r, &s| a[r][col].abs().total_cmp(&a[s][col].abs()))?;
-        if a[piv][col].abs() < 1e-12 {
-            return None;
-        }
-        a.swap(col, piv);
-        for r in 0..p {
-            if r != col {
-                let f = a[r][col] / a[col][col];
-                for c in col..=p {
-                    a[r][c] -= f * a[col][c];
-                }
-            }
-        }
-    }
-    Some((0..p).map(|i| a[i][p] / a[i][i]).collect())
-}
+pub use accellm_core::profile::least_squares;
 
 /// Measures read bandwidth (GB/s) by summing a `mib`-MiB buffer on the current rayon pool;
 /// the best of `reps` passes.
@@ -183,24 +152,4 @@ pub fn read_bandwidth_gbs(mib: usize, reps: usize) -> f64 {
         best = best.max((n * 4) as f64 / secs / 1e9);
     }
     best
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn least_squares_recovers_coefficients() {
-        let xs: Vec<Vec<f64>> = (0..20)
-            .map(|i| vec![1.0, i as f64, ((i * 7) % 5) as f64, (i % 3) as f64])
-            .collect();
-        let y: Vec<f64> = xs
-            .iter()
-            .map(|r| 2.0 + 0.5 * r[1] + 3.0 * r[2] - 1.0 * r[3])
-            .collect();
-        let b = least_squares(&xs, &y).unwrap();
-        for (got, want) in b.iter().zip([2.0, 0.5, 3.0, -1.0]) {
-            assert!((got - want).abs() < 1e-9, "{b:?}");
-        }
-    }
 }

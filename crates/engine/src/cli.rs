@@ -6,9 +6,12 @@ use std::sync::Arc;
 
 use anyhow::Context;
 
+use accellm_core::profile::{Geometry, HardwareProfile, KvCopy, Point, PoolShape};
+
 use crate::bench::{
-    least_squares, median, median_timing, pool_for, process_cpu_ms, time_decode, time_prefill,
+    blocks_for, median, median_timing, pool_for, process_cpu_ms, time_decode, time_prefill,
 };
+use crate::kv::{copy_kv, KvSpan};
 use crate::linear::WeightFormat;
 use crate::model::Model;
 use crate::threads::{set_matmul_threads, Threads};
@@ -293,6 +296,18 @@ pub struct CalibrateArgs {
     /// machine's wall time when other work shares the cores).
     #[arg(long, default_value = "wall")]
     pub clock: Clock,
+    /// KV blocks per instance to record in the profile (what `accellm serve --kv-blocks` uses).
+    #[arg(long, default_value_t = accellm_core::profile::SERVE_KV_BLOCKS)]
+    pub kv_blocks: u32,
+    /// Tokens per KV block to record in the profile (`accellm serve --block-size`).
+    #[arg(long, default_value_t = accellm_core::profile::SERVE_BLOCK_SIZE)]
+    pub block_size: u32,
+    /// Per-iteration executor overhead (ms) to record in the profile (see docs/fidelity.md).
+    #[arg(long, default_value_t = 0.0)]
+    pub overhead_ms: f64,
+    /// Per-request overhead (ms: HTTP, tokenisation) to record in the profile.
+    #[arg(long, default_value_t = 0.0)]
+    pub request_overhead_ms: f64,
 }
 
 /// Which clock `accellm calibrate` measures iterations with.
@@ -307,34 +322,10 @@ pub enum Clock {
     Cpu,
 }
 
-/// Coefficients of `iteration_ms = a + b*tokens + c*sum_context + d*logit_rows`.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct CostFit {
-    /// Fixed cost per iteration (ms).
-    pub a_ms: f64,
-    /// Cost per token in the iteration (ms).
-    pub b_ms_per_token: f64,
-    /// Cost per (token, earlier key) pair of attention (ms).
-    pub c_ms_per_context: f64,
-    /// Cost per row that needs logits (ms).
-    pub d_ms_per_logit_row: f64,
-    /// Coefficient of determination of the fit.
-    pub r2: f64,
-    /// Mean absolute relative error of the fit over the samples.
-    pub mean_rel_err: f64,
-    /// Number of shapes measured.
-    pub samples: usize,
-    /// Weight format measured.
-    pub format: WeightFormat,
-    /// Threads used.
-    pub threads: usize,
-    /// Clock the samples were measured with.
-    pub clock: Clock,
-    /// Model file name.
-    pub model: String,
-}
-
-/// Runs `accellm calibrate`.
+/// Runs `accellm calibrate`: measures iteration times of many shapes and the KV copy speed,
+/// fits the iteration-time model and writes a hardware profile
+/// ([`accellm_core::profile::HardwareProfile`]) that both `accellm serve --cost-model` and
+/// `accellm simulate --hardware-profile` read.
 pub fn run_calibrate(args: CalibrateArgs) -> anyhow::Result<()> {
     let model_path = resolve_model(&args.model)?;
     let in_force = set_matmul_threads(args.threads);
@@ -346,31 +337,23 @@ pub fn run_calibrate(args: CalibrateArgs) -> anyhow::Result<()> {
     let threads = Threads::new(args.threads, "calibrate")?;
     let model = Model::load(&model_path, args.format)
         .with_context(|| format!("loading {}", model_path.display()))?;
-    // Shapes: (prefill chunk length, chunk start position, decode rows, decode context).
-    let mut shapes = Vec::new();
-    for &t in &[16usize, 64, 128, 256, 512] {
-        for &start in &[0usize, 256] {
-            shapes.push((t, start, 0usize, 0usize));
+    let measure = |f: &mut dyn FnMut() -> anyhow::Result<()>| -> anyhow::Result<f64> {
+        let mut times = Vec::new();
+        for _ in 0..args.reps.max(1) {
+            let s = std::time::Instant::now();
+            let c = process_cpu_ms();
+            f()?;
+            times.push(match args.clock {
+                Clock::Wall => s.elapsed().as_secs_f64() * 1e3,
+                Clock::Cpu => process_cpu_ms() - c,
+            });
         }
-    }
-    for &b in &[1usize, 2, 4, 8, 16, 32, 64] {
-        for &ctx in &[64usize, 256, 768] {
-            if b * ctx <= 16_384 {
-                shapes.push((0, 0, b, ctx));
-            }
-        }
-    }
-    for &(t, b, ctx) in &[
-        (64usize, 8usize, 256usize),
-        (128, 16, 128),
-        (256, 4, 512),
-        (32, 32, 64),
-    ] {
-        shapes.push((t, 0, b, ctx));
-    }
+        Ok(median(&mut times))
+    };
     let pool = pool_for(&model, 20_000)?;
     let bs = pool.block_size();
-    let (mut xs, mut ys) = (Vec::new(), Vec::new());
+    let shapes = calibration_shapes();
+    let mut points = Vec::with_capacity(shapes.len());
     threads.install(|| -> anyhow::Result<()> {
         time_prefill(&model, &pool, 16)?;
         for (i, &(t, start, b, ctx)) in shapes.iter().enumerate() {
@@ -386,91 +369,138 @@ pub fn run_calibrate(args: CalibrateArgs) -> anyhow::Result<()> {
                     want_logits: true,
                 });
             }
-            let mut times = Vec::new();
-            for _ in 0..args.reps.max(1) {
-                let s = std::time::Instant::now();
-                let c = process_cpu_ms();
-                model.forward(&pool, &batch)?;
-                times.push(match args.clock {
-                    Clock::Wall => s.elapsed().as_secs_f64() * 1e3,
-                    Clock::Cpu => process_cpu_ms() - c,
-                });
-            }
-            let ms = median(&mut times);
-            let row = vec![
-                1.0,
-                batch.num_tokens() as f64,
-                batch.sum_context() as f64,
-                batch.logit_rows() as f64,
-            ];
+            let ms = measure(&mut || Ok(model.forward(&pool, &batch).map(|_| ())?))?;
+            let p = Point {
+                tokens: batch.num_tokens() as u32,
+                sum_context: batch.sum_context() as u64,
+                logit_rows: batch.logit_rows() as u32,
+                ms,
+            };
             eprintln!(
                 "calibrate {}/{}: tokens {} sum_context {} logit_rows {} -> {ms:.2} ms",
                 i + 1,
                 shapes.len(),
-                row[1],
-                row[2],
-                row[3]
+                p.tokens,
+                p.sum_context,
+                p.logit_rows
             );
-            xs.push(row);
-            ys.push(ms);
+            points.push(p);
         }
         Ok(())
     })?;
-    // Fit relative errors (each sample weighted by 1/y) so that small decode iterations count as
-    // much as long prefills.
-    let wx: Vec<Vec<f64>> = xs
-        .iter()
-        .zip(&ys)
-        .map(|(r, y)| r.iter().map(|v| v / y.max(1e-6)).collect())
-        .collect();
-    let wy = vec![1.0; ys.len()];
-    let coef = least_squares(&wx, &wy).context("the calibration system is singular")?;
-    let pred: Vec<f64> = xs
-        .iter()
-        .map(|r| r.iter().zip(&coef).map(|(a, b)| a * b).sum())
-        .collect();
-    let mean = ys.iter().sum::<f64>() / ys.len() as f64;
-    let ss_res: f64 = ys.iter().zip(&pred).map(|(y, p)| (y - p).powi(2)).sum();
-    let ss_tot: f64 = ys.iter().map(|y| (y - mean).powi(2)).sum();
-    let mean_rel_err = ys
-        .iter()
-        .zip(&pred)
-        .map(|(y, p)| ((y - p) / y).abs())
-        .sum::<f64>()
-        / ys.len() as f64;
-    let fit = CostFit {
-        a_ms: coef[0],
-        b_ms_per_token: coef[1],
-        c_ms_per_context: coef[2],
-        d_ms_per_logit_row: coef[3],
-        r2: 1.0 - ss_res / ss_tot.max(1e-12),
-        mean_rel_err,
-        samples: ys.len(),
-        format: args.format,
-        threads: args.threads,
-        clock: args.clock,
-        model: model_path
-            .file_name()
-            .map(|f| f.to_string_lossy().into_owned())
-            .unwrap_or_default(),
+    let kv_copy = measure_kv_copy(&model, &measure)?;
+    let mc = model.config();
+    let file = model_path
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let geometry = Geometry {
+        layers: mc.layers as u32,
+        kv_bytes_per_token: mc.kv_bytes_per_token as u64,
+        context_length: mc.context_length as u32,
     };
+    let clock = match args.clock {
+        Clock::Wall => "wall",
+        Clock::Cpu => "cpu",
+    };
+    let name = format!(
+        "{file} {}, {} thread(s), {clock} clock",
+        args.format, args.threads
+    );
+    let mut profile = HardwareProfile::from_points(name, geometry, points)
+        .context("fitting the iteration-time model")?;
+    profile.format = args.format.to_string();
+    profile.threads = args.threads;
+    profile.clock = clock.into();
+    profile.model = file;
+    profile.kv_copy = kv_copy;
+    profile.instance = PoolShape {
+        kv_blocks: args.kv_blocks.max(1),
+        block_size: args.block_size.max(1),
+    };
+    profile.overhead_ms = args.overhead_ms.max(0.0);
+    profile.request_overhead_ms = args.request_overhead_ms.max(0.0);
+    let [a, b, c, d] = profile.coefficients().unwrap_or_default();
     println!(
-        "iteration_ms = {:.3} + {:.4}*tokens + {:.6}*sum_context + {:.3}*logit_rows   (R² {:.3}, mean |rel err| {:.1}%, {} shapes, {} threads, {}, {:?} clock)",
-        fit.a_ms,
-        fit.b_ms_per_token,
-        fit.c_ms_per_context,
-        fit.d_ms_per_logit_row,
-        fit.r2,
-        fit.mean_rel_err * 100.0,
-        fit.samples,
-        fit.threads,
-        fit.format,
-        fit.clock
+        "iteration_ms = {a:.3} + {b:.4}*tokens + {c:.6}*sum_context + {d:.3}*logit_rows   (R² {:.3}, mean |rel err| {:.1}%, {} shapes, {} threads, {}, {clock} clock)",
+        profile.r2,
+        profile.mean_rel_err * 100.0,
+        profile.samples,
+        profile.threads,
+        profile.format,
+    );
+    println!(
+        "KV copy: {:.2} GB/s per stream, {:.1} µs per layer call",
+        kv_copy.bytes_per_s / 1e9,
+        kv_copy.latency_us
     );
     if let Some(path) = &args.out {
-        let text = toml::to_string(&fit)?;
+        let text = format!(
+            "# accellm hardware profile, written by `accellm calibrate` (docs/fidelity.md)\n{}",
+            toml::to_string(&profile)?
+        );
         std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
         eprintln!("wrote {}", path.display());
     }
     Ok(())
+}
+
+/// Times a piece of work (median of the repetitions, on the chosen clock), in ms.
+type Measure<'a> = dyn Fn(&mut dyn FnMut() -> anyhow::Result<()>) -> anyhow::Result<f64> + 'a;
+
+/// Iteration shapes: (prefill chunk length, chunk start position, decode rows, decode context).
+fn calibration_shapes() -> Vec<(usize, usize, usize, usize)> {
+    let mut shapes = Vec::new();
+    for &t in &[16usize, 64, 128, 256, 512] {
+        for &start in &[0usize, 256] {
+            shapes.push((t, start, 0, 0));
+        }
+    }
+    for &b in &[1usize, 2, 4, 8, 16, 32, 64] {
+        for &ctx in &[64usize, 256, 768] {
+            if b * ctx <= 16_384 {
+                shapes.push((0, 0, b, ctx));
+            }
+        }
+    }
+    for &(t, b, ctx) in &[(64, 8, 256), (128, 16, 128), (256, 4, 512), (32, 32, 64)] {
+        shapes.push((t, 0, b, ctx));
+    }
+    shapes
+}
+
+/// Measures one layer's KV copy between two pools, as the server's links do it (one call per
+/// layer): 1 token and 256 tokens, fitted to `latency + bytes / bandwidth`.
+fn measure_kv_copy(model: &Model, measure: &Measure<'_>) -> anyhow::Result<KvCopy> {
+    let mc = model.config();
+    let bs = crate::kv::DEFAULT_BLOCK_SIZE;
+    let (src, dst) = (pool_for(model, 512)?, pool_for(model, 512)?);
+    let table: Vec<u32> = (0..blocks_for(512, bs) as u32).collect();
+    let per_layer = |tokens: usize| -> anyhow::Result<(f64, u64)> {
+        let spans = KvSpan::for_positions(&table, &table, 0..tokens, bs)?;
+        let mut bytes = 0u64;
+        // 8 calls per measurement, one layer each (different layers, as a pass copies them).
+        let ms = measure(&mut || {
+            bytes = 0;
+            for l in 0..8 {
+                let l = l % mc.layers.max(1);
+                bytes += copy_kv(&src, &dst, &spans, l..l + 1)?;
+            }
+            Ok(())
+        })?;
+        Ok((ms / 8.0, bytes / 8))
+    };
+    per_layer(256)?; // warm-up: touch both pools
+    let (t1, b1) = per_layer(1)?;
+    let (t2, b2) = per_layer(256)?;
+    let bytes_per_s = if t2 > t1 {
+        (b2 - b1) as f64 / ((t2 - t1) / 1e3)
+    } else {
+        b2 as f64 / (t2.max(1e-6) / 1e3)
+    };
+    let latency_us = (t1 * 1e3 - b1 as f64 / bytes_per_s * 1e6).max(0.0);
+    Ok(KvCopy {
+        bytes_per_s,
+        latency_us,
+    })
 }

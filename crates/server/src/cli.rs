@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+use accellm_core::profile::KvCopy;
 use accellm_engine::WeightFormat;
 use anyhow::Context as _;
 
@@ -110,8 +111,9 @@ impl ServeArgs {
     }
 }
 
-/// Reads cost coefficients from a TOML file: the file `accellm calibrate --out` writes
-/// (`a_ms`, `b_ms_per_token`, `c_ms_per_context`, `d_ms_per_logit_row`), or the server's own
+/// Reads cost coefficients from a TOML file: the hardware profile `accellm calibrate --out`
+/// writes (`a_ms`, `b_ms_per_token`, `c_ms_per_context`, `d_ms_per_logit_row`, plus
+/// `overhead_ms` and `[kv_copy]` when present), or the server's own
 /// names (`base_ms`, `per_token_ms`, `per_kv_token_ms`, `per_logit_row_ms`), at the top level or
 /// under `[cost]`.
 fn read_cost(path: &std::path::Path) -> anyhow::Result<CostConfig> {
@@ -129,11 +131,22 @@ fn read_cost(path: &std::path::Path) -> anyhow::Result<CostConfig> {
             })
             .with_context(|| format!("{}: missing number `{}`", path.display(), names[0]))
     };
+    // A hardware profile's executor overhead is part of every iteration the scheduler predicts.
+    let overhead = get(["overhead_ms", "overhead_ms"]).unwrap_or(0.0);
+    let kv_copy = match table.get("kv_copy") {
+        Some(t) => Some(
+            t.clone()
+                .try_into::<KvCopy>()
+                .with_context(|| format!("{}: invalid [kv_copy]", path.display()))?,
+        ),
+        None => None,
+    };
     Ok(CostConfig {
-        base_ms: get(["base_ms", "a_ms"])?,
+        base_ms: get(["base_ms", "a_ms"])? + overhead,
         per_token_ms: get(["per_token_ms", "b_ms_per_token"])?,
         per_kv_token_ms: get(["per_kv_token_ms", "c_ms_per_context"])?,
         per_logit_row_ms: get(["per_logit_row_ms", "d_ms_per_logit_row"])?,
+        kv_copy,
     })
 }
 

@@ -4,7 +4,11 @@
 use std::path::{Path, PathBuf};
 
 use accellm_core::{
-    cluster::ClusterConfig, cost::LinearCostModel, instance::InstanceConfig, request::Slo,
+    cluster::ClusterConfig,
+    cost::{LinearCostModel, Link},
+    instance::InstanceConfig,
+    profile::KvCopy,
+    request::Slo,
 };
 use accellm_engine::WeightFormat;
 use serde::{Deserialize, Serialize};
@@ -92,6 +96,9 @@ pub struct CostConfig {
     pub per_kv_token_ms: f64,
     /// Cost per row that needs logits (ms).
     pub per_logit_row_ms: f64,
+    /// Measured KV copy speed between instances (from a hardware profile's `[kv_copy]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kv_copy: Option<KvCopy>,
 }
 
 impl CostConfig {
@@ -105,6 +112,17 @@ impl CostConfig {
             per_token_ms: 2.2 * scale,
             per_kv_token_ms: 0.006 * scale,
             per_logit_row_ms: 0.4 * scale,
+            kv_copy: None,
+        }
+    }
+
+    /// The link the scheduler assumes between instances: the measured copy speed, or the
+    /// default of [`KvCopy`].
+    pub fn link(&self) -> Link {
+        let k = self.kv_copy.unwrap_or_default();
+        Link {
+            bytes_per_s: k.bytes_per_s,
+            latency_us: k.latency_us,
         }
     }
 

@@ -54,6 +54,8 @@ pub(crate) struct AppState {
     pub next_handle: AtomicU64,
     /// Default SLOs.
     pub default_slo: Slo,
+    /// The setup the simulator needs to replay this server (`GET /accellm/config`).
+    pub setup: Value,
     /// Body limit (for the 413 message).
     pub max_body_bytes: usize,
     /// Unix time the server started.
@@ -78,6 +80,10 @@ pub(crate) fn router(state: Shared) -> Router {
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
         .route("/v1/models", get(models))
+        .route(
+            "/accellm/config",
+            get(|State(st): State<Shared>| async move { Json(st.setup.clone()) }),
+        )
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
         .merge(v1)

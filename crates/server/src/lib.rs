@@ -33,7 +33,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use accellm_core::cost::Link;
+use accellm_core::profile::ServeSetup;
 use accellm_core::scheduler::{Scheduler, SchedulerConfig};
 use accellm_engine::{KvPool, Model};
 use anyhow::Context as _;
@@ -94,9 +94,9 @@ async fn prepare(cfg: &ServerConfig) -> anyhow::Result<Prepared> {
         pools: Arc::new(pools),
         eos: Arc::new(text.eos()),
     };
-    let cost = cfg
-        .cost_config()
-        .to_model(mc.layers as u32, mc.kv_bytes_per_token as u64);
+    let cost_config = cfg.cost_config();
+    let cost = cost_config.to_model(mc.layers as u32, mc.kv_bytes_per_token as u64);
+    let link = cost_config.link();
     let cluster = accellm_core::cluster::build(&cfg.cluster_policy, cfg.instances, &cfg.cluster)?;
     let policies = (0..cfg.instances)
         .map(|_| accellm_core::instance::build(&cfg.instance_policy, &cfg.instance))
@@ -105,11 +105,9 @@ async fn prepare(cfg: &ServerConfig) -> anyhow::Result<Prepared> {
         &SchedulerConfig {
             kv_blocks: cfg.kv_blocks,
             block_size: cfg.block_size,
-            // Copies between pools in the same process: memory bandwidth, small fixed cost.
-            link: Link {
-                bytes_per_s: 5e9,
-                latency_us: 20.0,
-            },
+            // Copies between pools in the same process: measured, or memory bandwidth with a
+            // small fixed cost.
+            link,
             max_waiting: cfg.max_waiting,
             record_timelines: false,
         },
@@ -122,6 +120,21 @@ async fn prepare(cfg: &ServerConfig) -> anyhow::Result<Prepared> {
             .map(|f| f.to_string_lossy().trim_end_matches(".gguf").to_string())
             .unwrap_or_else(|| "model".into())
     });
+    let setup = ServeSetup {
+        instances: cfg.instances,
+        threads_per_instance: cfg.threads_per_instance,
+        cluster_policy: cfg.cluster_policy.clone(),
+        instance_policy: cfg.instance_policy.clone(),
+        kv_blocks: cfg.kv_blocks,
+        block_size: cfg.block_size,
+        max_waiting: cfg.max_waiting,
+        slo: cfg.slo,
+        cost,
+        link,
+        instance: cfg.instance.clone(),
+        cluster: cfg.cluster.clone(),
+        model: name.clone(),
+    };
     let metrics = Arc::new(Mutex::new(Metrics::new(
         &name,
         cfg.instances as usize,
@@ -170,6 +183,7 @@ async fn prepare(cfg: &ServerConfig) -> anyhow::Result<Prepared> {
         metrics,
         next_handle: AtomicU64::new(1),
         default_slo: cfg.slo,
+        setup: serde_json::to_value(&setup).context("describing the server setup")?,
         max_body_bytes: cfg.max_body_bytes,
         created: SystemTime::now()
             .duration_since(UNIX_EPOCH)

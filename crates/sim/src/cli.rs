@@ -66,6 +66,13 @@ pub struct SimulateArgs {
     /// Tokens per KV block.
     #[arg(long)]
     pub block_size: Option<u32>,
+    /// Simulate the engine measured in this profile (`accellm calibrate --out FILE`) instead of
+    /// --model on --hardware; KV blocks and block size default to the profile's.
+    #[arg(long, value_name = "FILE")]
+    pub hardware_profile: Option<PathBuf>,
+    /// KV blocks per instance (default: the profile's, or what fits in device memory).
+    #[arg(long)]
+    pub kv_blocks: Option<u32>,
     /// Link between instances: auto, nvlink, pcie, inter-node or NUMgbps.
     #[arg(long)]
     pub link: Option<String>,
@@ -228,6 +235,23 @@ pub fn config(args: &SimulateArgs) -> anyhow::Result<SimConfig> {
         link => link,
         seed => workload.seed,
     );
+    if let Some(p) = &args.hardware_profile {
+        c.hardware_profile = Some(p.clone());
+        c.profile = None;
+    }
+    if args.kv_blocks.is_some() {
+        c.kv_blocks = args.kv_blocks;
+    }
+    c.load_profile()?;
+    if let Some(p) = &c.profile {
+        // The profile describes one instance of the real engine: its pool, no tensor parallelism.
+        if args.block_size.is_none() {
+            c.block_size = p.instance.block_size;
+        }
+        if args.tp.is_none() {
+            c.tp = 1;
+        }
+    }
     if let Some(v) = &args.sync {
         c.cluster.accellm.sync = knob("--sync", v)?;
     }
@@ -272,9 +296,11 @@ pub fn config(args: &SimulateArgs) -> anyhow::Result<SimConfig> {
     c.link
         .parse::<crate::hardware::LinkKind>()
         .map_err(anyhow::Error::msg)?;
-    let specs = Specs::builtin()?;
-    specs.model(&c.model)?;
-    specs.device(&c.hardware)?;
+    if c.profile.is_none() {
+        let specs = Specs::builtin()?;
+        specs.model(&c.model)?;
+        specs.device(&c.hardware)?;
+    }
     cluster::build(&c.cluster_policy, c.instances.max(1), &c.cluster)?;
     instance::build(&c.instance_policy, &c.instance)?;
     Ok(c)
@@ -359,6 +385,15 @@ fn describe(cfg: &SimConfig, w: &Workload, policies: &[SimConfig]) -> String {
         .iter()
         .map(|p| format!("{}/{}", p.cluster_policy, p.instance_policy))
         .collect();
+    if let Some(p) = &cfg.profile {
+        return format!(
+            "{} x profile `{}`, {}: {}\n",
+            cfg.instances,
+            p.name,
+            names.join(", "),
+            w.description
+        );
+    }
     format!(
         "{} x {} TP{} ({}), {}: {}\n",
         cfg.instances,

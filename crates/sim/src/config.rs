@@ -30,9 +30,9 @@
 //! gemm_mfu = 0.6
 //! ```
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use accellm_core::{cluster::ClusterConfig, instance::InstanceConfig};
+use accellm_core::{cluster::ClusterConfig, instance::InstanceConfig, profile::HardwareProfile};
 use accellm_workload::{BuiltinTrace, WorkloadSource, WorkloadSpec};
 use serde::{Deserialize, Serialize};
 
@@ -70,6 +70,13 @@ pub struct SimConfig {
     pub cluster: ClusterConfig,
     /// Cost-model efficiency overrides.
     pub cost: EfficiencyOverrides,
+    /// A measured hardware profile (`accellm calibrate --out`) to simulate instead of the
+    /// roofline model of `model` on `hardware` (docs/simulator.md).
+    pub hardware_profile: Option<PathBuf>,
+    /// The profile itself, inline (`[profile]`), or as read from `hardware_profile`.
+    pub profile: Option<HardwareProfile>,
+    /// KV blocks per instance; default: what the profile records, or what fits in memory.
+    pub kv_blocks: Option<u32>,
 }
 
 impl Default for SimConfig {
@@ -89,6 +96,9 @@ impl Default for SimConfig {
             instance: InstanceConfig::default(),
             cluster: ClusterConfig::default(),
             cost: EfficiencyOverrides::default(),
+            hardware_profile: None,
+            profile: None,
+            kv_blocks: None,
         }
     }
 }
@@ -136,6 +146,14 @@ impl SimConfig {
     /// Total devices.
     pub fn gpus(&self) -> u32 {
         self.instances * self.tp
+    }
+
+    /// Reads `hardware_profile` into `profile` if that is not loaded yet.
+    pub fn load_profile(&mut self) -> Result<(), crate::profile::ProfileLoadError> {
+        if let (None, Some(path)) = (&self.profile, &self.hardware_profile) {
+            self.profile = Some(crate::profile::load(path)?);
+        }
+        Ok(())
     }
 }
 

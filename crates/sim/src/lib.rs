@@ -6,6 +6,7 @@
 //!
 //! - [`specs`]: device, model and efficiency figures from `data/specs/*.toml` (built in);
 //! - [`hardware`]: the roofline [`hardware::HardwareCostModel`], instance links and KV capacity;
+//! - [`profile`]: measured hardware profiles (`--hardware-profile`), e.g. the real engine's;
 //! - [`validate`]: the cost model against Splitwise's and Vidur's measured profiles;
 //! - [`config`]: a simulation described in TOML (cluster, policies, workload, cost overrides);
 //! - [`runner`]: builds a scheduler from a config, replays a workload, summarises the run;
@@ -30,6 +31,7 @@ pub mod hardware;
 pub mod html_report;
 pub mod observer;
 pub mod output;
+pub mod profile;
 pub mod runner;
 pub mod specs;
 pub mod validate;

@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use accellm_core::{
-    cluster, instance,
+    cluster,
+    cost::{CostModel, Link},
+    instance,
     metrics::{RequestRecord, Summary},
     replay::{self, Observer},
     request::{RequestSpec, Slo},
@@ -27,11 +29,14 @@ use crate::{
 /// Generates the configured workload; prompts plus outputs are fitted to the model's context
 /// unless the workload sets `max_context` itself.
 pub fn workload(cfg: &SimConfig) -> anyhow::Result<Workload> {
-    let specs = Specs::builtin()?;
-    let model = specs.model(&cfg.model)?;
+    let mut cfg = cfg.clone();
+    cfg.load_profile()?;
+    let context = match &cfg.profile {
+        Some(p) => p.geometry.context_length,
+        None => Specs::builtin()?.model(&cfg.model)?.max_position_embeddings,
+    };
     let mut spec = cfg.workload.clone();
-    spec.max_context
-        .get_or_insert(model.max_position_embeddings);
+    spec.max_context.get_or_insert(context);
     Ok(spec.generate()?)
 }
 
@@ -74,9 +79,33 @@ pub struct ClusterInfo {
 
 /// Builds the scheduler (and its cost model) that `cfg` describes.
 pub fn build(cfg: &SimConfig) -> anyhow::Result<(Scheduler, ClusterInfo)> {
+    build_with(cfg, false)
+}
+
+/// [`build`], optionally recording every token time of every request (for per-gap latencies).
+pub fn build_with(cfg: &SimConfig, timelines: bool) -> anyhow::Result<(Scheduler, ClusterInfo)> {
     anyhow::ensure!(cfg.instances > 0, "--instances must be at least 1");
     anyhow::ensure!(cfg.tp > 0, "--tp must be at least 1");
     anyhow::ensure!(cfg.block_size > 0, "--block-size must be at least 1");
+    let mut cfg = cfg.clone();
+    cfg.load_profile()?;
+    if let Some(p) = &cfg.profile {
+        let cost = Arc::new(p.cost_model()?);
+        let link = p.link();
+        let blocks = cfg.kv_blocks.unwrap_or(p.instance.kv_blocks);
+        anyhow::ensure!(blocks > 0, "--kv-blocks must be at least 1");
+        let info = ClusterInfo {
+            model: p.model.clone(),
+            hardware: p.name.clone(),
+            instances: cfg.instances,
+            tp: cfg.tp,
+            kv_blocks: blocks,
+            block_size: cfg.block_size,
+            link_gbps: link.bytes_per_s / 1e9,
+        };
+        return scheduler(&cfg, blocks, link, cost, timelines).map(|s| (s, info));
+    }
+    let cfg = &cfg;
     let specs = Specs::builtin()?;
     let model = specs.model(&cfg.model)?;
     let (canon, device) = specs.device(&cfg.hardware)?;
@@ -93,19 +122,9 @@ pub fn build(cfg: &SimConfig) -> anyhow::Result<(Scheduler, ClusterInfo)> {
         device.memory_bytes() as f64 * cfg.tp as f64 / 1e9,
         eff.memory_reserve * 100.0
     );
+    let blocks = cfg.kv_blocks.unwrap_or(blocks);
     let kind: LinkKind = cfg.link.parse().map_err(anyhow::Error::msg)?;
     let link = instance_link(kind, device, &eff, cfg.tp, cfg.instances);
-    let sched_cfg = SchedulerConfig {
-        kv_blocks: blocks,
-        block_size: cfg.block_size,
-        link,
-        max_waiting: cfg.max_waiting,
-        record_timelines: false,
-    };
-    let cluster = cluster::build(&cfg.cluster_policy, cfg.instances, &cfg.cluster)?;
-    let policies = (0..cfg.instances)
-        .map(|_| instance::build(&cfg.instance_policy, &cfg.instance))
-        .collect::<Result<Vec<_>, _>>()?;
     let info = ClusterInfo {
         model: cfg.model.clone(),
         hardware: canon,
@@ -115,7 +134,28 @@ pub fn build(cfg: &SimConfig) -> anyhow::Result<(Scheduler, ClusterInfo)> {
         block_size: cfg.block_size,
         link_gbps: link.bytes_per_s / 1e9,
     };
-    Ok((Scheduler::new(&sched_cfg, cost, cluster, policies), info))
+    Ok((scheduler(cfg, blocks, link, cost, timelines)?, info))
+}
+
+fn scheduler(
+    cfg: &SimConfig,
+    kv_blocks: u32,
+    link: Link,
+    cost: Arc<dyn CostModel>,
+    record_timelines: bool,
+) -> anyhow::Result<Scheduler> {
+    let sched_cfg = SchedulerConfig {
+        kv_blocks,
+        block_size: cfg.block_size,
+        link,
+        max_waiting: cfg.max_waiting,
+        record_timelines,
+    };
+    let cluster = cluster::build(&cfg.cluster_policy, cfg.instances, &cfg.cluster)?;
+    let policies = (0..cfg.instances)
+        .map(|_| instance::build(&cfg.instance_policy, &cfg.instance))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Scheduler::new(&sched_cfg, cost, cluster, policies))
 }
 
 /// Per-instance figures of a run.
@@ -359,7 +399,25 @@ pub fn run(
     requests: &[RequestSpec],
     watch: Option<Watch<'_>>,
 ) -> anyhow::Result<RunReport> {
-    let (mut sched, info) = build(cfg).context("building the simulated cluster")?;
+    run_keeping(cfg, requests, watch, false).map(|(r, _)| r)
+}
+
+/// [`run`], also returning the core's metrics with every request's token times
+/// (`Metrics::timelines`, parallel to `Metrics::finished`).
+pub fn run_with_timelines(
+    cfg: &SimConfig,
+    requests: &[RequestSpec],
+) -> anyhow::Result<(RunReport, accellm_core::metrics::Metrics)> {
+    run_keeping(cfg, requests, None, true)
+}
+
+fn run_keeping(
+    cfg: &SimConfig,
+    requests: &[RequestSpec],
+    watch: Option<Watch<'_>>,
+    timelines: bool,
+) -> anyhow::Result<(RunReport, accellm_core::metrics::Metrics)> {
+    let (mut sched, info) = build_with(cfg, timelines).context("building the simulated cluster")?;
     let last_arrival = requests.last().map_or(0, |r| r.arrival_us);
     let interval = if cfg.sample_interval_ms > 0.0 {
         (cfg.sample_interval_ms * 1e3) as TimeUs
@@ -392,7 +450,12 @@ pub fn run(
     if want_ts {
         rep.samples = Some(LatencySamples::of(sched.metrics()));
     }
-    Ok(rep)
+    let metrics = if timelines {
+        sched.metrics().clone()
+    } else {
+        accellm_core::metrics::Metrics::default()
+    };
+    Ok((rep, metrics))
 }
 
 fn report(

@@ -357,3 +357,41 @@ fn bad_shapes_and_flags_are_errors_before_any_run() {
     assert!(err(&|a| a.burstiness = Some(0.5)).contains("--rate"));
     assert!(err(&|a| a.config = Some("/nonexistent/x.toml".into())).contains("/nonexistent/x.toml"));
 }
+
+/// `--hardware-profile`: the calibrated CPU engine as the hardware, with the profile's KV pool.
+#[test]
+fn hardware_profile_models_the_served_engine() {
+    let profile = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../engine/calibration/smollm2-q8padded-1t-cpu.toml"
+    );
+    let args = SimulateArgs {
+        hardware_profile: Some(profile.into()),
+        instances: Some(2),
+        cluster_policy: Some("accellm".into()),
+        instance_policy: Some("accelgen".into()),
+        workload: Some("synthetic:prompt=lognormal(256,0.5),output=lognormal(64,0.5)".into()),
+        num_requests: Some(30),
+        rate: Some(1.0),
+        slo_classes: Some("default".into()),
+        ..SimulateArgs::default()
+    };
+    let c = cli::config(&args).unwrap();
+    assert_eq!((c.tp, c.block_size), (1, 16));
+    let r = run(&c, 1.0);
+    assert_eq!(r.cluster.kv_blocks, 1024);
+    assert_eq!(r.summary.completed, 30, "{:?}", r.summary);
+    assert!(
+        r.cluster.hardware.contains("thread"),
+        "{}",
+        r.cluster.hardware
+    );
+    // 30 requests of ~64 tokens at 1 req/s on two CPU instances: seconds, not milliseconds.
+    assert!(r.summary.ttft_ms.p50 > 50.0, "{:?}", r.summary.ttft_ms);
+    let bad = SimulateArgs {
+        hardware_profile: Some("/nonexistent/profile.toml".into()),
+        ..SimulateArgs::default()
+    };
+    let e = format!("{:#}", cli::config(&bad).unwrap_err());
+    assert!(e.contains("/nonexistent/profile.toml"), "{e}");
+}

@@ -1,0 +1,533 @@
+//! `accellm bench --predict PROFILE`: the simulator's prediction of a live run, side by side
+//! with what the run measured.
+//!
+//! The live server describes its setup at `GET /accellm/config` ([`ServeSetup`]: instances,
+//! policies and their knobs, KV blocks, block size, default SLOs). The very requests the bench
+//! sent — arrival times, the prompt lengths the server reported, output lengths, SLOs, priorities
+//! — are replayed through `accellm-sim` with the measured [`HardwareProfile`] as the hardware. Both
+//! sides are then reduced to the same per-request [`Observation`]s and summarised by the same
+//! code, so every figure means the same thing on both sides.
+
+use std::collections::HashMap;
+
+use accellm_core::{
+    metrics::Metrics,
+    profile::{HardwareProfile, ServeSetup},
+    request::{RequestSpec, Slo},
+    TimeUs,
+};
+use accellm_sim::{config::SimConfig, runner};
+use serde::Serialize;
+
+use crate::client::{PreparedRequest, RequestResult};
+use crate::metrics::percentile;
+
+/// One completed request as either side saw it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observation {
+    /// When it was sent (s from the start of the run).
+    pub arrival_s: f64,
+    /// Time to first token (ms).
+    pub ttft_ms: f64,
+    /// Every gap between consecutive tokens (ms).
+    pub gaps_ms: Vec<f64>,
+    /// Time to the last token (ms).
+    pub e2e_ms: f64,
+    /// Prompt tokens processed.
+    pub prompt_tokens: u32,
+    /// Output tokens produced.
+    pub output_tokens: u32,
+    /// Its SLOs (the request's own, else the server's defaults).
+    pub slo: Slo,
+}
+
+impl Observation {
+    /// Mean time per output token after the first (vLLM's TPOT), if more than one token.
+    pub fn tpot_ms(&self) -> Option<f64> {
+        (self.output_tokens > 1)
+            .then(|| (self.e2e_ms - self.ttft_ms) / f64::from(self.output_tokens - 1))
+    }
+
+    /// Whether it met its SLOs: TTFT within its target and *every* gap within its TBT target
+    /// (the core's strict definition).
+    pub fn slo_met(&self) -> bool {
+        self.slo.ttft_ms.is_none_or(|t| self.ttft_ms <= t)
+            && self
+                .slo
+                .tbt_ms
+                .is_none_or(|t| self.gaps_ms.iter().all(|&g| g <= t))
+    }
+}
+
+/// p50, p90, p99 (ms).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Tail {
+    /// Median.
+    pub p50: f64,
+    /// 90th percentile.
+    pub p90: f64,
+    /// 99th percentile.
+    pub p99: f64,
+}
+
+impl Tail {
+    fn of(mut v: Vec<f64>) -> Self {
+        v.sort_by(f64::total_cmp);
+        Self {
+            p50: percentile(&v, 50.0),
+            p90: percentile(&v, 90.0),
+            p99: percentile(&v, 99.0),
+        }
+    }
+}
+
+/// One side's summary.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Side {
+    /// Requests sent.
+    pub requests: usize,
+    /// Requests completed.
+    pub completed: usize,
+    /// Prompt tokens of completed requests.
+    pub prompt_tokens: u64,
+    /// Output tokens of completed requests.
+    pub output_tokens: u64,
+    /// From the start to the last completion (s).
+    pub duration_s: f64,
+    /// Time to first token (ms).
+    pub ttft_ms: Tail,
+    /// Time per output token, per request (ms).
+    pub tpot_ms: Tail,
+    /// Every gap between tokens (ms).
+    pub itl_ms: Tail,
+    /// End-to-end latency (ms).
+    pub e2e_ms: Tail,
+    /// Completed requests per second.
+    pub request_throughput: f64,
+    /// Output tokens per second.
+    pub output_throughput: f64,
+    /// Requests per second that met their SLOs.
+    pub goodput: f64,
+    /// Fraction of requests sent that met their SLOs.
+    pub slo_attainment: f64,
+}
+
+impl Side {
+    /// Summarises `done` (completed requests) out of `requests` sent over `duration_s` (or,
+    /// when `None`, until the last one ended).
+    pub fn of(done: &[Observation], requests: usize, duration_s: Option<f64>) -> Self {
+        let last = done
+            .iter()
+            .map(|o| o.arrival_s + o.e2e_ms / 1e3)
+            .fold(0.0, f64::max);
+        let dur = duration_s.unwrap_or(last).max(1e-9);
+        let met = done.iter().filter(|o| o.slo_met()).count();
+        let output_tokens: u64 = done.iter().map(|o| u64::from(o.output_tokens)).sum();
+        Self {
+            requests,
+            completed: done.len(),
+            prompt_tokens: done.iter().map(|o| u64::from(o.prompt_tokens)).sum(),
+            output_tokens,
+            duration_s: dur,
+            ttft_ms: Tail::of(done.iter().map(|o| o.ttft_ms).collect()),
+            tpot_ms: Tail::of(done.iter().filter_map(Observation::tpot_ms).collect()),
+            itl_ms: Tail::of(
+                done.iter()
+                    .flat_map(|o| o.gaps_ms.iter().copied())
+                    .collect(),
+            ),
+            e2e_ms: Tail::of(done.iter().map(|o| o.e2e_ms).collect()),
+            request_throughput: done.len() as f64 / dur,
+            output_throughput: output_tokens as f64 / dur,
+            goodput: met as f64 / dur,
+            slo_attainment: if requests == 0 {
+                0.0
+            } else {
+                met as f64 / requests as f64
+            },
+        }
+    }
+}
+
+/// Iteration counts and mean iteration time (all instances), where the server reports them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Iterations {
+    /// Iterations run.
+    pub count: u64,
+    /// Mean wall time of one (ms): forward pass, sampling, waiting for copies.
+    pub mean_ms: f64,
+}
+
+/// Prediction against measurement.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Fidelity {
+    /// The hardware profile simulated.
+    pub profile: String,
+    /// The live server's setup.
+    pub setup: ServeSetup,
+    /// What the simulator predicted.
+    pub predicted: Side,
+    /// What the live run measured.
+    pub measured: Side,
+    /// Simulated iterations.
+    pub predicted_iterations: Iterations,
+    /// The server's iterations during the run (from `/metrics`), if it reports them.
+    pub measured_iterations: Option<Iterations>,
+}
+
+/// The SLOs the server gives a request: its own, else the server's defaults, field by field.
+fn effective_slo(r: &PreparedRequest, defaults: Slo) -> Slo {
+    Slo {
+        ttft_ms: r.ttft_slo_ms.or(defaults.ttft_ms),
+        tbt_ms: r.tbt_slo_ms.or(defaults.tbt_ms),
+    }
+}
+
+/// The requests as the live server's core saw them: intended arrival times, the prompt lengths
+/// the server reported (the intended ones where it reported none), the requested output lengths,
+/// the effective SLOs and the priorities actually sent.
+pub fn core_requests(
+    prepared: &[PreparedRequest],
+    results: &[RequestResult],
+    setup: &ServeSetup,
+) -> Vec<RequestSpec> {
+    let reported: HashMap<usize, u32> = results
+        .iter()
+        .filter_map(|r| r.server_prompt_tokens.map(|p| (r.index, p)))
+        .collect();
+    let mut out: Vec<RequestSpec> = prepared
+        .iter()
+        .map(|r| RequestSpec {
+            arrival_us: (r.arrival_s.max(0.0) * 1e6).round() as TimeUs,
+            prompt_tokens: reported
+                .get(&r.index)
+                .copied()
+                .unwrap_or(r.prompt_tokens)
+                .max(1),
+            max_output_tokens: r.output_tokens.max(1),
+            slo: effective_slo(r, setup.slo),
+            priority: if r.send_priority { r.priority } else { 0 },
+            class: r.class,
+        })
+        .collect();
+    out.sort_by_key(|r| r.arrival_us);
+    out
+}
+
+/// The simulation of `setup` on `profile`.
+pub fn sim_config(setup: &ServeSetup, profile: &HardwareProfile) -> SimConfig {
+    SimConfig {
+        instances: setup.instances,
+        tp: 1,
+        cluster_policy: setup.cluster_policy.clone(),
+        instance_policy: setup.instance_policy.clone(),
+        block_size: setup.block_size,
+        max_waiting: setup.max_waiting,
+        instance: setup.instance.clone(),
+        cluster: setup.cluster.clone(),
+        profile: Some(profile.clone()),
+        kv_blocks: Some(setup.kv_blocks),
+        ..SimConfig::default()
+    }
+}
+
+/// The live results as observations (completed requests only).
+pub fn measured(
+    prepared: &[PreparedRequest],
+    results: &[RequestResult],
+    defaults: Slo,
+) -> Vec<Observation> {
+    let slo: HashMap<usize, Slo> = prepared
+        .iter()
+        .map(|r| (r.index, effective_slo(r, defaults)))
+        .collect();
+    results
+        .iter()
+        .filter(|r| r.ok())
+        .filter_map(|r| {
+            Some(Observation {
+                arrival_s: r.start_s,
+                ttft_ms: r.ttft_s? * 1e3,
+                gaps_ms: r.itl_s.iter().map(|g| g * 1e3).collect(),
+                e2e_ms: r.latency_s * 1e3,
+                prompt_tokens: r.server_prompt_tokens.unwrap_or(r.prompt_tokens),
+                output_tokens: r.output_tokens,
+                slo: slo.get(&r.index).copied().unwrap_or(defaults),
+            })
+        })
+        .collect()
+}
+
+/// The simulated requests as observations; `request_overhead_ms` (HTTP, tokenisation) is added
+/// to TTFT and end-to-end latency.
+pub fn predicted(
+    requests: &[RequestSpec],
+    metrics: &Metrics,
+    request_overhead_ms: f64,
+) -> Vec<Observation> {
+    // Records carry no request id: find each one's request by arrival time and prompt length.
+    let mut by_key: HashMap<(TimeUs, u32), Vec<&RequestSpec>> = HashMap::new();
+    for r in requests.iter().rev() {
+        by_key
+            .entry((r.arrival_us, r.prompt_tokens))
+            .or_default()
+            .push(r);
+    }
+    metrics
+        .finished
+        .iter()
+        .zip(&metrics.timelines)
+        .filter(|(rec, _)| rec.completed())
+        .filter_map(|(rec, times)| {
+            let spec = by_key
+                .get_mut(&(rec.arrival_us, rec.prompt_tokens))?
+                .pop()?;
+            let first = *times.first()?;
+            let last = *times.last()?;
+            let ms = |us: TimeUs| us as f64 / 1e3;
+            Some(Observation {
+                arrival_s: rec.arrival_us as f64 / 1e6,
+                ttft_ms: ms(first.saturating_sub(rec.arrival_us)) + request_overhead_ms,
+                gaps_ms: times.windows(2).map(|w| ms(w[1] - w[0])).collect(),
+                e2e_ms: ms(last.saturating_sub(rec.arrival_us)) + request_overhead_ms,
+                prompt_tokens: rec.prompt_tokens,
+                output_tokens: rec.output_tokens,
+                slo: spec.slo,
+            })
+        })
+        .collect()
+}
+
+/// Simulates `requests` on the server's setup with `profile` as its hardware and returns the
+/// predicted side and iteration figures.
+pub fn predict(
+    setup: &ServeSetup,
+    profile: &HardwareProfile,
+    requests: &[RequestSpec],
+) -> anyhow::Result<(Side, Iterations)> {
+    let cfg = sim_config(setup, profile);
+    let (report, metrics) = runner::run_with_timelines(&cfg, requests)?;
+    let obs = predicted(requests, &metrics, profile.request_overhead_ms);
+    let count: u64 = report.instances.iter().map(|i| i.iterations).sum();
+    let busy_s: f64 = report
+        .instances
+        .iter()
+        .map(|i| i.busy * report.simulated_s)
+        .sum();
+    let iterations = Iterations {
+        count,
+        mean_ms: if count == 0 {
+            0.0
+        } else {
+            busy_s * 1e3 / count as f64
+        },
+    };
+    Ok((Side::of(&obs, requests.len(), None), iterations))
+}
+
+/// The whole comparison of a finished live run: `prepared` as sent, `results` as measured over
+/// `duration_s`, `scrapes` the server's `/metrics` before and after (for iteration figures).
+pub fn compare(
+    profile: &HardwareProfile,
+    setup: ServeSetup,
+    prepared: &[PreparedRequest],
+    results: &[RequestResult],
+    duration_s: f64,
+    scrapes: Option<(bytes::Bytes, bytes::Bytes)>,
+) -> anyhow::Result<Fidelity> {
+    let requests = core_requests(prepared, results, &setup);
+    let (predicted, predicted_iterations) = predict(&setup, profile, &requests)?;
+    let measured = Side::of(
+        &measured(prepared, results, setup.slo),
+        results.len(),
+        Some(duration_s),
+    );
+    let measured_iterations = scrapes.and_then(|(b, a)| {
+        iterations_between(&String::from_utf8_lossy(&b), &String::from_utf8_lossy(&a))
+    });
+    Ok(Fidelity {
+        profile: profile.name.clone(),
+        setup,
+        predicted,
+        measured,
+        predicted_iterations,
+        measured_iterations,
+    })
+}
+
+/// Sums the samples of a Prometheus metric (all label sets) in `/metrics` text.
+pub fn prometheus_sum(text: &str, name: &str) -> Option<f64> {
+    let mut found = false;
+    let mut sum = 0.0;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some(rest) = line.strip_prefix(name) else {
+            continue;
+        };
+        if !(rest.starts_with('{') || rest.starts_with(' ')) {
+            continue;
+        }
+        if let Some(v) = rest.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) {
+            sum += v;
+            found = true;
+        }
+    }
+    found.then_some(sum)
+}
+
+/// The server's iterations between two `/metrics` scrapes.
+pub fn iterations_between(before: &str, after: &str) -> Option<Iterations> {
+    let it = |t: &str| prometheus_sum(t, "accellm_instance_iterations_total");
+    let busy = |t: &str| prometheus_sum(t, "accellm_instance_busy_seconds_total");
+    let count = (it(after)? - it(before)?).max(0.0) as u64;
+    let busy_s = (busy(after)? - busy(before)?).max(0.0);
+    Some(Iterations {
+        count,
+        mean_ms: if count == 0 {
+            0.0
+        } else {
+            busy_s * 1e3 / count as f64
+        },
+    })
+}
+
+/// `(predicted − measured) / measured`, as a percentage string.
+fn rel(p: f64, m: f64) -> String {
+    if m == 0.0 {
+        if p == 0.0 {
+            "0.0%".into()
+        } else {
+            "—".into()
+        }
+    } else {
+        format!("{:+.1}%", (p - m) / m * 100.0)
+    }
+}
+
+impl Fidelity {
+    /// The comparison table.
+    pub fn render(&self) -> String {
+        let (p, m) = (&self.predicted, &self.measured);
+        let s = &self.setup;
+        let mut out = format!(
+            "\nPrediction (profile `{}`) against measurement: {} x {}/{}, {} KV blocks of {} tokens\n",
+            self.profile, s.instances, s.cluster_policy, s.instance_policy, s.kv_blocks, s.block_size
+        );
+        out.push_str(&format!(
+            "{:<28} {:>12} {:>12} {:>9}\n{}\n",
+            "metric",
+            "predicted",
+            "measured",
+            "error",
+            "-".repeat(64)
+        ));
+        let mut row = |name: &str, pv: f64, mv: f64, prec: usize| {
+            out.push_str(&format!(
+                "{name:<28} {pv:>12.prec$} {mv:>12.prec$} {:>9}\n",
+                rel(pv, mv)
+            ));
+        };
+        row(
+            "requests completed",
+            p.completed as f64,
+            m.completed as f64,
+            0,
+        );
+        row(
+            "prompt tokens",
+            p.prompt_tokens as f64,
+            m.prompt_tokens as f64,
+            0,
+        );
+        row(
+            "output tokens",
+            p.output_tokens as f64,
+            m.output_tokens as f64,
+            0,
+        );
+        for (name, pt, mt) in [
+            ("TTFT", p.ttft_ms, m.ttft_ms),
+            ("TPOT", p.tpot_ms, m.tpot_ms),
+            ("ITL (every gap)", p.itl_ms, m.itl_ms),
+            ("E2E", p.e2e_ms, m.e2e_ms),
+        ] {
+            row(&format!("{name} p50 ms"), pt.p50, mt.p50, 1);
+            row(&format!("{name} p90 ms"), pt.p90, mt.p90, 1);
+            row(&format!("{name} p99 ms"), pt.p99, mt.p99, 1);
+        }
+        row("duration s", p.duration_s, m.duration_s, 2);
+        row(
+            "throughput req/s",
+            p.request_throughput,
+            m.request_throughput,
+            3,
+        );
+        row(
+            "throughput output tok/s",
+            p.output_throughput,
+            m.output_throughput,
+            1,
+        );
+        row("goodput req/s", p.goodput, m.goodput, 3);
+        row("SLO attainment", p.slo_attainment, m.slo_attainment, 3);
+        if let Some(mi) = self.measured_iterations {
+            let pi = self.predicted_iterations;
+            row("iterations", pi.count as f64, mi.count as f64, 0);
+            row("mean iteration ms", pi.mean_ms, mi.mean_ms, 2);
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn obs(ttft: f64, gaps: &[f64], slo: Slo) -> Observation {
+        Observation {
+            arrival_s: 0.0,
+            ttft_ms: ttft,
+            gaps_ms: gaps.to_vec(),
+            e2e_ms: ttft + gaps.iter().sum::<f64>(),
+            prompt_tokens: 10,
+            output_tokens: gaps.len() as u32 + 1,
+            slo,
+        }
+    }
+
+    #[test]
+    fn strict_slo_judges_every_gap() {
+        let slo = Slo {
+            ttft_ms: Some(100.0),
+            tbt_ms: Some(50.0),
+        };
+        assert!(obs(100.0, &[10.0, 50.0], slo).slo_met());
+        assert!(!obs(100.0, &[10.0, 51.0], slo).slo_met());
+        assert!(!obs(101.0, &[10.0], slo).slo_met());
+        assert!(obs(1e9, &[1e9], Slo::default()).slo_met());
+        let o = obs(100.0, &[10.0, 30.0], slo);
+        assert_eq!(o.tpot_ms(), Some(20.0));
+        let s = Side::of(&[o.clone(), obs(300.0, &[], slo)], 3, Some(2.0));
+        assert_eq!((s.completed, s.output_tokens), (2, 4));
+        assert_eq!(s.goodput, 0.5);
+        assert!((s.slo_attainment - 1.0 / 3.0).abs() < 1e-12);
+        assert_eq!(s.tpot_ms.p50, 20.0);
+    }
+
+    #[test]
+    fn prometheus_sums_every_label_set() {
+        let t = "# HELP x\naccellm_instance_iterations_total{instance=\"0\"} 5\n\
+                 accellm_instance_iterations_total{instance=\"1\"} 7\n\
+                 accellm_instance_iterations_total_other 100\n\
+                 accellm_instance_busy_seconds_total{instance=\"0\"} 0.5\n\
+                 accellm_instance_busy_seconds_total{instance=\"1\"} 0.7\n";
+        assert_eq!(
+            prometheus_sum(t, "accellm_instance_iterations_total"),
+            Some(12.0)
+        );
+        assert_eq!(prometheus_sum(t, "nope"), None);
+        let zero = "accellm_instance_iterations_total 0\naccellm_instance_busy_seconds_total 0\n";
+        let it = iterations_between(zero, t).unwrap();
+        assert_eq!(it.count, 12);
+        assert!((it.mean_ms - 100.0).abs() < 1e-9);
+    }
+}

@@ -98,8 +98,6 @@ pub struct RequestState {
     pub serial: u64,
     /// Longest gap between consecutive tokens so far.
     pub max_tbt_us: TimeUs,
-    /// Gaps between consecutive tokens that exceeded the TBT SLO.
-    pub tbt_misses: u32,
 }
 
 impl RequestState {
@@ -125,7 +123,6 @@ impl RequestState {
             cancelled: false,
             serial: 0,
             max_tbt_us: 0,
-            tbt_misses: 0,
         }
     }
 

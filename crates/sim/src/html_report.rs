@@ -5,6 +5,7 @@
 use accellm_report::{Cdf, Lines, Report, Section, Segment, Table, Timeline};
 
 use crate::observer::SegmentKind;
+use crate::output::percent;
 use crate::runner::RunReport;
 
 /// Most instances drawn on a timeline (the first ones).
@@ -37,8 +38,10 @@ pub fn build(runs: &[RunReport], title_line: &str, sweep: bool) -> Report {
             "JCT p50/p99 (s)",
             "req/s",
             "tok/s",
-            "SLO",
-            "goodput",
+            "SLO attainment (strict)",
+            "SLO attainment (mean)",
+            "goodput req/s (strict)",
+            "goodput req/s (mean)",
             "busy",
             "KV mean/peak",
             "preempt",
@@ -57,8 +60,10 @@ pub fn build(runs: &[RunReport], title_line: &str, sweep: bool) -> Report {
             format!("{:.1} / {:.1}", s.jct_ms.p50 / 1e3, s.jct_ms.p99 / 1e3),
             format!("{:.2}", s.request_throughput),
             format!("{:.0}", s.output_throughput),
-            format!("{:.1}%", s.slo_attainment * 100.0),
-            format!("{:.2}", s.goodput),
+            percent(s.slo_attainment.strict),
+            percent(s.slo_attainment.mean),
+            format!("{:.2}", s.goodput.strict),
+            format!("{:.2}", s.goodput.mean),
             format!("{:.0}%", r.busy_mean * 100.0),
             format!("{:.0}% / {:.0}%", r.kv_mean * 100.0, r.kv_peak * 100.0),
             r.counters.preemptions.to_string(),
@@ -75,8 +80,10 @@ pub fn build(runs: &[RunReport], title_line: &str, sweep: bool) -> Report {
                 "class",
                 "SLO TTFT / TBT (ms)",
                 "done/arrived",
-                "SLO met",
-                "goodput",
+                "SLO attainment (strict)",
+                "SLO attainment (mean)",
+                "goodput req/s (strict)",
+                "goodput req/s (mean)",
                 "TTFT p50/p99 (ms)",
                 "worst TBT per request p50/p99 (ms)",
             ],
@@ -90,8 +97,10 @@ pub fn build(runs: &[RunReport], title_line: &str, sweep: bool) -> Report {
                     c.name.clone(),
                     format!("{} / {}", ms(c.ttft_slo_ms), ms(c.tbt_slo_ms)),
                     format!("{}/{}", c.completed, c.arrived),
-                    format!("{:.1}%", c.slo_attainment * 100.0),
-                    format!("{:.2}", c.goodput),
+                    percent(c.slo_attainment.strict),
+                    percent(c.slo_attainment.mean),
+                    format!("{:.2}", c.goodput.strict),
+                    format!("{:.2}", c.goodput.mean),
                     format!("{:.0} / {:.0}", c.ttft_ms.p50, c.ttft_ms.p99),
                     format!("{:.1} / {:.1}", c.worst_tbt_ms.p50, c.worst_tbt_ms.p99),
                 ]);
@@ -144,12 +153,22 @@ pub fn build(runs: &[RunReport], title_line: &str, sweep: bool) -> Report {
     if sweep {
         let mut sec = Section::new("Against arrival rate");
         type Metric = (&'static str, &'static str, fn(&RunReport) -> f64);
-        let metrics: [Metric; 5] = [
+        let metrics: [Metric; 7] = [
             ("p99 TTFT", "p99 TTFT (ms)", |r| r.summary.ttft_ms.p99),
             ("p99 TBT", "p99 TBT (ms)", |r| r.summary.tbt_ms.p99),
-            ("Goodput", "goodput (req/s)", |r| r.summary.goodput),
-            ("SLO attainment", "SLO attainment (%)", |r| {
-                r.summary.slo_attainment * 100.0
+            ("Goodput (strict)", "goodput req/s (strict)", |r| {
+                r.summary.goodput.strict
+            }),
+            ("Goodput (mean)", "goodput req/s (mean)", |r| {
+                r.summary.goodput.mean
+            }),
+            (
+                "SLO attainment (strict)",
+                "SLO attainment (strict, %)",
+                |r| r.summary.slo_attainment.strict * 100.0,
+            ),
+            ("SLO attainment (mean)", "SLO attainment (mean, %)", |r| {
+                r.summary.slo_attainment.mean * 100.0
             }),
             ("Throughput", "output tokens/s", |r| {
                 r.summary.output_throughput

@@ -46,6 +46,11 @@ fn pct(p: &Percentiles, scale: f64, digits: usize) -> String {
     )
 }
 
+/// A fraction as a percentage with one decimal (`0.934` → `93.4%`).
+pub(crate) fn percent(fraction: f64) -> String {
+    format!("{:.1}%", fraction * 100.0)
+}
+
 /// The metric rows of reports side by side (one column per report).
 pub fn metrics_table(reports: &[RunReport]) -> String {
     let mut rows: Vec<Vec<String>> = Vec::new();
@@ -81,10 +86,18 @@ pub fn metrics_table(reports: &[RunReport]) -> String {
     row("throughput output tok/s", &|r| {
         format!("{:.0}", r.summary.output_throughput)
     });
-    row("SLO attainment", &|r| {
-        format!("{:.1}%", r.summary.slo_attainment * 100.0)
+    row("SLO attainment (strict)", &|r| {
+        percent(r.summary.slo_attainment.strict)
     });
-    row("goodput req/s", &|r| format!("{:.2}", r.summary.goodput));
+    row("SLO attainment (mean)", &|r| {
+        percent(r.summary.slo_attainment.mean)
+    });
+    row("goodput req/s (strict)", &|r| {
+        format!("{:.2}", r.summary.goodput.strict)
+    });
+    row("goodput req/s (mean)", &|r| {
+        format!("{:.2}", r.summary.goodput.mean)
+    });
     row("busy (prefill/decode/mixed)", &|r| {
         let n = r.instances.len().max(1) as f64;
         let m = |f: fn(&crate::runner::InstanceReport) -> f64| {
@@ -186,8 +199,15 @@ pub fn class_table(reports: &[RunReport]) -> String {
         row(format!("{name}{slo}: requests done/arrived"), &|c| {
             format!("{}/{}", c.completed, c.arrived)
         });
-        row("  SLO attainment / goodput req/s".into(), &|c| {
-            format!("{:.1}% / {:.2}", c.slo_attainment * 100.0, c.goodput)
+        row("  SLO attainment / goodput req/s (strict)".into(), &|c| {
+            format!(
+                "{} / {:.2}",
+                percent(c.slo_attainment.strict),
+                c.goodput.strict
+            )
+        });
+        row("  SLO attainment / goodput req/s (mean)".into(), &|c| {
+            format!("{} / {:.2}", percent(c.slo_attainment.mean), c.goodput.mean)
         });
         row("  TTFT ms p50 / p99".into(), &|c| {
             format!("{:.0} / {:.0}", c.ttft_ms.p50, c.ttft_ms.p99)
@@ -210,8 +230,10 @@ pub fn sweep_table(reports: &[RunReport]) -> String {
         "TTFT p99 ms",
         "TBT p50 ms",
         "TBT p99 ms",
-        "SLO",
-        "goodput",
+        "SLO (strict)",
+        "SLO (mean)",
+        "goodput (strict)",
+        "goodput (mean)",
         "busy",
         "KV mean",
         "preempt",
@@ -230,8 +252,10 @@ pub fn sweep_table(reports: &[RunReport]) -> String {
             format!("{:.0}", s.ttft_ms.p99),
             format!("{:.1}", s.tbt_ms.p50),
             format!("{:.1}", s.tbt_ms.p99),
-            format!("{:.1}%", s.slo_attainment * 100.0),
-            format!("{:.2}", s.goodput),
+            percent(s.slo_attainment.strict),
+            percent(s.slo_attainment.mean),
+            format!("{:.2}", s.goodput.strict),
+            format!("{:.2}", s.goodput.mean),
             format!("{:.0}%", r.busy_mean * 100.0),
             format!("{:.0}%", r.kv_mean * 100.0),
             r.counters.preemptions.to_string(),
@@ -247,7 +271,7 @@ pub fn csv(reports: &[RunReport]) -> String {
         "cluster_policy,instance_policy,rate,model,hardware,instances,tp,arrived,completed,rejected,unfinished,\
 ttft_ms_mean,ttft_ms_p50,ttft_ms_p90,ttft_ms_p99,tbt_ms_mean,tbt_ms_p50,tbt_ms_p90,tbt_ms_p99,\
 jct_ms_mean,jct_ms_p50,jct_ms_p90,jct_ms_p99,norm_ms_mean,norm_ms_p50,norm_ms_p90,norm_ms_p99,\
-request_throughput,output_throughput,slo_attainment,goodput,busy_mean,prefill_frac,decode_frac,mixed_frac,\
+request_throughput,output_throughput,slo_attainment_strict,goodput_strict,slo_attainment_mean,goodput_mean,busy_mean,prefill_frac,decode_frac,mixed_frac,\
 kv_mean,kv_peak,preemptions,kv_bytes_moved,migrations_free,migrations_transfer,\
 requests_per_s_per_instance,tokens_per_gpu_s,simulated_s,wall_s\n",
     );
@@ -260,7 +284,7 @@ requests_per_s_per_instance,tokens_per_gpu_s,simulated_s,wall_s\n",
         let p = |p: &Percentiles| format!("{},{},{},{}", p.mean, p.p50, p.p90, p.p99);
         let _ = writeln!(
             s,
-            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
+            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
             r.cluster_policy,
             r.instance_policy,
             r.rate.map_or(String::new(), |x| x.to_string()),
@@ -278,8 +302,10 @@ requests_per_s_per_instance,tokens_per_gpu_s,simulated_s,wall_s\n",
             p(&s_.normalized_latency_ms),
             s_.request_throughput,
             s_.output_throughput,
-            s_.slo_attainment,
-            s_.goodput,
+            s_.slo_attainment.strict,
+            s_.goodput.strict,
+            s_.slo_attainment.mean,
+            s_.goodput.mean,
             r.busy_mean,
             mean(|i| i.prefill),
             mean(|i| i.decode),

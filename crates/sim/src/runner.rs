@@ -8,7 +8,7 @@ use accellm_core::{
     cluster,
     cost::{CostModel, Link},
     instance,
-    metrics::{RequestRecord, Summary},
+    metrics::{RequestRecord, SloCounts, SloRates, Summary},
     replay::{self, Observer},
     request::{RequestSpec, Slo},
     scheduler::{Action, ClusterCounters, Scheduler, SchedulerConfig},
@@ -242,10 +242,10 @@ pub struct ClassReport {
     pub arrived: u64,
     /// Of those, completed.
     pub completed: u64,
-    /// Fraction of arrived requests that met their SLOs (same definition as the run's).
-    pub slo_attainment: f64,
-    /// Requests of the class per second that met their SLOs.
-    pub goodput: f64,
+    /// Fraction of arrived requests that met their SLOs, strict and mean (as the run's).
+    pub slo_attainment: SloRates,
+    /// Requests of the class per second that met their SLOs, strict and mean.
+    pub goodput: SloRates,
     /// TTFT of completed requests (ms).
     pub ttft_ms: Percentiles,
     /// Each completed request's longest gap between tokens (ms): the gap its TBT SLO judges.
@@ -277,8 +277,8 @@ pub fn class_reports(
             tbt_slo_ms: None,
             arrived: 0,
             completed: 0,
-            slo_attainment: 0.0,
-            goodput: 0.0,
+            slo_attainment: SloRates::default(),
+            goodput: SloRates::default(),
             ttft_ms: Percentiles::default(),
             worst_tbt_ms: Percentiles::default(),
             jct_ms: Percentiles::default(),
@@ -291,7 +291,6 @@ pub fn class_reports(
             c.tbt_slo_ms = c.tbt_slo_ms.or(r.slo.tbt_ms);
         }
     }
-    let secs = duration_s.max(1e-9);
     for (k, c) in out.iter_mut().enumerate() {
         let done: Vec<&RequestRecord> = finished
             .iter()
@@ -301,14 +300,10 @@ pub fn class_reports(
             let mut v: Vec<f64> = done.iter().map(|r| f(r) as f64 / 1e3).collect();
             Percentiles::of(&mut v)
         };
-        let met = done.iter().filter(|r| r.slo_met).count();
+        let met = SloCounts::of(done.iter().map(|r| r.slo_met));
         c.completed = done.len() as u64;
-        c.slo_attainment = if c.arrived == 0 {
-            0.0
-        } else {
-            met as f64 / c.arrived as f64
-        };
-        c.goodput = met as f64 / secs;
+        c.slo_attainment = met.attainment(c.arrived);
+        c.goodput = met.goodput(duration_s);
         c.ttft_ms = ms(|r| r.ttft_us);
         c.worst_tbt_ms = ms(|r| r.max_tbt_us);
         c.jct_ms = ms(|r| r.jct_us);

@@ -2,6 +2,7 @@
 
 use std::time::{Duration, Instant};
 
+use accellm_core::{metrics::Latencies, request::Slo};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::header::{HeaderValue, CONTENT_TYPE};
@@ -143,6 +144,25 @@ impl RequestResult {
                 (self.latency_s - ttft) / f64::from(self.output_tokens - 1)
             }
             _ => 0.0,
+        }
+    }
+
+    /// Its latencies as its SLO judges them (TTFT, longest gap between chunks, time to
+    /// `[DONE]`, output tokens); `None` if it failed.
+    pub fn latencies(&self) -> Option<Latencies> {
+        self.ok().then(|| Latencies {
+            ttft_ms: self.ttft_s.unwrap_or(self.latency_s) * 1e3,
+            max_tbt_ms: self.itl_s.iter().copied().fold(0.0, f64::max) * 1e3,
+            jct_ms: self.latency_s * 1e3,
+            output_tokens: self.output_tokens,
+        })
+    }
+
+    /// Its SLO.
+    pub fn slo(&self) -> Slo {
+        Slo {
+            ttft_ms: self.ttft_slo_ms,
+            tbt_ms: self.tbt_slo_ms,
         }
     }
 }

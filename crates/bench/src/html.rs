@@ -34,6 +34,11 @@ pub fn build(config: &[(String, String)], summary: &Summary, results: &[RequestR
         ]);
     }
     report = report.table(table);
+    let attained = summary
+        .attainment
+        .first()
+        .filter(|a| a.total > 0)
+        .map(|a| a.ratio());
     let mut totals = Table::new("Throughput", ["metric", "value"]);
     for (k, v) in [
         (
@@ -50,10 +55,30 @@ pub fn build(config: &[(String, String)], summary: &Summary, results: &[RequestR
             format!("{:.1}", summary.output_throughput),
         ),
         (
-            "goodput (req/s)",
+            "request goodput req/s (--goodput)",
             summary
                 .request_goodput
                 .map_or("—".into(), |g| format!("{g:.2}")),
+        ),
+        (
+            "goodput req/s (strict)",
+            summary
+                .goodput
+                .map_or("—".into(), |g| format!("{:.2}", g.strict)),
+        ),
+        (
+            "goodput req/s (mean)",
+            summary
+                .goodput
+                .map_or("—".into(), |g| format!("{:.2}", g.mean)),
+        ),
+        (
+            "SLO attainment (strict)",
+            attained.map_or("—".into(), |a| format!("{:.1}%", a.strict * 100.0)),
+        ),
+        (
+            "SLO attainment (mean)",
+            attained.map_or("—".into(), |a| format!("{:.1}%", a.mean * 100.0)),
         ),
         ("duration (s)", format!("{:.1}", summary.duration_s)),
     ] {

@@ -5,9 +5,18 @@
 //! with more than one output token; E2E the time to `[DONE]`; percentiles interpolate linearly
 //! between order statistics (numpy's default); std is the population standard deviation.
 //! Failed requests are excluded from latency statistics and throughput, and counted.
+//!
+//! SLO attainment and goodput use the core's one definition ([`SloVerdict::judge`]), reported
+//! under both names: *strict* (TTFT and every gap between chunks within the request's SLO) and
+//! *mean* (TTFT and mean TPOT within it). `--goodput` is the mean definition with the given
+//! thresholds for every request, plus an optional end-to-end limit (vLLM's `request_goodput`).
 
 use std::collections::BTreeMap;
 
+use accellm_core::{
+    metrics::{SloCounts, SloRates, SloVerdict},
+    request::Slo,
+};
 use accellm_workload::SloClass;
 use serde_json::{json, Map, Value};
 
@@ -111,29 +120,27 @@ impl Stats {
     }
 }
 
-/// SLO attainment of one group of requests (their own SLOs).
+/// SLO attainment of one group of requests, against their own SLOs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Attainment {
     /// Group name (SLO class, or `all`).
     pub name: String,
-    /// Requests in the group that have an SLO.
-    pub total: usize,
-    /// Of those, completed within both their TTFT and TPOT targets.
-    pub met: usize,
+    /// Requests in the group that have an SLO (failed ones included).
+    pub total: u64,
+    /// Of those, met strictly and on mean TPOT.
+    pub met: SloCounts,
     /// Of those, completed within the TTFT target (or had none).
-    pub ttft_met: usize,
-    /// Of those, completed within the TPOT target (or had none).
-    pub tpot_met: usize,
+    pub ttft_met: u64,
+    /// Of those, completed with every gap between chunks within the TBT SLO (or had none).
+    pub tbt_met: u64,
+    /// Of those, completed with mean TPOT within the TBT SLO (or had none).
+    pub tpot_met: u64,
 }
 
 impl Attainment {
-    /// `met / total` (1 when the group is empty).
-    pub fn ratio(&self) -> f64 {
-        if self.total == 0 {
-            1.0
-        } else {
-            self.met as f64 / self.total as f64
-        }
+    /// SLO attainment, strict and mean (0 when the group is empty).
+    pub fn ratio(&self) -> SloRates {
+        self.met.attainment(self.total)
     }
 }
 
@@ -160,6 +167,8 @@ pub struct Summary {
     pub request_throughput: f64,
     /// Good requests per second under `--goodput` (None without thresholds).
     pub request_goodput: Option<f64>,
+    /// Requests per second that met their own SLOs, strict and mean (None when none has one).
+    pub goodput: Option<SloRates>,
     /// Output tokens per second.
     pub output_throughput: f64,
     /// (Input + output) tokens per second.
@@ -214,17 +223,20 @@ pub fn summarize(
     let e2els: Vec<f64> = ok.iter().map(|r| r.latency_s).collect();
 
     let request_goodput = (!goodput.is_empty()).then(|| {
+        let thresholds = Slo {
+            ttft_ms: goodput.ttft_ms,
+            tbt_ms: goodput.tpot_ms,
+        };
         let good = ok
             .iter()
             .filter(|r| {
-                let ttft_ms = r.ttft_s.unwrap_or(r.latency_s) * 1000.0;
-                goodput.ttft_ms.is_none_or(|l| ttft_ms <= l)
-                    && goodput.tpot_ms.is_none_or(|l| r.tpot_s() * 1000.0 <= l)
+                SloVerdict::judge(&thresholds, r.latencies().as_ref()).mean
                     && goodput.e2el_ms.is_none_or(|l| r.latency_s * 1000.0 <= l)
             })
             .count();
         good as f64 / dur
     });
+    let attainment = attainment(results, classes);
 
     let (max_output_tokens_per_s, max_concurrent_requests) = peaks(&ok);
 
@@ -239,6 +251,7 @@ pub fn summarize(
         server_input_tokens: server_input,
         request_throughput: ok.len() as f64 / dur,
         request_goodput,
+        goodput: (attainment[0].total > 0).then(|| attainment[0].met.goodput(dur)),
         output_throughput: total_output as f64 / dur,
         total_token_throughput: (total_input + total_output) as f64 / dur,
         ttft: Stats::from_seconds(&ttfts, percentiles),
@@ -247,7 +260,7 @@ pub fn summarize(
         e2el: Stats::from_seconds(&e2els, percentiles),
         max_output_tokens_per_s,
         max_concurrent_requests,
-        attainment: attainment(results, classes),
+        attainment,
     }
 }
 
@@ -290,30 +303,41 @@ fn peaks(ok: &[&RequestResult]) -> (f64, usize) {
     )
 }
 
+/// SLO attainment of every request with an SLO (`all`, first), then of each class.
 fn attainment(results: &[RequestResult], classes: &[SloClass]) -> Vec<Attainment> {
     let mut groups: Vec<Attainment> = std::iter::once("all".to_string())
         .chain(classes.iter().map(|c| c.name.clone()))
         .map(|name| Attainment {
             name,
             total: 0,
-            met: 0,
+            met: SloCounts::default(),
             ttft_met: 0,
+            tbt_met: 0,
             tpot_met: 0,
         })
         .collect();
     for r in results {
-        if r.ttft_slo_ms.is_none() && r.tbt_slo_ms.is_none() {
+        let slo = r.slo();
+        if slo == Slo::default() {
             continue;
         }
-        let ttft_ok = r.ok()
-            && r.ttft_slo_ms
-                .is_none_or(|l| r.ttft_s.unwrap_or(r.latency_s) * 1000.0 <= l);
-        let tpot_ok = r.ok() && r.tbt_slo_ms.is_none_or(|l| r.tpot_s() * 1000.0 <= l);
+        let latencies = r.latencies();
+        let judge = |slo: Slo| SloVerdict::judge(&slo, latencies.as_ref());
+        let both = judge(slo);
+        let ttft = judge(Slo {
+            tbt_ms: None,
+            ..slo
+        });
+        let tbt = judge(Slo {
+            ttft_ms: None,
+            ..slo
+        });
         let add = |g: &mut Attainment| {
             g.total += 1;
-            g.ttft_met += usize::from(ttft_ok);
-            g.tpot_met += usize::from(tpot_ok);
-            g.met += usize::from(ttft_ok && tpot_ok);
+            g.met.add(both);
+            g.ttft_met += u64::from(ttft.strict);
+            g.tbt_met += u64::from(tbt.strict);
+            g.tpot_met += u64::from(tbt.mean);
         };
         add(&mut groups[0]);
         if let Some(g) = r.class.and_then(|c| groups.get_mut(c as usize + 1)) {
@@ -356,8 +380,8 @@ pub struct RunInfo {
 }
 
 /// The JSON result with `vllm bench serve`'s field names plus accellm extras
-/// (`failures_by_kind`, `slo_attainment`, `workload`, `server_input_lens`, `e2els`,
-/// `start_times`).
+/// (`failures_by_kind`, `goodput` and `slo_attainment` against the requests' own SLOs, strict
+/// and mean, `workload`, `server_input_lens`, `e2els`, `start_times`).
 pub fn to_json(info: &RunInfo, s: &Summary, results: &[RequestResult]) -> Value {
     let mut m = Map::new();
     m.insert("date".into(), json!(info.date));
@@ -385,6 +409,7 @@ pub fn to_json(info: &RunInfo, s: &Summary, results: &[RequestResult]) -> Value 
     m.insert("total_output_tokens".into(), json!(s.total_output_tokens));
     m.insert("request_throughput".into(), json!(s.request_throughput));
     m.insert("request_goodput".into(), json!(s.request_goodput));
+    m.insert("goodput".into(), json!(s.goodput));
     m.insert("output_throughput".into(), json!(s.output_throughput));
     m.insert(
         "total_token_throughput".into(),
@@ -467,8 +492,10 @@ pub fn to_json(info: &RunInfo, s: &Summary, results: &[RequestResult]) -> Value 
                 .iter()
                 .map(|a| {
                     json!({
-                        "class": a.name, "requests": a.total, "met": a.met,
-                        "ttft_met": a.ttft_met, "tpot_met": a.tpot_met, "attainment": a.ratio(),
+                        "class": a.name, "requests": a.total,
+                        "met_strict": a.met.strict, "met_mean": a.met.mean,
+                        "ttft_met": a.ttft_met, "tbt_met": a.tbt_met, "tpot_met": a.tpot_met,
+                        "attainment": a.ratio(),
                     })
                 })
                 .collect(),
@@ -518,30 +545,50 @@ mod tests {
             result(0.20, &[0.01, 0.01], true),       // ttft 200: misses TTFT
             result(0.05, &[0.03, 0.03], true),       // tpot 30: misses TPOT
             result(0.05, &[0.01], false),            // failed
+            result(0.05, &[0.01, 0.01, 0.01, 0.04], true), // tpot 17.5, one 40 ms gap
         ];
         let classes = accellm_workload::SloClass::defaults();
         let g = GoodputConfig::parse(&["ttft:100 tpot:20".to_string()]).unwrap();
         let s = summarize(&rs, 2.0, &[50.0, 99.0], &g, &classes);
-        assert_eq!((s.completed, s.failed), (3, 1));
+        assert_eq!((s.completed, s.failed), (4, 1));
         assert_eq!(s.failures_by_kind.get("truncated"), Some(&1));
-        assert_eq!(s.total_output_tokens, 4 + 3 + 3);
-        assert_eq!(s.request_goodput, Some(0.5));
-        assert!((s.ttft.mean - 100.0).abs() < 1e-9);
+        assert_eq!(s.total_output_tokens, 4 + 3 + 3 + 5);
+        // vLLM's --goodput judges mean TPOT: the request with one long gap is good.
+        assert_eq!(s.request_goodput, Some(1.0));
+        assert!((s.ttft.mean - 87.5).abs() < 1e-9);
         assert!((s.ttft.median - 50.0).abs() < 1e-9);
-        assert!((s.tpot.median - 10.0).abs() < 1e-9);
-        assert_eq!(s.itl.count, 3 + 2 + 2);
-        assert_eq!(s.attainment[0].total, 4);
-        assert_eq!(s.attainment[0].met, 1);
-        assert_eq!(s.attainment[0].ttft_met, 2);
+        assert!((s.tpot.median - 13.75).abs() < 1e-9);
+        assert_eq!(s.itl.count, 3 + 2 + 2 + 4);
+        let all = &s.attainment[0];
+        assert_eq!(all.total, 5);
+        assert_eq!(all.met, SloCounts { strict: 1, mean: 2 });
+        assert_eq!((all.ttft_met, all.tbt_met, all.tpot_met), (3, 2, 3));
+        assert_eq!(
+            all.ratio(),
+            SloRates {
+                strict: 0.2,
+                mean: 0.4
+            }
+        );
+        assert_eq!(
+            s.goodput,
+            Some(SloRates {
+                strict: 0.5,
+                mean: 1.0
+            })
+        );
         assert_eq!(s.attainment[1].name, "chat");
-        assert_eq!(s.attainment[1].total, 4);
+        assert_eq!(s.attainment[1].total, 5);
+        let text = crate::report::render(&s, None, None);
+        assert!(text.contains("Goodput req/s (strict):"), "{text}");
+        assert!(text.contains("all (5 requests), mean:"), "{text}");
         let j = to_json(
             &RunInfo {
                 date: "d".into(),
                 endpoint: "/v1/completions".into(),
                 model_id: "m".into(),
                 tokenizer_id: "t".into(),
-                num_prompts: 4,
+                num_prompts: 5,
                 request_rate: None,
                 burstiness: 1.0,
                 max_concurrency: None,
@@ -550,11 +597,14 @@ mod tests {
             &s,
             &rs,
         );
-        assert_eq!(j["completed"], 3);
+        assert_eq!(j["completed"], 4);
         assert_eq!(j["request_rate"], "inf");
         assert!(j["p99_ttft_ms"].as_f64().unwrap() > 190.0);
-        assert_eq!(j["itls"].as_array().unwrap().len(), 4);
+        assert_eq!(j["itls"].as_array().unwrap().len(), 5);
         assert_eq!(j["output_lens"][3], 0);
+        assert_eq!(j["goodput"]["strict"], 0.5);
+        assert_eq!(j["slo_attainment"][0]["met_mean"], 2);
+        assert_eq!(j["slo_attainment"][0]["attainment"]["strict"], 0.2);
         assert!(GoodputConfig::parse(&["ttfx:1".to_string()]).is_err());
     }
 }

@@ -75,6 +75,14 @@ pub fn render(s: &Summary, rate: Option<f64>, max_concurrency: Option<usize>) ->
     if let Some(g) = s.request_goodput {
         row(&mut out, "Request goodput (req/s):", format!("{g:.2}"));
     }
+    if let Some(g) = s.goodput {
+        row(
+            &mut out,
+            "Goodput req/s (strict):",
+            format!("{:.2}", g.strict),
+        );
+        row(&mut out, "Goodput req/s (mean):", format!("{:.2}", g.mean));
+    }
     row(
         &mut out,
         "Output token throughput (tok/s):",
@@ -106,16 +114,28 @@ pub fn render(s: &Summary, rate: Option<f64>, max_concurrency: Option<usize>) ->
     stats(&mut out, "End-to-end Latency", "E2EL", &s.e2el);
     let with_slo: Vec<_> = s.attainment.iter().filter(|a| a.total > 0).collect();
     if !with_slo.is_empty() {
-        rule(&mut out, "SLO Attainment (own TTFT and TPOT SLOs)", '-');
+        rule(&mut out, "SLO Attainment (own SLOs)", '-');
+        let pct = |n: u64, total: u64| format!("{:.1}%", 100.0 * n as f64 / total as f64);
         for a in with_slo {
+            let group = format!("{} ({} requests)", a.name, a.total);
             row(
                 &mut out,
-                &format!("{} ({} requests):", a.name, a.total),
+                &format!("{group}, strict:"),
                 format!(
-                    "{:.1}% (TTFT {:.1}%, TPOT {:.1}%)",
-                    100.0 * a.ratio(),
-                    100.0 * a.ttft_met as f64 / a.total as f64,
-                    100.0 * a.tpot_met as f64 / a.total as f64
+                    "{} (TTFT {}, every gap {})",
+                    pct(a.met.strict, a.total),
+                    pct(a.ttft_met, a.total),
+                    pct(a.tbt_met, a.total)
+                ),
+            );
+            row(
+                &mut out,
+                &format!("{group}, mean:"),
+                format!(
+                    "{} (TTFT {}, mean TPOT {})",
+                    pct(a.met.mean, a.total),
+                    pct(a.ttft_met, a.total),
+                    pct(a.tpot_met, a.total)
                 ),
             );
         }

@@ -19,6 +19,8 @@ use serde_json::{json, Value};
 
 const TTFT: Duration = Duration::from_millis(50);
 const ITL: Duration = Duration::from_millis(10);
+/// The one extra gap of model `stall`.
+const STALL: Duration = Duration::from_millis(300);
 
 /// What the server saw: (x-slo-ttft-ms, x-slo-tpot-ms, body).
 type Seen = Arc<Mutex<Vec<(Option<String>, Option<String>, Value)>>>;
@@ -73,6 +75,9 @@ async fn generate(
             }
             if model == "truncate" && i == 2 {
                 return; // ends the body without [DONE]
+            }
+            if model == "stall" && i == 2 {
+                tokio::time::sleep(STALL).await; // one long gap between tokens
             }
         }
         let usage = json!({"choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": n}});
@@ -199,7 +204,10 @@ fn metrics_match_known_latencies() {
     assert!((f(&j, "request_goodput") - 8.0 / dur).abs() < 1e-9);
     let att = &j["slo_attainment"][0];
     assert_eq!(att["requests"], 8);
-    assert_eq!(att["met"], 8);
+    // Mean TPOT ~10 ms against a 30 ms SLO; single gaps may stretch on a loaded machine.
+    assert_eq!(att["met_mean"], 8);
+    assert!(att["met_strict"].as_u64().unwrap() <= 8);
+    assert!((f(&j["goodput"], "mean") - 8.0 / dur).abs() < 1e-9);
 
     let seen = seen.lock().unwrap();
     assert_eq!(seen.len(), 8);
@@ -248,8 +256,43 @@ fn tight_goodput_and_slo_are_missed() {
     }
     assert_eq!(j["completed"], 4);
     assert_eq!(f(&j, "request_goodput"), 0.0);
-    assert_eq!(j["slo_attainment"][0]["met"], 0);
-    assert_eq!(j["slo_attainment"][0]["tpot_met"], 4);
+    let att = &j["slo_attainment"][0];
+    assert_eq!(
+        (&att["met_strict"], &att["met_mean"]),
+        (&0.into(), &0.into())
+    );
+    assert_eq!(att["tpot_met"], 4);
+}
+
+#[test]
+fn one_long_gap_misses_the_strict_slo_but_not_the_mean() {
+    let (addr, _) = start_server();
+    let j = bench(
+        addr,
+        "stall.json",
+        &[
+            "--model",
+            "stall",
+            "--workload",
+            "synthetic:prompt=8,output=40",
+            "--num-prompts",
+            "4",
+            "--slo",
+            "fixed:5000:100",
+            "--goodput",
+            "ttft:5000 tpot:100",
+        ],
+    );
+    assert_eq!(j["completed"], 4);
+    // Mean TPOT ~18 ms: within 100 ms, as vLLM's --goodput sees it; one gap of 300+ ms is not.
+    let att = &j["slo_attainment"][0];
+    assert_eq!(att["met_strict"], 0);
+    assert_eq!(att["met_mean"], 4);
+    assert_eq!((&att["tbt_met"], &att["tpot_met"]), (&0.into(), &4.into()));
+    assert_eq!(f(&j["goodput"], "strict"), 0.0);
+    let dur = f(&j, "duration");
+    assert!((f(&j["goodput"], "mean") - 4.0 / dur).abs() < 1e-9);
+    assert!((f(&j, "request_goodput") - 4.0 / dur).abs() < 1e-9);
 }
 
 #[test]

@@ -26,7 +26,7 @@ use accellm_engine::{
 };
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::metrics::{Metrics, Role};
+use crate::metrics::{Metrics, Role, TokenLatency, TokenTimes};
 use crate::text::{Decoder, TextModel};
 use crate::worker::{
     CopyPlan, InstanceThreads, LinkCounters, LinkJob, RunJob, RunReport, SampleJob,
@@ -137,8 +137,8 @@ struct Live {
     /// Set once the executor decided to end it (EOS, stop string).
     stopped: bool,
     events: UnboundedSender<ToClient>,
-    arrival: Instant,
-    last_token: Option<Instant>,
+    slo: Slo,
+    times: TokenTimes,
     instances: u64,
     failed: bool,
 }
@@ -317,8 +317,8 @@ impl Executor {
             stop,
             stopped: false,
             events: s.events,
-            arrival: Instant::now(),
-            last_token: None,
+            slo: s.slo,
+            times: TokenTimes::new(Instant::now()),
             instances: 0,
             failed: false,
         };
@@ -425,7 +425,11 @@ impl Executor {
                 Finish::Abort => 2,
             };
             m.finished[k] += 1;
-            m.e2e.observe(live.arrival.elapsed().as_secs_f64());
+            let now = Instant::now();
+            m.e2e.observe(live.times.since_arrival(now).as_secs_f64());
+            let completed = finish != Finish::Abort && !live.failed;
+            m.slo_met
+                .add(live.times.verdict(&live.slo, completed, now, completion));
         }
     }
 
@@ -707,17 +711,14 @@ impl Executor {
         let Some(live) = self.lives[req.index()].as_mut() else {
             return false;
         };
-        let now = Instant::now();
+        let latency = live.times.token(Instant::now());
         if let Ok(mut m) = self.metrics.lock() {
             m.generation_tokens += 1;
-            match live.last_token {
-                None => m
-                    .ttft
-                    .observe(now.duration_since(live.arrival).as_secs_f64()),
-                Some(t) => m.itl.observe(now.duration_since(t).as_secs_f64()),
+            match latency {
+                TokenLatency::First(ttft) => m.ttft.observe(ttft.as_secs_f64()),
+                TokenLatency::Gap(gap) => m.itl.observe(gap.as_secs_f64()),
             }
         }
-        live.last_token = Some(now);
         live.tokens.push(token);
         if live.stopped || live.failed {
             return true;

@@ -1,8 +1,89 @@
 //! Prometheus metrics: vLLM's names for the usual serving figures, plus accellm's own (roles,
-//! replicas, migrations, KV blocks per instance). The scheduler thread updates them; `GET
-//! /metrics` renders them in the text exposition format.
+//! replicas, migrations, KV blocks per instance, requests that met their SLO). The scheduler
+//! thread updates them; `GET /metrics` renders them in the text exposition format.
+//!
+//! `accellm_slo_met_total{kind="strict"|"mean"}` counts finished requests that met their SLO by
+//! the core's one definition ([`SloVerdict::judge`]): *strict*, TTFT and every gap between tokens
+//! within target; *mean*, TTFT and mean TPOT within target. A request without an SLO meets it by
+//! completing; a cancelled or failed one misses both. Its rate is goodput; divided by finished
+//! plus rejected requests, SLO attainment.
 
 use std::fmt::Write;
+use std::time::{Duration, Instant};
+
+use accellm_core::metrics::{Latencies, SloCounts, SloVerdict};
+use accellm_core::request::Slo;
+
+/// What a new token of a request measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TokenLatency {
+    /// The first token: time since arrival.
+    First(Duration),
+    /// A later token: the gap since the previous one.
+    Gap(Duration),
+}
+
+/// When one request arrived and produced its tokens: its TTFT, TBT and SLO verdict.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct TokenTimes {
+    arrival: Instant,
+    first: Option<Instant>,
+    last: Option<Instant>,
+    max_gap: Duration,
+}
+
+impl TokenTimes {
+    /// A request that arrived at `arrival`.
+    pub(crate) fn new(arrival: Instant) -> Self {
+        Self {
+            arrival,
+            first: None,
+            last: None,
+            max_gap: Duration::ZERO,
+        }
+    }
+
+    /// Records a token at `now`.
+    pub(crate) fn token(&mut self, now: Instant) -> TokenLatency {
+        let latency = match self.last {
+            None => {
+                self.first = Some(now);
+                TokenLatency::First(self.since_arrival(now))
+            }
+            Some(last) => {
+                let gap = now.saturating_duration_since(last);
+                self.max_gap = self.max_gap.max(gap);
+                TokenLatency::Gap(gap)
+            }
+        };
+        self.last = Some(now);
+        latency
+    }
+
+    /// Time since arrival.
+    pub(crate) fn since_arrival(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.arrival)
+    }
+
+    /// The verdict on a request that ended at `now` with `tokens` output tokens; `completed` is
+    /// false for one cancelled or failed.
+    pub(crate) fn verdict(
+        &self,
+        slo: &Slo,
+        completed: bool,
+        now: Instant,
+        tokens: u32,
+    ) -> SloVerdict {
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        let latencies = self.first.filter(|_| completed).map(|first| Latencies {
+            ttft_ms: ms(first.saturating_duration_since(self.arrival)),
+            max_tbt_ms: ms(self.max_gap),
+            jct_ms: ms(self.since_arrival(now)),
+            output_tokens: tokens,
+        });
+        SloVerdict::judge(slo, latencies.as_ref())
+    }
+}
 
 /// A cumulative histogram with fixed upper bounds (seconds, or tokens).
 #[derive(Debug, Clone)]
@@ -148,6 +229,8 @@ pub struct Metrics {
     pub copied_transfer_bytes: u64,
     /// Cluster and instance policy names.
     pub policies: (String, String),
+    /// Finished requests that met their SLO, strict and mean.
+    pub slo_met: SloCounts,
 }
 
 impl Metrics {
@@ -170,6 +253,7 @@ impl Metrics {
             copied_replica_bytes: 0,
             copied_transfer_bytes: 0,
             policies,
+            slo_met: SloCounts::default(),
         }
     }
 
@@ -259,6 +343,11 @@ impl Metrics {
             "vllm:e2e_request_latency_seconds",
             "Arrival to last token.",
             &m,
+        );
+        let _ = writeln!(
+            o,
+            "# HELP accellm_slo_met_total Finished requests that met their SLO (strict: TTFT and every gap between tokens; mean: TTFT and mean TPOT).\n# TYPE accellm_slo_met_total counter\naccellm_slo_met_total{{kind=\"strict\"}} {}\naccellm_slo_met_total{{kind=\"mean\"}} {}",
+            self.slo_met.strict, self.slo_met.mean
         );
         let _ = writeln!(
             o,
@@ -442,6 +531,7 @@ mod tests {
             "vllm:e2e_request_latency_seconds",
             "accellm_instance_role",
             "accellm_kv_free_blocks",
+            "accellm_slo_met_total",
         ] {
             assert_eq!(
                 text.matches(&format!("# TYPE {name} ")).count(),
@@ -450,5 +540,36 @@ mod tests {
             );
         }
         assert!(text.contains("accellm_kv_free_blocks{instance=\"1\"} 0"));
+        assert!(text.contains("accellm_slo_met_total{kind=\"mean\"} 0"));
+    }
+
+    #[test]
+    fn one_long_gap_misses_the_strict_slo_but_not_the_mean() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut t = TokenTimes::new(t0);
+        let ms = Duration::from_millis;
+        assert_eq!(t.token(at(50)), TokenLatency::First(ms(50)));
+        for k in [60, 70, 80] {
+            assert_eq!(t.token(at(k)), TokenLatency::Gap(ms(10)));
+        }
+        assert_eq!(t.token(at(150)), TokenLatency::Gap(ms(70)));
+        let slo = Slo {
+            ttft_ms: Some(100.0),
+            tbt_ms: Some(50.0),
+        };
+        // Mean TPOT (150 - 50) / 4 = 25 ms; the 70 ms gap breaks the strict SLO.
+        let v = t.verdict(&slo, true, at(150), 5);
+        assert_eq!((v.strict, v.mean), (false, true));
+        assert_eq!(t.verdict(&slo, false, at(150), 5), SloVerdict::default());
+        let loose = Slo {
+            ttft_ms: Some(100.0),
+            tbt_ms: Some(70.0),
+        };
+        let v = t.verdict(&loose, true, at(150), 5);
+        assert_eq!((v.strict, v.mean), (true, true));
+        // No token: not completed, whatever the caller says.
+        let none = TokenTimes::new(t0).verdict(&Slo::default(), true, at(1), 0);
+        assert_eq!(none, SloVerdict::default());
     }
 }

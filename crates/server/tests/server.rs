@@ -598,3 +598,49 @@ async fn slo_headers_are_checked() {
     assert_eq!(http.post("/v1/completions", &b).await.status, 200);
     server.shutdown().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slo_met_counters_follow_the_core_definition() {
+    let server = start(tiny_config());
+    let http = Http::new(server.addr());
+    let body = serde_json::to_vec(&completion("hi", 4)).unwrap();
+    for headers in [
+        // Loose: met under both definitions.
+        &[("x-slo-ttft-ms", "600000"), ("x-slo-tpot-ms", "600000")][..],
+        // A TTFT of a microsecond cannot be met: missed under both.
+        &[("x-slo-ttft-ms", "0.001"), ("x-slo-tpot-ms", "600000")][..],
+        // No SLO: met by completing.
+        &[][..],
+    ] {
+        let r = http
+            .send("POST", "/v1/completions", body.clone(), headers)
+            .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    // The counters move with the finished count, under one lock: wait for all three.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let text = loop {
+        let text = http.get("/metrics").await.body;
+        let finished: f64 = text
+            .lines()
+            .filter(|l| l.starts_with("vllm:request_success_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        if finished >= 3.0 {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "requests not finished:\n{text}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        metric_in(&text, "accellm_slo_met_total{kind=\"strict\"}"),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric_in(&text, "accellm_slo_met_total{kind=\"mean\"}"),
+        Some(2.0),
+        "{text}"
+    );
+    server.shutdown().unwrap();
+}

@@ -117,27 +117,21 @@ pub fn render(s: &Summary, rate: Option<f64>, max_concurrency: Option<usize>) ->
         rule(&mut out, "SLO Attainment (own SLOs)", '-');
         let pct = |n: u64, total: u64| format!("{:.1}%", 100.0 * n as f64 / total as f64);
         for a in with_slo {
-            let group = format!("{} ({} requests)", a.name, a.total);
-            row(
-                &mut out,
-                &format!("{group}, strict:"),
-                format!(
-                    "{} (TTFT {}, every gap {})",
-                    pct(a.met.strict, a.total),
-                    pct(a.ttft_met, a.total),
-                    pct(a.tbt_met, a.total)
-                ),
-            );
-            row(
-                &mut out,
-                &format!("{group}, mean:"),
-                format!(
-                    "{} (TTFT {}, mean TPOT {})",
-                    pct(a.met.mean, a.total),
-                    pct(a.ttft_met, a.total),
-                    pct(a.tpot_met, a.total)
-                ),
-            );
+            for (kind, met, gaps, gap_met) in [
+                ("strict", a.met.strict, "every gap", a.tbt_met),
+                ("mean", a.met.mean, "mean TPOT", a.tpot_met),
+            ] {
+                row(
+                    &mut out,
+                    &format!("{} ({} requests), {kind}:", a.name, a.total),
+                    format!(
+                        "{} (TTFT {}, {gaps} {})",
+                        pct(met, a.total),
+                        pct(a.ttft_met, a.total),
+                        pct(gap_met, a.total)
+                    ),
+                );
+            }
         }
     }
     rule(&mut out, "", '=');

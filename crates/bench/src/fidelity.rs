@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 
 use accellm_core::{
-    metrics::Metrics,
+    metrics::{Latencies, Metrics, SloCounts, SloRates, SloVerdict},
     profile::{HardwareProfile, ServeSetup},
     request::{RequestSpec, Slo},
     TimeUs,
@@ -42,20 +42,24 @@ pub struct Observation {
 }
 
 impl Observation {
-    /// Mean time per output token after the first (vLLM's TPOT), if more than one token.
-    pub fn tpot_ms(&self) -> Option<f64> {
-        (self.output_tokens > 1)
-            .then(|| (self.e2e_ms - self.ttft_ms) / f64::from(self.output_tokens - 1))
+    /// Its latencies as its SLO judges them.
+    pub fn latencies(&self) -> Latencies {
+        Latencies {
+            ttft_ms: self.ttft_ms,
+            max_tbt_ms: self.gaps_ms.iter().copied().fold(0.0, f64::max),
+            jct_ms: self.e2e_ms,
+            output_tokens: self.output_tokens,
+        }
     }
 
-    /// Whether it met its SLOs: TTFT within its target and *every* gap within its TBT target
-    /// (the core's strict definition).
-    pub fn slo_met(&self) -> bool {
-        self.slo.ttft_ms.is_none_or(|t| self.ttft_ms <= t)
-            && self
-                .slo
-                .tbt_ms
-                .is_none_or(|t| self.gaps_ms.iter().all(|&g| g <= t))
+    /// Mean time per output token after the first (vLLM's TPOT), if more than one token.
+    pub fn tpot_ms(&self) -> Option<f64> {
+        self.latencies().mean_tpot_ms()
+    }
+
+    /// Whether it met its SLOs, strict and mean (the core's one definition).
+    pub fn slo_met(&self) -> SloVerdict {
+        SloVerdict::judge(&self.slo, Some(&self.latencies()))
     }
 }
 
@@ -106,10 +110,10 @@ pub struct Side {
     pub request_throughput: f64,
     /// Output tokens per second.
     pub output_throughput: f64,
-    /// Requests per second that met their SLOs.
-    pub goodput: f64,
-    /// Fraction of requests sent that met their SLOs.
-    pub slo_attainment: f64,
+    /// Requests per second that met their SLOs, strict and mean.
+    pub goodput: SloRates,
+    /// Fraction of requests sent that met their SLOs, strict and mean.
+    pub slo_attainment: SloRates,
 }
 
 impl Side {
@@ -121,7 +125,7 @@ impl Side {
             .map(|o| o.arrival_s + o.e2e_ms / 1e3)
             .fold(0.0, f64::max);
         let dur = duration_s.unwrap_or(last).max(1e-9);
-        let met = done.iter().filter(|o| o.slo_met()).count();
+        let met = SloCounts::of(done.iter().map(Observation::slo_met));
         let output_tokens: u64 = done.iter().map(|o| u64::from(o.output_tokens)).sum();
         Self {
             requests,
@@ -139,12 +143,8 @@ impl Side {
             e2e_ms: Tail::of(done.iter().map(|o| o.e2e_ms).collect()),
             request_throughput: done.len() as f64 / dur,
             output_throughput: output_tokens as f64 / dur,
-            goodput: met as f64 / dur,
-            slo_attainment: if requests == 0 {
-                0.0
-            } else {
-                met as f64 / requests as f64
-            },
+            goodput: met.goodput(dur),
+            slo_attainment: met.attainment(requests as u64),
         }
     }
 }
@@ -467,8 +467,11 @@ impl Fidelity {
             m.output_throughput,
             1,
         );
-        row("goodput req/s", p.goodput, m.goodput, 3);
-        row("SLO attainment", p.slo_attainment, m.slo_attainment, 3);
+        let (pg, mg, pa, ma) = (p.goodput, m.goodput, p.slo_attainment, m.slo_attainment);
+        row("goodput req/s (strict)", pg.strict, mg.strict, 3);
+        row("goodput req/s (mean)", pg.mean, mg.mean, 3);
+        row("SLO attainment (strict)", pa.strict, ma.strict, 3);
+        row("SLO attainment (mean)", pa.mean, ma.mean, 3);
         if let Some(mi) = self.measured_iterations {
             let pi = self.predicted_iterations;
             row("iterations", pi.count as f64, mi.count as f64, 0);
@@ -495,22 +498,39 @@ mod tests {
     }
 
     #[test]
-    fn strict_slo_judges_every_gap() {
+    fn both_sides_are_judged_strict_and_mean() {
         let slo = Slo {
             ttft_ms: Some(100.0),
             tbt_ms: Some(50.0),
         };
-        assert!(obs(100.0, &[10.0, 50.0], slo).slo_met());
-        assert!(!obs(100.0, &[10.0, 51.0], slo).slo_met());
-        assert!(!obs(101.0, &[10.0], slo).slo_met());
-        assert!(obs(1e9, &[1e9], Slo::default()).slo_met());
+        let met = |o: Observation| {
+            let v = o.slo_met();
+            (v.strict, v.mean)
+        };
+        assert_eq!(met(obs(100.0, &[10.0, 50.0], slo)), (true, true));
+        assert_eq!(met(obs(100.0, &[10.0, 51.0], slo)), (false, true));
+        assert_eq!(met(obs(101.0, &[10.0], slo)), (false, false));
+        assert_eq!(met(obs(1e9, &[1e9], Slo::default())), (true, true));
         let o = obs(100.0, &[10.0, 30.0], slo);
         assert_eq!(o.tpot_ms(), Some(20.0));
-        let s = Side::of(&[o.clone(), obs(300.0, &[], slo)], 3, Some(2.0));
-        assert_eq!((s.completed, s.output_tokens), (2, 4));
-        assert_eq!(s.goodput, 0.5);
-        assert!((s.slo_attainment - 1.0 / 3.0).abs() < 1e-12);
-        assert_eq!(s.tpot_ms.p50, 20.0);
+        let long_gap = obs(100.0, &[10.0, 60.0], slo);
+        let s = Side::of(&[o, obs(300.0, &[], slo), long_gap], 4, Some(2.0));
+        assert_eq!((s.completed, s.output_tokens), (3, 7));
+        assert_eq!(
+            s.goodput,
+            SloRates {
+                strict: 0.5,
+                mean: 1.0
+            }
+        );
+        assert_eq!(
+            s.slo_attainment,
+            SloRates {
+                strict: 0.25,
+                mean: 0.5
+            }
+        );
+        assert_eq!(s.tpot_ms.p50, 27.5);
     }
 
     #[test]

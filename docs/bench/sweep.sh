@@ -22,11 +22,8 @@ import json, sys
 p, rate, path = sys.argv[1], sys.argv[2], sys.argv[3]
 d = json.load(open(path))
 g = lambda k: d.get(k) if d.get(k) is not None else float('nan')
-nan = float('nan')
-att = next((a['attainment'] for a in d.get('slo_attainment') or [] if a['class'] == 'all'), {})
-good = d.get('goodput') or {}
 print(f"| {p} | {rate} | {d.get('completed')}/{d.get('num_prompts', d.get('completed', 0) + len(d.get('errors') or []))} | {g('output_throughput'):.1f} | {g('median_ttft_ms'):.0f} | {g('p99_ttft_ms'):.0f} | {g('median_tpot_ms'):.1f} | {g('p99_itl_ms'):.1f} "
-      f"| {100*att.get('strict', nan):.0f}% | {100*att.get('mean', nan):.0f}% | {good.get('strict', nan):.2f} | {good.get('mean', nan):.2f} | {g('request_goodput'):.2f} |")
+      f"| {100*g('slo_attainment_strict'):.0f}% | {100*g('slo_attainment_mean'):.0f}% | {g('goodput_strict'):.2f} | {g('goodput_mean'):.2f} | {g('request_goodput'):.2f} |")
 PY
     kill -TERM $pid; wait $pid 2>/dev/null || true
   done

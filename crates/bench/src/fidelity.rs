@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 
 use accellm_core::{
-    metrics::{Latencies, Metrics, SloCounts, SloRates, SloVerdict},
+    metrics::{Latencies, Metrics, SloCounts, SloFigures, SloVerdict},
     profile::{HardwareProfile, ServeSetup},
     request::{RequestSpec, Slo},
     TimeUs,
@@ -110,10 +110,9 @@ pub struct Side {
     pub request_throughput: f64,
     /// Output tokens per second.
     pub output_throughput: f64,
-    /// Requests per second that met their SLOs, strict and mean.
-    pub goodput: SloRates,
-    /// Fraction of requests sent that met their SLOs, strict and mean.
-    pub slo_attainment: SloRates,
+    /// SLO attainment (of requests sent) and goodput, strict and mean.
+    #[serde(flatten)]
+    pub slo: SloFigures,
 }
 
 impl Side {
@@ -143,8 +142,7 @@ impl Side {
             e2e_ms: Tail::of(done.iter().map(|o| o.e2e_ms).collect()),
             request_throughput: done.len() as f64 / dur,
             output_throughput: output_tokens as f64 / dur,
-            goodput: met.goodput(dur),
-            slo_attainment: met.attainment(requests as u64),
+            slo: met.figures(requests as u64, dur),
         }
     }
 }
@@ -467,11 +465,18 @@ impl Fidelity {
             m.output_throughput,
             1,
         );
-        let (pg, mg, pa, ma) = (p.goodput, m.goodput, p.slo_attainment, m.slo_attainment);
-        row("goodput req/s (strict)", pg.strict, mg.strict, 3);
-        row("goodput req/s (mean)", pg.mean, mg.mean, 3);
-        row("SLO attainment (strict)", pa.strict, ma.strict, 3);
-        row("SLO attainment (mean)", pa.mean, ma.mean, 3);
+        let (ps, ms) = (p.slo, m.slo);
+        row(
+            "goodput req/s (strict)",
+            ps.goodput_strict,
+            ms.goodput_strict,
+            3,
+        );
+        row("goodput req/s (mean)", ps.goodput_mean, ms.goodput_mean, 3);
+        let (pa, ma) = (ps.slo_attainment_strict, ms.slo_attainment_strict);
+        row("SLO attainment (strict)", pa, ma, 3);
+        let (pa, ma) = (ps.slo_attainment_mean, ms.slo_attainment_mean);
+        row("SLO attainment (mean)", pa, ma, 3);
         if let Some(mi) = self.measured_iterations {
             let pi = self.predicted_iterations;
             row("iterations", pi.count as f64, mi.count as f64, 0);
@@ -517,17 +522,12 @@ mod tests {
         let s = Side::of(&[o, obs(300.0, &[], slo), long_gap], 4, Some(2.0));
         assert_eq!((s.completed, s.output_tokens), (3, 7));
         assert_eq!(
-            s.goodput,
-            SloRates {
-                strict: 0.5,
-                mean: 1.0
-            }
-        );
-        assert_eq!(
-            s.slo_attainment,
-            SloRates {
-                strict: 0.25,
-                mean: 0.5
+            s.slo,
+            SloFigures {
+                slo_attainment_strict: 0.25,
+                slo_attainment_mean: 0.5,
+                goodput_strict: 0.5,
+                goodput_mean: 1.0,
             }
         );
         assert_eq!(s.tpot_ms.p50, 27.5);

@@ -1,5 +1,6 @@
 //! `accellm bench --report`: the run as a self-contained HTML page (accellm-report).
 
+use accellm_core::metrics::SloFigures;
 use accellm_report::{Cdf, Lines, Report, Section, Table};
 
 use crate::{client::RequestResult, metrics::Summary};
@@ -34,11 +35,7 @@ pub fn build(config: &[(String, String)], summary: &Summary, results: &[RequestR
         ]);
     }
     report = report.table(table);
-    let attained = summary
-        .attainment
-        .first()
-        .filter(|a| a.total > 0)
-        .map(|a| a.ratio());
+    let slo = |show: &dyn Fn(&SloFigures) -> String| summary.slo.as_ref().map_or("—".into(), show);
     let mut totals = Table::new("Throughput", ["metric", "value"]);
     for (k, v) in [
         (
@@ -62,23 +59,19 @@ pub fn build(config: &[(String, String)], summary: &Summary, results: &[RequestR
         ),
         (
             "goodput req/s (strict)",
-            summary
-                .goodput
-                .map_or("—".into(), |g| format!("{:.2}", g.strict)),
+            slo(&|f| format!("{:.2}", f.goodput_strict)),
         ),
         (
             "goodput req/s (mean)",
-            summary
-                .goodput
-                .map_or("—".into(), |g| format!("{:.2}", g.mean)),
+            slo(&|f| format!("{:.2}", f.goodput_mean)),
         ),
         (
             "SLO attainment (strict)",
-            attained.map_or("—".into(), |a| format!("{:.1}%", a.strict * 100.0)),
+            slo(&|f| format!("{:.1}%", f.slo_attainment_strict * 100.0)),
         ),
         (
             "SLO attainment (mean)",
-            attained.map_or("—".into(), |a| format!("{:.1}%", a.mean * 100.0)),
+            slo(&|f| format!("{:.1}%", f.slo_attainment_mean * 100.0)),
         ),
         ("duration (s)", format!("{:.1}", summary.duration_s)),
     ] {

@@ -14,7 +14,7 @@
 use std::collections::BTreeMap;
 
 use accellm_core::{
-    metrics::{SloCounts, SloRates, SloVerdict},
+    metrics::{SloCounts, SloFigures, SloVerdict},
     request::Slo,
 };
 use accellm_workload::SloClass;
@@ -138,9 +138,9 @@ pub struct Attainment {
 }
 
 impl Attainment {
-    /// SLO attainment, strict and mean (0 when the group is empty).
-    pub fn ratio(&self) -> SloRates {
-        self.met.attainment(self.total)
+    /// The group's SLO attainment (0 when empty) and goodput over a run of `duration_s`.
+    pub fn figures(&self, duration_s: f64) -> SloFigures {
+        self.met.figures(self.total, duration_s)
     }
 }
 
@@ -167,8 +167,9 @@ pub struct Summary {
     pub request_throughput: f64,
     /// Good requests per second under `--goodput` (None without thresholds).
     pub request_goodput: Option<f64>,
-    /// Requests per second that met their own SLOs, strict and mean (None when none has one).
-    pub goodput: Option<SloRates>,
+    /// SLO attainment and goodput against the requests' own SLOs, strict and mean (None when
+    /// no request has an SLO).
+    pub slo: Option<SloFigures>,
     /// Output tokens per second.
     pub output_throughput: f64,
     /// (Input + output) tokens per second.
@@ -251,7 +252,7 @@ pub fn summarize(
         server_input_tokens: server_input,
         request_throughput: ok.len() as f64 / dur,
         request_goodput,
-        goodput: (attainment[0].total > 0).then(|| attainment[0].met.goodput(dur)),
+        slo: (attainment[0].total > 0).then(|| attainment[0].figures(dur)),
         output_throughput: total_output as f64 / dur,
         total_token_throughput: (total_input + total_output) as f64 / dur,
         ttft: Stats::from_seconds(&ttfts, percentiles),
@@ -347,6 +348,13 @@ fn attainment(results: &[RequestResult], classes: &[SloClass]) -> Vec<Attainment
     groups
 }
 
+/// Adds the fields of `fields` (a JSON object) to `m`.
+fn extend(m: &mut Map<String, Value>, fields: Value) {
+    if let Value::Object(f) = fields {
+        m.extend(f);
+    }
+}
+
 /// vLLM's key for a percentile: `99` → `p99`, `99.9` → `p99.9`.
 pub fn percentile_key(p: f64) -> String {
     if p.fract() == 0.0 {
@@ -409,7 +417,9 @@ pub fn to_json(info: &RunInfo, s: &Summary, results: &[RequestResult]) -> Value 
     m.insert("total_output_tokens".into(), json!(s.total_output_tokens));
     m.insert("request_throughput".into(), json!(s.request_throughput));
     m.insert("request_goodput".into(), json!(s.request_goodput));
-    m.insert("goodput".into(), json!(s.goodput));
+    if let Some(f) = s.slo {
+        extend(&mut m, json!(f));
+    }
     m.insert("output_throughput".into(), json!(s.output_throughput));
     m.insert(
         "total_token_throughput".into(),
@@ -491,12 +501,17 @@ pub fn to_json(info: &RunInfo, s: &Summary, results: &[RequestResult]) -> Value 
             s.attainment
                 .iter()
                 .map(|a| {
-                    json!({
-                        "class": a.name, "requests": a.total,
-                        "met_strict": a.met.strict, "met_mean": a.met.mean,
-                        "ttft_met": a.ttft_met, "tbt_met": a.tbt_met, "tpot_met": a.tpot_met,
-                        "attainment": a.ratio(),
-                    })
+                    let mut o = Map::new();
+                    extend(
+                        &mut o,
+                        json!({
+                            "class": a.name, "requests": a.total,
+                            "met_strict": a.met.strict, "met_mean": a.met.mean,
+                            "ttft_met": a.ttft_met, "tbt_met": a.tbt_met, "tpot_met": a.tpot_met,
+                        }),
+                    );
+                    extend(&mut o, json!(a.figures(s.duration_s)));
+                    Value::Object(o)
                 })
                 .collect(),
         ),
@@ -564,17 +579,12 @@ mod tests {
         assert_eq!(all.met, SloCounts { strict: 1, mean: 2 });
         assert_eq!((all.ttft_met, all.tbt_met, all.tpot_met), (3, 2, 3));
         assert_eq!(
-            all.ratio(),
-            SloRates {
-                strict: 0.2,
-                mean: 0.4
-            }
-        );
-        assert_eq!(
-            s.goodput,
-            Some(SloRates {
-                strict: 0.5,
-                mean: 1.0
+            s.slo,
+            Some(SloFigures {
+                slo_attainment_strict: 0.2,
+                slo_attainment_mean: 0.4,
+                goodput_strict: 0.5,
+                goodput_mean: 1.0,
             })
         );
         assert_eq!(s.attainment[1].name, "chat");
@@ -602,9 +612,11 @@ mod tests {
         assert!(j["p99_ttft_ms"].as_f64().unwrap() > 190.0);
         assert_eq!(j["itls"].as_array().unwrap().len(), 5);
         assert_eq!(j["output_lens"][3], 0);
-        assert_eq!(j["goodput"]["strict"], 0.5);
+        assert_eq!(j["goodput_strict"], 0.5);
+        assert_eq!(j["slo_attainment_mean"], 0.4);
         assert_eq!(j["slo_attainment"][0]["met_mean"], 2);
-        assert_eq!(j["slo_attainment"][0]["attainment"]["strict"], 0.2);
+        assert_eq!(j["slo_attainment"][0]["slo_attainment_strict"], 0.2);
+        assert_eq!(j["slo_attainment"][1]["goodput_mean"], 1.0);
         assert!(GoodputConfig::parse(&["ttfx:1".to_string()]).is_err());
     }
 }

@@ -75,13 +75,17 @@ pub fn render(s: &Summary, rate: Option<f64>, max_concurrency: Option<usize>) ->
     if let Some(g) = s.request_goodput {
         row(&mut out, "Request goodput (req/s):", format!("{g:.2}"));
     }
-    if let Some(g) = s.goodput {
+    if let Some(f) = s.slo {
         row(
             &mut out,
             "Goodput req/s (strict):",
-            format!("{:.2}", g.strict),
+            format!("{:.2}", f.goodput_strict),
         );
-        row(&mut out, "Goodput req/s (mean):", format!("{:.2}", g.mean));
+        row(
+            &mut out,
+            "Goodput req/s (mean):",
+            format!("{:.2}", f.goodput_mean),
+        );
     }
     row(
         &mut out,

@@ -23,6 +23,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    ms_to_us,
     request::{FinishReason, RequestId, RequestSpec, RequestState, Slo},
     stats::{LogHistogram, Percentiles},
     TimeUs,
@@ -78,13 +79,18 @@ impl SloVerdict {
     }
 }
 
-/// A figure under both SLO definitions: SLO attainment (a fraction) or goodput (requests/s).
+/// SLO attainment and goodput under both definitions, named the same in every output (the
+/// fields flatten into their parent's JSON, as the CSV columns are named).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
-pub struct SloRates {
-    /// Under the strict definition (every gap).
-    pub strict: f64,
-    /// Under the mean definition (mean TPOT).
-    pub mean: f64,
+pub struct SloFigures {
+    /// Fraction of the requests that met their SLO strictly (every gap).
+    pub slo_attainment_strict: f64,
+    /// Fraction of the requests that met their SLO on mean TPOT.
+    pub slo_attainment_mean: f64,
+    /// Requests per second that met their SLO strictly.
+    pub goodput_strict: f64,
+    /// Requests per second that met their SLO on mean TPOT.
+    pub goodput_mean: f64,
 }
 
 /// Requests that met their SLO, counted under both definitions.
@@ -112,8 +118,9 @@ impl SloCounts {
         self.mean += u64::from(v.mean);
     }
 
-    /// SLO attainment: the met fraction of `requests` (0 when there are none).
-    pub fn attainment(&self, requests: u64) -> SloRates {
+    /// Attainment as the met fraction of `requests` (0 when there are none), goodput as met
+    /// requests per second over `secs`.
+    pub fn figures(&self, requests: u64, secs: f64) -> SloFigures {
         let frac = |met: u64| {
             if requests == 0 {
                 0.0
@@ -121,18 +128,12 @@ impl SloCounts {
                 met as f64 / requests as f64
             }
         };
-        SloRates {
-            strict: frac(self.strict),
-            mean: frac(self.mean),
-        }
-    }
-
-    /// Goodput: met requests per second over `secs`.
-    pub fn goodput(&self, secs: f64) -> SloRates {
         let secs = secs.max(1e-9);
-        SloRates {
-            strict: self.strict as f64 / secs,
-            mean: self.mean as f64 / secs,
+        SloFigures {
+            slo_attainment_strict: frac(self.strict),
+            slo_attainment_mean: frac(self.mean),
+            goodput_strict: self.strict as f64 / secs,
+            goodput_mean: self.mean as f64 / secs,
         }
     }
 }
@@ -236,6 +237,10 @@ impl Metrics {
                 let gap = now.saturating_sub(last);
                 self.tbt_us.record_whole(gap);
                 r.max_tbt_us = r.max_tbt_us.max(gap);
+                // Live count for policies; the verdict at the end judges `max_tbt_us`.
+                if r.spec.slo.tbt_ms.is_some_and(|s| gap > ms_to_us(s)) {
+                    r.tbt_misses += 1;
+                }
             }
         }
         r.last_token_us = Some(now);
@@ -306,8 +311,7 @@ impl Metrics {
             request_throughput: done.len() as f64 / secs,
             output_throughput: out as f64 / secs,
             input_throughput: inp as f64 / secs,
-            slo_attainment: met.attainment(self.arrived),
-            goodput: met.goodput(secs),
+            slo: met.figures(self.arrived, secs),
             preemptions: self.preemptions,
         }
     }
@@ -340,10 +344,9 @@ pub struct Summary {
     pub output_throughput: f64,
     /// Prompt tokens per second.
     pub input_throughput: f64,
-    /// Fraction of arrived requests that met their SLOs, strict and mean.
-    pub slo_attainment: SloRates,
-    /// Requests per second that met their SLOs, strict and mean.
-    pub goodput: SloRates,
+    /// SLO attainment (of arrived requests) and goodput, strict and mean.
+    #[serde(flatten)]
+    pub slo: SloFigures,
     /// Preemptions.
     pub preemptions: u64,
 }
@@ -452,17 +455,12 @@ mod tests {
         let s = m.summary(2_000_000);
         assert_eq!(s.arrived, 4);
         assert_eq!(
-            s.slo_attainment,
-            SloRates {
-                strict: 0.25,
-                mean: 0.5
-            }
-        );
-        assert_eq!(
-            s.goodput,
-            SloRates {
-                strict: 0.5,
-                mean: 1.0
+            s.slo,
+            SloFigures {
+                slo_attainment_strict: 0.25,
+                slo_attainment_mean: 0.5,
+                goodput_strict: 0.5,
+                goodput_mean: 1.0,
             }
         );
     }

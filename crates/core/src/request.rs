@@ -98,6 +98,8 @@ pub struct RequestState {
     pub serial: u64,
     /// Longest gap between consecutive tokens so far.
     pub max_tbt_us: TimeUs,
+    /// Gaps between consecutive tokens that exceeded the TBT SLO.
+    pub tbt_misses: u32,
 }
 
 impl RequestState {
@@ -123,6 +125,7 @@ impl RequestState {
             cancelled: false,
             serial: 0,
             max_tbt_us: 0,
+            tbt_misses: 0,
         }
     }
 

@@ -60,10 +60,10 @@ pub fn build(runs: &[RunReport], title_line: &str, sweep: bool) -> Report {
             format!("{:.1} / {:.1}", s.jct_ms.p50 / 1e3, s.jct_ms.p99 / 1e3),
             format!("{:.2}", s.request_throughput),
             format!("{:.0}", s.output_throughput),
-            percent(s.slo_attainment.strict),
-            percent(s.slo_attainment.mean),
-            format!("{:.2}", s.goodput.strict),
-            format!("{:.2}", s.goodput.mean),
+            percent(s.slo.slo_attainment_strict),
+            percent(s.slo.slo_attainment_mean),
+            format!("{:.2}", s.slo.goodput_strict),
+            format!("{:.2}", s.slo.goodput_mean),
             format!("{:.0}%", r.busy_mean * 100.0),
             format!("{:.0}% / {:.0}%", r.kv_mean * 100.0, r.kv_peak * 100.0),
             r.counters.preemptions.to_string(),
@@ -97,10 +97,10 @@ pub fn build(runs: &[RunReport], title_line: &str, sweep: bool) -> Report {
                     c.name.clone(),
                     format!("{} / {}", ms(c.ttft_slo_ms), ms(c.tbt_slo_ms)),
                     format!("{}/{}", c.completed, c.arrived),
-                    percent(c.slo_attainment.strict),
-                    percent(c.slo_attainment.mean),
-                    format!("{:.2}", c.goodput.strict),
-                    format!("{:.2}", c.goodput.mean),
+                    percent(c.slo.slo_attainment_strict),
+                    percent(c.slo.slo_attainment_mean),
+                    format!("{:.2}", c.slo.goodput_strict),
+                    format!("{:.2}", c.slo.goodput_mean),
                     format!("{:.0} / {:.0}", c.ttft_ms.p50, c.ttft_ms.p99),
                     format!("{:.1} / {:.1}", c.worst_tbt_ms.p50, c.worst_tbt_ms.p99),
                 ]);
@@ -157,18 +157,18 @@ pub fn build(runs: &[RunReport], title_line: &str, sweep: bool) -> Report {
             ("p99 TTFT", "p99 TTFT (ms)", |r| r.summary.ttft_ms.p99),
             ("p99 TBT", "p99 TBT (ms)", |r| r.summary.tbt_ms.p99),
             ("Goodput (strict)", "goodput req/s (strict)", |r| {
-                r.summary.goodput.strict
+                r.summary.slo.goodput_strict
             }),
             ("Goodput (mean)", "goodput req/s (mean)", |r| {
-                r.summary.goodput.mean
+                r.summary.slo.goodput_mean
             }),
             (
                 "SLO attainment (strict)",
                 "SLO attainment (strict, %)",
-                |r| r.summary.slo_attainment.strict * 100.0,
+                |r| r.summary.slo.slo_attainment_strict * 100.0,
             ),
             ("SLO attainment (mean)", "SLO attainment (mean, %)", |r| {
-                r.summary.slo_attainment.mean * 100.0
+                r.summary.slo.slo_attainment_mean * 100.0
             }),
             ("Throughput", "output tokens/s", |r| {
                 r.summary.output_throughput

@@ -87,16 +87,16 @@ pub fn metrics_table(reports: &[RunReport]) -> String {
         format!("{:.0}", r.summary.output_throughput)
     });
     row("SLO attainment (strict)", &|r| {
-        percent(r.summary.slo_attainment.strict)
+        percent(r.summary.slo.slo_attainment_strict)
     });
     row("SLO attainment (mean)", &|r| {
-        percent(r.summary.slo_attainment.mean)
+        percent(r.summary.slo.slo_attainment_mean)
     });
     row("goodput req/s (strict)", &|r| {
-        format!("{:.2}", r.summary.goodput.strict)
+        format!("{:.2}", r.summary.slo.goodput_strict)
     });
     row("goodput req/s (mean)", &|r| {
-        format!("{:.2}", r.summary.goodput.mean)
+        format!("{:.2}", r.summary.slo.goodput_mean)
     });
     row("busy (prefill/decode/mixed)", &|r| {
         let n = r.instances.len().max(1) as f64;
@@ -202,12 +202,16 @@ pub fn class_table(reports: &[RunReport]) -> String {
         row("  SLO attainment / goodput req/s (strict)".into(), &|c| {
             format!(
                 "{} / {:.2}",
-                percent(c.slo_attainment.strict),
-                c.goodput.strict
+                percent(c.slo.slo_attainment_strict),
+                c.slo.goodput_strict
             )
         });
         row("  SLO attainment / goodput req/s (mean)".into(), &|c| {
-            format!("{} / {:.2}", percent(c.slo_attainment.mean), c.goodput.mean)
+            format!(
+                "{} / {:.2}",
+                percent(c.slo.slo_attainment_mean),
+                c.slo.goodput_mean
+            )
         });
         row("  TTFT ms p50 / p99".into(), &|c| {
             format!("{:.0} / {:.0}", c.ttft_ms.p50, c.ttft_ms.p99)
@@ -252,10 +256,10 @@ pub fn sweep_table(reports: &[RunReport]) -> String {
             format!("{:.0}", s.ttft_ms.p99),
             format!("{:.1}", s.tbt_ms.p50),
             format!("{:.1}", s.tbt_ms.p99),
-            percent(s.slo_attainment.strict),
-            percent(s.slo_attainment.mean),
-            format!("{:.2}", s.goodput.strict),
-            format!("{:.2}", s.goodput.mean),
+            percent(s.slo.slo_attainment_strict),
+            percent(s.slo.slo_attainment_mean),
+            format!("{:.2}", s.slo.goodput_strict),
+            format!("{:.2}", s.slo.goodput_mean),
             format!("{:.0}%", r.busy_mean * 100.0),
             format!("{:.0}%", r.kv_mean * 100.0),
             r.counters.preemptions.to_string(),
@@ -302,10 +306,10 @@ requests_per_s_per_instance,tokens_per_gpu_s,simulated_s,wall_s\n",
             p(&s_.normalized_latency_ms),
             s_.request_throughput,
             s_.output_throughput,
-            s_.slo_attainment.strict,
-            s_.goodput.strict,
-            s_.slo_attainment.mean,
-            s_.goodput.mean,
+            s_.slo.slo_attainment_strict,
+            s_.slo.goodput_strict,
+            s_.slo.slo_attainment_mean,
+            s_.slo.goodput_mean,
             r.busy_mean,
             mean(|i| i.prefill),
             mean(|i| i.decode),

@@ -8,7 +8,7 @@ use accellm_core::{
     cluster,
     cost::{CostModel, Link},
     instance,
-    metrics::{RequestRecord, SloCounts, SloRates, Summary},
+    metrics::{RequestRecord, SloCounts, SloFigures, Summary},
     replay::{self, Observer},
     request::{RequestSpec, Slo},
     scheduler::{Action, ClusterCounters, Scheduler, SchedulerConfig},
@@ -242,10 +242,9 @@ pub struct ClassReport {
     pub arrived: u64,
     /// Of those, completed.
     pub completed: u64,
-    /// Fraction of arrived requests that met their SLOs, strict and mean (as the run's).
-    pub slo_attainment: SloRates,
-    /// Requests of the class per second that met their SLOs, strict and mean.
-    pub goodput: SloRates,
+    /// SLO attainment (of arrived requests) and goodput, strict and mean, as the run's.
+    #[serde(flatten)]
+    pub slo: SloFigures,
     /// TTFT of completed requests (ms).
     pub ttft_ms: Percentiles,
     /// Each completed request's longest gap between tokens (ms): the gap its TBT SLO judges.
@@ -277,8 +276,7 @@ pub fn class_reports(
             tbt_slo_ms: None,
             arrived: 0,
             completed: 0,
-            slo_attainment: SloRates::default(),
-            goodput: SloRates::default(),
+            slo: SloFigures::default(),
             ttft_ms: Percentiles::default(),
             worst_tbt_ms: Percentiles::default(),
             jct_ms: Percentiles::default(),
@@ -302,8 +300,7 @@ pub fn class_reports(
         };
         let met = SloCounts::of(done.iter().map(|r| r.slo_met));
         c.completed = done.len() as u64;
-        c.slo_attainment = met.attainment(c.arrived);
-        c.goodput = met.goodput(duration_s);
+        c.slo = met.figures(c.arrived, duration_s);
         c.ttft_ms = ms(|r| r.ttft_us);
         c.worst_tbt_ms = ms(|r| r.max_tbt_us);
         c.jct_ms = ms(|r| r.jct_us);

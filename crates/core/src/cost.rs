@@ -47,6 +47,17 @@ impl IterationShape {
         self.logit_rows += 1;
     }
 
+    /// Adds everything in `other` (two parts of one iteration).
+    pub fn add(&mut self, other: &IterationShape) {
+        self.prefill_tokens += other.prefill_tokens;
+        self.prefill_seqs += other.prefill_seqs;
+        self.decode_seqs += other.decode_seqs;
+        self.prefill_attn_pairs += other.prefill_attn_pairs;
+        self.prefill_kv_tokens += other.prefill_kv_tokens;
+        self.decode_kv_tokens += other.decode_kv_tokens;
+        self.logit_rows += other.logit_rows;
+    }
+
     /// Tokens in the iteration's activation matrix.
     pub fn tokens(&self) -> u32 {
         self.prefill_tokens + self.decode_seqs

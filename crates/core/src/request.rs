@@ -150,6 +150,18 @@ impl RequestState {
         self.spec.max_output_tokens.saturating_sub(self.generated)
     }
 
+    /// Whether it has already missed its strict SLO: a token gap over its TBT SLO, or a first
+    /// token after its TTFT SLO. Such a request can no longer count towards goodput.
+    pub fn slo_missed(&self) -> bool {
+        self.tbt_misses > 0
+            || self.first_token_us.is_some_and(|t| {
+                self.spec
+                    .slo
+                    .ttft_ms
+                    .is_some_and(|s| t.saturating_sub(self.spec.arrival_us) > crate::ms_to_us(s))
+            })
+    }
+
     /// Whether the replica holds all of this request's KV.
     pub fn replica_current(&self) -> bool {
         self.replica_on.is_some() && self.replica_tokens >= self.context()

@@ -14,7 +14,7 @@ use accellm_core::{
     },
     ms_to_us,
     replay::{self, Observer},
-    request::{RequestId, RequestSpec, Slo},
+    request::{RequestId, RequestSpec, RequestState, Slo},
     scheduler::{Action, Scheduler, SchedulerConfig},
     TimeUs,
 };
@@ -95,21 +95,34 @@ fn assert_all_done(s: &Scheduler, n: usize) {
     s.check_invariants().unwrap();
 }
 
-/// The tightest TBT SLO among the requests in `b`, in µs.
-fn tightest_us(b: &Batch, s: &Scheduler) -> TimeUs {
+/// The TBT SLO AccelGen holds a request to (µs): its own, or once it has missed its SLO, the
+/// looser of its own and the default (1 s).
+fn effective_tbt_us(r: &RequestState) -> TimeUs {
+    let own = ms_to_us(r.spec.slo.tbt_ms.unwrap());
+    if r.slo_missed() {
+        own.max(ms_to_us(AccelGenConfig::default().default_tbt_ms))
+    } else {
+        own
+    }
+}
+
+/// The tightest TBT SLO AccelGen holds the batch to, in µs: that of the requests in `b` that
+/// have streamed a token (a fresh prompt's chunks answer to its TTFT deadline), if any.
+fn tightest_us(b: &Batch, s: &Scheduler) -> Option<TimeUs> {
     b.entries
         .iter()
-        .map(|e| ms_to_us(s.request(e.request).unwrap().spec.slo.tbt_ms.unwrap()))
+        .map(|e| s.request(e.request).unwrap())
+        .filter(|r| r.last_token_us.is_some())
+        .map(effective_tbt_us)
         .min()
-        .unwrap()
 }
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
 
     /// With the scheduler's own cost model as the executor (predicted = simulated), no iteration
-    /// takes longer than the tightest TBT SLO (less the margin) among the requests in it, KV never
-    /// overcommits, and everything finishes.
+    /// takes longer than the tightest TBT SLO (less the margin) among the requests in it that
+    /// stream tokens, KV never overcommits, and everything finishes.
     #[test]
     fn no_iteration_exceeds_the_tightest_slo_in_it(
         reqs in prop::collection::vec(
@@ -136,9 +149,10 @@ proptest! {
         let mut runs = 0;
         replay::run(&mut s, &arrivals, &mut Watch(|_, b: &Batch, s: &Scheduler| {
             runs += 1;
-            let t = cost.iteration_us(&b.shape) as f64;
-            let limit = tightest_us(b, s) as f64 * (1.0 - margin);
-            worst = worst.max(t / limit);
+            if let Some(tightest) = tightest_us(b, s) {
+                let t = cost.iteration_us(&b.shape) as f64;
+                worst = worst.max(t / (tightest as f64 * (1.0 - margin)));
+            }
         }));
         prop_assert!(runs > 0);
         if !admission {
@@ -166,7 +180,11 @@ fn a_long_prompt_chunk_shrinks_while_a_tight_request_decodes() {
                 Work::Prefill { len, .. } if e.request == long => Some(len),
                 _ => None,
             });
-            let tight_in = b.entries.iter().any(|e| e.request == tight);
+            // The tight request's own prompt does not limit the chunk: its decodes do.
+            let tight_in = b
+                .entries
+                .iter()
+                .any(|e| e.request == tight && matches!(e.work, Work::Decode { .. }));
             tight_done |= !tight_in && s.metrics().finished.len() == 1;
             if let Some(len) = chunk {
                 if tight_in {
@@ -214,7 +232,7 @@ fn decodes_go_in_earliest_deadline_order() {
         &mut Watch(|_, b: &Batch, s: &Scheduler| {
             let deadline = |id| {
                 let r = s.request(id).unwrap();
-                r.last_token_us.unwrap() + ms_to_us(r.spec.slo.tbt_ms.unwrap())
+                r.last_token_us.unwrap() + effective_tbt_us(r)
             };
             let decoding: Vec<RequestId> = b
                 .entries
@@ -242,7 +260,7 @@ fn decodes_go_in_earliest_deadline_order() {
             reordered += !prefix as u32;
         }),
     );
-    assert!(checked > 20 && reordered > 0, "{checked} {reordered}");
+    assert!(checked > 10 && reordered > 0, "{checked} {reordered}");
     assert_all_done(&s, arrivals.len());
 }
 

@@ -34,13 +34,14 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{CatchUp, ClusterCtx, ClusterPolicy};
+use super::{CatchUp, ClusterCtx, ClusterPolicy, Migration};
 use crate::{
     batch::{Entry, Work},
+    cost::{layerwise_copy_end, IterationShape},
     instance::PhaseConstraint,
     kv::EvictionPolicy,
-    request::{Phase, RequestId},
-    InstanceId,
+    request::{Phase, RequestId, RequestState},
+    InstanceId, TimeUs,
 };
 
 /// Which instance of an idle pair takes the prefill role when a prompt arrives.
@@ -120,6 +121,19 @@ pub struct AccellmConfig {
     pub both_prefill: bool,
     /// Which replica an instance evicts first when a primary needs room.
     pub eviction: EvictionPolicy,
+    /// Align hand-overs with decode iterations: a decoding instance whose next iteration would
+    /// straddle the moment its prefilling partner hands over a request with a TBT SLO, so that
+    /// the request's first gap (first token to second) would exceed that SLO, waits for the
+    /// hand-over instead, when every decode it holds still meets its own deadline after the wait.
+    pub align_handover: bool,
+    /// The decoding partner prefills too: while its partner prefills, prompts queued there that
+    /// are predicted to miss their TTFT deadline move to the decoding instance, which then runs
+    /// mixed iterations (the instance policy sizes the chunks: AccelGen within the decodes' TBT
+    /// SLOs), if its decodes leave at least `decode_prefill_slack` of their tightest SLO free.
+    pub decode_prefill: bool,
+    /// Share of the tightest TBT SLO among a decoding instance's requests that its decode
+    /// iteration must leave free for it to take prompts (`decode_prefill`).
+    pub decode_prefill_slack: f64,
 }
 
 impl Default for AccellmConfig {
@@ -135,8 +149,24 @@ impl Default for AccellmConfig {
             sync: SyncMode::Eager,
             both_prefill: false,
             eviction: EvictionPolicy::Lru,
+            align_handover: true,
+            decode_prefill: false,
+            decode_prefill_slack: 0.25,
         }
     }
+}
+
+/// Requests about to be handed over to an instance ([`Accellm::incoming`]).
+#[derive(Debug, Clone, Copy, Default)]
+struct Incoming {
+    /// When the last of those with a TBT SLO they can still meet arrives.
+    eta: TimeUs,
+    /// The tightest such SLO, if any.
+    tightest: Option<TimeUs>,
+    /// The earliest next-token deadline among them that have streamed a token.
+    due: TimeUs,
+    /// Their decode steps, to add to the receiver's next iteration.
+    shape: IterationShape,
 }
 
 /// The role an instance currently plays in its pair.
@@ -164,6 +194,12 @@ pub struct Accellm {
     /// Whether the instance's last iteration was a prefill one (alternation when it holds decodes
     /// it cannot hand over).
     last_was_prefill: Vec<bool>,
+    /// Until when a decoding instance expects requests handed over with their copies landing.
+    expect_until: Vec<TimeUs>,
+    /// Whether a prefill-role instance already decoded once more to align its hand-over.
+    delayed: Vec<bool>,
+    /// Requests handed over to each instance whose copies are still landing.
+    moving_in: Vec<Vec<RequestId>>,
     scratch: Vec<RequestId>,
 }
 
@@ -205,6 +241,9 @@ impl Accellm {
             pair_of,
             role: vec![Role::Decode; n],
             last_was_prefill: vec![false; n],
+            expect_until: vec![0; n],
+            delayed: vec![false; n],
+            moving_in: vec![Vec::new(); n],
             scratch: Vec::new(),
         }
     }
@@ -285,10 +324,13 @@ impl Accellm {
             }
             (Role::Decode, Role::Decode) => match self.cfg.prefill_choice {
                 PrefillChoice::LeastDecodeLoad => {
-                    if ctx.load(a) <= ctx.load(b) {
-                        a
-                    } else {
-                        b
+                    let by_load = if ctx.load(a) <= ctx.load(b) { a } else { b };
+                    // The partner whose decodes can join the other's next iteration in time
+                    // switches, if only one can.
+                    match (self.handover_late(ctx, a), self.handover_late(ctx, b)) {
+                        (false, true) => a,
+                        (true, false) => b,
+                        _ => by_load,
                     }
                 }
                 PrefillChoice::Sticky => self.last_prefiller[k],
@@ -321,7 +363,11 @@ impl Accellm {
         let mut stay = 0;
         for k in 0..self.scratch.len() {
             let id = self.scratch[k];
-            if ctx.migrate(id, p, self.cfg.replication).is_err() {
+            let res = ctx.migrate(id, p, self.cfg.replication);
+            if res == Ok(Migration::AwaitingCopy) {
+                self.moving_in[p as usize].push(id);
+            }
+            if res.is_err() {
                 stay += 1;
             }
         }
@@ -369,12 +415,38 @@ impl Accellm {
         self.scratch.clear();
         self.scratch.extend_from_slice(&ctx.instance(i).running);
         let mut moved = false;
+        // A move lands in the partner's next iteration: a request with a TBT SLO it can still
+        // meet moves only if that iteration still produces its next token in time.
+        let mut next_shape = IterationShape::default();
+        for &r in &ctx.instance(p).running {
+            next_shape.add_decode(ctx.request(r).kv_tokens + 1);
+        }
+        let pi = ctx.instance(p);
+        let boundary = if pi.busy {
+            pi.started_us + ctx.cost().iteration_us(&pi.batch.shape)
+        } else {
+            ctx.now()
+        };
         // Latest arrivals first: they have the most tokens still to generate.
         for k in (0..self.scratch.len()).rev() {
             let id = self.scratch[k];
             let w = self.weight(ctx, id);
-            if w >= diff || ctx.request(id).replica_on != Some(p) {
+            let r = ctx.request(id);
+            if w >= diff || r.replica_on != Some(p) {
                 continue;
+            }
+            if self.cfg.align_handover {
+                let mut shape = next_shape;
+                shape.add_decode(r.kv_tokens + 1);
+                let end = boundary + ctx.cost().iteration_us(&shape);
+                let late = match (Self::live_tbt_us(r), r.last_token_us) {
+                    (Some(slo), Some(last)) => last + slo < end,
+                    _ => false,
+                };
+                if late {
+                    continue;
+                }
+                next_shape = shape;
             }
             if ctx.migrate(id, p, true).is_ok() {
                 moved = true;
@@ -385,6 +457,341 @@ impl Accellm {
                 diff -= 2 * w;
             }
         }
+        if moved {
+            ctx.wake(p);
+        }
+    }
+
+    /// When the requests whose prompts complete in `p`'s iteration in flight can decode on its
+    /// partner: the iteration's predicted end, or the predicted landing of its layer-wise copies
+    /// if later (the executor's pipeline, [`layerwise_copy_end`], on an idle link).
+    fn handover_eta(ctx: &ClusterCtx<'_>, p: InstanceId, to: InstanceId) -> TimeUs {
+        let inst = ctx.instance(p);
+        let cost = ctx.cost();
+        let dur = cost.iteration_us(&inst.batch.shape).max(1);
+        let layers = cost.num_layers().max(1);
+        let bytes = inst.batch.copy_bytes_to(to, cost.kv_bytes_per_token());
+        let copy = if bytes == 0 {
+            0
+        } else {
+            let per_layer = ctx.link().transfer_us(bytes.div_ceil(layers as u64));
+            layerwise_copy_end(layers, dur / layers as u64, per_layer)
+        };
+        inst.started_us + dur.max(copy)
+    }
+
+    /// The TBT SLO of `r` while it can still meet its SLO.
+    fn live_tbt_us(r: &RequestState) -> Option<TimeUs> {
+        r.spec
+            .slo
+            .tbt_ms
+            .filter(|_| !r.slo_missed())
+            .map(crate::ms_to_us)
+    }
+
+    /// Requests about to decode on `i`: the requests of the prefill-role partner's iteration in
+    /// flight that will be decoding when it ends (prompts completing, and the decodes of a
+    /// partner that just took the prefill role), all handed over then, and the requests already
+    /// handed over whose copies are landing.
+    fn incoming(&self, ctx: &ClusterCtx<'_>, i: InstanceId) -> Incoming {
+        let p = self.partner(i);
+        let mut inc = Incoming {
+            due: TimeUs::MAX,
+            ..Incoming::default()
+        };
+        let mut add = |r: &RequestState, context: u32, eta: TimeUs| {
+            inc.shape.add_decode(context + 1);
+            if let Some(slo) = Self::live_tbt_us(r) {
+                inc.eta = inc.eta.max(eta);
+                inc.tightest = Some(inc.tightest.map_or(slo, |t: TimeUs| t.min(slo)));
+                if let Some(last) = r.last_token_us {
+                    inc.due = inc.due.min(last + slo);
+                }
+            }
+        };
+        let inst = ctx.instance(p);
+        if inst.busy && self.role[p as usize] == Role::Prefill {
+            let eta = Self::handover_eta(ctx, p, i);
+            for &r in &inst.running {
+                let r = ctx.request(r);
+                add(r, r.kv_tokens + r.in_flight as u32, eta);
+            }
+            for e in &inst.batch.entries {
+                if let Work::Prefill {
+                    start,
+                    len,
+                    last: true,
+                } = e.work
+                {
+                    let r = ctx.request(e.request);
+                    if r.phase == Phase::Waiting {
+                        add(r, start + len, eta);
+                    }
+                }
+            }
+        }
+        // A copy's landing event may come at the very instant of the hand-over, after this
+        // instance was offered its next iteration: moves in progress arrive now at the earliest.
+        let until = self.expect_until[i as usize].max(ctx.now());
+        for &r in &self.moving_in[i as usize] {
+            let r = ctx.request(r);
+            add(r, r.kv_tokens, until);
+        }
+        inc
+    }
+
+    /// Whether prefill-role instance `i` should decode once more before handing its decodes over
+    /// ([`AccellmConfig::align_handover`]): a request with a TBT SLO it can still meet would miss
+    /// its next deadline in the partner's next iteration. Once per hand-over; the partner then
+    /// waits for the hand-over at its own boundary if its decodes allow ([`Self::incoming`]).
+    fn delay_handover(&self, ctx: &ClusterCtx<'_>, i: InstanceId) -> bool {
+        let p = self.partner(i);
+        if !self.cfg.align_handover
+            || !self.cfg.replication
+            || p == i
+            || self.delayed[i as usize]
+            || self.role[p as usize] != Role::Decode
+        {
+            return false;
+        }
+        let mut shape = IterationShape::default();
+        let mut due = TimeUs::MAX;
+        for inst in [i, p] {
+            for &r in &ctx.instance(inst).running {
+                let r = ctx.request(r);
+                shape.add_decode(r.kv_tokens + 1);
+                if inst == i && r.phase == Phase::Decoding && !r.in_flight {
+                    if let (Some(slo), Some(last)) = (Self::live_tbt_us(r), r.last_token_us) {
+                        due = due.min(last + slo);
+                    }
+                }
+            }
+        }
+        if due == TimeUs::MAX {
+            return false;
+        }
+        let pi = ctx.instance(p);
+        let start = if pi.busy {
+            pi.started_us + ctx.cost().iteration_us(&pi.batch.shape)
+        } else {
+            ctx.now()
+        };
+        start + ctx.cost().iteration_us(&shape) > due
+    }
+
+    /// Whether, if `i` took the prefill role now, a decode it holds with a TBT SLO it can still
+    /// meet would miss its next deadline in the partner's first iteration after the hand-over
+    /// (at `i`'s iteration boundary). False without `align_handover`.
+    fn handover_late(&self, ctx: &ClusterCtx<'_>, i: InstanceId) -> bool {
+        let p = self.partner(i);
+        if !self.cfg.align_handover || p == i {
+            return false;
+        }
+        let cost = ctx.cost();
+        let end_of = |x: InstanceId| {
+            let inst = ctx.instance(x);
+            if inst.busy {
+                inst.started_us + cost.iteration_us(&inst.batch.shape)
+            } else {
+                ctx.now()
+            }
+        };
+        let handover = end_of(i);
+        let mut shape = IterationShape::default();
+        let mut due = TimeUs::MAX;
+        for x in [i, p] {
+            for &r in &ctx.instance(x).running {
+                let r = ctx.request(r);
+                shape.add_decode(r.kv_tokens + 1);
+                if x != i {
+                    continue;
+                }
+                let last = if r.in_flight {
+                    Some(handover)
+                } else {
+                    r.last_token_us
+                };
+                if let (Some(slo), Some(last)) = (Self::live_tbt_us(r), last) {
+                    due = due.min(last + slo);
+                }
+            }
+        }
+        if due == TimeUs::MAX {
+            return false;
+        }
+        // The partner's first boundary at or after the hand-over.
+        let pi = ctx.instance(p);
+        let mut start = end_of(p);
+        if pi.busy && start < handover {
+            start += cost.iteration_us(&pi.batch.shape);
+        }
+        start.max(handover) + cost.iteration_us(&shape) > due
+    }
+
+    /// Whether decoding instance `i` should idle until its decoding partner's iteration ends, so
+    /// that the two start their iterations together: then a hand-over at either's boundary (a
+    /// role switch) lands in the other's next iteration at once. Only while one of them holds a
+    /// decode with a TBT SLO it can still meet, and only if every such decode on `i` still meets
+    /// its next deadline after the wait.
+    fn lock_step(&self, ctx: &ClusterCtx<'_>, i: InstanceId) -> bool {
+        let p = self.partner(i);
+        let pi = ctx.instance(p);
+        if !pi.busy || self.role[p as usize] != Role::Decode {
+            return false;
+        }
+        // Only for decodes whose SLO a lone iteration can still meet.
+        let cost = ctx.cost();
+        let tight = |x: InstanceId| {
+            let inst = ctx.instance(x);
+            let mut shape = IterationShape::default();
+            let mut slo = TimeUs::MAX;
+            for &r in &inst.running {
+                let r = ctx.request(r);
+                shape.add_decode(r.kv_tokens + 1);
+                slo = slo.min(Self::live_tbt_us(r).unwrap_or(TimeUs::MAX));
+            }
+            slo != TimeUs::MAX && cost.iteration_us(&shape) <= slo
+        };
+        if !tight(i) && !tight(p) {
+            return false;
+        }
+        let mut shape = IterationShape::default();
+        let mut due = TimeUs::MAX;
+        for &r in &ctx.instance(i).running {
+            let r = ctx.request(r);
+            if r.phase == Phase::Decoding && !r.in_flight {
+                shape.add_decode(r.kv_tokens + 1);
+                if let (Some(slo), Some(last)) = (Self::live_tbt_us(r), r.last_token_us) {
+                    due = due.min(last + slo);
+                }
+            }
+        }
+        if shape.is_empty() {
+            return false;
+        }
+        let p_end = pi.started_us + cost.iteration_us(&pi.batch.shape);
+        let d = cost.iteration_us(&shape);
+        // A short wait only: iterations of similar length stay in step once aligned.
+        p_end <= ctx.now() + d / 2 && p_end + d <= due
+    }
+
+    /// Whether decoding instance `i` should idle until requests its prefilling partner hands over
+    /// arrive ([`AccellmConfig::align_handover`]). If `i` started an iteration now that ends
+    /// after they arrive, their first gap would be the rest of it plus the next one. `i` waits
+    /// when that gap would exceed the tightest TBT SLO among them and no decode here that can
+    /// still meet its SLO would miss its next deadline by the wait.
+    fn wait_for_handover(&self, ctx: &ClusterCtx<'_>, i: InstanceId) -> bool {
+        if !self.cfg.align_handover || !self.cfg.replication || self.partner(i) == i {
+            return false;
+        }
+        let inc = self.incoming(ctx, i);
+        let Some(tightest) = inc.tightest else {
+            return self.lock_step(ctx, i);
+        };
+        let arrive = inc.eta;
+        let mut shape = IterationShape::default();
+        let running = &ctx.instance(i).running;
+        for &r in running {
+            let r = ctx.request(r);
+            if r.phase == Phase::Decoding && !r.in_flight {
+                shape.add_decode(r.kv_tokens + 1);
+            }
+        }
+        if shape.is_empty() {
+            return false;
+        }
+        let now = ctx.now();
+        let d = ctx.cost().iteration_us(&shape);
+        let mut merged = shape;
+        merged.add(&inc.shape);
+        let d_merged = ctx.cost().iteration_us(&merged);
+        // No wait if it is not needed, or would not help (the newcomers miss their gap anyway).
+        if now + d <= arrive
+            || (now + d + d_merged).saturating_sub(arrive) <= tightest
+            || d_merged > tightest
+        {
+            return false;
+        }
+        // Waiting: the next iteration, with the newcomers, ends `d_merged` after they arrive.
+        let next_end = arrive.max(now) + d_merged;
+        next_end <= inc.due
+            && running.iter().all(|&r| {
+                let r = ctx.request(r);
+                match (Self::live_tbt_us(r), r.last_token_us) {
+                    (Some(slo), Some(last)) => last + slo >= next_end,
+                    _ => true,
+                }
+            })
+    }
+
+    /// Whether decoding instance `i`'s decodes leave at least `share` of the tightest TBT SLO
+    /// among them (of requests that can still meet theirs) free; true without such decodes.
+    fn has_slack(ctx: &ClusterCtx<'_>, i: InstanceId, share: f64) -> bool {
+        let mut shape = IterationShape::default();
+        let mut tightest = TimeUs::MAX;
+        for &r in &ctx.instance(i).running {
+            let r = ctx.request(r);
+            shape.add_decode(r.kv_tokens + 1);
+            tightest = tightest.min(Self::live_tbt_us(r).unwrap_or(TimeUs::MAX));
+        }
+        tightest == TimeUs::MAX
+            || ctx.cost().iteration_us(&shape) as f64
+                <= tightest as f64 * (1.0 - share.clamp(0.0, 1.0))
+    }
+
+    /// Moves to decoding instance `i` the prompts queued on its prefilling partner that are
+    /// predicted to miss their TTFT deadline there ([`AccellmConfig::decode_prefill`]): in TTFT
+    /// deadline order, a prompt's first token is due after the partner's iteration in flight
+    /// and the prefill of every prompt ahead of it, at the cost model's rate for a long chunk.
+    /// Only if `i`'s decodes leave `decode_prefill_slack` of their tightest TBT SLO free.
+    fn take_late_prompts(&mut self, ctx: &mut ClusterCtx<'_>, i: InstanceId) {
+        let p = self.partner(i);
+        let cost = ctx.cost();
+        if !Self::has_slack(ctx, i, self.cfg.decode_prefill_slack) {
+            return;
+        }
+        const REF_TOKENS: u32 = 2048;
+        let mut reference = IterationShape::default();
+        reference.add_prefill(0, REF_TOKENS, true);
+        let per_token_us = cost.iteration_us(&reference) as f64 / REF_TOKENS as f64;
+        let pi = ctx.instance(p);
+        let start = if pi.busy {
+            pi.started_us + cost.iteration_us(&pi.batch.shape)
+        } else {
+            ctx.now()
+        };
+        // Started prompts finish first; then the rest in TTFT deadline order.
+        let mut ahead: u64 = 0;
+        self.scratch.clear();
+        for &w in &pi.waiting {
+            let r = ctx.request(w);
+            if r.prefilled > 0 || r.in_flight {
+                ahead += r.remaining_prefill() as u64;
+            } else if r.spec.slo.ttft_ms.is_some() {
+                self.scratch.push(w);
+            }
+        }
+        let deadline =
+            |r: &RequestState| r.spec.arrival_us + r.spec.slo.ttft_ms.map_or(0, crate::ms_to_us);
+        let mut order = std::mem::take(&mut self.scratch);
+        order.sort_by_key(|&w| (deadline(ctx.request(w)), w));
+        let mut moved = false;
+        for &w in &order {
+            let r = ctx.request(w);
+            ahead += r.prefill_target as u64;
+            let first_token = start + (ahead as f64 * per_token_us) as TimeUs;
+            let room = ctx.instance(i).kv.extra_for(w, r.prefill_target)
+                <= ctx.instance(i).kv.available_for_primary();
+            if first_token > deadline(r) && room {
+                ahead -= r.prefill_target as u64;
+                if r.replica_on == Some(i) {
+                    ctx.drop_replica(w);
+                }
+                moved |= ctx.move_waiting(w, i);
+            }
+        }
+        order.clear();
+        self.scratch = order;
         if moved {
             ctx.wake(p);
         }
@@ -508,12 +915,24 @@ impl ClusterPolicy for Accellm {
         let p = self.partner(i);
         if self.role[i as usize] == Role::Prefill {
             if !ctx.instance(i).waiting.is_empty() {
+                if self.delay_handover(ctx, i) {
+                    self.delayed[i as usize] = true;
+                    return PhaseConstraint::DecodeOnly;
+                }
+                self.delayed[i as usize] = false;
                 let stay = self.hand_over(ctx, i);
                 return self.prefill_constraint(ctx, i, stay);
             }
             // Prompt queue drained: back to decoding.
             self.set_role(ctx, i, Role::Decode);
             ctx.wake(p);
+        }
+        if self.cfg.decode_prefill && p != i && self.role[p as usize] == Role::Prefill {
+            self.take_late_prompts(ctx, i);
+            if !ctx.instance(i).waiting.is_empty() {
+                self.last_was_prefill[i as usize] = false;
+                return PhaseConstraint::Any;
+            }
         }
         if !ctx.instance(i).waiting.is_empty() {
             // Prompts queued on a decode instance (recompute after a preemption): the partner
@@ -528,6 +947,15 @@ impl ClusterPolicy for Accellm {
         }
         self.last_was_prefill[i as usize] = false;
         self.rebalance(ctx, i);
+        let reqs = &ctx.s.requests;
+        self.moving_in[i as usize].retain(|&id| {
+            reqs.try_get(id)
+                .is_some_and(|r| r.phase == Phase::Moving && r.moving_to == Some(i))
+        });
+        if self.wait_for_handover(ctx, i) {
+            // Woken again when the partner's iteration ends (`on_iteration_done`).
+            return PhaseConstraint::Idle;
+        }
         PhaseConstraint::DecodeOnly
     }
 
@@ -570,8 +998,20 @@ impl ClusterPolicy for Accellm {
     }
 
     fn on_iteration_done(&mut self, ctx: &mut ClusterCtx<'_>, i: InstanceId) {
-        // An idle partner may now hand over, rebalance or prefill.
         let p = self.partner(i);
+        if self.cfg.align_handover
+            && self.cfg.role_switching
+            && self.role[i as usize] == Role::Prefill
+            && !ctx.instance(i).waiting.is_empty()
+            && !self.delay_handover(ctx, i)
+        {
+            // Hand the prompts just completed over now, before the partner plans its next
+            // iteration, and remember when their copies land.
+            self.expect_until[p as usize] = Self::handover_eta(ctx, i, p);
+            self.delayed[i as usize] = false;
+            self.hand_over(ctx, i);
+        }
+        // An idle partner may now hand over, rebalance or prefill.
         if p != i && !ctx.instance(p).busy {
             ctx.wake(p);
         }

@@ -269,9 +269,15 @@ impl AccelGen {
         ms_to_us(r.spec.slo.tbt_ms.unwrap_or(self.cfg.default_tbt_ms)).max(1)
     }
 
-    /// [`Self::tbt_slo_us`] and its bin.
+    /// The TBT SLO the policy holds `r` to, and its bin: its own, or, once it has missed its SLO
+    /// ([`RequestState::slo_missed`]) and can no longer count towards goodput, the looser of its
+    /// own and `default_tbt_ms`, so it is served best effort and does not hold back requests that
+    /// still can meet theirs.
     fn slo_and_bin(&self, r: &RequestState) -> (TimeUs, u32) {
-        let slo_us = self.tbt_slo_us(r);
+        let mut slo_us = self.tbt_slo_us(r);
+        if r.slo_missed() {
+            slo_us = slo_us.max(ms_to_us(self.cfg.default_tbt_ms));
+        }
         (slo_us, self.bin_us(slo_us))
     }
 
@@ -388,7 +394,14 @@ impl AccelGen {
                 return None;
             }
         }
-        let lim = self.tighten(lim, c.slo_us);
+        // A TBT SLO bounds the iterations that produce a token for a request already streaming:
+        // a fresh prompt's chunks answer to its TTFT deadline, so only a request that has streamed
+        // tokens (recomputing after a preemption) tightens the limit with its own SLO.
+        let lim = if r.last_token_us.is_some() {
+            self.tighten(lim, c.slo_us)
+        } else {
+            lim
+        };
         let base = ctx.batch().shape;
         if self.cfg.mode == AccelGenMode::Admission && start == 0 {
             // Admission control: the request's longest decode must fit next to today's batch.

@@ -14,7 +14,7 @@ use accellm_core::{
     },
     ms_to_us,
     replay::{self, Observer},
-    request::{RequestId, RequestSpec, RequestState, Slo},
+    request::{Phase, RequestId, RequestSpec, RequestState, Slo},
     scheduler::{Action, Scheduler, SchedulerConfig},
     TimeUs,
 };
@@ -493,4 +493,62 @@ fn overload_relief_trades_a_tight_slo_that_leaves_no_room_for_prompts() {
         on_gap > 10_000,
         "on: the tight request is the one that pays ({on_gap} µs)"
     );
+}
+
+/// Longest prefill chunk of request `id` among the launched batches `pick` selects.
+fn longest_chunk(
+    s: &mut Scheduler,
+    arrivals: &[RequestSpec],
+    id: RequestId,
+    mut pick: impl FnMut(&Batch, &Scheduler) -> bool,
+) -> u32 {
+    let mut longest = 0;
+    replay::run(
+        s,
+        arrivals,
+        &mut Watch(|_, b: &Batch, s: &Scheduler| {
+            if !pick(b, s) {
+                return;
+            }
+            for e in &b.entries {
+                if let Work::Prefill { len, .. } = e.work {
+                    if e.request == id {
+                        longest = longest.max(len);
+                    }
+                }
+            }
+        }),
+    );
+    longest
+}
+
+#[test]
+fn a_prompt_is_not_chunked_by_its_own_tbt_slo() {
+    // Alone, a long prompt with a 10 ms TBT SLO runs pivot-sized chunks (1,695 tokens): its
+    // SLO bounds the gaps between its tokens, not the iterations before its first one, whose
+    // 9 ms limit would hold about 800 tokens.
+    let mut s = sched(linear(0.0), 4000, &icfg(AccelGenConfig::default()));
+    let arrivals = vec![spec(0, 30_000, 4, 10.0, 0)];
+    let longest = longest_chunk(&mut s, &arrivals, RequestId(0), |_, _| true);
+    assert!(longest > 1_600, "{longest}");
+    assert_all_done(&s, 1);
+}
+
+#[test]
+fn a_request_that_missed_its_slo_no_longer_limits_the_batch() {
+    // The requests of `a_long_prompt_chunk_shrinks_while_a_tight_request_decodes`, but the tight
+    // one comes first and its TTFT SLO (0.5 ms) is missed by its first token: it can no longer count towards goodput, so
+    // while it is decoding the long prompt's chunks stay as long as before instead of shrinking
+    // to its 9 ms limit (about 800 tokens); it is served best effort.
+    let mut s = sched(linear(0.0), 4000, &icfg(AccelGenConfig::default()));
+    let mut late = spec(0, 8, 200, 10.0, 1);
+    late.slo.ttft_ms = Some(0.5);
+    let arrivals = vec![late, spec(2_000, 30_000, 4, 250.0, 0)];
+    let tight = RequestId(0);
+    let during = longest_chunk(&mut s, &arrivals, RequestId(1), |_, s| {
+        s.request(tight).is_some_and(|r| r.phase == Phase::Decoding)
+    });
+    assert!(during > 1_600, "{during}");
+    assert_eq!(s.metrics().finished.len(), 2);
+    assert!(s.metrics().finished.iter().any(|r| !r.slo_met.strict));
 }

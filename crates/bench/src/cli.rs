@@ -116,6 +116,11 @@ pub struct BenchArgs {
     /// figures (also under `fidelity` in --json). See docs/fidelity.md.
     #[arg(long, value_name = "PROFILE")]
     pub predict: Option<PathBuf>,
+    /// With --predict: fit a profile to the iterations the server ran during this run (its
+    /// `GET /accellm/iterations`, timed from dispatch to report under the run's real contention)
+    /// and write it here; geometry, KV copy speed and pool come from the --predict profile.
+    #[arg(long, value_name = "FILE", requires = "predict")]
+    pub calibrate_out: Option<PathBuf>,
 }
 
 impl BenchArgs {
@@ -301,7 +306,11 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             let setup: ServeSetup = serde_json::from_slice(&setup)
                 .context("parsing the server's GET /accellm/config")?;
             let metrics = rt.block_on(get(&base_url, "/metrics", wait)).ok();
-            Some((profile, setup, metrics, requests.clone(), wait))
+            let log = match &args.calibrate_out {
+                Some(_) => Some(rt.block_on(get(&base_url, "/accellm/iterations", wait))?),
+                None => None,
+            };
+            Some((profile, setup, metrics, log, requests.clone(), wait))
         }
         None => None,
     };
@@ -330,8 +339,26 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         crate::report::render(&summary, configured_rate, args.max_concurrency)
     );
     let fidelity = match predict {
-        Some((profile, setup, before, prepared, wait)) => {
+        Some((profile, setup, before, log, prepared, wait)) => {
             let after = rt.block_on(get(&base_url, "/metrics", wait)).ok();
+            if let (Some(path), Some(log)) = (&args.calibrate_out, log) {
+                let now = rt.block_on(get(&base_url, "/accellm/iterations", wait))?;
+                let name = format!(
+                    "iterations of {}/{} serving {} at {}",
+                    setup.cluster_policy,
+                    setup.instance_policy,
+                    workload.description,
+                    utc_stamp()
+                );
+                let live = fidelity::live_profile(&profile, &log, &now, name)?;
+                let text = format!(
+                    "# accellm hardware profile fitted to a live run by `accellm bench --calibrate-out`\n{}",
+                    toml::to_string(&live)?
+                );
+                std::fs::write(path, text)
+                    .with_context(|| format!("writing {}", path.display()))?;
+                eprintln!("wrote {} ({} iterations)", path.display(), live.samples);
+            }
             let f = fidelity::compare(
                 &profile,
                 setup,

@@ -225,6 +225,9 @@ pub fn sim_config(setup: &ServeSetup, profile: &HardwareProfile) -> SimConfig {
         cluster: setup.cluster.clone(),
         profile: Some(profile.clone()),
         kv_blocks: Some(setup.kv_blocks),
+        // The server's scheduler predicts with its own configured cost model and link.
+        scheduler_cost: Some(setup.cost),
+        scheduler_link: Some(setup.link),
         ..SimConfig::default()
     }
 }
@@ -351,6 +354,35 @@ pub fn compare(
         predicted_iterations,
         measured_iterations,
     })
+}
+
+/// A profile fitted to the iterations a live server ran between two `GET /accellm/iterations`
+/// answers (`before`, `after`), under whatever contention the run had; geometry, KV copy speed
+/// and pool come from `base`.
+pub fn live_profile(
+    base: &HardwareProfile,
+    before: &[u8],
+    after: &[u8],
+    name: String,
+) -> anyhow::Result<HardwareProfile> {
+    #[derive(serde::Deserialize)]
+    struct Log {
+        total: u64,
+        points: Vec<accellm_core::profile::Point>,
+    }
+    let parse = |b: &[u8]| -> anyhow::Result<Log> {
+        serde_json::from_slice(b).map_err(|e| anyhow::anyhow!("GET /accellm/iterations: {e}"))
+    };
+    let (b, a) = (parse(before)?, parse(after)?);
+    let n = (a.total.saturating_sub(b.total) as usize).min(a.points.len());
+    let mut p = base.clone();
+    p.points = a.points[a.points.len() - n..].to_vec();
+    p.refit()
+        .map_err(|e| anyhow::anyhow!("fitting the run's {n} iterations: {e}"))?;
+    p.name = name;
+    p.clock = "server".into();
+    p.overhead_ms = 0.0;
+    Ok(p)
 }
 
 /// Sums the samples of a Prometheus metric (all label sets) in `/metrics` text.

@@ -196,17 +196,35 @@ pub struct Fit {
 }
 
 /// Fits `ms = a + b·tokens + c·sum_context + d·logit_rows` by least squares on relative error
-/// (each point weighted by 1/ms), so short decode steps count as much as long prefills.
+/// (each point weighted by 1/ms), so short decode steps count as much as long prefills. No
+/// coefficient is negative: a term that would be is dropped and the rest refitted.
 pub fn fit(points: &[Point]) -> Result<Fit, ProfileError> {
     if points.len() < 4 {
         return Err(ProfileError::NothingToFit(points.len()));
     }
-    let wx: Vec<Vec<f64>> = points
-        .iter()
-        .map(|p| p.features().iter().map(|v| v / p.ms.max(1e-9)).collect())
-        .collect();
-    let coef = least_squares(&wx, &vec![1.0; points.len()]).ok_or(ProfileError::Singular)?;
-    let coef = [coef[0], coef[1], coef[2], coef[3]];
+    let mut active = [true; 4];
+    let coef = loop {
+        let cols: Vec<usize> = (0..4).filter(|&k| active[k]).collect();
+        let wx: Vec<Vec<f64>> = points
+            .iter()
+            .map(|p| {
+                let f = p.features();
+                cols.iter().map(|&k| f[k] / p.ms.max(1e-9)).collect()
+            })
+            .collect();
+        let b = least_squares(&wx, &vec![1.0; points.len()]).ok_or(ProfileError::Singular)?;
+        let mut coef = [0.0; 4];
+        for (&k, v) in cols.iter().zip(b) {
+            coef[k] = v;
+        }
+        match (0..4)
+            .filter(|&k| coef[k] < 0.0)
+            .min_by(|&x, &y| coef[x].total_cmp(&coef[y]))
+        {
+            Some(k) if cols.len() > 1 => active[k] = false,
+            _ => break coef.map(|c| c.max(0.0)),
+        }
+    };
     let pred = |p: &Point| {
         p.features()
             .iter()
@@ -465,6 +483,24 @@ mod tests {
         .cost_model()
         .unwrap();
         assert_eq!(m.base_us.round(), 11_000.0);
+    }
+
+    #[test]
+    fn no_coefficient_is_negative() {
+        // Time falls with logit rows here: that term is dropped, the rest refitted.
+        let points: Vec<Point> = [3u32, 1, 4, 1, 5, 9, 2, 6]
+            .iter()
+            .zip(1u32..)
+            .map(|(&rows, i)| Point {
+                tokens: 10 * i,
+                sum_context: (100 * i * i) as u64,
+                logit_rows: rows,
+                ms: 5.0 + (10 * i) as f64 - 0.5 * rows as f64,
+            })
+            .collect();
+        let f = fit(&points).unwrap();
+        assert!(f.coef.iter().all(|&c| c >= 0.0), "{:?}", f.coef);
+        assert_eq!(f.coef[3], 0.0);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 
 use crate::{
-    cost::layerwise_copy_end,
+    cost::{layerwise_copy_end, CostModel, Link},
     request::{RequestId, RequestSpec},
     scheduler::{Action, Scheduler},
     InstanceId, TimeUs,
@@ -80,6 +80,27 @@ pub struct ReplayEnd {
 /// Requests still unfinished when the event queue runs dry are reported by
 /// [`Scheduler::live_requests`].
 pub fn run(sched: &mut Scheduler, arrivals: &[RequestSpec], obs: &mut dyn Observer) -> ReplayEnd {
+    run_on(sched, arrivals, obs, None)
+}
+
+/// The hardware a replay runs on when it differs from what the scheduler predicts with (a live
+/// server whose configured cost model is not the measured one).
+#[derive(Clone, Copy)]
+pub struct Hardware<'a> {
+    /// Iteration times.
+    pub cost: &'a dyn CostModel,
+    /// Copy and transfer times between instances.
+    pub link: Link,
+}
+
+/// [`run`], with iteration and copy times from `hardware` when given (the scheduler's own cost
+/// model and link otherwise).
+pub fn run_on(
+    sched: &mut Scheduler,
+    arrivals: &[RequestSpec],
+    obs: &mut dyn Observer,
+    hardware: Option<Hardware<'_>>,
+) -> ReplayEnd {
     let n = sched.instances().len();
     let mut queue: BinaryHeap<Queued> = BinaryHeap::new();
     let mut seq = 0u64;
@@ -112,7 +133,7 @@ pub fn run(sched: &mut Scheduler, arrivals: &[RequestSpec], obs: &mut dyn Observ
     let mut events = 0u64;
     let kvb = sched.cost().kv_bytes_per_token();
     let layers = sched.cost().num_layers();
-    let link = sched.link();
+    let link = hardware.map_or(sched.link(), |h| h.link);
     let mut stopped: Vec<RequestId> = Vec::new();
     while let Some(top) = queue.peek().copied() {
         let (t, ev) = (top.time(), top.ev);
@@ -145,7 +166,11 @@ pub fn run(sched: &mut Scheduler, arrivals: &[RequestSpec], obs: &mut dyn Observ
                     iteration,
                 } => {
                     let batch = &sched.instance(instance).batch;
-                    let dur = sched.cost().iteration_us(&batch.shape).max(1);
+                    let dur = match hardware {
+                        Some(h) => h.cost.iteration_us(&batch.shape),
+                        None => sched.cost().iteration_us(&batch.shape),
+                    }
+                    .max(1);
                     push(
                         &mut queue,
                         &mut taken,

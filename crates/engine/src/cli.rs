@@ -11,7 +11,7 @@ use accellm_core::profile::{Geometry, HardwareProfile, KvCopy, Point, PoolShape}
 use crate::bench::{
     blocks_for, median, median_timing, pool_for, process_cpu_ms, time_decode, time_prefill,
 };
-use crate::kv::{copy_kv, KvSpan};
+use crate::kv::{copy_kv, KvPool, KvSpan};
 use crate::linear::WeightFormat;
 use crate::model::Model;
 use crate::threads::{set_matmul_threads, Threads};
@@ -308,6 +308,11 @@ pub struct CalibrateArgs {
     /// Per-request overhead (ms: HTTP, tokenisation) to record in the profile.
     #[arg(long, default_value_t = 0.0)]
     pub request_overhead_ms: f64,
+    /// Keep this many other instances busy (each on its own thread and KV pool, running decode
+    /// batches) while measuring, as the other instances of `accellm serve` are when it is
+    /// loaded: they compete for the cores' shared caches and memory bandwidth.
+    #[arg(long, default_value_t = 0)]
+    pub background: usize,
 }
 
 /// Which clock `accellm calibrate` measures iterations with.
@@ -353,11 +358,42 @@ pub fn run_calibrate(args: CalibrateArgs) -> anyhow::Result<()> {
     let pool = pool_for(&model, 20_000)?;
     let bs = pool.block_size();
     let shapes = calibration_shapes();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| -> anyhow::Result<()> {
+        for k in 0..args.background {
+            let (model, stop) = (&model, &stop);
+            let busy = Threads::new(args.threads, &format!("calibrate-busy-{k}"))?;
+            let busy_pool = pool_for(model, 16 * 272)?;
+            scope.spawn(move || {
+                let batch = crate::bench::decode_batch(model, &busy_pool, 16, 256);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    if busy.install(|| model.forward(&busy_pool, &batch)).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        let r = measure_all(&model, &pool, &threads, &shapes, bs, &measure);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (points, kv_copy) = r?;
+        write_profile(&args, &model, &model_path, points, kv_copy)
+    })
+}
+
+/// Measures every shape, then the KV copy speed.
+fn measure_all(
+    model: &Model,
+    pool: &KvPool,
+    threads: &Threads,
+    shapes: &[(usize, usize, usize, usize)],
+    bs: usize,
+    measure: &Measure<'_>,
+) -> anyhow::Result<(Vec<Point>, KvCopy)> {
     let mut points = Vec::with_capacity(shapes.len());
     threads.install(|| -> anyhow::Result<()> {
-        time_prefill(&model, &pool, 16)?;
+        time_prefill(model, pool, 16)?;
         for (i, &(t, start, b, ctx)) in shapes.iter().enumerate() {
-            let mut batch = crate::bench::decode_batch(&model, &pool, b, ctx);
+            let mut batch = crate::bench::decode_batch(model, pool, b, ctx);
             let used: usize = batch.seqs.iter().map(|s| s.block_table.len()).sum();
             if t > 0 {
                 let first = used as u32;
@@ -369,7 +405,7 @@ pub fn run_calibrate(args: CalibrateArgs) -> anyhow::Result<()> {
                     want_logits: true,
                 });
             }
-            let ms = measure(&mut || Ok(model.forward(&pool, &batch).map(|_| ())?))?;
+            let ms = measure(&mut || Ok(model.forward(pool, &batch).map(|_| ())?))?;
             let p = Point {
                 tokens: batch.num_tokens() as u32,
                 sum_context: batch.sum_context() as u64,
@@ -388,7 +424,18 @@ pub fn run_calibrate(args: CalibrateArgs) -> anyhow::Result<()> {
         }
         Ok(())
     })?;
-    let kv_copy = measure_kv_copy(&model, &measure)?;
+    let kv_copy = measure_kv_copy(model, measure)?;
+    Ok((points, kv_copy))
+}
+
+/// Fits and writes the profile.
+fn write_profile(
+    args: &CalibrateArgs,
+    model: &Model,
+    model_path: &Path,
+    points: Vec<Point>,
+    kv_copy: KvCopy,
+) -> anyhow::Result<()> {
     let mc = model.config();
     let file = model_path
         .file_name()
@@ -403,8 +450,13 @@ pub fn run_calibrate(args: CalibrateArgs) -> anyhow::Result<()> {
         Clock::Wall => "wall",
         Clock::Cpu => "cpu",
     };
+    let busy = if args.background > 0 {
+        format!(", {} other instance(s) busy", args.background)
+    } else {
+        String::new()
+    };
     let name = format!(
-        "{file} {}, {} thread(s), {clock} clock",
+        "{file} {}, {} thread(s), {clock} clock{busy}",
         args.format, args.threads
     );
     let mut profile = HardwareProfile::from_points(name, geometry, points)
@@ -446,7 +498,8 @@ pub fn run_calibrate(args: CalibrateArgs) -> anyhow::Result<()> {
 }
 
 /// Times a piece of work (median of the repetitions, on the chosen clock), in ms.
-type Measure<'a> = dyn Fn(&mut dyn FnMut() -> anyhow::Result<()>) -> anyhow::Result<f64> + 'a;
+type Measure<'a> =
+    dyn Fn(&mut dyn FnMut() -> anyhow::Result<()>) -> anyhow::Result<f64> + Sync + 'a;
 
 /// Iteration shapes: (prefill chunk length, chunk start position, decode rows, decode context).
 fn calibration_shapes() -> Vec<(usize, usize, usize, usize)> {

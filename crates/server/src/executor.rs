@@ -16,7 +16,9 @@ use std::time::Instant;
 
 use accellm_core::{
     batch::Work,
+    cost::IterationShape,
     instance::PhaseConstraint,
+    profile::Point,
     request::{FinishReason, RejectReason, RequestId, RequestSpec, Slo},
     scheduler::{Action, Scheduler},
     InstanceId, TimeUs,
@@ -157,6 +159,32 @@ struct InFlight {
     /// Entries that could not be run (failed at dispatch); stopped when the iteration ends.
     broken: Vec<RequestId>,
     had_copies: bool,
+    /// What the core planned, and when it was handed to the worker (for the iteration log).
+    shape: IterationShape,
+    dispatched_us: TimeUs,
+}
+
+/// The last iterations run, as `(shape, time from dispatch to the report being handled)`:
+/// what `GET /accellm/iterations` serves and `accellm bench --calibrate-out` fits.
+#[derive(Debug, Default)]
+pub(crate) struct IterationLog {
+    /// Iterations logged since the start (also those no longer kept).
+    pub total: u64,
+    /// The most recent ones, oldest first.
+    pub points: std::collections::VecDeque<Point>,
+}
+
+impl IterationLog {
+    /// Iterations kept.
+    pub const CAPACITY: usize = 50_000;
+
+    fn push(&mut self, p: Point) {
+        if self.points.len() == Self::CAPACITY {
+            self.points.pop_front();
+        }
+        self.points.push_back(p);
+        self.total += 1;
+    }
 }
 
 /// A dispatch held back until KV copies into its blocks have landed. The core pins replica
@@ -185,6 +213,7 @@ pub(crate) struct Executor {
     link_counters: Arc<LinkCounters>,
     actions: Vec<Action>,
     shutting_down: bool,
+    iteration_log: Arc<Mutex<IterationLog>>,
 }
 
 impl Executor {
@@ -196,6 +225,7 @@ impl Executor {
         instances: Vec<InstanceThreads>,
         metrics: Arc<Mutex<Metrics>>,
         link_counters: Arc<LinkCounters>,
+        iteration_log: Arc<Mutex<IterationLog>>,
     ) -> Self {
         let n = instances.len();
         Self {
@@ -213,6 +243,7 @@ impl Executor {
             link_counters,
             actions: Vec::new(),
             shutting_down: false,
+            iteration_log,
         }
     }
 
@@ -543,6 +574,8 @@ impl Executor {
             rows,
             broken,
             had_copies,
+            shape: self.sched.instance(instance).batch.shape,
+            dispatched_us: self.now(),
         });
         let job = RunJob {
             iteration,
@@ -669,6 +702,15 @@ impl Executor {
             .iter_mut()
             .for_each(|v| v.retain(|&(src, _)| src != i));
         let now = self.now();
+        if let Ok(mut log) = self.iteration_log.lock() {
+            let sh = &flight.shape;
+            log.push(Point {
+                tokens: sh.tokens(),
+                sum_context: sh.prefill_attn_pairs + sh.decode_kv_tokens,
+                logit_rows: sh.logit_rows,
+                ms: (now.saturating_sub(flight.dispatched_us).max(1)) as f64 / 1e3,
+            });
+        }
         let mut stopped = flight.broken.clone();
         let mut by_seq: HashMap<usize, (u32, Box<Sampler>)> = r
             .tokens

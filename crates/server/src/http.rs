@@ -30,7 +30,7 @@ use crate::api::{
     merge_slo, parse_slo_header, ChatRequest, CompletionRequest, Content, Generation, Prompt,
 };
 use crate::error::ApiError;
-use crate::executor::{CancelGuard, Finish, Input, Submission, ToClient};
+use crate::executor::{CancelGuard, Finish, Input, IterationLog, Submission, ToClient};
 use crate::metrics::Metrics;
 use crate::text::{Message, TextModel};
 
@@ -56,6 +56,8 @@ pub(crate) struct AppState {
     pub default_slo: Slo,
     /// The setup the simulator needs to replay this server (`GET /accellm/config`).
     pub setup: Value,
+    /// The last iterations run (`GET /accellm/iterations`).
+    pub iteration_log: Arc<Mutex<IterationLog>>,
     /// Body limit (for the 413 message).
     pub max_body_bytes: usize,
     /// Unix time the server started.
@@ -84,6 +86,7 @@ pub(crate) fn router(state: Shared) -> Router {
             "/accellm/config",
             get(|State(st): State<Shared>| async move { Json(st.setup.clone()) }),
         )
+        .route("/accellm/iterations", get(iterations))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
         .merge(v1)
@@ -107,6 +110,15 @@ async fn auth(State(st): State<Shared>, req: Request, next: Next) -> Response {
         }
     }
     next.run(req).await
+}
+
+/// `{"total": N, "points": [{tokens, sum_context, logit_rows, ms}, ...]}`: the iterations run
+/// (`total` since the start, `points` the most recent ones, oldest first).
+async fn iterations(State(st): State<Shared>) -> Response {
+    match st.iteration_log.lock() {
+        Ok(log) => Json(json!({"total": log.total, "points": log.points})).into_response(),
+        Err(_) => ApiError::internal("iteration log lock poisoned").into_response(),
+    }
 }
 
 async fn metrics(State(st): State<Shared>) -> Response {

@@ -40,7 +40,7 @@ use anyhow::Context as _;
 
 pub use config::ServerConfig;
 
-use crate::executor::{Executor, Input};
+use crate::executor::{Executor, Input, IterationLog};
 use crate::metrics::Metrics;
 use crate::text::TextModel;
 use crate::worker::{Engine, LinkCounters};
@@ -155,6 +155,7 @@ async fn prepare(cfg: &ServerConfig) -> anyhow::Result<Prepared> {
             .context("starting instance threads")?,
         );
     }
+    let iteration_log = Arc::new(Mutex::new(IterationLog::default()));
     let executor = Executor::new(
         sched,
         text.clone(),
@@ -162,6 +163,7 @@ async fn prepare(cfg: &ServerConfig) -> anyhow::Result<Prepared> {
         threads,
         metrics.clone(),
         counters,
+        iteration_log.clone(),
     );
     let exec_join = std::thread::Builder::new()
         .name("accellm-sched".into())
@@ -184,6 +186,7 @@ async fn prepare(cfg: &ServerConfig) -> anyhow::Result<Prepared> {
         next_handle: AtomicU64::new(1),
         default_slo: cfg.slo,
         setup: serde_json::to_value(&setup).context("describing the server setup")?,
+        iteration_log,
         max_body_bytes: cfg.max_body_bytes,
         created: SystemTime::now()
             .duration_since(UNIX_EPOCH)

@@ -36,6 +36,7 @@ fn predicted_and_measured_counts_agree_exactly() {
     std::fs::create_dir_all(&dir).unwrap();
     let profile = tiny_profile(&dir);
     let json_path = dir.join("out.json");
+    let live_path = dir.join("live.toml");
     let base = format!("http://{}", server.addr());
     let tokenizer = support::tiny_model();
     let argv = [
@@ -59,6 +60,8 @@ fn predicted_and_measured_counts_agree_exactly() {
         profile.to_str().unwrap(),
         "--json",
         json_path.to_str().unwrap(),
+        "--calibrate-out",
+        live_path.to_str().unwrap(),
     ];
     run(Cmd::try_parse_from(argv).unwrap().args).unwrap();
     let j: Value = serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
@@ -79,6 +82,11 @@ fn predicted_and_measured_counts_agree_exactly() {
     }
     assert!(f["measured_iterations"]["count"].as_u64().unwrap() > 0);
     assert!(f["predicted_iterations"]["count"].as_u64().unwrap() > 0);
+    // The profile fitted to the run's own iterations reads back and names them.
+    let live = accellm_sim::profile::load(&live_path).unwrap();
+    let measured = f["measured_iterations"]["count"].as_u64().unwrap() as usize;
+    assert_eq!(live.points.len(), measured);
+    assert_eq!((live.clock.as_str(), live.geometry.layers), ("server", 2));
     server.shutdown().unwrap();
     assert!(
         t0.elapsed() < Duration::from_secs(120),

@@ -32,7 +32,12 @@
 
 use std::path::{Path, PathBuf};
 
-use accellm_core::{cluster::ClusterConfig, instance::InstanceConfig, profile::HardwareProfile};
+use accellm_core::{
+    cluster::ClusterConfig,
+    cost::{LinearCostModel, Link},
+    instance::InstanceConfig,
+    profile::HardwareProfile,
+};
 use accellm_workload::{BuiltinTrace, WorkloadSource, WorkloadSpec};
 use serde::{Deserialize, Serialize};
 
@@ -77,6 +82,12 @@ pub struct SimConfig {
     pub profile: Option<HardwareProfile>,
     /// KV blocks per instance; default: what the profile records, or what fits in memory.
     pub kv_blocks: Option<u32>,
+    /// With a profile: the iteration-time model the scheduler predicts with, when it is not the
+    /// profile's (a live server configured with another cost model). The profile still sets
+    /// how long iterations really take.
+    pub scheduler_cost: Option<LinearCostModel>,
+    /// With a profile: the link the scheduler assumes, when it is not the profile's.
+    pub scheduler_link: Option<Link>,
 }
 
 impl Default for SimConfig {
@@ -99,6 +110,8 @@ impl Default for SimConfig {
             hardware_profile: None,
             profile: None,
             kv_blocks: None,
+            scheduler_cost: None,
+            scheduler_link: None,
         }
     }
 }

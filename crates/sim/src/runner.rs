@@ -90,8 +90,11 @@ pub fn build_with(cfg: &SimConfig, timelines: bool) -> anyhow::Result<(Scheduler
     let mut cfg = cfg.clone();
     cfg.load_profile()?;
     if let Some(p) = &cfg.profile {
-        let cost = Arc::new(p.cost_model()?);
-        let link = p.link();
+        let cost = Arc::new(match cfg.scheduler_cost {
+            Some(c) => c,
+            None => p.cost_model()?,
+        });
+        let link = cfg.scheduler_link.unwrap_or_else(|| p.link());
         let blocks = cfg.kv_blocks.unwrap_or(p.instance.kv_blocks);
         anyhow::ensure!(blocks > 0, "--kv-blocks must be at least 1");
         let info = ClusterInfo {
@@ -409,7 +412,17 @@ fn run_keeping(
     watch: Option<Watch<'_>>,
     timelines: bool,
 ) -> anyhow::Result<(RunReport, accellm_core::metrics::Metrics)> {
+    let mut cfg = cfg.clone();
+    cfg.load_profile()?;
+    let cfg = &cfg;
     let (mut sched, info) = build_with(cfg, timelines).context("building the simulated cluster")?;
+    // A profile whose scheduler predicts with other figures: the profile times the iterations.
+    let hardware = match &cfg.profile {
+        Some(p) if cfg.scheduler_cost.is_some() || cfg.scheduler_link.is_some() => {
+            Some((p.cost_model()?, p.link()))
+        }
+        _ => None,
+    };
     let last_arrival = requests.last().map_or(0, |r| r.arrival_us);
     let interval = if cfg.sample_interval_ms > 0.0 {
         (cfg.sample_interval_ms * 1e3) as TimeUs
@@ -424,7 +437,10 @@ fn run_keeping(
         ended: 0,
     };
     let t0 = Instant::now();
-    let end = replay::run(&mut sched, requests, &mut obs);
+    let hw = hardware
+        .as_ref()
+        .map(|(cost, link)| replay::Hardware { cost, link: *link });
+    let end = replay::run_on(&mut sched, requests, &mut obs, hw);
     let wall_s = t0.elapsed().as_secs_f64();
     if let Some(p) = progress {
         p(obs.ended);

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Fidelity sweep (docs/fidelity.md): `accellm bench --predict` against live `accellm serve`
+# for several policy pairs and rates on the docs/bench/sweep.sh workload, each cell REPS times
+# (repetitions alternate: the whole grid once, then again), then the tables.
+# Usage: bash docs/bench/fidelity.sh PROFILE [ACCELLM_BINARY] [OUT_DIR]
+#   PROFILE is calibrated first (with one other instance busy, as in a loaded 2-instance
+#   server) if the file does not exist yet.
+# POLICIES="accellm/accelgen round-robin/vllm" RATES="0.5 1" REPS=2 N=40 choose the grid.
+set -euo pipefail
+PROFILE="$1"
+BIN="${2:-target/release/accellm}"
+OUT="${3:-fidelity-out}"
+PORT="${PORT:-19110}"
+WORKLOAD='synthetic:prompt=lognormal(256,0.5),output=lognormal(64,0.5)'
+MODEL="${ACCELLM_MODEL:-$HOME/.cache/accellm/models/SmolLM2-135M-Instruct.Q4_1.gguf}"
+mkdir -p "$OUT"
+if [[ ! -f "$PROFILE" ]]; then
+  "$BIN" calibrate --threads 1 --reps 3 --background 1 --out "$PROFILE" 2>/dev/null
+fi
+for rep in $(seq 1 "${REPS:-2}"); do
+  for policy in ${POLICIES:-accellm/accelgen accellm/vllm round-robin/vllm round-robin/sarathi}; do
+    "$BIN" serve --port "$PORT" --cluster-policy "${policy%/*}" --instance-policy "${policy#*/}" \
+      >"$OUT/serve.log" 2>&1 &
+    pid=$!
+    for _ in $(seq 1 60); do curl -sf "localhost:$PORT/v1/models" >/dev/null 2>&1 && break; sleep 1; done
+    for rate in ${RATES:-0.5 1 1.5}; do
+      f="$OUT/${policy/\//_}_r${rate}_rep${rep}.json"
+      load0=$(cut -d' ' -f1 /proc/loadavg)
+      "$BIN" bench --base-url "http://127.0.0.1:$PORT" --tokenizer "$MODEL" --workload "$WORKLOAD" \
+        --num-prompts "${N:-40}" --rate "$rate" --slo classes --timeout 300 --seed 1 --no-progress \
+        --predict "$PROFILE" --json "$f" >"${f%.json}.txt" 2>&1 || true
+      echo "$policy $rate $rep $load0 $(cut -d' ' -f1 /proc/loadavg) $(date -u +%H:%M:%S)" | tee -a "$OUT/loads.txt"
+    done
+    kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
+  done
+done
+python3 "$(dirname "$0")/fidelity_table.py" "$OUT"

@@ -5,6 +5,8 @@
 # Usage: bash docs/bench/fidelity.sh PROFILE [ACCELLM_BINARY] [OUT_DIR]
 #   PROFILE is calibrated first (with one other instance busy, as in a loaded 2-instance
 #   server) if the file does not exist yet.
+#   LIVE=1: first fit OUT_DIR/live-profile.toml to the iterations of one calibration run
+#   (round-robin/vllm at 1 req/s, seed 2: not the grid's requests) and predict with that.
 # POLICIES="accellm/accelgen round-robin/vllm" RATES="0.5 1" REPS=2 N=40 choose the grid.
 set -euo pipefail
 PROFILE="$1"
@@ -17,18 +19,31 @@ mkdir -p "$OUT"
 if [[ ! -f "$PROFILE" ]]; then
   "$BIN" calibrate --threads 1 --reps 3 --background 1 --out "$PROFILE" 2>/dev/null
 fi
+serve() {
+  "$BIN" serve --port "$PORT" --cluster-policy "${1%/*}" --instance-policy "${1#*/}" \
+    >"$OUT/serve.log" 2>&1 &
+  pid=$!
+  for _ in $(seq 1 60); do curl -sf "localhost:$PORT/v1/models" >/dev/null 2>&1 && break; sleep 1; done
+}
+bench() {  # rate seed profile json [extra flags]
+  "$BIN" bench --base-url "http://127.0.0.1:$PORT" --tokenizer "$MODEL" --workload "$WORKLOAD" \
+    --num-prompts "${N:-40}" --rate "$1" --slo classes --timeout 300 --seed "$2" --no-progress \
+    --predict "$3" --json "$4" "${@:5}"
+}
+if [[ -n "${LIVE:-}" ]]; then
+  serve round-robin/vllm
+  bench 1 2 "$PROFILE" "$OUT/calibration-run.json" --calibrate-out "$OUT/live-profile.toml" \
+    >"$OUT/calibration-run.txt" 2>&1
+  kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
+  PROFILE="$OUT/live-profile.toml"
+fi
 for rep in $(seq 1 "${REPS:-2}"); do
   for policy in ${POLICIES:-accellm/accelgen accellm/vllm round-robin/vllm round-robin/sarathi}; do
-    "$BIN" serve --port "$PORT" --cluster-policy "${policy%/*}" --instance-policy "${policy#*/}" \
-      >"$OUT/serve.log" 2>&1 &
-    pid=$!
-    for _ in $(seq 1 60); do curl -sf "localhost:$PORT/v1/models" >/dev/null 2>&1 && break; sleep 1; done
+    serve "$policy"
     for rate in ${RATES:-0.5 1 1.5}; do
       f="$OUT/${policy/\//_}_r${rate}_rep${rep}.json"
       load0=$(cut -d' ' -f1 /proc/loadavg)
-      "$BIN" bench --base-url "http://127.0.0.1:$PORT" --tokenizer "$MODEL" --workload "$WORKLOAD" \
-        --num-prompts "${N:-40}" --rate "$rate" --slo classes --timeout 300 --seed 1 --no-progress \
-        --predict "$PROFILE" --json "$f" >"${f%.json}.txt" 2>&1 || true
+      bench "$rate" 1 "$PROFILE" "$f" >"${f%.json}.txt" 2>&1 || true
       echo "$policy $rate $rep $load0 $(cut -d' ' -f1 /proc/loadavg) $(date -u +%H:%M:%S)" | tee -a "$OUT/loads.txt"
     done
     kill -TERM "$pid"; wait "$pid" 2>/dev/null || true

@@ -368,6 +368,8 @@ pub fn live_profile(
     #[derive(serde::Deserialize)]
     struct Log {
         total: u64,
+        #[serde(default)]
+        scheduler_ms: f64,
         points: Vec<accellm_core::profile::Point>,
     }
     let parse = |b: &[u8]| -> anyhow::Result<Log> {
@@ -381,7 +383,12 @@ pub fn live_profile(
         .map_err(|e| anyhow::anyhow!("fitting the run's {n} iterations: {e}"))?;
     p.name = name;
     p.clock = "server".into();
-    p.overhead_ms = 0.0;
+    // What the scheduler thread spends per report delays the instance's next iteration.
+    p.overhead_ms = if n == 0 {
+        0.0
+    } else {
+        (a.scheduler_ms - b.scheduler_ms).max(0.0) / n as f64
+    };
     Ok(p)
 }
 

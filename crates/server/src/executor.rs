@@ -172,6 +172,9 @@ pub(crate) struct IterationLog {
     pub total: u64,
     /// The most recent ones, oldest first.
     pub points: std::collections::VecDeque<Point>,
+    /// Time the scheduler thread spent handling iteration reports (detokenising, stop checks,
+    /// the core's decisions, preparing the next batch), in ms, summed since the start.
+    pub scheduler_ms: f64,
 }
 
 impl IterationLog {
@@ -285,6 +288,15 @@ impl Executor {
     }
 
     fn handle(&mut self, input: Input) {
+        let report_from = matches!(input, Input::Worker(_)).then(Instant::now);
+        self.handle_input(input);
+        self.drain_actions();
+        if let (Some(t), Ok(mut log)) = (report_from, self.iteration_log.lock()) {
+            log.scheduler_ms += t.elapsed().as_secs_f64() * 1e3;
+        }
+    }
+
+    fn handle_input(&mut self, input: Input) {
         match input {
             Input::Submit(s) => self.submit(*s),
             Input::Cancel(h) => {
@@ -316,7 +328,6 @@ impl Executor {
                 }
             }
         }
-        self.drain_actions();
     }
 
     fn submit(&mut self, s: Submission) {

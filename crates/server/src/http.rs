@@ -112,11 +112,18 @@ async fn auth(State(st): State<Shared>, req: Request, next: Next) -> Response {
     next.run(req).await
 }
 
-/// `{"total": N, "points": [{tokens, sum_context, logit_rows, ms}, ...]}`: the iterations run
-/// (`total` since the start, `points` the most recent ones, oldest first).
+/// `{"total": N, "scheduler_ms": S, "points": [{tokens, sum_context, logit_rows, ms}, ...]}`:
+/// the iterations run (`total` since the start, `points` the most recent ones, oldest first, each
+/// timed from dispatch to its report being handled) and the scheduler thread's time handling
+/// their reports.
 async fn iterations(State(st): State<Shared>) -> Response {
     match st.iteration_log.lock() {
-        Ok(log) => Json(json!({"total": log.total, "points": log.points})).into_response(),
+        Ok(log) => Json(json!({
+            "total": log.total,
+            "scheduler_ms": log.scheduler_ms,
+            "points": log.points
+        }))
+        .into_response(),
         Err(_) => ApiError::internal("iteration log lock poisoned").into_response(),
     }
 }

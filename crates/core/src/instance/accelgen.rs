@@ -636,10 +636,10 @@ impl InstancePolicy for AccelGen {
             self.relieve(ctx, &mut decodes, &mut prefills);
         }
 
-        // The tightest SLO present sets the expected iteration length; looser decodes with enough
-        // slack may skip this iteration.
+        // The tightest SLO among the decodes sets the expected iteration length (a fresh prompt's
+        // chunks do not shorten it); looser decodes with enough slack may skip this iteration.
         if self.cfg.mode == AccelGenMode::Edf {
-            if let Some(tight) = decodes.iter().chain(&prefills).min_by_key(|c| c.slo_us) {
+            if let Some(tight) = decodes.iter().min_by_key(|c| c.slo_us) {
                 let (bin, est) = (tight.bin, self.cfg.limit_us(tight.slo_us) as f64);
                 let horizon = self.cfg.skip_horizon * est;
                 let now = now as i64;

@@ -150,7 +150,7 @@ impl Default for AccellmConfig {
             both_prefill: false,
             eviction: EvictionPolicy::Lru,
             align_handover: true,
-            decode_prefill: false,
+            decode_prefill: true,
             decode_prefill_slack: 0.25,
         }
     }
@@ -747,7 +747,12 @@ impl Accellm {
     fn take_late_prompts(&mut self, ctx: &mut ClusterCtx<'_>, i: InstanceId) {
         let p = self.partner(i);
         let cost = ctx.cost();
-        if !Self::has_slack(ctx, i, self.cfg.decode_prefill_slack) {
+        // Not under memory pressure: prompts taken here would push out the replicas that make
+        // decodes movable.
+        let kv = &ctx.instance(i).kv;
+        if !Self::has_slack(ctx, i, self.cfg.decode_prefill_slack)
+            || 2 * kv.free_blocks() < kv.num_blocks()
+        {
             return;
         }
         const REF_TOKENS: u32 = 2048;

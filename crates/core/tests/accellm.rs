@@ -103,8 +103,10 @@ impl<F: FnMut(TimeUs, InstanceId, &Scheduler)> Observer for OnRun<F> {
 fn no_iteration_mixes_prefill_and_decode() {
     for &inst in instance_policies() {
         for both_prefill in [false, true] {
+            // The paper's rule; `decode_prefill` is the one exception (tested below).
             let acfg = AccellmConfig {
                 both_prefill,
+                decode_prefill: false,
                 ..Default::default()
             };
             let mut s = sched(inst, 4, 400, &acfg);
@@ -527,8 +529,10 @@ fn eviction_policies_pick_their_documented_victims() {
                     }) as Box<dyn InstancePolicy>
                 })
                 .collect();
+            // Replicas only: a decoding partner taking prompts would change who holds what.
             let acfg = AccellmConfig {
                 eviction: policy,
+                decode_prefill: false,
                 ..Default::default()
             };
             let mut s = with_policies(2, 48, &acfg, policies);
@@ -881,4 +885,47 @@ fn aligned_hand_overs_keep_tight_requests_within_their_slo() {
         eprintln!("{inst}: strict attainment without alignment {off:.3}, with {on:.3}");
         assert!(on > off + 0.1, "{inst}: {off} -> {on}");
     }
+}
+
+#[test]
+fn the_decoding_partner_takes_prompts_that_would_miss_their_ttft() {
+    // Prompt-heavy bursts: one prefilling instance per pair falls behind. With `decode_prefill`
+    // the decoding partner takes the prompts predicted to miss their TTFT deadline and runs them
+    // in mixed iterations, and fewer first tokens are late; without it no iteration mixes.
+    let mut reqs = requests(120, 700, |i| 200 + (i * 53) % 400, |i| 3 + (i * 29) % 40);
+    for (k, spec) in reqs.iter_mut().enumerate() {
+        spec.arrival_us = (k as TimeUs / 4) * 6_000 + (k as TimeUs % 4) * 50;
+        spec.slo = Slo {
+            ttft_ms: Some(15.0),
+            tbt_ms: Some(1_000.0),
+        };
+    }
+    let run = |on: bool| {
+        let acfg = AccellmConfig {
+            decode_prefill: on,
+            ..Default::default()
+        };
+        let mut s = sched("accelgen", 2, 2000, &acfg);
+        let mut mixed_batches = 0;
+        replay::run(
+            &mut s,
+            &reqs,
+            &mut OnRun(|_, i, s: &Scheduler| {
+                mixed_batches += (s.instance(i).batch.kind() == BatchKind::Mixed) as u32;
+            }),
+        );
+        assert_all_done(&s, &reqs);
+        let late = s
+            .metrics()
+            .finished
+            .iter()
+            .filter(|r| r.ttft_us > 15_000)
+            .count();
+        (late, mixed_batches)
+    };
+    let ((late_off, mixed_off), (late_on, mixed_on)) = (run(false), run(true));
+    eprintln!("late first tokens: {late_off} without, {late_on} with; mixed batches {mixed_off} / {mixed_on}");
+    assert_eq!(mixed_off, 0);
+    assert!(mixed_on > 0);
+    assert!(late_on < late_off, "{late_off} -> {late_on}");
 }

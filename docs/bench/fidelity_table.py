@@ -33,6 +33,14 @@ if os.path.exists(lp):
 METRICS = [("TTFT", "ttft_ms"), ("TPOT", "tpot_ms"), ("E2E", "e2e_ms")]
 
 
+def good(side, kind="strict"):
+    """Goodput of one side: `goodput_strict`/`goodput_mean` (older files: `goodput`, strict)."""
+    if f"goodput_{kind}" in side:
+        return side[f"goodput_{kind}"]
+    g = side["goodput"]
+    return g if isinstance(g, (int, float)) else g[kind]
+
+
 def err(p, m):
     return float("nan") if m == 0 else (p - m) / m * 100
 
@@ -43,9 +51,9 @@ def fmt_err(e):
 
 policies = sorted({p for p, _ in cells}, key=lambda p: (p != "accellm/accelgen", p))
 rates = sorted({r for _, r in cells})
-hdr = "| policy | rate | load | " + " | ".join(
+hdr = "| policy | rate | load avg | " + " | ".join(
     f"{n} {q} pred / meas (err)" for n, _ in METRICS for q in ("p50", "p99")
-) + " | goodput pred / meas |"
+) + " | goodput (strict) pred / meas |"
 print(hdr)
 print("|" + "---|" * (hdr.count("|") - 1))
 within = collections.Counter()
@@ -66,24 +74,27 @@ for rate in rates:
                 within[(q, abs(e) <= bound)] += 1
                 spread = f"{min(ms):.0f}–{max(ms):.0f}" if len(ms) > 1 else f"{mean:.0f}"
                 row.append(f"{pred[k][q]:.0f} / {spread} ({fmt_err(e)})")
-        gm = [f["measured"]["goodput"] for f in fs]
-        row.append(f"{pred['goodput']:.2f} / " + ("–".join(f"{g:.2f}" for g in sorted({min(gm), max(gm)}))))
+        gm = [good(f["measured"]) for f in fs]
+        row.append(f"{good(pred):.2f} / " + ("–".join(f"{g:.2f}" for g in sorted({min(gm), max(gm)}))))
         print("| " + " | ".join(row) + " |")
 
 print()
 print(f"p50 within 10%: {within[('p50', True)]} of {within[('p50', True)] + within[('p50', False)]}; "
       f"p99 within 25%: {within[('p99', True)]} of {within[('p99', True)] + within[('p99', False)]}")
-print()
-print("| rate | ranking by predicted goodput | ranking by measured goodput (mean of reps) | same |")
-print("|---|---|---|---|")
-for rate in rates:
-    ps = [p for p in policies if (p, rate) in cells]
-    pred = {p: cells[(p, rate)][0]["predicted"]["goodput"] for p in ps}
-    meas = {p: sum(f["measured"]["goodput"] for f in cells[(p, rate)]) / len(cells[(p, rate)]) for p in ps}
-    rp = sorted(ps, key=lambda p: -pred[p])
-    rm = sorted(ps, key=lambda p: -meas[p])
-    show = lambda r, v: " > ".join(f"{p} ({v[p]:.2f})" for p in r)
-    print(f"| {rate:g} | {show(rp, pred)} | {show(rm, meas)} | {'yes' if rp == rm else 'no'} |")
+for kind in ("strict", "mean"):
+    print()
+    print(f"| rate | ranking by predicted goodput ({kind}) | ranking by measured goodput ({kind}, mean of reps) | same |")
+    print("|---|---|---|---|")
+    for rate in rates:
+        ps = [p for p in policies if (p, rate) in cells]
+        if not ps or (kind == "mean" and "goodput_mean" not in cells[(ps[0], rate)][0]["predicted"]):
+            continue
+        pred = {p: good(cells[(p, rate)][0]["predicted"], kind) for p in ps}
+        meas = {p: sum(good(f["measured"], kind) for f in cells[(p, rate)]) / len(cells[(p, rate)]) for p in ps}
+        rp = sorted(ps, key=lambda p: -pred[p])
+        rm = sorted(ps, key=lambda p: -meas[p])
+        show = lambda r, v: " > ".join(f"{p} ({v[p]:.2f})" for p in r)
+        print(f"| {rate:g} | {show(rp, pred)} | {show(rm, meas)} | {'yes' if rp == rm else 'no'} |")
 
 print()
 print("| policy | rate | iterations pred / meas | mean iteration ms pred / meas | counts equal (requests, prompt, output tokens) |")

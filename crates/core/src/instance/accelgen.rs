@@ -2,7 +2,9 @@
 //!
 //! Every request carries a time-between-tokens (TBT) SLO (requests without one get
 //! [`AccelGenConfig::default_tbt_ms`]); an iteration is planned so that its predicted time stays
-//! within `(1 − margin)` times the tightest TBT SLO among the requests in it. Four mechanisms:
+//! within `(1 − margin)` times the tightest TBT SLO among the requests in it that already stream
+//! tokens (a fresh prompt's chunks answer to its TTFT deadline, not its TBT SLO; a request that
+//! has missed its SLO is held to the looser default, best effort). Four mechanisms:
 //!
 //! 1. **Budgets from the cost model** ([`BudgetTable`], built once per cost model on the first
 //!    `schedule` call): the pivot forward size `S_pf` (smallest token count whose throughput is
@@ -18,7 +20,7 @@
 //! 3. **SLO-based prioritisation**: decodes are ordered by next-token deadline (last token plus
 //!    TBT SLO), prompts by TTFT deadline (arrival plus TTFT SLO, or `default_ttft_ms`): earliest
 //!    deadline first. SLOs fall into bins ([`AccelGenConfig::slo_classes_ms`], or geometric bins
-//!    of ratio `bin_ratio`). In `edf` mode a decode of a looser bin than the tightest request
+//!    of ratio `bin_ratio`). In `edf` mode a decode of a looser bin than the tightest decode
 //!    present may skip the iteration while its slack is at least `skip_horizon` iteration limits;
 //!    skipped decodes fill whatever budget the prompts leave. In `admission` mode every running
 //!    request decodes in every iteration and prioritisation only orders admission and chunking.

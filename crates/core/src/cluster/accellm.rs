@@ -156,6 +156,17 @@ impl Default for AccellmConfig {
     }
 }
 
+/// The decodes running on one instance ([`Accellm::decodes`]).
+#[derive(Debug, Clone, Copy)]
+struct Decodes {
+    /// One decode step of each.
+    shape: IterationShape,
+    /// The tightest TBT SLO among those that can still meet theirs (`TimeUs::MAX`: none).
+    tightest: TimeUs,
+    /// Their earliest next-token deadline (`TimeUs::MAX`: none).
+    due: TimeUs,
+}
+
 /// Requests about to be handed over to an instance ([`Accellm::incoming`]).
 #[derive(Debug, Clone, Copy, Default)]
 struct Incoming {
@@ -417,16 +428,8 @@ impl Accellm {
         let mut moved = false;
         // A move lands in the partner's next iteration: a request with a TBT SLO it can still
         // meet moves only if that iteration still produces its next token in time.
-        let mut next_shape = IterationShape::default();
-        for &r in &ctx.instance(p).running {
-            next_shape.add_decode(ctx.request(r).kv_tokens + 1);
-        }
-        let pi = ctx.instance(p);
-        let boundary = if pi.busy {
-            pi.started_us + ctx.cost().iteration_us(&pi.batch.shape)
-        } else {
-            ctx.now()
-        };
+        let mut next_shape = Self::decodes(ctx, p).shape;
+        let boundary = Self::boundary(ctx, p);
         // Latest arrivals first: they have the most tokens still to generate.
         for k in (0..self.scratch.len()).rev() {
             let id = self.scratch[k];
@@ -460,6 +463,44 @@ impl Accellm {
         if moved {
             ctx.wake(p);
         }
+    }
+
+    /// When `x`'s iteration in flight is predicted to end; now if it is idle.
+    fn boundary(ctx: &ClusterCtx<'_>, x: InstanceId) -> TimeUs {
+        let inst = ctx.instance(x);
+        if inst.busy {
+            inst.started_us + ctx.cost().iteration_us(&inst.batch.shape)
+        } else {
+            ctx.now()
+        }
+    }
+
+    /// The decodes running on `x`: one decode step each, and among those with a TBT SLO they can
+    /// still meet, the tightest SLO and the earliest next-token deadline (a request in flight
+    /// produces its current token at `x`'s [`Self::boundary`]).
+    fn decodes(ctx: &ClusterCtx<'_>, x: InstanceId) -> Decodes {
+        let end = Self::boundary(ctx, x);
+        let mut d = Decodes {
+            shape: IterationShape::default(),
+            tightest: TimeUs::MAX,
+            due: TimeUs::MAX,
+        };
+        for &r in &ctx.instance(x).running {
+            let r = ctx.request(r);
+            d.shape.add_decode(r.kv_tokens + 1);
+            if let Some(slo) = Self::live_tbt_us(r) {
+                d.tightest = d.tightest.min(slo);
+                let last = if r.in_flight {
+                    Some(end)
+                } else {
+                    r.last_token_us
+                };
+                if let Some(last) = last {
+                    d.due = d.due.min(last + slo);
+                }
+            }
+        }
+        d
     }
 
     /// When the requests whose prompts complete in `p`'s iteration in flight can decode on its
@@ -554,29 +595,14 @@ impl Accellm {
         {
             return false;
         }
-        let mut shape = IterationShape::default();
-        let mut due = TimeUs::MAX;
-        for inst in [i, p] {
-            for &r in &ctx.instance(inst).running {
-                let r = ctx.request(r);
-                shape.add_decode(r.kv_tokens + 1);
-                if inst == i && r.phase == Phase::Decoding && !r.in_flight {
-                    if let (Some(slo), Some(last)) = (Self::live_tbt_us(r), r.last_token_us) {
-                        due = due.min(last + slo);
-                    }
-                }
-            }
-        }
-        if due == TimeUs::MAX {
+        // Called at `i`'s boundary: nothing of it is in flight.
+        let (mine, theirs) = (Self::decodes(ctx, i), Self::decodes(ctx, p));
+        if mine.due == TimeUs::MAX {
             return false;
         }
-        let pi = ctx.instance(p);
-        let start = if pi.busy {
-            pi.started_us + ctx.cost().iteration_us(&pi.batch.shape)
-        } else {
-            ctx.now()
-        };
-        start + ctx.cost().iteration_us(&shape) > due
+        let mut shape = mine.shape;
+        shape.add(&theirs.shape);
+        Self::boundary(ctx, p) + ctx.cost().iteration_us(&shape) > mine.due
     }
 
     /// Whether, if `i` took the prefill role now, a decode it holds with a TBT SLO it can still
@@ -588,44 +614,20 @@ impl Accellm {
             return false;
         }
         let cost = ctx.cost();
-        let end_of = |x: InstanceId| {
-            let inst = ctx.instance(x);
-            if inst.busy {
-                inst.started_us + cost.iteration_us(&inst.batch.shape)
-            } else {
-                ctx.now()
-            }
-        };
-        let handover = end_of(i);
-        let mut shape = IterationShape::default();
-        let mut due = TimeUs::MAX;
-        for x in [i, p] {
-            for &r in &ctx.instance(x).running {
-                let r = ctx.request(r);
-                shape.add_decode(r.kv_tokens + 1);
-                if x != i {
-                    continue;
-                }
-                let last = if r.in_flight {
-                    Some(handover)
-                } else {
-                    r.last_token_us
-                };
-                if let (Some(slo), Some(last)) = (Self::live_tbt_us(r), last) {
-                    due = due.min(last + slo);
-                }
-            }
-        }
-        if due == TimeUs::MAX {
+        let handover = Self::boundary(ctx, i);
+        let (mine, theirs) = (Self::decodes(ctx, i), Self::decodes(ctx, p));
+        if mine.due == TimeUs::MAX {
             return false;
         }
+        let mut shape = mine.shape;
+        shape.add(&theirs.shape);
         // The partner's first boundary at or after the hand-over.
         let pi = ctx.instance(p);
-        let mut start = end_of(p);
+        let mut start = Self::boundary(ctx, p);
         if pi.busy && start < handover {
             start += cost.iteration_us(&pi.batch.shape);
         }
-        start.max(handover) + cost.iteration_us(&shape) > due
+        start.max(handover) + cost.iteration_us(&shape) > mine.due
     }
 
     /// Whether decoding instance `i` should idle until its decoding partner's iteration ends, so
@@ -641,38 +643,16 @@ impl Accellm {
         }
         // Only for decodes whose SLO a lone iteration can still meet.
         let cost = ctx.cost();
-        let tight = |x: InstanceId| {
-            let inst = ctx.instance(x);
-            let mut shape = IterationShape::default();
-            let mut slo = TimeUs::MAX;
-            for &r in &inst.running {
-                let r = ctx.request(r);
-                shape.add_decode(r.kv_tokens + 1);
-                slo = slo.min(Self::live_tbt_us(r).unwrap_or(TimeUs::MAX));
-            }
-            slo != TimeUs::MAX && cost.iteration_us(&shape) <= slo
-        };
-        if !tight(i) && !tight(p) {
+        let (mine, theirs) = (Self::decodes(ctx, i), Self::decodes(ctx, p));
+        let tight =
+            |d: &Decodes| d.tightest != TimeUs::MAX && cost.iteration_us(&d.shape) <= d.tightest;
+        if (!tight(&mine) && !tight(&theirs)) || mine.shape.is_empty() {
             return false;
         }
-        let mut shape = IterationShape::default();
-        let mut due = TimeUs::MAX;
-        for &r in &ctx.instance(i).running {
-            let r = ctx.request(r);
-            if r.phase == Phase::Decoding && !r.in_flight {
-                shape.add_decode(r.kv_tokens + 1);
-                if let (Some(slo), Some(last)) = (Self::live_tbt_us(r), r.last_token_us) {
-                    due = due.min(last + slo);
-                }
-            }
-        }
-        if shape.is_empty() {
-            return false;
-        }
-        let p_end = pi.started_us + cost.iteration_us(&pi.batch.shape);
-        let d = cost.iteration_us(&shape);
+        let p_end = Self::boundary(ctx, p);
+        let d = cost.iteration_us(&mine.shape);
         // A short wait only: iterations of similar length stay in step once aligned.
-        p_end <= ctx.now() + d / 2 && p_end + d <= due
+        p_end <= ctx.now() + d / 2 && p_end + d <= mine.due
     }
 
     /// Whether decoding instance `i` should idle until requests its prefilling partner hands over
@@ -689,20 +669,14 @@ impl Accellm {
             return self.lock_step(ctx, i);
         };
         let arrive = inc.eta;
-        let mut shape = IterationShape::default();
-        let running = &ctx.instance(i).running;
-        for &r in running {
-            let r = ctx.request(r);
-            if r.phase == Phase::Decoding && !r.in_flight {
-                shape.add_decode(r.kv_tokens + 1);
-            }
-        }
-        if shape.is_empty() {
+        // Called at `i`'s boundary: nothing of it is in flight.
+        let mine = Self::decodes(ctx, i);
+        if mine.shape.is_empty() {
             return false;
         }
         let now = ctx.now();
-        let d = ctx.cost().iteration_us(&shape);
-        let mut merged = shape;
+        let d = ctx.cost().iteration_us(&mine.shape);
+        let mut merged = mine.shape;
         merged.add(&inc.shape);
         let d_merged = ctx.cost().iteration_us(&merged);
         // No wait if it is not needed, or would not help (the newcomers miss their gap anyway).
@@ -714,29 +688,16 @@ impl Accellm {
         }
         // Waiting: the next iteration, with the newcomers, ends `d_merged` after they arrive.
         let next_end = arrive.max(now) + d_merged;
-        next_end <= inc.due
-            && running.iter().all(|&r| {
-                let r = ctx.request(r);
-                match (Self::live_tbt_us(r), r.last_token_us) {
-                    (Some(slo), Some(last)) => last + slo >= next_end,
-                    _ => true,
-                }
-            })
+        next_end <= inc.due && next_end <= mine.due
     }
 
     /// Whether decoding instance `i`'s decodes leave at least `share` of the tightest TBT SLO
     /// among them (of requests that can still meet theirs) free; true without such decodes.
     fn has_slack(ctx: &ClusterCtx<'_>, i: InstanceId, share: f64) -> bool {
-        let mut shape = IterationShape::default();
-        let mut tightest = TimeUs::MAX;
-        for &r in &ctx.instance(i).running {
-            let r = ctx.request(r);
-            shape.add_decode(r.kv_tokens + 1);
-            tightest = tightest.min(Self::live_tbt_us(r).unwrap_or(TimeUs::MAX));
-        }
-        tightest == TimeUs::MAX
-            || ctx.cost().iteration_us(&shape) as f64
-                <= tightest as f64 * (1.0 - share.clamp(0.0, 1.0))
+        let d = Self::decodes(ctx, i);
+        d.tightest == TimeUs::MAX
+            || ctx.cost().iteration_us(&d.shape) as f64
+                <= d.tightest as f64 * (1.0 - share.clamp(0.0, 1.0))
     }
 
     /// Moves to decoding instance `i` the prompts queued on its prefilling partner that are
@@ -759,12 +720,8 @@ impl Accellm {
         let mut reference = IterationShape::default();
         reference.add_prefill(0, REF_TOKENS, true);
         let per_token_us = cost.iteration_us(&reference) as f64 / REF_TOKENS as f64;
+        let start = Self::boundary(ctx, p);
         let pi = ctx.instance(p);
-        let start = if pi.busy {
-            pi.started_us + cost.iteration_us(&pi.batch.shape)
-        } else {
-            ctx.now()
-        };
         // Started prompts finish first; then the rest in TTFT deadline order.
         let mut ahead: u64 = 0;
         self.scratch.clear();

@@ -37,6 +37,29 @@ pub struct Entry {
     /// Instance to which this entry's new KV is streamed layer by layer as it is computed
     /// (a replica or the destination of a disaggregated prefill), if any.
     pub copy_to: Option<InstanceId>,
+    /// With `copy_to`: the first token position the copy carries (before this entry's own new
+    /// tokens when the destination lacks earlier ones, e.g. a prompt prefix found in the source's
+    /// cache but not in the destination's).
+    pub copy_from: u32,
+}
+
+impl Entry {
+    /// Positions after this entry's work: its new tokens end there.
+    pub fn end(&self) -> u32 {
+        match self.work {
+            Work::Prefill { start, len, .. } => start + len,
+            Work::Decode { context } => context,
+        }
+    }
+
+    /// Tokens its copy carries (0 without `copy_to`).
+    pub fn copy_tokens(&self) -> u32 {
+        if self.copy_to.is_some() {
+            self.end().saturating_sub(self.copy_from)
+        } else {
+            0
+        }
+    }
 }
 
 /// Which kinds of work an iteration holds.
@@ -88,10 +111,7 @@ impl Batch {
         self.entries
             .iter()
             .filter(|e| e.copy_to == Some(to))
-            .map(|e| match e.work {
-                Work::Prefill { len, .. } => len as u64,
-                Work::Decode { .. } => 1,
-            })
+            .map(|e| e.copy_tokens() as u64)
             .sum::<u64>()
             * kv_bytes_per_token
     }

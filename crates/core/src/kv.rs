@@ -1,13 +1,21 @@
-//! The paged KV block manager of one instance.
+//! The paged KV block manager of one instance, with a prefix cache.
 //!
-//! Memory is cut into blocks of `block_size` tokens. Every allocated block belongs to exactly one
-//! request's table on this instance, either as its *primary* cache (the copy the request runs on)
-//! or as a *replica* (a copy of a request whose primary lives on another instance). Replicas are
-//! evictable: when a primary needs space, replicas go first, in the order of the instance's
-//! [`EvictionPolicy`] (least recently used first by default). A table can be *pinned* while a copy
-//! into it is in flight; a pinned replica is not evicted.
+//! Memory is cut into blocks of `block_size` tokens. A request's *table* on an instance lists its
+//! blocks, either as its *primary* cache (the copy the request runs on) or as a *replica* (a copy
+//! of a request whose primary lives on another instance). Replicas are evictable: when a primary
+//! needs space, replicas go, in the order of the instance's [`EvictionPolicy`] (least recently
+//! used first by default). A table can be *pinned* while a copy into it is in flight; a pinned
+//! replica is not evicted.
+//!
+//! **Prefix cache.** A full block can carry a content key ([`chain_keys`]: the previous block's
+//! key chained with the block's token ids). Keyed blocks are shared read-only: a new table starts
+//! with the blocks whose keys match its prompt's leading keys ([`BlockManager::attach_prefix`]),
+//! and each block counts its holders. A keyed block that no table holds any more stays *cached*:
+//! it is handed out again on a hit, or reclaimed (least recently used first) when memory runs out,
+//! before any replica is evicted. Blocks without a key return to the free list.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
+use std::hash::BuildHasherDefault;
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -16,6 +24,9 @@ use crate::request::RequestId;
 
 /// Index of a block in an instance's KV pool.
 pub type BlockId = u32;
+
+/// Content key of a full KV block (never 0).
+pub type BlockKey = u64;
 
 /// Whose copy a table is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,6 +62,71 @@ pub enum EvictionPolicy {
     LargestFirst,
 }
 
+/// Mixes `x` into a 64-bit key (SplitMix64's finaliser): fixed, so keys are the same in every
+/// process and run, which a content address must be.
+fn mix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// Chains `parent` (0 for the first block) with one more value into a block key (never 0).
+pub fn chain_key(parent: BlockKey, value: u64) -> BlockKey {
+    mix(parent ^ mix(value)).max(1)
+}
+
+/// The content keys of the full blocks of `tokens`, `block_size` tokens each: block `i`'s key
+/// chains block `i - 1`'s key with its token ids, so equal keys mean equal prefixes. `salt`
+/// separates everything else that changes the KV (the model, for instance).
+pub fn chain_keys(tokens: &[u32], block_size: u32, salt: u64) -> Vec<BlockKey> {
+    let bs = block_size.max(1) as usize;
+    let mut parent = mix(salt);
+    tokens
+        .chunks_exact(bs)
+        .map(|block| {
+            let mut k = parent;
+            for &t in block {
+                k = mix(k ^ t as u64);
+            }
+            parent = k.max(1);
+            parent
+        })
+        .collect()
+}
+
+/// The content keys of the full blocks of a token stream described by runs `(stream, offset,
+/// tokens)`: `tokens` tokens starting at position `offset` of the content stream `stream` (the
+/// simulator's stand-in for token ids). Consecutive runs that continue one stream are one run, so
+/// the keys depend on the content, not on how it was cut into runs.
+pub fn run_keys(runs: &[(u64, u32, u32)], block_size: u32) -> Vec<BlockKey> {
+    let bs = block_size.max(1);
+    let mut merged: Vec<(u64, u32, u32)> = Vec::with_capacity(runs.len());
+    for &(stream, offset, tokens) in runs.iter().filter(|r| r.2 > 0) {
+        match merged.last_mut() {
+            Some(last) if last.0 == stream && last.1 + last.2 == offset => last.2 += tokens,
+            _ => merged.push((stream, offset, tokens)),
+        }
+    }
+    let mut keys = Vec::new();
+    let (mut parent, mut acc, mut filled) = (mix(0), 0u64, 0u32);
+    for (stream, mut offset, mut left) in merged {
+        while left > 0 {
+            let take = left.min(bs - filled);
+            acc = mix(acc ^ mix(stream ^ mix(((offset as u64) << 32) | take as u64)));
+            filled += take;
+            offset += take;
+            left -= take;
+            if filled == bs {
+                parent = chain_key(parent, acc);
+                keys.push(parent);
+                (acc, filled) = (0, 0);
+            }
+        }
+    }
+    keys
+}
+
 #[derive(Debug, Clone)]
 struct Table {
     blocks: Vec<BlockId>,
@@ -63,6 +139,26 @@ impl Table {
     fn evictable(&self) -> bool {
         self.ownership == Ownership::Replica && self.pins == 0
     }
+
+    /// Whether this table keeps its blocks from eviction (a primary, or a pinned replica).
+    fn sticky(&self) -> u32 {
+        u32::from(!self.evictable())
+    }
+
+    fn primary(&self) -> u32 {
+        u32::from(self.ownership == Ownership::Primary)
+    }
+}
+
+/// Holders of one block, by kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Holders {
+    /// Tables holding it.
+    refs: u32,
+    /// Of those, primaries.
+    primary: u32,
+    /// Of those, tables that keep it from eviction (primaries and pinned replicas).
+    sticky: u32,
 }
 
 /// Number of KV blocks that fit in `device_bytes` after `weight_bytes` and a `reserve_fraction` of
@@ -79,6 +175,10 @@ pub fn capacity_blocks(
     (usable / per_block).max(0.0).floor().min(u32::MAX as f64) as u32
 }
 
+/// Deterministic hashing for the key index (keys are hashes already).
+type KeyIndex =
+    HashMap<BlockKey, BlockId, BuildHasherDefault<std::collections::hash_map::DefaultHasher>>;
+
 /// Paged KV blocks of one instance.
 #[derive(Debug, Clone)]
 pub struct BlockManager {
@@ -86,12 +186,20 @@ pub struct BlockManager {
     num_blocks: u32,
     free: Vec<BlockId>,
     tables: Vec<Option<Table>>,
+    holders: Vec<Holders>,
+    /// Content key of each block (0: none).
+    keys: Vec<BlockKey>,
+    index: KeyIndex,
+    /// Keyed blocks no table holds, least recently released first.
+    cached: BTreeSet<(u64, BlockId)>,
+    cached_at: Vec<u64>,
     primary_blocks: u32,
     replica_blocks: u32,
     replica_lru: BTreeSet<(u64, RequestId)>,
     evictable_blocks: u32,
     tick: u64,
     eviction: EvictionPolicy,
+    replicas_as_cache: bool,
 }
 
 impl BlockManager {
@@ -103,12 +211,18 @@ impl BlockManager {
             // Hand out low block ids first.
             free: (0..num_blocks).rev().collect(),
             tables: Vec::new(),
+            holders: vec![Holders::default(); num_blocks as usize],
+            keys: vec![0; num_blocks as usize],
+            index: KeyIndex::default(),
+            cached: BTreeSet::new(),
+            cached_at: vec![0; num_blocks as usize],
             primary_blocks: 0,
             replica_blocks: 0,
             replica_lru: BTreeSet::new(),
             evictable_blocks: 0,
             tick: 0,
             eviction: EvictionPolicy::Lru,
+            replicas_as_cache: true,
         }
     }
 
@@ -120,6 +234,12 @@ impl BlockManager {
     /// Which replica is evicted first.
     pub fn eviction(&self) -> EvictionPolicy {
         self.eviction
+    }
+
+    /// Whether blocks only replicas hold can be hit, and stay cached when the replica is freed
+    /// (true by default). Off, a replica's blocks are forgotten by the cache when it ends.
+    pub fn set_replicas_as_cache(&mut self, on: bool) {
+        self.replicas_as_cache = on;
     }
 
     /// The replica the eviction policy gives up first, if any is evictable.
@@ -152,22 +272,28 @@ impl BlockManager {
         self.num_blocks
     }
 
-    /// Blocks nobody holds.
+    /// Blocks no table holds: free ones plus cached ones (reclaimable at no cost).
     pub fn free_blocks(&self) -> u32 {
-        self.free.len() as u32
+        (self.free.len() + self.cached.len()) as u32
     }
 
-    /// Blocks held by primaries.
+    /// Of [`Self::free_blocks`], the cached ones (keyed, kept for prefix hits).
+    pub fn cached_blocks(&self) -> u32 {
+        self.cached.len() as u32
+    }
+
+    /// Blocks held by at least one primary.
     pub fn primary_blocks(&self) -> u32 {
         self.primary_blocks
     }
 
-    /// Blocks held by replicas.
+    /// Blocks held by replicas only.
     pub fn replica_blocks(&self) -> u32 {
         self.replica_blocks
     }
 
-    /// Blocks a primary could obtain: free ones plus every unpinned replica's.
+    /// Blocks a primary could obtain: free and cached ones plus those held only by unpinned
+    /// replicas.
     pub fn available_for_primary(&self) -> u32 {
         self.free_blocks() + self.evictable_blocks
     }
@@ -177,7 +303,7 @@ impl BlockManager {
         tokens.div_ceil(self.block_size)
     }
 
-    /// Blocks held by `req` here (0 if none).
+    /// Blocks in `req`'s table here (0 if none).
     #[inline]
     pub fn held(&self, req: RequestId) -> u32 {
         self.entry(req).map_or(0, |t| t.blocks.len() as u32)
@@ -207,9 +333,145 @@ impl BlockManager {
         self.tables.get(req.index()).and_then(Option::as_ref)
     }
 
+    /// Whether block `b` may serve a hit: keyed, and not held by replicas only unless replicas
+    /// count as cache.
+    fn hittable(&self, b: BlockId) -> bool {
+        let h = self.holders[b as usize];
+        self.replicas_as_cache || h.refs == 0 || h.primary > 0
+    }
+
+    /// How many of `keys`' leading blocks are cached here (held or not).
+    pub fn lookup(&self, keys: &[BlockKey]) -> u32 {
+        keys.iter()
+            .take_while(|k| self.index.get(k).is_some_and(|&b| self.hittable(b)))
+            .count() as u32
+    }
+
+    /// Adds `dh` to block `b`'s holders, keeping the counters and the free and cached sets right.
+    fn adjust(&mut self, b: BlockId, refs: i32, primary: i32, sticky: i32) {
+        let i = b as usize;
+        let old = self.holders[i];
+        let class = |h: Holders| {
+            (
+                u32::from(h.primary > 0),
+                u32::from(h.refs > 0 && h.primary == 0),
+                u32::from(h.refs > 0 && h.sticky == 0),
+            )
+        };
+        let (p0, r0, e0) = class(old);
+        let h = &mut self.holders[i];
+        h.refs = h.refs.wrapping_add_signed(refs);
+        h.primary = h.primary.wrapping_add_signed(primary);
+        h.sticky = h.sticky.wrapping_add_signed(sticky);
+        let new = *h;
+        let (p1, r1, e1) = class(new);
+        self.primary_blocks = self.primary_blocks + p1 - p0;
+        self.replica_blocks = self.replica_blocks + r1 - r0;
+        self.evictable_blocks = self.evictable_blocks + e1 - e0;
+        if old.refs > 0 && new.refs == 0 {
+            let keep = self.keys[i] != 0 && (self.replicas_as_cache || old.primary > 0);
+            if keep {
+                self.tick += 1;
+                self.cached_at[i] = self.tick;
+                self.cached.insert((self.tick, b));
+            } else {
+                self.forget(b);
+                self.free.push(b);
+            }
+        }
+    }
+
+    /// Drops block `b`'s key.
+    fn forget(&mut self, b: BlockId) {
+        let k = std::mem::take(&mut self.keys[b as usize]);
+        if k != 0 && self.index.get(&k) == Some(&b) {
+            self.index.remove(&k);
+        }
+    }
+
+    /// A block for new content: a free one, else the least recently cached one (its key
+    /// forgotten). The caller checked that one exists.
+    fn take_block(&mut self) -> Option<BlockId> {
+        if let Some(b) = self.free.pop() {
+            return Some(b);
+        }
+        let (_, b) = self.cached.pop_first()?;
+        self.forget(b);
+        Some(b)
+    }
+
+    fn table_mut(&mut self, req: RequestId, ownership: Ownership) -> &mut Table {
+        let idx = req.index();
+        if self.tables.len() <= idx {
+            self.tables.resize_with(idx + 1, || None);
+        }
+        let tick = self.tick;
+        self.tables[idx].get_or_insert_with(|| Table {
+            blocks: Vec::new(),
+            ownership,
+            last_used: tick,
+            pins: 0,
+        })
+    }
+
+    /// Starts `req`'s table here with the cached blocks of `keys`' leading blocks, at most
+    /// `max_blocks` of them; `req` must hold nothing here yet. Returns how many blocks it shares.
+    pub fn attach_prefix(
+        &mut self,
+        req: RequestId,
+        ownership: Ownership,
+        keys: &[BlockKey],
+        max_blocks: u32,
+    ) -> u32 {
+        if self.entry(req).is_some() {
+            return 0;
+        }
+        let n = self.lookup(keys).min(max_blocks);
+        if n == 0 {
+            return 0;
+        }
+        self.tick += 1;
+        let tick = self.tick;
+        let table = self.table_mut(req, ownership);
+        table.last_used = tick;
+        let (primary, sticky) = (table.primary() as i32, table.sticky() as i32);
+        let evictable = table.evictable();
+        for k in &keys[..n as usize] {
+            let Some(&b) = self.index.get(k) else { break };
+            if self.holders[b as usize].refs == 0 {
+                self.cached.remove(&(self.cached_at[b as usize], b));
+            }
+            self.adjust(b, 1, primary, sticky);
+            if let Some(Some(t)) = self.tables.get_mut(req.index()) {
+                t.blocks.push(b);
+            }
+        }
+        if evictable {
+            self.replica_lru.insert((tick, req));
+        }
+        n
+    }
+
+    /// Gives content keys to `req`'s blocks `from..to` here, as far as `keys` and its table reach
+    /// (the caller names only blocks whose tokens are all computed). A key another block already
+    /// carries is left there (the first copy stays the one hits find).
+    pub fn publish(&mut self, req: RequestId, keys: &[BlockKey], from: u32, to: u32) {
+        let Some(t) = self.entry(req) else { return };
+        let end = keys.len().min(t.blocks.len()).min(to as usize);
+        for i in from as usize..end {
+            let b = self.tables[req.index()].as_ref().map_or(0, |t| t.blocks[i]);
+            let k = keys[i].max(1);
+            if self.keys[b as usize] != 0 || self.index.contains_key(&k) {
+                continue;
+            }
+            self.keys[b as usize] = k;
+            self.index.insert(k, b);
+        }
+    }
+
     /// Grows `req`'s table here so it holds `tokens` tokens. A primary may evict replicas (in
     /// [`Self::next_victim`] order) to make room; their ids are appended to `evicted`. A replica
-    /// only takes free blocks. On error nothing changes.
+    /// only takes free or cached blocks. On error nothing changes.
     pub fn reserve(
         &mut self,
         req: RequestId,
@@ -227,7 +489,7 @@ impl BlockManager {
         }
         // Our own replica blocks do not count as evictable for ourselves.
         let available = match ownership {
-            Ownership::Primary => self.free_blocks() + self.evictable_blocks,
+            Ownership::Primary => self.available_for_primary(),
             Ownership::Replica => self.free_blocks(),
         };
         if needed > available {
@@ -241,31 +503,21 @@ impl BlockManager {
             evicted.push(victim);
         }
         self.tick += 1;
-        let idx = req.index();
-        if self.tables.len() <= idx {
-            self.tables.resize_with(idx + 1, || None);
-        }
         let tick = self.tick;
-        let table = self.tables[idx].get_or_insert_with(|| Table {
-            blocks: Vec::new(),
-            ownership,
-            last_used: tick,
-            pins: 0,
-        });
+        let table = self.table_mut(req, ownership);
         let old_tick = table.last_used;
         table.last_used = tick;
+        let (primary, sticky) = (table.primary() as i32, table.sticky() as i32);
+        let evictable = table.evictable();
         for _ in 0..needed {
-            // Checked above: enough blocks are free.
-            if let Some(b) = self.free.pop() {
-                table.blocks.push(b);
+            // Checked above: enough blocks are free or cached.
+            let Some(b) = self.take_block() else { break };
+            self.adjust(b, 1, primary, sticky);
+            if let Some(Some(t)) = self.tables.get_mut(req.index()) {
+                t.blocks.push(b);
             }
         }
-        match ownership {
-            Ownership::Primary => self.primary_blocks += needed,
-            Ownership::Replica => self.replica_blocks += needed,
-        }
-        if table.evictable() {
-            self.evictable_blocks += needed;
+        if evictable {
             self.replica_lru.remove(&(old_tick, req));
             self.replica_lru.insert((tick, req));
         }
@@ -286,7 +538,8 @@ impl BlockManager {
         }
     }
 
-    /// Frees every block `req` holds here; returns how many.
+    /// Drops `req`'s table here; returns how many blocks it held. Blocks no one else holds become
+    /// free, or cached if they carry a key.
     pub fn release(&mut self, req: RequestId) -> u32 {
         let Some(slot) = self.tables.get_mut(req.index()) else {
             return 0;
@@ -295,16 +548,31 @@ impl BlockManager {
             return 0;
         };
         let n = t.blocks.len() as u32;
-        match t.ownership {
-            Ownership::Primary => self.primary_blocks -= n,
-            Ownership::Replica => self.replica_blocks -= n,
-        }
         if t.evictable() {
-            self.evictable_blocks -= n;
             self.replica_lru.remove(&(t.last_used, req));
         }
-        self.free.extend(t.blocks.into_iter().rev());
+        let (primary, sticky) = (t.primary() as i32, t.sticky() as i32);
+        // Released last to first, so the lowest ids end on top of the free list.
+        for &b in t.blocks.iter().rev() {
+            self.adjust(b, -1, -primary, -sticky);
+        }
         n
+    }
+
+    /// Changes the holder counts of every block of `req`'s table from what `before` implied to
+    /// what the table is now.
+    fn reclass(&mut self, req: RequestId, primary_before: u32, sticky_before: u32) {
+        let Some(t) = self.tables.get_mut(req.index()).and_then(Option::take) else {
+            return;
+        };
+        let dp = t.primary() as i32 - primary_before as i32;
+        let ds = t.sticky() as i32 - sticky_before as i32;
+        if dp != 0 || ds != 0 {
+            for &b in &t.blocks {
+                self.adjust(b, 0, dp, ds);
+            }
+        }
+        self.tables[req.index()] = Some(t);
     }
 
     /// Changes whose copy `req`'s table here is (a migration swaps primary and replica).
@@ -315,26 +583,16 @@ impl BlockManager {
         if t.ownership == ownership {
             return;
         }
-        let n = t.blocks.len() as u32;
-        if t.evictable() {
-            self.evictable_blocks -= n;
-            self.replica_lru.remove(&(t.last_used, req));
-        }
-        match ownership {
-            Ownership::Primary => {
-                self.replica_blocks -= n;
-                self.primary_blocks += n;
-            }
-            Ownership::Replica => {
-                self.primary_blocks -= n;
-                self.replica_blocks += n;
-            }
-        }
+        let (p0, s0, e0) = (t.primary(), t.sticky(), t.evictable());
         t.ownership = ownership;
-        if t.evictable() {
-            self.evictable_blocks += n;
-            self.replica_lru.insert((t.last_used, req));
+        let (e1, last) = (t.evictable(), t.last_used);
+        if e0 {
+            self.replica_lru.remove(&(last, req));
         }
+        if e1 {
+            self.replica_lru.insert((last, req));
+        }
+        self.reclass(req, p0, s0);
     }
 
     /// Pins `req`'s table here while a copy into it is in flight: a pinned replica is not
@@ -343,11 +601,12 @@ impl BlockManager {
         let Some(Some(t)) = self.tables.get_mut(req.index()) else {
             return;
         };
-        if t.evictable() {
-            self.evictable_blocks -= t.blocks.len() as u32;
-            self.replica_lru.remove(&(t.last_used, req));
-        }
+        let (p0, s0, e0, last) = (t.primary(), t.sticky(), t.evictable(), t.last_used);
         t.pins += 1;
+        if e0 {
+            self.replica_lru.remove(&(last, req));
+            self.reclass(req, p0, s0);
+        }
     }
 
     /// Undoes one [`Self::pin`].
@@ -355,41 +614,35 @@ impl BlockManager {
         let Some(Some(t)) = self.tables.get_mut(req.index()) else {
             return;
         };
+        let (p0, s0, e0) = (t.primary(), t.sticky(), t.evictable());
         t.pins = t.pins.saturating_sub(1);
-        if t.evictable() && !self.replica_lru.contains(&(t.last_used, req)) {
-            self.evictable_blocks += t.blocks.len() as u32;
-            self.replica_lru.insert((t.last_used, req));
+        if t.evictable() && !e0 {
+            let last = t.last_used;
+            self.replica_lru.insert((last, req));
+            self.reclass(req, p0, s0);
         }
     }
 
-    /// Checks the manager's invariants: every block is free or owned by exactly one table, and the
-    /// counters agree with the tables. Returns a description of the first violation.
+    /// Checks the manager's invariants: every block is free, cached or held; holder counts and
+    /// counters agree with the tables; the key index points at blocks carrying those keys; free
+    /// blocks carry no key and cached ones do. Returns a description of the first violation.
     pub fn check_invariants(&self) -> Result<(), String> {
-        let mut seen = vec![false; self.num_blocks as usize];
-        for &b in &self.free {
-            let s = seen
-                .get_mut(b as usize)
-                .ok_or_else(|| format!("free block {b} out of range"))?;
-            if *s {
-                return Err(format!("block {b} free twice"));
-            }
-            *s = true;
-        }
-        let (mut primary, mut replica, mut lru, mut evictable) = (0u32, 0u32, 0usize, 0u32);
+        let n = self.num_blocks as usize;
+        let mut holders = vec![Holders::default(); n];
+        let mut lru = 0usize;
         for (i, t) in self.tables.iter().enumerate() {
             let Some(t) = t else { continue };
+            let mut seen = BTreeSet::new();
             for &b in &t.blocks {
-                let s = seen
+                let h = holders
                     .get_mut(b as usize)
                     .ok_or_else(|| format!("block {b} out of range"))?;
-                if *s {
-                    return Err(format!("block {b} owned twice (request {i})"));
+                if !seen.insert(b) {
+                    return Err(format!("request {i} holds block {b} twice"));
                 }
-                *s = true;
-            }
-            match t.ownership {
-                Ownership::Primary => primary += t.blocks.len() as u32,
-                Ownership::Replica => replica += t.blocks.len() as u32,
+                h.refs += 1;
+                h.primary += t.primary();
+                h.sticky += t.sticky();
             }
             let listed = self
                 .replica_lru
@@ -401,11 +654,58 @@ impl BlockManager {
             }
             if t.evictable() {
                 lru += 1;
-                evictable += t.blocks.len() as u32;
             }
         }
-        if let Some(b) = seen.iter().position(|s| !s) {
-            return Err(format!("block {b} leaked"));
+        let mut state = vec![0u8; n];
+        for &b in &self.free {
+            let s = state
+                .get_mut(b as usize)
+                .ok_or_else(|| format!("free block {b} out of range"))?;
+            if *s != 0 {
+                return Err(format!("block {b} free twice"));
+            }
+            *s = 1;
+            if self.keys[b as usize] != 0 {
+                return Err(format!("free block {b} carries a key"));
+            }
+        }
+        for &(at, b) in &self.cached {
+            let s = state
+                .get_mut(b as usize)
+                .ok_or_else(|| format!("cached block {b} out of range"))?;
+            if *s != 0 {
+                return Err(format!("block {b} both free and cached"));
+            }
+            *s = 2;
+            if self.keys[b as usize] == 0 || self.cached_at[b as usize] != at {
+                return Err(format!(
+                    "cached block {b} without a key or with a stale time"
+                ));
+            }
+        }
+        let (mut primary, mut replica, mut evictable) = (0u32, 0u32, 0u32);
+        for (b, h) in holders.iter().enumerate() {
+            if *h != self.holders[b] {
+                return Err(format!("block {b}: holder counts disagree with the tables"));
+            }
+            match (h.refs > 0, state[b]) {
+                (true, 0) | (false, 1) | (false, 2) => {}
+                (true, _) => return Err(format!("block {b} both held and free or cached")),
+                (false, _) => return Err(format!("block {b} leaked")),
+            }
+            primary += u32::from(h.primary > 0);
+            replica += u32::from(h.refs > 0 && h.primary == 0);
+            evictable += u32::from(h.refs > 0 && h.sticky == 0);
+        }
+        for (&k, &b) in &self.index {
+            if self.keys.get(b as usize) != Some(&k) {
+                return Err(format!(
+                    "index maps a key to block {b}, which carries another"
+                ));
+            }
+        }
+        if self.keys.iter().filter(|&&k| k != 0).count() != self.index.len() {
+            return Err("a keyed block is missing from the index".into());
         }
         if primary != self.primary_blocks || replica != self.replica_blocks {
             return Err("block counters disagree with the tables".into());
@@ -497,6 +797,86 @@ mod tests {
     }
 
     #[test]
+    fn a_released_prefix_stays_cached_and_is_shared_by_the_next_request() {
+        let mut kv = BlockManager::new(8, 4);
+        let mut ev = Vec::new();
+        let keys = chain_keys(&[1, 2, 3, 4, 5, 6, 7, 8, 9], 4, 0);
+        assert_eq!(keys.len(), 2);
+        kv.reserve(RequestId(0), Ownership::Primary, 9, &mut ev)
+            .unwrap();
+        kv.publish(RequestId(0), &keys, 0, 2);
+        let first: Vec<BlockId> = kv.table(RequestId(0)).unwrap()[..2].to_vec();
+        // A second request with the same prompt shares both full blocks while the first runs.
+        assert_eq!(
+            kv.attach_prefix(RequestId(1), Ownership::Primary, &keys, 2),
+            2
+        );
+        assert_eq!(kv.table(RequestId(1)).unwrap(), first.as_slice());
+        assert_eq!(kv.primary_blocks(), 3);
+        kv.release(RequestId(0));
+        kv.release(RequestId(1));
+        // Both full blocks stay cached (and count as free); the partial one is free.
+        assert_eq!((kv.cached_blocks(), kv.free_blocks()), (2, 8));
+        assert_eq!(kv.lookup(&keys), 2);
+        // Another prompt's keys differ from the first block on.
+        assert_eq!(kv.lookup(&chain_keys(&[1, 2, 3, 5, 5, 6, 7, 8], 4, 0)), 0);
+        // Memory pressure reclaims cached blocks, least recently cached first: a table is
+        // released tail first, so the head of a prefix, which more prompts share, goes last.
+        kv.reserve(RequestId(2), Ownership::Primary, 28, &mut ev)
+            .unwrap();
+        assert_eq!(kv.cached_blocks(), 1);
+        assert_eq!(kv.lookup(&keys), 1, "the first block still hits");
+        kv.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn keys_depend_on_content_not_on_how_it_was_cut() {
+        let whole = run_keys(&[(7, 0, 40)], 16);
+        let cut = run_keys(&[(7, 0, 5), (7, 5, 30), (7, 35, 5)], 16);
+        assert_eq!(whole, cut);
+        assert_eq!(whole.len(), 2);
+        // A different stream after the first block changes only the later keys.
+        let other = run_keys(&[(7, 0, 16), (8, 0, 24)], 16);
+        assert_eq!(other[0], whole[0]);
+        assert_ne!(other[1], whole[1]);
+        assert_eq!(
+            chain_keys(&[1, 2, 3, 4], 2, 0),
+            chain_keys(&[1, 2, 3, 4, 5], 2, 0)
+        );
+        assert_ne!(
+            chain_keys(&[1, 2, 3, 4], 2, 0),
+            chain_keys(&[1, 2, 3, 4], 2, 1)
+        );
+    }
+
+    #[test]
+    fn evicting_a_replica_frees_only_what_nobody_else_holds() {
+        let mut kv = BlockManager::new(6, 4);
+        let mut ev = Vec::new();
+        let keys = chain_keys(&[1; 8], 4, 0);
+        kv.reserve(RequestId(0), Ownership::Replica, 12, &mut ev)
+            .unwrap();
+        kv.publish(RequestId(0), &keys, 0, 2);
+        assert_eq!(kv.available_for_primary(), 6);
+        // A primary shares two of the replica's blocks: they are no longer evictable.
+        assert_eq!(
+            kv.attach_prefix(RequestId(1), Ownership::Primary, &keys, 2),
+            2
+        );
+        assert_eq!(kv.available_for_primary(), 4);
+        assert_eq!((kv.primary_blocks(), kv.replica_blocks()), (2, 1));
+        kv.reserve(RequestId(2), Ownership::Primary, 16, &mut ev)
+            .unwrap();
+        assert_eq!(ev, vec![RequestId(0)]);
+        assert_eq!(
+            kv.held(RequestId(1)),
+            2,
+            "shared blocks survive the replica"
+        );
+        kv.check_invariants().unwrap();
+    }
+
+    #[test]
     fn capacity_subtracts_weights_and_reserve() {
         // 100 bytes, 10% reserve, 40 bytes of weights: 50 bytes for 5-byte blocks -> 10 blocks.
         assert_eq!(capacity_blocks(100, 40, 0.1, 5, 1), 10);
@@ -511,6 +891,8 @@ mod tests {
         Touch(u32),
         Pin(u32),
         Unpin(u32),
+        Attach(u32, bool, u32),
+        Publish(u32, u32),
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -521,7 +903,14 @@ mod tests {
             1 => (0u32..12).prop_map(Op::Touch),
             1 => (0u32..12).prop_map(Op::Pin),
             1 => (0u32..12).prop_map(Op::Unpin),
+            2 => (0u32..12, any::<bool>(), 0u32..10).prop_map(|(r, p, n)| Op::Attach(r, p, n)),
+            2 => (0u32..12, 0u32..10).prop_map(|(r, n)| Op::Publish(r, n)),
         ]
+    }
+
+    /// Request `r`'s token stream: one of three, so requests share prefixes.
+    fn stream_keys(r: u32) -> Vec<BlockKey> {
+        run_keys(&[((r % 3) as u64, 0, 80)], 8)
     }
 
     proptest! {
@@ -529,13 +918,17 @@ mod tests {
         fn invariants_hold_under_any_sequence(
             ops in proptest::collection::vec(op(), 1..200),
             largest_first in any::<bool>(),
+            replicas_as_cache in any::<bool>(),
         ) {
             let mut kv = BlockManager::new(24, 8);
             if largest_first {
                 kv.set_eviction(EvictionPolicy::LargestFirst);
             }
+            kv.set_replicas_as_cache(replicas_as_cache);
             let mut ev = Vec::new();
             let mut pins = [0u32; 12];
+            // What each block holds: the key of the stream block written into it (0: nothing).
+            let mut content = vec![0u64; 24];
             for op in ops {
                 let pinned: Vec<RequestId> = (0..12).filter(|&r| pins[r as usize] > 0).map(RequestId).collect();
                 match op {
@@ -558,6 +951,12 @@ mod tests {
                         prop_assert!(ev.is_empty() || own == Ownership::Primary);
                         for v in &ev { prop_assert!(!pinned.contains(v), "evicted a pinned replica"); }
                         for v in &ev { prop_assert_eq!(kv.held(*v), 0); pins[v.index()] = 0; }
+                        // The request computes its new blocks: they hold its stream's content.
+                        let keys = stream_keys(r);
+                        let table = kv.table(req).unwrap_or(&[]).to_vec();
+                        for (i, &b) in table.iter().enumerate().skip(before as usize) {
+                            content[b as usize] = keys.get(i).copied().unwrap_or(0);
+                        }
                     }
                     Op::Release(r) => { kv.release(RequestId(r)); }
                     Op::Flip(r) => {
@@ -569,6 +968,32 @@ mod tests {
                     Op::Touch(r) => kv.touch(RequestId(r)),
                     Op::Pin(r) => kv.pin(RequestId(r)),
                     Op::Unpin(r) => kv.unpin(RequestId(r)),
+                    Op::Attach(r, primary, max) => {
+                        let req = RequestId(r);
+                        let own = if primary { Ownership::Primary } else { Ownership::Replica };
+                        let keys = stream_keys(r);
+                        let had = kv.held(req);
+                        let found = kv.lookup(&keys);
+                        let n = kv.attach_prefix(req, own, &keys, max);
+                        if had > 0 {
+                            prop_assert_eq!(n, 0);
+                        } else {
+                            prop_assert_eq!(n, found.min(max));
+                            // A hit hands out blocks whose content is the prefix asked for.
+                            let table = kv.table(req).unwrap_or(&[]);
+                            for (i, &b) in table.iter().enumerate() {
+                                prop_assert_eq!(content[b as usize], keys[i], "hit on a block with other content");
+                            }
+                        }
+                    }
+                    Op::Publish(r, upto) => {
+                        // Only blocks whose content is the stream's own are ever published.
+                        let req = RequestId(r);
+                        let keys = stream_keys(r);
+                        let table = kv.table(req).unwrap_or(&[]);
+                        let ok = table.iter().take(upto as usize).enumerate().take_while(|&(i, &b)| content[b as usize] == keys[i]).count();
+                        kv.publish(req, &keys, 0, ok as u32);
+                    }
                 }
                 prop_assert!(kv.primary_blocks() + kv.replica_blocks() + kv.free_blocks() == kv.num_blocks());
                 if let Err(e) = kv.check_invariants() { prop_assert!(false, "{}", e); }

@@ -7,9 +7,11 @@
 
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
+use std::sync::Arc;
 
 use crate::{
     cost::{layerwise_copy_end, CostModel, Link},
+    kv::BlockKey,
     request::{RequestId, RequestSpec},
     scheduler::{Action, Scheduler},
     InstanceId, TimeUs,
@@ -101,6 +103,18 @@ pub fn run_on(
     obs: &mut dyn Observer,
     hardware: Option<Hardware<'_>>,
 ) -> ReplayEnd {
+    run_keyed(sched, arrivals, &[], obs, hardware)
+}
+
+/// [`run_on`], submitting arrival `i` with the block keys `keys[i]` for prefix caching
+/// ([`Scheduler::submit_keyed`]); `keys` is parallel to `arrivals`, or empty.
+pub fn run_keyed(
+    sched: &mut Scheduler,
+    arrivals: &[RequestSpec],
+    keys: &[Option<Arc<[BlockKey]>>],
+    obs: &mut dyn Observer,
+    hardware: Option<Hardware<'_>>,
+) -> ReplayEnd {
     let n = sched.instances().len();
     let mut queue: BinaryHeap<Queued> = BinaryHeap::new();
     let mut seq = 0u64;
@@ -142,7 +156,8 @@ pub fn run_on(
         events += 1;
         match ev {
             Ev::Arrival(i) => {
-                sched.submit(now, arrivals[i as usize]);
+                let k = keys.get(i as usize).cloned().flatten();
+                sched.submit_keyed(now, arrivals[i as usize], k);
                 if let Some(next) = arrivals.get(i as usize + 1) {
                     push(
                         &mut queue,

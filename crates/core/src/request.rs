@@ -1,8 +1,10 @@
 //! Requests, their service-level objectives and their progress through prefill and decode.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
-use crate::{InstanceId, TimeUs};
+use crate::{kv::BlockKey, InstanceId, TimeUs};
 
 /// Identifier of a request inside the core: a dense slot index, reused after the request ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -100,6 +102,13 @@ pub struct RequestState {
     pub max_tbt_us: TimeUs,
     /// Gaps between consecutive tokens that exceeded the TBT SLO.
     pub tbt_misses: u32,
+    /// Content keys of the full blocks of its token stream, as far as the executor knows it
+    /// (the prompt; in the simulator also the output), for prefix caching. `None`: not cached.
+    pub block_keys: Option<Arc<[BlockKey]>>,
+    /// Of [`Self::prefilled`], the tokens found in the prefix cache of its instance.
+    pub cached_tokens: u32,
+    /// Leading blocks of its primary table already given their keys.
+    pub published: u32,
 }
 
 impl RequestState {
@@ -126,6 +135,9 @@ impl RequestState {
             serial: 0,
             max_tbt_us: 0,
             tbt_misses: 0,
+            block_keys: None,
+            cached_tokens: 0,
+            published: 0,
         }
     }
 
@@ -160,6 +172,11 @@ impl RequestState {
                     .ttft_ms
                     .is_some_and(|s| t.saturating_sub(self.spec.arrival_us) > crate::ms_to_us(s))
             })
+    }
+
+    /// Its block keys (empty when it has none).
+    pub fn keys(&self) -> &[BlockKey] {
+        self.block_keys.as_deref().unwrap_or(&[])
     }
 
     /// Whether the replica holds all of this request's KV.

@@ -15,7 +15,7 @@ use crate::{
     cluster::{CatchUp, ClusterCtx, ClusterPolicy, Migration},
     cost::{CostModel, Link},
     instance::{Instance, InstancePolicy, PhaseConstraint, ScheduleCtx},
-    kv::{BlockManager, Ownership},
+    kv::{BlockKey, BlockManager, Ownership},
     metrics::Metrics,
     request::{FinishReason, Phase, RejectReason, RequestId, RequestSpec, RequestState},
     InstanceId, TimeUs,
@@ -167,6 +167,13 @@ pub struct ClusterCounters {
     pub role_switches: u64,
     /// Requests rejected at submission.
     pub rejected: u64,
+    /// Prompt tokens looked up in the prefix cache when their prefill started (vLLM's
+    /// `prefix_cache_queries`).
+    #[serde(default)]
+    pub prefix_query_tokens: u64,
+    /// Of those, tokens found cached, whose prefill was skipped (vLLM's `prefix_cache_hits`).
+    #[serde(default)]
+    pub prefix_hit_tokens: u64,
 }
 
 /// Configuration of the scheduler that is not a policy knob.
@@ -182,6 +189,13 @@ pub struct SchedulerConfig {
     pub max_waiting: usize,
     /// Keep every request's token times (tests, small runs); off for large simulations.
     pub record_timelines: bool,
+    /// Reuse cached KV blocks of equal prompt prefixes (requests submitted with block keys).
+    #[serde(default = "default_prefix_cache")]
+    pub prefix_cache: bool,
+}
+
+fn default_prefix_cache() -> bool {
+    true
 }
 
 /// State shared by the scheduler and the policies it calls.
@@ -201,6 +215,7 @@ pub struct State {
     pub(crate) metrics: Metrics,
     pub(crate) max_waiting: usize,
     pub(crate) catch_up: CatchUp,
+    pub(crate) prefix_cache: bool,
 }
 
 impl State {
@@ -254,6 +269,7 @@ impl State {
         r.instance = to;
         r.phase = Phase::Decoding;
         r.moving_to = None;
+        r.published = 0;
         let ctx = r.kv_tokens;
         let load = r.load();
         let cancelled = r.cancelled;
@@ -384,6 +400,7 @@ impl Scheduler {
                 metrics: Metrics::new(cfg.record_timelines),
                 max_waiting: cfg.max_waiting,
                 catch_up: cluster.catch_up(),
+                prefix_cache: cfg.prefix_cache,
             },
             cluster,
             instance_policies,
@@ -470,8 +487,24 @@ impl Scheduler {
     /// A new request arrives at `now`. Returns its id; it may be rejected right away
     /// ([`Action::Rejected`]).
     pub fn submit(&mut self, now: TimeUs, spec: RequestSpec) -> RequestId {
+        self.submit_keyed(now, spec, None)
+    }
+
+    /// [`Self::submit`] with the content keys of the full blocks of the request's token stream
+    /// ([`crate::kv::chain_keys`], [`crate::kv::run_keys`]), so its prefill can start after a
+    /// prefix already cached, and its blocks serve later requests.
+    pub fn submit_keyed(
+        &mut self,
+        now: TimeUs,
+        spec: RequestSpec,
+        keys: Option<Arc<[BlockKey]>>,
+    ) -> RequestId {
         self.state.now = now;
-        let id = self.state.requests.insert(RequestState::new(spec, 0));
+        let mut state = RequestState::new(spec, 0);
+        if self.state.prefix_cache {
+            state.block_keys = keys.filter(|k| !k.is_empty());
+        }
+        let id = self.state.requests.insert(state);
         let s = &mut self.state;
         let kv = &s.instances[0].kv;
         let need = kv.blocks_for(spec.prompt_tokens.max(1) + spec.max_output_tokens);
@@ -495,6 +528,7 @@ impl Scheduler {
         s.metrics.on_arrival(id, &spec);
         let mut ctx = ClusterCtx { s: &mut self.state };
         let target = self.cluster.route(&mut ctx, id);
+        debug_assert!((target as usize) < self.state.instances.len());
         let s = &mut self.state;
         s.requests.get_mut(id).instance = target;
         s.instances[target as usize].waiting.push_back(id);
@@ -567,6 +601,13 @@ impl Scheduler {
                     r.kv_tokens += 1;
                     r.generated += 1;
                     metrics.on_token(e.request, r, now);
+                }
+            }
+            if let Some(keys) = r.block_keys.as_deref() {
+                let full = (r.kv_tokens / inst.kv.block_size()).min(keys.len() as u32);
+                if full > r.published {
+                    inst.kv.publish(e.request, keys, r.published, full);
+                    r.published = full;
                 }
             }
             if let Some(to) = e.copy_to {
@@ -726,10 +767,14 @@ impl Scheduler {
             constraint,
             evicted: std::mem::take(&mut self.scratch_evicted),
             preempted: 0,
+            prefix_query_tokens: 0,
+            prefix_hit_tokens: 0,
         };
         ctx.evicted.clear();
         self.instance_policies[i as usize].schedule(&mut ctx);
         let (evicted, preempted) = (ctx.evicted.len(), ctx.preempted);
+        s.counters.prefix_query_tokens += ctx.prefix_query_tokens;
+        s.counters.prefix_hit_tokens += ctx.prefix_hit_tokens;
         self.scratch_evicted = ctx.evicted;
         s.counters.replica_evictions += evicted as u64;
         s.counters.preemptions += preempted as u64;
@@ -755,11 +800,19 @@ impl Scheduler {
             let Some(to) = self.cluster.copy_target(&cctx, i, &e) else {
                 continue;
             };
-            let (tokens, fresh) = match e.work {
-                Work::Prefill { start, len, .. } => (start + len, start == 0),
-                Work::Decode { context } => (context, false),
-            };
             let r = s.requests.get_mut(e.request);
+            let (tokens, fresh, new_from) = match e.work {
+                // A prompt's first computed chunk starts after its cached prefix.
+                Work::Prefill { start, len, .. } => {
+                    let first = if r.phase == Phase::Waiting {
+                        r.cached_tokens
+                    } else {
+                        0
+                    };
+                    (start + len, start == first, start)
+                }
+                Work::Decode { context } => (context, false, context - 1),
+            };
             // A copy only extends a replica that holds everything before it: one that starts
             // with the prompt, or one already kept on `to`. A lost replica is not patched up.
             if !fresh && r.replica_on != Some(to) {
@@ -773,6 +826,19 @@ impl Scheduler {
             let dst = &mut s.instances[to as usize];
             dst.account_kv(now);
             ev.clear();
+            // A fresh replica starts with the prefix the destination has cached itself; the copy
+            // carries the rest of what the source found in its cache.
+            let mut copy_from = new_from;
+            if fresh && r.replica_on.is_none() {
+                if let Some(keys) = r.block_keys.as_deref() {
+                    let bs = dst.kv.block_size();
+                    let have =
+                        dst.kv
+                            .attach_prefix(e.request, Ownership::Replica, keys, new_from / bs);
+                    copy_from = have * bs;
+                }
+                r.replica_tokens = copy_from;
+            }
             // A replica that already has room only moves the LRU clock (what `reserve` does then).
             let reserved =
                 if tokens as u64 <= dst.kv.held(e.request) as u64 * dst.kv.block_size() as u64 {
@@ -786,13 +852,11 @@ impl Scheduler {
                 Ok(()) => {
                     dst.kv.pin(e.request);
                     r.replica_on = Some(to);
-                    let bytes = s.cost.kv_bytes_per_token()
-                        * match e.work {
-                            Work::Prefill { len, .. } => len as u64,
-                            Work::Decode { .. } => 1,
-                        };
-                    s.counters.copy_bytes += bytes;
-                    s.instances[i as usize].batch.entries[k].copy_to = Some(to);
+                    let entry = &mut s.instances[i as usize].batch.entries[k];
+                    entry.copy_to = Some(to);
+                    entry.copy_from = copy_from;
+                    s.counters.copy_bytes +=
+                        s.cost.kv_bytes_per_token() * entry.copy_tokens() as u64;
                 }
                 Err(_) => {
                     dst.kv.release(e.request);

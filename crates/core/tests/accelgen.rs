@@ -41,6 +41,7 @@ fn sched(cost: LinearCostModel, kv_blocks: u32, icfg: &InstanceConfig) -> Schedu
         },
         max_waiting: 0,
         record_timelines: false,
+        prefix_cache: true,
     };
     let policies = vec![instance::build("accelgen", icfg).unwrap()];
     Scheduler::new(

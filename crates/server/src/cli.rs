@@ -48,6 +48,9 @@ pub struct ServeArgs {
     /// Tokens per KV block [default: 16].
     #[arg(long)]
     pub block_size: Option<u32>,
+    /// Prefix caching: reuse the KV of prompt prefixes already computed [default: on].
+    #[arg(long, value_name = "on|off", value_parser = on_off)]
+    pub prefix_cache: Option<bool>,
     /// Most requests waiting before new ones get HTTP 429 (0: unbounded) [default: 256].
     #[arg(long)]
     pub max_waiting: Option<usize>,
@@ -85,6 +88,7 @@ impl ServeArgs {
             instance_policy,
             kv_blocks,
             block_size,
+            prefix_cache,
             max_waiting,
             weight_format
         );
@@ -108,6 +112,15 @@ impl ServeArgs {
         }
         c.validate()?;
         Ok(c)
+    }
+}
+
+/// Parses `on` / `off` (also `true` / `false`).
+pub fn on_off(s: &str) -> Result<bool, String> {
+    match s {
+        "on" | "true" => Ok(true),
+        "off" | "false" => Ok(false),
+        _ => Err(format!("expected on or off, got `{s}`")),
     }
 }
 

@@ -64,6 +64,9 @@ pub struct ServerConfig {
     pub kv_blocks: u32,
     /// Tokens per KV block.
     pub block_size: u32,
+    /// Reuse the KV blocks of prompt prefixes already computed (vLLM's automatic prefix caching,
+    /// in the scheduling core: see docs/prefix-cache.md).
+    pub prefix_cache: bool,
     /// Most requests waiting for prefill before new ones get 429 (0: unbounded).
     pub max_waiting: usize,
     /// Largest accepted request body in bytes (413 beyond).
@@ -153,6 +156,7 @@ impl Default for ServerConfig {
             instance_policy: "accelgen".into(),
             kv_blocks: 1024,
             block_size: 16,
+            prefix_cache: false,
             max_waiting: 256,
             max_body_bytes: 4 << 20,
             api_key: None,

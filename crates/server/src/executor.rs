@@ -366,7 +366,12 @@ impl Executor {
         };
         let prompt_tokens = live.prompt_len as u64;
         let handle = live.handle;
-        let id = self.sched.submit(now, spec);
+        // Prefix caching: the content keys of the prompt's full blocks (the core ignores them when
+        // caching is off). One server serves one model (workers check theirs at connect), so the
+        // keys need no model salt.
+        let bs = self.sched.instance(0).kv.block_size();
+        let keys = accellm_core::kv::chain_keys(&live.tokens[..live.prompt_len], bs, 0);
+        let id = self.sched.submit_keyed(now, spec, Some(keys.into()));
         let i = id.index();
         if self.lives.len() <= i {
             self.lives.resize_with(i + 1, || None);

@@ -110,6 +110,7 @@ async fn prepare(cfg: &ServerConfig) -> anyhow::Result<Prepared> {
             link,
             max_waiting: cfg.max_waiting,
             record_timelines: false,
+            prefix_cache: cfg.prefix_cache,
         },
         Arc::new(cost),
         cluster,

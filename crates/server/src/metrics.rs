@@ -309,6 +309,18 @@ impl Metrics {
             "Generated tokens.",
             self.generation_tokens,
         );
+        counter(
+            &mut o,
+            "vllm:prefix_cache_queries_total",
+            "Prompt tokens looked up in the prefix cache when their prefill started.",
+            self.counters.prefix_query_tokens,
+        );
+        counter(
+            &mut o,
+            "vllm:prefix_cache_hits_total",
+            "Of those, tokens found cached (prefill skipped).",
+            self.counters.prefix_hit_tokens,
+        );
         let _ = writeln!(
             o,
             "# HELP vllm:request_success_total Finished requests by reason.\n# TYPE vllm:request_success_total counter"
@@ -529,6 +541,8 @@ mod tests {
             "vllm:time_to_first_token_seconds",
             "vllm:inter_token_latency_seconds",
             "vllm:e2e_request_latency_seconds",
+            "vllm:prefix_cache_queries_total",
+            "vllm:prefix_cache_hits_total",
             "accellm_instance_role",
             "accellm_kv_free_blocks",
             "accellm_slo_met_total",

@@ -153,6 +153,7 @@ fn scheduler(
         link,
         max_waiting: cfg.max_waiting,
         record_timelines,
+        prefix_cache: true,
     };
     let cluster = cluster::build(&cfg.cluster_policy, cfg.instances, &cfg.cluster)?;
     let policies = (0..cfg.instances)

@@ -34,7 +34,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{CatchUp, ClusterCtx, ClusterPolicy, Migration};
+use super::{prefix_score, CatchUp, ClusterCtx, ClusterPolicy, Migration};
 use crate::{
     batch::{Entry, Work},
     cost::{layerwise_copy_end, IterationShape},
@@ -134,6 +134,9 @@ pub struct AccellmConfig {
     /// Share of the tightest TBT SLO among a decoding instance's requests that its decode
     /// iteration must leave free for it to take prompts (`decode_prefill`).
     pub decode_prefill_slack: f64,
+    /// Replicas are prefix cache: blocks only a replica holds can be hit, and stay cached when it
+    /// ends, so a prompt prefix is found on either partner. Off: only primaries' blocks are.
+    pub replicas_as_cache: bool,
 }
 
 impl Default for AccellmConfig {
@@ -152,6 +155,7 @@ impl Default for AccellmConfig {
             align_handover: true,
             decode_prefill: true,
             decode_prefill_slack: 0.25,
+            replicas_as_cache: true,
         }
     }
 }
@@ -212,6 +216,8 @@ pub struct Accellm {
     /// Requests handed over to each instance whose copies are still landing.
     moving_in: Vec<Vec<RequestId>>,
     scratch: Vec<RequestId>,
+    /// Cache-aware routing weight ([`super::ClusterConfig::prefix_weight`]).
+    prefix_weight: f64,
 }
 
 impl Accellm {
@@ -256,7 +262,15 @@ impl Accellm {
             delayed: vec![false; n],
             moving_in: vec![Vec::new(); n],
             scratch: Vec::new(),
+            prefix_weight: 0.0,
         }
+    }
+
+    /// Routes with a prompt prefix cached on a pair worth `w` tokens of load per token
+    /// ([`super::ClusterConfig::prefix_weight`]).
+    pub fn with_prefix_weight(mut self, w: f64) -> Self {
+        self.prefix_weight = w;
+        self
     }
 
     /// The partner of `i` (`i` itself if it runs alone).
@@ -844,15 +858,21 @@ impl ClusterPolicy for Accellm {
     fn init(&mut self, ctx: &mut ClusterCtx<'_>) {
         for i in 0..self.partner.len() {
             ctx.set_eviction(i as InstanceId, self.cfg.eviction);
+            ctx.set_replicas_as_cache(i as InstanceId, self.cfg.replicas_as_cache);
         }
     }
 
     fn route(&mut self, ctx: &mut ClusterCtx<'_>, id: RequestId) -> InstanceId {
         let need = ctx.request(id).prefill_target as u64;
-        let mut best: Option<(bool, u64, u64, usize)> = None;
+        let mut best: Option<(bool, u64, i64, usize)> = None;
         for (k, &(a, b)) in self.pairs.iter().enumerate() {
             let room = Self::room_tokens(ctx, a).max(Self::room_tokens(ctx, b)) >= need;
             let load = ctx.load(a) + if a == b { ctx.load(a) } else { ctx.load(b) };
+            // A prefix cached on either partner counts (replicas put it on both).
+            let hit = ctx
+                .cached_prefix_tokens(a, id)
+                .max(ctx.cached_prefix_tokens(b, id));
+            let load = prefix_score(load, hit, self.prefix_weight);
             let backlog = match self.cfg.routing {
                 Routing::LeastLoad => 0,
                 Routing::LeastPrefillBacklog => {

@@ -1,13 +1,17 @@
 //! `least-load`: each new request goes to the instance with the least outstanding work (prompt
-//! tokens still to prefill plus KV context of its decodes); every instance runs its instance
-//! policy unconstrained. No knobs.
+//! tokens still to prefill plus KV context of its decodes), less the prompt tokens it has cached
+//! times [`super::ClusterConfig::prefix_weight`] (cache-aware routing, as SGLang's router and
+//! llm-d's prefix scorer do); every instance runs its instance policy unconstrained.
 
-use super::{least_loaded, ClusterCtx, ClusterPolicy};
+use super::{prefix_score, ClusterCtx, ClusterPolicy};
 use crate::{request::RequestId, InstanceId};
 
 /// Least-outstanding-work routing.
 #[derive(Debug, Default)]
-pub struct LeastLoad;
+pub struct LeastLoad {
+    /// Tokens of load one cached prompt token is worth (0: load only).
+    pub prefix_weight: f64,
+}
 
 impl ClusterPolicy for LeastLoad {
     fn name(&self) -> &'static str {
@@ -18,8 +22,13 @@ impl ClusterPolicy for LeastLoad {
         false
     }
 
-    fn route(&mut self, ctx: &mut ClusterCtx<'_>, _id: RequestId) -> InstanceId {
+    fn route(&mut self, ctx: &mut ClusterCtx<'_>, id: RequestId) -> InstanceId {
         let n = ctx.instances().len() as u32;
-        least_loaded(ctx, 0..n).unwrap_or(0)
+        (0..n)
+            .min_by_key(|&i| {
+                let hit = ctx.cached_prefix_tokens(i, id);
+                (prefix_score(ctx.load(i), hit, self.prefix_weight), i)
+            })
+            .unwrap_or(0)
     }
 }

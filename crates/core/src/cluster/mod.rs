@@ -108,6 +108,23 @@ impl ClusterCtx<'_> {
         self.s.instances[i as usize].kv.set_eviction(policy);
     }
 
+    /// Sets whether instance `i`'s replicas count as prefix cache.
+    pub fn set_replicas_as_cache(&mut self, i: InstanceId, on: bool) {
+        self.s.instances[i as usize].kv.set_replicas_as_cache(on);
+    }
+
+    /// Prompt tokens of `id` that `i` holds in its prefix cache now (what its prefill would
+    /// skip there).
+    pub fn cached_prefix_tokens(&self, i: InstanceId, id: RequestId) -> u64 {
+        let r = self.s.requests.get(id);
+        let Some(keys) = r.block_keys.as_deref() else {
+            return 0;
+        };
+        let kv = &self.s.instances[i as usize].kv;
+        let max = (r.prefill_target - 1) / kv.block_size();
+        (kv.lookup(keys).min(max) * kv.block_size()) as u64
+    }
+
     /// Counts a role switch (for the run summary).
     pub fn count_role_switch(&mut self) {
         self.s.counters.role_switches += 1;
@@ -208,6 +225,12 @@ impl ClusterCtx<'_> {
     }
 }
 
+/// A routing score from an instance's (or pair's) `load` and the prompt tokens `hit` it has
+/// cached: `load - weight * hit`, lower is better ([`ClusterConfig::prefix_weight`]).
+pub fn prefix_score(load: u64, hit: u64, weight: f64) -> i64 {
+    load as i64 - (weight * hit as f64) as i64
+}
+
 /// Decides where requests go and what each instance may do.
 pub trait ClusterPolicy: Send {
     /// The policy's name, as given on the command line.
@@ -266,6 +289,9 @@ pub trait ClusterPolicy: Send {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClusterConfig {
+    /// Cache-aware routing: how many tokens of load one prompt token found in an instance's
+    /// prefix cache is worth when requests are routed (least-load, AcceLLM). 0: load only.
+    pub prefix_weight: f64,
     /// Splitwise: knobs of the disaggregated pools.
     pub splitwise: splitwise::SplitwiseConfig,
     /// AcceLLM: knobs of the paired instances.
@@ -283,12 +309,16 @@ pub fn build(
 ) -> Result<Box<dyn ClusterPolicy>, UnknownPolicy> {
     match name {
         "round-robin" => Ok(Box::new(round_robin::RoundRobin::default())),
-        "least-load" => Ok(Box::new(least_load::LeastLoad)),
+        "least-load" => Ok(Box::new(least_load::LeastLoad {
+            prefix_weight: cfg.prefix_weight,
+        })),
         "splitwise" => Ok(Box::new(splitwise::Splitwise::new(
             instances,
             &cfg.splitwise,
         ))),
-        "accellm" => Ok(Box::new(accellm::Accellm::new(instances, &cfg.accellm))),
+        "accellm" => Ok(Box::new(
+            accellm::Accellm::new(instances, &cfg.accellm).with_prefix_weight(cfg.prefix_weight),
+        )),
         _ => Err(UnknownPolicy {
             kind: "cluster",
             name: name.to_string(),

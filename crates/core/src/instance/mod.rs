@@ -142,6 +142,10 @@ pub struct ScheduleCtx<'a> {
     pub(crate) evicted: Vec<RequestId>,
     /// Requests preempted while building this batch.
     pub(crate) preempted: u32,
+    /// Prompt tokens looked up in the prefix cache by prefills that started in this batch.
+    pub(crate) prefix_query_tokens: u64,
+    /// Of those, tokens found cached.
+    pub(crate) prefix_hit_tokens: u64,
 }
 
 impl<'a> ScheduleCtx<'a> {
@@ -238,6 +242,7 @@ impl<'a> ScheduleCtx<'a> {
             request: id,
             work,
             copy_to: None,
+            copy_from: 0,
         });
         Ok(())
     }
@@ -248,6 +253,10 @@ impl<'a> ScheduleCtx<'a> {
     pub fn add_prefill(&mut self, id: RequestId, len: u32) -> Result<u32, KvError> {
         let r = self.requests.get(id);
         debug_assert!(r.phase == Phase::Waiting && !r.in_flight);
+        if r.prefilled == 0 && r.block_keys.is_some() && self.inst.kv.held(id) == 0 {
+            self.start_after_cached_prefix(id);
+        }
+        let r = self.requests.get(id);
         let start = r.prefilled;
         let len = len.min(r.remaining_prefill());
         if len == 0 {
@@ -258,6 +267,26 @@ impl<'a> ScheduleCtx<'a> {
         self.inst.batch.shape.add_prefill(start, len, last);
         self.push(id, Work::Prefill { start, len, last });
         Ok(len)
+    }
+
+    /// A prefill that starts: its table begins with the blocks of its prompt's prefix already
+    /// cached here, and it is prefilled that far. At least the last prompt token is computed (its
+    /// logits give the first output token), so the block holding it is never shared.
+    fn start_after_cached_prefix(&mut self, id: RequestId) {
+        let r = self.requests.get_mut(id);
+        let Some(keys) = r.block_keys.as_deref() else {
+            return;
+        };
+        let kv = &mut self.inst.kv;
+        let bs = kv.block_size();
+        let max = (r.prefill_target - 1) / bs;
+        let hit = kv.attach_prefix(id, Ownership::Primary, keys, max) * bs;
+        self.prefix_query_tokens += r.prefill_target as u64;
+        self.prefix_hit_tokens += hit as u64;
+        r.prefilled = hit;
+        r.kv_tokens = hit;
+        r.cached_tokens = hit;
+        r.published = hit / bs;
     }
 
     /// Blocks `id` would need beyond what it holds to cache `tokens` tokens here.
@@ -286,6 +315,7 @@ impl<'a> ScheduleCtx<'a> {
             request: id,
             work,
             copy_to: None,
+            copy_from: 0,
         });
     }
 
@@ -312,6 +342,8 @@ impl<'a> ScheduleCtx<'a> {
         r.prefill_target = r.spec.prompt_tokens.max(1) + r.generated;
         r.prefilled = 0;
         r.kv_tokens = 0;
+        r.cached_tokens = 0;
+        r.published = 0;
         r.recompute_tokens = 0;
         r.phase = Phase::Waiting;
         r.preemptions += 1;

@@ -34,6 +34,7 @@ pub fn config(kv_blocks: u32) -> SchedulerConfig {
         },
         max_waiting: 0,
         record_timelines: true,
+        prefix_cache: true,
     }
 }
 

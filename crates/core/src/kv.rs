@@ -28,6 +28,9 @@ pub type BlockId = u32;
 /// Content key of a full KV block (never 0).
 pub type BlockKey = u64;
 
+/// The keys of one request's blocks, shared between the executor and the core.
+pub type BlockKeys = std::sync::Arc<[BlockKey]>;
+
 /// Whose copy a table is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Ownership {
@@ -456,11 +459,13 @@ impl BlockManager {
     /// (the caller names only blocks whose tokens are all computed). A key another block already
     /// carries is left there (the first copy stays the one hits find).
     pub fn publish(&mut self, req: RequestId, keys: &[BlockKey], from: u32, to: u32) {
-        let Some(t) = self.entry(req) else { return };
+        let Some(t) = self.tables.get(req.index()).and_then(Option::as_ref) else {
+            return;
+        };
         let end = keys.len().min(t.blocks.len()).min(to as usize);
-        for i in from as usize..end {
-            let b = self.tables[req.index()].as_ref().map_or(0, |t| t.blocks[i]);
-            let k = keys[i].max(1);
+        let from = (from as usize).min(end);
+        for (&b, &k) in t.blocks[from..end].iter().zip(&keys[from..end]) {
+            let k = k.max(1);
             if self.keys[b as usize] != 0 || self.index.contains_key(&k) {
                 continue;
             }
@@ -928,7 +933,7 @@ mod tests {
             let mut ev = Vec::new();
             let mut pins = [0u32; 12];
             // What each block holds: the key of the stream block written into it (0: nothing).
-            let mut content = vec![0u64; 24];
+            let mut content = [0u64; 24];
             for op in ops {
                 let pinned: Vec<RequestId> = (0..12).filter(|&r| pins[r as usize] > 0).map(RequestId).collect();
                 match op {

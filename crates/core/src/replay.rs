@@ -7,11 +7,10 @@
 
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
-use std::sync::Arc;
 
 use crate::{
     cost::{layerwise_copy_end, CostModel, Link},
-    kv::BlockKey,
+    kv::BlockKeys,
     request::{RequestId, RequestSpec},
     scheduler::{Action, Scheduler},
     InstanceId, TimeUs,
@@ -111,7 +110,7 @@ pub fn run_on(
 pub fn run_keyed(
     sched: &mut Scheduler,
     arrivals: &[RequestSpec],
-    keys: &[Option<Arc<[BlockKey]>>],
+    keys: &[Option<BlockKeys>],
     obs: &mut dyn Observer,
     hardware: Option<Hardware<'_>>,
 ) -> ReplayEnd {

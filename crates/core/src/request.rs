@@ -1,10 +1,11 @@
 //! Requests, their service-level objectives and their progress through prefill and decode.
 
-use std::sync::Arc;
-
 use serde::{Deserialize, Serialize};
 
-use crate::{kv::BlockKey, InstanceId, TimeUs};
+use crate::{
+    kv::{BlockKey, BlockKeys},
+    InstanceId, TimeUs,
+};
 
 /// Identifier of a request inside the core: a dense slot index, reused after the request ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -104,7 +105,7 @@ pub struct RequestState {
     pub tbt_misses: u32,
     /// Content keys of the full blocks of its token stream, as far as the executor knows it
     /// (the prompt; in the simulator also the output), for prefix caching. `None`: not cached.
-    pub block_keys: Option<Arc<[BlockKey]>>,
+    pub block_keys: Option<BlockKeys>,
     /// Of [`Self::prefilled`], the tokens found in the prefix cache of its instance.
     pub cached_tokens: u32,
     /// Leading blocks of its primary table already given their keys.

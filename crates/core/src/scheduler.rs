@@ -15,7 +15,7 @@ use crate::{
     cluster::{CatchUp, ClusterCtx, ClusterPolicy, Migration},
     cost::{CostModel, Link},
     instance::{Instance, InstancePolicy, PhaseConstraint, ScheduleCtx},
-    kv::{BlockKey, BlockManager, Ownership},
+    kv::{BlockKeys, BlockManager, Ownership},
     metrics::Metrics,
     request::{FinishReason, Phase, RejectReason, RequestId, RequestSpec, RequestState},
     InstanceId, TimeUs,
@@ -497,7 +497,7 @@ impl Scheduler {
         &mut self,
         now: TimeUs,
         spec: RequestSpec,
-        keys: Option<Arc<[BlockKey]>>,
+        keys: Option<BlockKeys>,
     ) -> RequestId {
         self.state.now = now;
         let mut state = RequestState::new(spec, 0);

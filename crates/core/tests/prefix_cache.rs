@@ -4,12 +4,10 @@
 mod common;
 use common::{assert_all_done, config, cost, requests};
 
-use std::sync::Arc;
-
 use accellm_core::{
     cluster::{self, accellm::AccellmConfig, ClusterConfig},
     instance::{self, InstanceConfig},
-    kv::{run_keys, BlockKey},
+    kv::{run_keys, BlockKeys},
     replay::{self, NoObserver, Observer},
     request::RequestSpec,
     scheduler::{Action, Scheduler},
@@ -32,7 +30,7 @@ fn sched(cluster: &str, inst: &str, n: u32, ccfg: &ClusterConfig, cache: bool) -
 
 /// Keys of a prompt whose first `shared` tokens come from stream `common` and the rest from the
 /// request's own stream.
-fn keys(common: u64, shared: u32, own: u64, prompt: u32) -> Option<Arc<[BlockKey]>> {
+fn keys(common: u64, shared: u32, own: u64, prompt: u32) -> Option<BlockKeys> {
     Some(run_keys(&[(common, 0, shared), (own, 0, prompt - shared)], 16).into())
 }
 
@@ -48,7 +46,7 @@ impl Observer for FirstTokens {
 }
 
 /// Eight requests, well apart, all starting with the same 480-token system prompt.
-fn shared_system_prompt() -> (Vec<RequestSpec>, Vec<Option<Arc<[BlockKey]>>>) {
+fn shared_system_prompt() -> (Vec<RequestSpec>, Vec<Option<BlockKeys>>) {
     let reqs = requests(8, 200_000, |_| 500, |_| 4);
     let keys = (0..8).map(|i| keys(1, 480, 100 + i, 500)).collect();
     (reqs, keys)

@@ -11,7 +11,7 @@ use accellm_core::profile::ServeSetup;
 
 use crate::client::{discover_model, get, Client, ClientConfig, PreparedRequest};
 use crate::fidelity;
-use crate::metrics::{summarize, to_json, GoodputConfig, RunInfo};
+use crate::metrics::{summarize, to_json, GoodputConfig, PrefixCacheDelta, RunInfo};
 use crate::prompt::{CharEstimate, GgufTokenCounter, PromptBuilder, TokenCounter};
 use crate::runner::{run as run_requests, RunOptions};
 
@@ -166,12 +166,17 @@ impl BenchArgs {
     }
 }
 
-/// Turns workload requests into HTTP requests with real prompt text.
+/// Turns workload requests into HTTP requests with real prompt text: shared text for shared
+/// segments when the workload has prefix structure (a multi-turn follow-up is the whole
+/// conversation so far, as one completions prompt), else text of its own for each request.
 pub fn prepare(
     workload: &Workload,
     prompts: &PromptBuilder,
     counter: &dyn TokenCounter,
 ) -> Vec<PreparedRequest> {
+    let words_per_token = workload
+        .has_prefixes()
+        .then(|| prompts.words_per_token(counter));
     workload
         .requests
         .iter()
@@ -179,7 +184,12 @@ pub fn prepare(
         .map(|(index, r)| PreparedRequest {
             index,
             arrival_s: r.arrival_s,
-            prompt: prompts.build(index, r.prompt_tokens, counter),
+            prompt: match (words_per_token, workload.prefixes.get(index)) {
+                (Some(wpt), Some(segments)) => {
+                    prompts.segments_text(segments, r.prompt_tokens, wpt)
+                }
+                _ => prompts.build(index, r.prompt_tokens, counter),
+            },
             prompt_tokens: r.prompt_tokens,
             output_tokens: r.output_tokens,
             ttft_slo_ms: r.ttft_slo_ms,
@@ -320,7 +330,18 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         progress: !args.no_progress,
     };
     let n = requests.len();
+    // The server's prefix-cache counters around the run, if it exports them.
+    let scrape_wait = timeout.min(Duration::from_secs(10));
+    let scrape = || rt.block_on(get(&base_url, "/metrics", scrape_wait)).ok();
+    let metrics_before = scrape();
     let result = rt.block_on(run_requests(client, requests, &opts));
+    let metrics_after = metrics_before.as_ref().and_then(|_| scrape());
+    let prefix_cache = match (&metrics_before, &metrics_after) {
+        (Some(a), Some(b)) => {
+            PrefixCacheDelta::between(&String::from_utf8_lossy(a), &String::from_utf8_lossy(b))
+        }
+        _ => None,
+    };
     let summary = summarize(
         &result.results,
         result.duration_s,
@@ -338,6 +359,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         "{}",
         crate::report::render(&summary, configured_rate, args.max_concurrency)
     );
+    if let Some(d) = &prefix_cache {
+        print!("{}", crate::report::render_prefix_cache(d));
+    }
     let fidelity = match predict {
         Some((profile, setup, before, log, prepared, wait)) => {
             let after = rt.block_on(get(&base_url, "/metrics", wait)).ok();
@@ -408,6 +432,11 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         let mut json = to_json(&info, &summary, &result.results);
         if let (Some(f), Some(obj)) = (&fidelity, json.as_object_mut()) {
             obj.insert("fidelity".into(), serde_json::to_value(f)?);
+        }
+        if let (Some(d), Some(obj)) = (&prefix_cache, json.as_object_mut()) {
+            obj.insert("prefix_cache_queries".into(), d.queries.into());
+            obj.insert("prefix_cache_hits".into(), d.hits.into());
+            obj.insert("prefix_cache_hit_rate".into(), d.hit_rate().into());
         }
         let text = serde_json::to_string_pretty(&json)?;
         std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;

@@ -65,6 +65,44 @@ impl GoodputConfig {
     }
 }
 
+/// The server's prefix-cache counters over a run: the deltas of vLLM's
+/// `vllm:prefix_cache_queries` and `vllm:prefix_cache_hits` (prompt tokens looked up / found
+/// cached) between two `/metrics` scrapes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PrefixCacheDelta {
+    /// Prompt tokens looked up in the cache.
+    pub queries: f64,
+    /// Of those, tokens found cached.
+    pub hits: f64,
+}
+
+impl PrefixCacheDelta {
+    /// The deltas between two scrapes; `None` if the server exports neither counter.
+    pub fn between(before: &str, after: &str) -> Option<Self> {
+        // Prometheus clients add `_total` to counters; accept both spellings.
+        let counter = |t: &str, name: &str| {
+            crate::fidelity::prometheus_sum(t, &format!("{name}_total"))
+                .or_else(|| crate::fidelity::prometheus_sum(t, name))
+        };
+        let delta = |name: &str| Some((counter(after, name)? - counter(before, name)?).max(0.0));
+        let queries = delta("vllm:prefix_cache_queries");
+        let hits = delta("vllm:prefix_cache_hits");
+        (queries.is_some() || hits.is_some()).then(|| PrefixCacheDelta {
+            queries: queries.unwrap_or(0.0),
+            hits: hits.unwrap_or(0.0),
+        })
+    }
+
+    /// `hits / queries` (0 without queries).
+    pub fn hit_rate(&self) -> f64 {
+        if self.queries > 0.0 {
+            self.hits / self.queries
+        } else {
+            0.0
+        }
+    }
+}
+
 /// Mean, median, std and chosen percentiles of one metric, in ms.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Stats {
@@ -540,6 +578,27 @@ mod tests {
             tbt_slo_ms: Some(20.0),
             class: Some(0),
         }
+    }
+
+    #[test]
+    fn prefix_cache_deltas_from_two_scrapes() {
+        let before = "# TYPE vllm:prefix_cache_queries counter\n\
+                      vllm:prefix_cache_queries_total{model_name=\"m\"} 100\n\
+                      vllm:prefix_cache_hits_total{model_name=\"m\"} 10\n";
+        let after = "vllm:prefix_cache_queries_total{model_name=\"m\"} 1100\n\
+                     vllm:prefix_cache_hits_total{model_name=\"m\"} 610\n";
+        let d = PrefixCacheDelta::between(before, after).unwrap();
+        assert_eq!((d.queries, d.hits), (1000.0, 600.0));
+        assert!((d.hit_rate() - 0.6).abs() < 1e-12);
+        let bare = PrefixCacheDelta::between(
+            "vllm:prefix_cache_queries 5\nvllm:prefix_cache_hits 1\n",
+            "vllm:prefix_cache_queries 9\nvllm:prefix_cache_hits 3\n",
+        )
+        .unwrap();
+        assert_eq!((bare.queries, bare.hits), (4.0, 2.0));
+        assert_eq!(PrefixCacheDelta::between("other 1\n", "other 2\n"), None);
+        let text = crate::report::render_prefix_cache(&d);
+        assert!(text.contains("60.0%") && text.contains("1000"), "{text}");
     }
 
     #[test]

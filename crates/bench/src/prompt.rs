@@ -7,7 +7,15 @@
 //!
 //! Token counts come from a [`TokenCounter`]: a characters-per-token estimate by default, or an
 //! exact tokenizer. With an exact counter, prompts are trimmed word by word to the target.
+//!
+//! Workloads with shared prefixes ([`accellm_workload::Workload::prefixes`]) get text per
+//! segment instead ([`PromptBuilder::segments_text`]): a content stream is the corpus read from
+//! a start word chosen by `splitmix64(stream)`, and token `k` of the stream sits at word
+//! `round(k * words per token)`, so the text of a stream's first `n` tokens is a textual prefix
+//! of its first `m > n`: requests sharing segments share text, and a server with prefix caching
+//! can hit.
 
+use accellm_workload::prefix::{truncate, Segment};
 use accellm_workload::rng::splitmix64;
 
 /// The corpus: license texts already in the repository (public licenses, redistributable).
@@ -120,6 +128,38 @@ impl PromptBuilder {
         s
     }
 
+    /// Corpus words per token of `counter` (measured on the first 4,000 words), to place
+    /// segment boundaries in [`PromptBuilder::segments_text`].
+    pub fn words_per_token(&self, counter: &dyn TokenCounter) -> f64 {
+        let n = self.words.len().min(4000);
+        let tokens = counter.count(&self.text(0, n)).max(1);
+        n as f64 / tokens as f64
+    }
+
+    /// The text of the first `tokens` tokens that `segments` describe, at `words_per_token`
+    /// ([`PromptBuilder::words_per_token`]); at least one word.
+    pub fn segments_text(&self, segments: &[Segment], tokens: u32, words_per_token: f64) -> String {
+        let word = |t: u32| (f64::from(t) * words_per_token).round() as usize;
+        let mut out = String::new();
+        for s in truncate(segments, tokens) {
+            let mut state = s.stream;
+            let start = (splitmix64(&mut state) % self.words.len() as u64) as usize;
+            let (a, b) = (word(s.offset), word(s.offset.saturating_add(s.tokens)));
+            if b > a {
+                if !out.is_empty() {
+                    out.push(' ');
+                }
+                out.push_str(&self.text(start + a, b - a));
+            }
+        }
+        if out.is_empty() {
+            let mut state = segments.first().map_or(self.seed, |s| s.stream);
+            let start = (splitmix64(&mut state) % self.words.len() as u64) as usize;
+            out = self.text(start, 1);
+        }
+        out
+    }
+
     /// A prompt of about `tokens` tokens for request `index`: exactly `tokens` (or the closest
     /// count below, never above, unless one word is already too long) with an exact counter.
     pub fn build(&self, index: usize, tokens: u32, counter: &dyn TokenCounter) -> String {
@@ -214,6 +254,41 @@ mod tests {
             let p = b.build(i, t, &counter);
             assert_eq!(counter.count(&p), t as usize, "request {i}, {t} tokens");
         }
+    }
+
+    fn seg(stream: u64, offset: u32, tokens: u32) -> Segment {
+        Segment {
+            stream,
+            offset,
+            tokens,
+        }
+    }
+
+    #[test]
+    fn segment_text_is_prefix_closed_and_content_addressed() {
+        let b = PromptBuilder::new(0);
+        let est = CharEstimate {
+            chars_per_token: 4.0,
+        };
+        let wpt = b.words_per_token(&est);
+        assert!((0.5..1.2).contains(&wpt), "{wpt}");
+        let short = b.segments_text(&[seg(9, 0, 300)], 300, wpt);
+        let long = b.segments_text(&[seg(9, 0, 100), seg(9, 100, 900)], 1000, wpt);
+        assert!(long.starts_with(&short) && long.len() > short.len());
+        assert!(long[short.len()..].starts_with(' '));
+        // Tokens by the same estimate land near the target.
+        let n = est.count(&long) as f64;
+        assert!((n - 1000.0).abs() < 100.0, "{n}");
+        // Only the first `tokens` tokens of segments that go on over the output.
+        assert_eq!(b.segments_text(&[seg(9, 0, 5000)], 300, wpt), short);
+        // Another stream, other text; a shared first segment, a shared start.
+        let other = b.segments_text(&[seg(10, 0, 300)], 300, wpt);
+        assert_ne!(other, short);
+        let a = b.segments_text(&[seg(1, 0, 200), seg(2, 0, 50)], 250, wpt);
+        let c = b.segments_text(&[seg(1, 0, 200), seg(3, 0, 50)], 250, wpt);
+        let head = b.segments_text(&[seg(1, 0, 200)], 200, wpt);
+        assert!(a.starts_with(&head) && c.starts_with(&head) && a != c);
+        assert!(!b.segments_text(&[seg(1, 0, 1)], 0, wpt).is_empty());
     }
 
     #[test]

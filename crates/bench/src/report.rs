@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use crate::metrics::{percentile_key, Stats, Summary};
+use crate::metrics::{percentile_key, PrefixCacheDelta, Stats, Summary};
 
 fn rule(out: &mut String, title: &str, fill: char) {
     let n = 50usize.saturating_sub(title.chars().count());
@@ -138,6 +138,29 @@ pub fn render(s: &Summary, rate: Option<f64>, max_concurrency: Option<usize>) ->
             }
         }
     }
+    rule(&mut out, "", '=');
+    out
+}
+
+/// The server's prefix-cache counters over the run, in the same layout.
+pub fn render_prefix_cache(d: &PrefixCacheDelta) -> String {
+    let mut out = String::new();
+    rule(&mut out, " Prefix Cache (server counters) ", '=');
+    row(
+        &mut out,
+        "Prompt tokens queried:",
+        format!("{:.0}", d.queries),
+    );
+    row(
+        &mut out,
+        "Prompt tokens hit (prefill saved):",
+        format!("{:.0}", d.hits),
+    );
+    row(
+        &mut out,
+        "Prefix cache hit rate:",
+        format!("{:.1}%", d.hit_rate() * 100.0),
+    );
     rule(&mut out, "", '=');
     out
 }

@@ -93,6 +93,33 @@ async fn generate(
         .unwrap()
 }
 
+/// vLLM's prefix-cache counters as a server caching every prompt would count them, in words:
+/// each prompt queries all its words and hits its longest common word prefix with an earlier one.
+async fn prefix_metrics(State(s): State<Server>) -> String {
+    let prompts: Vec<Vec<String>> = s
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|(_, _, b)| b["prompt"].as_str())
+        .map(|p| p.split(' ').map(str::to_string).collect())
+        .collect();
+    let (mut queries, mut hits) = (0usize, 0usize);
+    for (i, p) in prompts.iter().enumerate() {
+        queries += p.len();
+        hits += prompts[..i]
+            .iter()
+            .map(|q| q.iter().zip(p).take_while(|(a, b)| a == b).count())
+            .max()
+            .unwrap_or(0);
+    }
+    format!(
+        "# TYPE vllm:prefix_cache_queries counter\n\
+         vllm:prefix_cache_queries_total{{model_name=\"m\"}} {queries}\n\
+         vllm:prefix_cache_hits_total{{model_name=\"m\"}} {hits}\n"
+    )
+}
+
 /// Starts the test server on its own runtime thread; returns its address and request log.
 fn start_server() -> (SocketAddr, Seen) {
     let seen: Seen = Arc::default();
@@ -113,6 +140,7 @@ fn start_server() -> (SocketAddr, Seen) {
                     "/v1/chat/completions",
                     post(|s, h, b| generate(s, h, b, true)),
                 )
+                .route("/metrics", get(prefix_metrics))
                 .route(
                     "/v1/models",
                     get(|| async { Json(json!({"data": [{"id": "listed-model"}]})) }),
@@ -492,4 +520,41 @@ fn html_report_has_every_chart_with_data() {
     assert_eq!(html.matches("<svg").count(), 5, "one SVG per chart");
     assert!(!html.contains("no data"), "a chart came out empty");
     assert!(html.contains(&format!("http://{addr}")) || html.contains("/v1/"));
+}
+
+#[test]
+fn chat_follow_ups_resend_the_conversation_and_the_server_hits() {
+    let (addr, seen) = start_server();
+    let j = bench(
+        addr,
+        "chat.json",
+        &[
+            "--model",
+            "ok",
+            "--workload",
+            "chat:turns=3,user=40,output=8,think_ms=10,tpot_ms=1",
+            "--num-prompts",
+            "12",
+        ],
+    );
+    assert_eq!(j["completed"], 12);
+    let prompts: Vec<String> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, _, b)| b["prompt"].as_str().unwrap().to_string())
+        .collect();
+    // Four conversations of three turns: every follow-up starts with an earlier prompt.
+    let follow_ups = prompts
+        .iter()
+        .enumerate()
+        .filter(|(i, p)| prompts[..*i].iter().any(|q| p.starts_with(q.as_str())))
+        .count();
+    assert_eq!(follow_ups, 8);
+    // Prompts of 40, 88 and 136 tokens: the first two of each conversation are hit again,
+    // 128 of 264 tokens (in words, as the test server counts).
+    let rate = f(&j, "prefix_cache_hit_rate");
+    assert!((0.40..0.56).contains(&rate), "hit rate {rate}");
+    assert!(f(&j, "prefix_cache_hits") > 0.0);
+    assert!(f(&j, "prefix_cache_queries") > f(&j, "prefix_cache_hits"));
 }

@@ -63,6 +63,20 @@ impl LengthDist {
         }
     }
 
+    /// The mean of the draws (before rounding; at least 1).
+    pub(crate) fn mean(&self) -> f64 {
+        let m = match *self {
+            LengthDist::Fixed { tokens } => f64::from(tokens),
+            LengthDist::Uniform { min, max } => (f64::from(min) + f64::from(max)) / 2.0,
+            LengthDist::LogNormal {
+                median,
+                mean,
+                sigma,
+            } => mean.unwrap_or_else(|| median.unwrap_or(1.0) * (sigma * sigma / 2.0).exp()),
+        };
+        m.max(1.0)
+    }
+
     /// Draws one length (at least 1).
     pub fn sample(&self, rng: &mut Rng) -> u32 {
         let v = match *self {

@@ -26,7 +26,9 @@
 pub mod arrivals;
 mod error;
 pub mod lengths;
+pub mod prefix;
 pub mod rng;
+pub mod shared;
 pub mod slo;
 pub mod source;
 pub mod spec;
@@ -35,6 +37,8 @@ pub mod trace;
 pub use arrivals::Arrivals;
 pub use error::WorkloadError;
 pub use lengths::LengthDist;
+pub use prefix::Segment;
+pub use shared::{ChatSpec, FewShotSpec, SystemPromptSpec};
 pub use slo::{SloClass, SloPolicy};
 pub use source::{
     data_dirs, find_data_file, BuiltinTrace, MixtureComponent, Sampling, WorkloadSource,
@@ -72,6 +76,10 @@ pub struct Workload {
     pub classes: Vec<SloClass>,
     /// One-line human description (source, arrivals, count, seed).
     pub description: String,
+    /// The content of each request as [`Segment`]s (parallel to `requests`), for prefix
+    /// caching; empty when the workload has no prefix structure.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub prefixes: Vec<Vec<Segment>>,
 }
 
 impl Workload {
@@ -85,6 +93,11 @@ impl Workload {
         let n = self.requests.len();
         let span = self.duration_s() - self.requests.first()?.arrival_s;
         (n >= 2 && span > 0.0).then(|| (n - 1) as f64 / span)
+    }
+
+    /// Whether requests carry content segments ([`Workload::prefixes`]).
+    pub fn has_prefixes(&self) -> bool {
+        !self.prefixes.is_empty()
     }
 
     /// The class of a request, if any.

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::lengths::LengthDist;
+use crate::shared::{self, ChatSpec, FewShotSpec, SystemPromptSpec};
 use crate::WorkloadError;
 
 /// Traces shipped in the repository's `data/traces` directory.
@@ -150,12 +151,15 @@ pub struct MixtureComponent {
 ///
 /// In TOML either a short string (`source = "sharegpt"`, see [`std::str::FromStr`]) or a table
 /// tagged by `kind`: `builtin` (`name`), `file` (`path`), `synthetic` (`prompt`, `output`),
-/// `mixture` (`components`).
+/// `mixture` (`components`), and the shared-prefix generators `chat`, `system_prompts`,
+/// `few_shot` (the fields of [`ChatSpec`], [`SystemPromptSpec`], [`FewShotSpec`]).
 ///
 /// Short forms: `azure-conv`, `azure-code`, `sharegpt`, `arxiv`;
 /// `synthetic:prompt=lognormal(1024,0.8),output=uniform(16,256)` (see [`LengthDist::parse`]);
 /// `mix:sharegpt*0.7@chat+arxiv*0.3@summarisation` (`SOURCE[*WEIGHT][@CLASS]` joined by `+`);
-/// anything else is a file path (`.jsonl`: Mooncake JSONL, otherwise CSV; see [`crate::trace`]).
+/// `chat[:KEY=VALUE,...]`, `system-prompts[:...]`, `few-shot[:...]` (see [`crate::shared`]);
+/// anything else is a file path (`.jsonl`: Mooncake JSONL, whose `hash_ids` become shared
+/// prefixes; otherwise CSV; see [`crate::trace`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(remote = "Self")]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
@@ -188,6 +192,12 @@ pub enum WorkloadSource {
         /// The parts.
         components: Vec<MixtureComponent>,
     },
+    /// Multi-turn conversations that resend their history (shared prefixes).
+    Chat(ChatSpec),
+    /// Requests sharing a few system prompts (shared prefixes).
+    SystemPrompts(SystemPromptSpec),
+    /// Requests built from few-shot templates (shared prefixes).
+    FewShot(FewShotSpec),
 }
 
 impl Serialize for WorkloadSource {
@@ -250,12 +260,30 @@ impl WorkloadSource {
                     .collect();
                 format!("mix of {}", parts.join(" + "))
             }
+            WorkloadSource::Chat(c) => c.to_string(),
+            WorkloadSource::SystemPrompts(p) => p.to_string(),
+            WorkloadSource::FewShot(f) => f.to_string(),
         }
     }
 }
 
+/// A shared-prefix generator's short name and parser of its `KEY=VALUE` list.
+type SharedCtor = fn(&str, &str) -> Result<WorkloadSource, WorkloadError>;
+
+const SHARED: &[(&str, SharedCtor)] = &[
+    ("chat", |i, r| {
+        shared::parse_chat(i, r).map(WorkloadSource::Chat)
+    }),
+    ("system-prompts", |i, r| {
+        shared::parse_system_prompts(i, r).map(WorkloadSource::SystemPrompts)
+    }),
+    ("few-shot", |i, r| {
+        shared::parse_few_shot(i, r).map(WorkloadSource::FewShot)
+    }),
+];
+
 /// Splits on `sep` outside parentheses.
-fn split_top(s: &str, sep: char) -> Vec<&str> {
+pub(crate) fn split_top(s: &str, sep: char) -> Vec<&str> {
     let mut out = Vec::new();
     let mut depth = 0i32;
     let mut start = 0;
@@ -308,6 +336,14 @@ impl std::str::FromStr for WorkloadSource {
                 _ => Err(err("synthetic needs both prompt=... and output=...".into())),
             };
         }
+        for (name, ctor) in SHARED {
+            if s == *name {
+                return ctor(s, &s[s.len()..]);
+            }
+            if let Some(rest) = s.strip_prefix(name).and_then(|r| r.strip_prefix(':')) {
+                return ctor(s, rest);
+            }
+        }
         if let Some(rest) = s.strip_prefix("mix:") {
             let mut components = Vec::new();
             for part in split_top(rest, '+') {
@@ -339,7 +375,8 @@ impl std::str::FromStr for WorkloadSource {
         if !s.contains(['/', '.', '\\']) {
             let known: Vec<&str> = BuiltinTrace::ALL.iter().map(|t| t.name()).collect();
             return Err(err(format!(
-                "unknown trace name (known: {}, synthetic:..., mix:..., or a file path)",
+                "unknown trace name (known: {}, synthetic:..., mix:..., chat, system-prompts, \
+                 few-shot, or a file path)",
                 known.join(", ")
             )));
         }

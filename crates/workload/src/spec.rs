@@ -7,7 +7,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::arrivals::{retime_factor, ArrivalClock, Arrivals};
 use crate::lengths::LengthDist;
+use crate::prefix::{self, Segment};
 use crate::rng::Rng;
+use crate::shared::PrefixPool;
 use crate::slo::{SloClass, SloPolicy};
 use crate::source::{Sampling, WorkloadSource};
 use crate::trace::TraceFile;
@@ -107,21 +109,35 @@ enum Lengths {
         prompt: LengthDist,
         output: LengthDist,
     },
+    /// Shared prefixes plus each request's own text.
+    Pool(PrefixPool),
 }
 
 impl Lengths {
-    /// Draws the next request's (prompt, output, row SLOs).
-    fn draw(&mut self, rng: &mut Rng, shuffle_rng: &mut Rng) -> RequestSpec {
+    /// Draws the next request's (prompt, output, row SLOs) and, if this source knows them, the
+    /// segments of its content.
+    fn draw(
+        &mut self,
+        rng: &mut Rng,
+        shuffle_rng: &mut Rng,
+    ) -> (RequestSpec, Option<Vec<Segment>>) {
         match self {
-            Lengths::Synthetic { prompt, output } => RequestSpec {
-                arrival_s: 0.0,
-                prompt_tokens: prompt.sample(rng),
-                output_tokens: output.sample(rng),
-                ttft_slo_ms: None,
-                tbt_slo_ms: None,
-                priority: 0,
-                class: None,
-            },
+            Lengths::Synthetic { prompt, output } => (
+                RequestSpec {
+                    arrival_s: 0.0,
+                    prompt_tokens: prompt.sample(rng),
+                    output_tokens: output.sample(rng),
+                    ttft_slo_ms: None,
+                    tbt_slo_ms: None,
+                    priority: 0,
+                    class: None,
+                },
+                None,
+            ),
+            Lengths::Pool(pool) => {
+                let (r, s) = pool.draw(rng);
+                (r, Some(s))
+            }
             Lengths::Rows {
                 trace,
                 order,
@@ -140,10 +156,17 @@ impl Lengths {
                     }
                 };
                 *next += 1;
-                row_request(&trace.rows[i])
+                (row_request(&trace.rows[i]), row_segments(trace, i))
             }
         }
     }
+}
+
+/// The segments of row `i` of a trace with Mooncake hash ids.
+fn row_segments(trace: &TraceFile, i: usize) -> Option<Vec<Segment>> {
+    let ids = trace.hash_ids.get(i)?;
+    let prompt = trace.rows[i].prompt_tokens.max(1);
+    Some(prefix::mooncake_segments(ids, prompt, i as u64))
 }
 
 fn row_request(r: &crate::trace::TraceRow) -> RequestSpec {
@@ -169,8 +192,20 @@ fn load(path: PathBuf) -> Result<Arc<TraceFile>, WorkloadError> {
     Ok(Arc::new(t))
 }
 
-fn resolve(source: &WorkloadSource) -> Result<Lengths, WorkloadError> {
+/// The lengths of `source`, part `part` of a mixture (0 otherwise) under `seed`.
+fn resolve(source: &WorkloadSource, seed: u64, part: u64) -> Result<Lengths, WorkloadError> {
     let (trace, sampling) = match source {
+        WorkloadSource::SystemPrompts(p) => {
+            return PrefixPool::system_prompts(p, seed, part).map(Lengths::Pool)
+        }
+        WorkloadSource::FewShot(f) => {
+            return PrefixPool::few_shot(f, seed, part).map(Lengths::Pool)
+        }
+        WorkloadSource::Chat(_) => {
+            return Err(WorkloadError::Invalid(
+                "chat conversations cannot be part of a mixture".to_string(),
+            ))
+        }
         WorkloadSource::Builtin { name, sampling } => (load(name.path()?)?, *sampling),
         WorkloadSource::File { path, sampling } => (load(path.clone())?, *sampling),
         WorkloadSource::Synthetic { prompt, output } => {
@@ -245,21 +280,28 @@ impl WorkloadSpec {
                     return Err(WorkloadError::Invalid("empty mixture".into()));
                 }
                 let mut v = Vec::with_capacity(components.len());
-                for c in components {
+                for (part, c) in components.iter().enumerate() {
                     if !(c.weight >= 0.0 && c.weight.is_finite()) {
                         return Err(WorkloadError::Invalid(format!(
                             "mixture weight must be non-negative, got {}",
                             c.weight
                         )));
                     }
-                    v.push((resolve(&c.source)?, c.weight, c.class.clone()));
+                    v.push((
+                        resolve(&c.source, self.seed, part as u64)?,
+                        c.weight,
+                        c.class.clone(),
+                    ));
                 }
                 if v.iter().map(|p| p.1).sum::<f64>() <= 0.0 {
                     return Err(WorkloadError::Invalid("mixture weights sum to 0".into()));
                 }
                 v
             }
-            single => vec![(resolve(single)?, 1.0, None)],
+            WorkloadSource::Chat(chat) => {
+                return self.conversations(chat);
+            }
+            single => vec![(resolve(single, self.seed, 0)?, 1.0, None)],
         };
 
         let single_trace = match (&self.source, &parts[0].0) {
@@ -275,6 +317,8 @@ impl WorkloadSpec {
         let mut requests;
         // Index of the mixture component of each request (for per-source SLOs).
         let mut part_of: Vec<u16> = Vec::new();
+        // Content of each request, if any source knows it.
+        let mut segments: Vec<Option<Vec<Segment>>> = Vec::new();
         if arrivals.uses_trace_times() {
             let trace = match &single_trace {
                 Some(t) if t.timed => t,
@@ -298,13 +342,14 @@ impl WorkloadSpec {
                 _ => 1.0,
             };
             requests = Vec::with_capacity(n);
-            for r in rows {
+            for (i, r) in rows.iter().enumerate() {
                 let mut req = row_request(r);
                 req.arrival_s = (r.arrival_s - t0) * factor;
                 if self.duration_s.is_some_and(|d| req.arrival_s >= d) {
                     break;
                 }
                 requests.push(req);
+                segments.push(row_segments(trace, i));
             }
         } else {
             let limit = match (self.max_requests, self.duration_s, &single_trace) {
@@ -346,21 +391,57 @@ impl WorkloadSpec {
                         .position(|&c| u < c)
                         .unwrap_or(parts.len() - 1)
                 };
-                let mut req = parts[k].0.draw(&mut len_rng, &mut shuffle_rng);
+                let (mut req, seg) = parts[k].0.draw(&mut len_rng, &mut shuffle_rng);
                 req.arrival_s = t;
                 requests.push(req);
+                segments.push(seg);
                 if parts.len() > 1 {
                     part_of.push(k as u16);
                 }
             }
         }
 
+        // Requests of parts without prefix structure get content of their own.
+        let prefixes: Vec<Vec<Segment>> = if segments.iter().any(Option::is_some) {
+            segments
+                .into_iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    s.unwrap_or_else(|| {
+                        vec![Segment::start(
+                            prefix::own_stream(self.seed, i as u64),
+                            requests[i].prompt_tokens,
+                        )]
+                    })
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let part_classes: Vec<Option<String>> = parts.iter().map(|p| p.2.clone()).collect();
+        parts.clear();
+        self.finish(requests, prefixes, part_of, &part_classes, arrivals)
+    }
+
+    /// Fits the context, describes the workload and assembles it.
+    fn finish(
+        &self,
+        mut requests: Vec<RequestSpec>,
+        mut prefixes: Vec<Vec<Segment>>,
+        mut part_of: Vec<u16>,
+        part_classes: &[Option<String>],
+        arrivals: Arrivals,
+    ) -> Result<Workload, WorkloadError> {
         if let Some(max_ctx) = self.max_context {
-            fit_context(&mut requests, &mut part_of, max_ctx, self.context_fit);
+            fit_context(
+                &mut requests,
+                &mut part_of,
+                &mut prefixes,
+                max_ctx,
+                self.context_fit,
+            );
         }
-
-        let classes = self.assign_slos(&mut requests, &part_of, &parts)?;
-
+        let classes = self.assign_slos(&mut requests, &part_of, part_classes)?;
         let mut description = format!(
             "{}, {}, {} requests",
             self.source.describe(),
@@ -371,19 +452,32 @@ impl WorkloadSpec {
             description.push_str(&format!(", max context {c} ({:?})", self.context_fit));
         }
         description.push_str(&format!(", seed {}", self.seed));
-        parts.clear();
         Ok(Workload {
             requests,
             classes,
             description,
+            prefixes,
         })
+    }
+
+    /// Expands a [`WorkloadSource::Chat`] source.
+    fn conversations(&self, chat: &crate::shared::ChatSpec) -> Result<Workload, WorkloadError> {
+        let arrivals = self.arrivals.unwrap_or(Arrivals::AllAtOnce);
+        let (requests, prefixes) = chat.generate(
+            arrivals,
+            self.max_requests,
+            self.duration_s,
+            self.max_context,
+            self.seed,
+        )?;
+        self.finish(requests, prefixes, Vec::new(), &[None], arrivals)
     }
 
     fn assign_slos(
         &self,
         requests: &mut [RequestSpec],
         part_of: &[u16],
-        parts: &[(Lengths, f64, Option<String>)],
+        part_classes: &[Option<String>],
     ) -> Result<Vec<SloClass>, WorkloadError> {
         let apply = |r: &mut RequestSpec, c: &SloClass, idx: usize| {
             r.ttft_slo_ms = c.ttft_ms;
@@ -434,9 +528,9 @@ impl WorkloadSpec {
                 Ok(classes.clone())
             }
             SloPolicy::PerSource { classes } => {
-                let class_of_part: Vec<Option<usize>> = parts
+                let class_of_part: Vec<Option<usize>> = part_classes
                     .iter()
-                    .map(|(_, _, name)| match name {
+                    .map(|name| match name {
                         None => Ok(None),
                         Some(n) => classes
                             .iter()
@@ -451,7 +545,7 @@ impl WorkloadSpec {
                     .collect::<Result<_, _>>()?;
                 for (i, r) in requests.iter_mut().enumerate() {
                     let k = part_of.get(i).copied().unwrap_or(0) as usize;
-                    match class_of_part[k] {
+                    match class_of_part.get(k).copied().flatten() {
                         Some(idx) => apply(r, &classes[idx], idx),
                         None => {
                             r.ttft_slo_ms = None;
@@ -467,15 +561,42 @@ impl WorkloadSpec {
     }
 }
 
-/// Makes every request fit `max_ctx` tokens (prompt + output).
+/// Makes every request fit `max_ctx` tokens (prompt + output); a shortened request's segments
+/// (`prefixes`, parallel or empty) keep their start.
 fn fit_context(
     requests: &mut Vec<RequestSpec>,
     part_of: &mut Vec<u16>,
+    prefixes: &mut Vec<Vec<Segment>>,
     max_ctx: u32,
     fit: ContextFit,
 ) {
     let total = |r: &RequestSpec| u64::from(r.prompt_tokens) + u64::from(r.output_tokens);
     let max_ctx64 = u64::from(max_ctx.max(2));
+    if !prefixes.is_empty() {
+        let before: Vec<(u32, u32)> = requests
+            .iter()
+            .map(|r| (r.prompt_tokens, r.output_tokens))
+            .collect();
+        let keep: Vec<bool> = requests.iter().map(|r| total(r) <= max_ctx64).collect();
+        fit_context(requests, part_of, &mut Vec::new(), max_ctx, fit);
+        if fit == ContextFit::Drop {
+            let mut k = keep.into_iter();
+            prefixes.retain(|_| k.next().unwrap_or(false));
+            return;
+        }
+        for ((r, seg), (p0, o0)) in requests.iter().zip(prefixes.iter_mut()).zip(before) {
+            if (r.prompt_tokens, r.output_tokens) != (p0, o0) {
+                // Segments that went on over the output keep doing so.
+                let n = if prefix::covered(seg) <= u64::from(p0) {
+                    r.prompt_tokens
+                } else {
+                    r.prompt_tokens.saturating_add(r.output_tokens)
+                };
+                *seg = prefix::truncate(seg, n);
+            }
+        }
+        return;
+    }
     let scale = |r: &mut RequestSpec, f: f64| {
         r.prompt_tokens = ((r.prompt_tokens as f64 * f).floor() as u32).max(1);
         r.output_tokens = ((r.output_tokens as f64 * f).floor() as u32).max(1);
@@ -546,7 +667,7 @@ mod tests {
         let base = vec![req(100, 10), req(3000, 2000), req(10, 5000)];
         let run = |fit| {
             let mut v = base.clone();
-            fit_context(&mut v, &mut Vec::new(), 1000, fit);
+            fit_context(&mut v, &mut Vec::new(), &mut Vec::new(), 1000, fit);
             lens(&v)
         };
         assert_eq!(run(ContextFit::Cap), vec![(100, 10), (500, 500), (10, 990)]);

@@ -16,9 +16,10 @@
 //!
 //! ## JSONL (Mooncake)
 //! One object per line: `{"timestamp": ms, "input_length": n, "output_length": n,
-//! "hash_ids": [...]}`. `timestamp` is optional (all lines or none); `hash_ids` (ids of 512-token
-//! prefix blocks) is accepted and ignored — this crate models no prefix sharing. The optional
-//! fields `ttft_slo_ms`, `tbt_slo_ms` and `priority` are read like the CSV columns.
+//! "hash_ids": [...]}`. `timestamp` is optional (all lines or none). `hash_ids` (optional) names
+//! the prompt's 512-token blocks: equal ids are equal content, so requests sharing leading ids
+//! share a prefix ([`crate::prefix::mooncake_segments`]). The optional fields `ttft_slo_ms`,
+//! `tbt_slo_ms` and `priority` are read like the CSV columns.
 //!
 //! Arrival times are made relative to the earliest row; rows are sorted by arrival (stable).
 
@@ -52,6 +53,8 @@ pub struct TraceFile {
     pub timed: bool,
     /// The rows, sorted by arrival.
     pub rows: Vec<TraceRow>,
+    /// Each row's Mooncake `hash_ids` (parallel to `rows`), or empty when no row has any.
+    pub hash_ids: Vec<Vec<u64>>,
 }
 
 impl TraceFile {
@@ -302,7 +305,12 @@ fn parse_csv(path: &Path, text: &str) -> Result<TraceFile, WorkloadError> {
             priority,
         });
     }
-    Ok(finish(path, rows, cols.time.is_some().then_some(times)))
+    Ok(finish(
+        path,
+        rows,
+        cols.time.is_some().then_some(times),
+        Vec::new(),
+    ))
 }
 
 fn seconds(s: &str) -> Option<Instant> {
@@ -311,9 +319,17 @@ fn seconds(s: &str) -> Option<Instant> {
     Some((whole as i64, v - whole))
 }
 
-/// Makes times relative to the earliest and sorts rows by arrival.
-fn finish(path: &Path, mut rows: Vec<TraceRow>, times: Option<Vec<Instant>>) -> TraceFile {
+/// Makes times relative to the earliest and sorts rows (and their hash ids) by arrival.
+fn finish(
+    path: &Path,
+    mut rows: Vec<TraceRow>,
+    times: Option<Vec<Instant>>,
+    mut hash_ids: Vec<Vec<u64>>,
+) -> TraceFile {
     let timed = times.is_some();
+    if hash_ids.iter().all(Vec::is_empty) {
+        hash_ids.clear();
+    }
     if let Some(times) = times {
         if let Some(&t0) = times
             .iter()
@@ -323,12 +339,21 @@ fn finish(path: &Path, mut rows: Vec<TraceRow>, times: Option<Vec<Instant>>) -> 
                 row.arrival_s = (t.0 - t0.0) as f64 + (t.1 - t0.1);
             }
         }
-        rows.sort_by(|a, b| a.arrival_s.total_cmp(&b.arrival_s));
+        let mut order: Vec<usize> = (0..rows.len()).collect();
+        order.sort_by(|&a, &b| rows[a].arrival_s.total_cmp(&rows[b].arrival_s));
+        rows = order.iter().map(|&i| rows[i]).collect();
+        if !hash_ids.is_empty() {
+            hash_ids = order
+                .iter()
+                .map(|&i| std::mem::take(&mut hash_ids[i]))
+                .collect();
+        }
     }
     TraceFile {
         path: path.to_path_buf(),
         timed,
         rows,
+        hash_ids,
     }
 }
 
@@ -405,8 +430,7 @@ struct JsonLine {
     input_length: u32,
     output_length: u32,
     #[serde(default)]
-    #[allow(dead_code)]
-    hash_ids: Option<serde::de::IgnoredAny>,
+    hash_ids: Vec<u64>,
     ttft_slo_ms: Option<f64>,
     #[serde(alias = "tpot_slo_ms")]
     tbt_slo_ms: Option<f64>,
@@ -415,6 +439,7 @@ struct JsonLine {
 
 fn parse_jsonl(path: &Path, text: &str) -> Result<TraceFile, WorkloadError> {
     let mut rows = Vec::new();
+    let mut hash_ids = Vec::new();
     let mut times: Vec<Instant> = Vec::new();
     let mut timed: Option<bool> = None;
     for (no, line) in lines(text) {
@@ -454,8 +479,14 @@ fn parse_jsonl(path: &Path, text: &str) -> Result<TraceFile, WorkloadError> {
             tbt_slo_ms: j.tbt_slo_ms,
             priority: j.priority,
         });
+        hash_ids.push(j.hash_ids);
     }
-    Ok(finish(path, rows, (timed == Some(true)).then_some(times)))
+    Ok(finish(
+        path,
+        rows,
+        (timed == Some(true)).then_some(times),
+        hash_ids,
+    ))
 }
 
 #[cfg(test)]

@@ -4,9 +4,9 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
-use accellm_core::{cluster, instance, request::RequestSpec};
+use accellm_core::{cluster, instance, kv::BlockKey, request::RequestSpec};
 use accellm_workload::{
     Arrivals, BuiltinTrace, SloClass, SloPolicy, Workload, WorkloadError, WorkloadSource,
 };
@@ -66,6 +66,14 @@ pub struct SimulateArgs {
     /// Tokens per KV block.
     #[arg(long)]
     pub block_size: Option<u32>,
+    /// Reuse cached KV of shared prompt prefixes (on, off), for workloads with prefix structure
+    /// (chat, system-prompts, few-shot, Mooncake traces with hash_ids). Default: on.
+    #[arg(long, value_name = "on|off", value_parser = on_off)]
+    pub prefix_cache: Option<bool>,
+    /// Cache-aware routing: weight of a candidate's expected prefix hit against its load
+    /// (0: routing ignores cached prefixes).
+    #[arg(long, value_name = "W")]
+    pub prefix_weight: Option<f64>,
     /// Simulate the engine measured in this profile (`accellm calibrate --out FILE`) instead of
     /// --model on --hardware; KV blocks and block size default to the profile's.
     #[arg(long, value_name = "FILE")]
@@ -77,7 +85,9 @@ pub struct SimulateArgs {
     #[arg(long)]
     pub link: Option<String>,
     /// Workload: azure-conv, azure-code, sharegpt, arxiv, a trace file (CSV/JSONL),
-    /// synthetic:prompt=DIST,output=DIST or mix:A*w@class+B*w@class. Default: azure-conv.
+    /// synthetic:prompt=DIST,output=DIST, mix:A*w@class+B*w@class, or one with shared
+    /// prefixes: chat[:turns=DIST,user=DIST,...], system-prompts[:...], few-shot[:...].
+    /// Default: azure-conv.
     #[arg(long)]
     pub workload: Option<String>,
     /// Arrival rate (req/s): re-times a timed trace, else Poisson (Gamma with --burstiness).
@@ -152,7 +162,9 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
         }
         let jobs: Vec<(SimConfig, Option<f64>)> =
             policies.iter().map(|p| (p.clone(), args.rate)).collect();
-        run_jobs(&jobs, threads, record, |_| Ok(requests.clone()))?
+        run_jobs(&jobs, threads, record, |(c, _)| {
+            Ok((requests.clone(), runner::core_keys(&w, c.block_size)))
+        })?
     } else {
         for &r in &args.sweep_rate {
             anyhow::ensure!(
@@ -166,7 +178,11 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
             .collect();
         let burst = args.burstiness;
         run_jobs(&jobs, threads, record, |(c, rate)| {
-            Ok(runner::core_requests(&workload(c, *rate, burst)?))
+            let w = workload(c, *rate, burst)?;
+            Ok((
+                runner::core_requests(&w),
+                runner::core_keys(&w, c.block_size),
+            ))
         })?
     };
     let text = if args.json {
@@ -234,6 +250,13 @@ pub fn config(args: &SimulateArgs) -> anyhow::Result<SimConfig> {
         block_size => block_size,
         link => link,
         seed => workload.seed,
+        prefix_cache => prefix_cache,
+        prefix_weight => cluster.prefix_weight,
+    );
+    anyhow::ensure!(
+        c.cluster.prefix_weight >= 0.0 && c.cluster.prefix_weight.is_finite(),
+        "--prefix-weight must be a non-negative number, got {}",
+        c.cluster.prefix_weight
     );
     if let Some(p) = &args.hardware_profile {
         c.hardware_profile = Some(p.clone());
@@ -304,6 +327,15 @@ pub fn config(args: &SimulateArgs) -> anyhow::Result<SimConfig> {
     cluster::build(&c.cluster_policy, c.instances.max(1), &c.cluster)?;
     instance::build(&c.instance_policy, &c.instance)?;
     Ok(c)
+}
+
+/// Parses `on`/`off` (also true/false, yes/no, 1/0).
+fn on_off(v: &str) -> Result<bool, String> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "on" | "true" | "yes" | "1" => Ok(true),
+        "off" | "false" | "no" | "0" => Ok(false),
+        other => Err(format!("expected on or off, got `{other}`")),
+    }
 }
 
 /// Reads a kebab-case knob value as the config file would; an unknown name lists the valid ones.
@@ -408,13 +440,16 @@ fn describe(cfg: &SimConfig, w: &Workload, policies: &[SimConfig]) -> String {
     )
 }
 
+/// A job's requests and their block keys (parallel, or empty without prefix structure).
+type JobRequests = (Vec<RequestSpec>, Vec<Option<Arc<[BlockKey]>>>);
+
 /// Runs every job (a config and its rate) on up to `threads` threads; `requests` produces each
-/// job's request list. Reports come back in job order.
+/// job's requests and block keys. Reports come back in job order.
 fn run_jobs(
     jobs: &[(SimConfig, Option<f64>)],
     threads: usize,
     record: bool,
-    requests: impl Fn(&(SimConfig, Option<f64>)) -> anyhow::Result<Vec<RequestSpec>> + Sync,
+    requests: impl Fn(&(SimConfig, Option<f64>)) -> anyhow::Result<JobRequests> + Sync,
 ) -> anyhow::Result<Vec<RunReport>> {
     let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
     if std::io::stderr().is_terminal() {
@@ -432,12 +467,12 @@ fn run_jobs(
     let work = || loop {
         let k = next.fetch_add(1, Ordering::Relaxed);
         let Some(job) = jobs.get(k) else { break };
-        let r = requests(job).and_then(|reqs| {
+        let r = requests(job).and_then(|(reqs, keys)| {
             let watch = Watch {
                 progress: Some(&tick),
                 timeseries: record,
             };
-            runner::run(&job.0, &reqs, Some(watch)).map(|mut rep| {
+            runner::run_keyed(&job.0, &reqs, &keys, Some(watch)).map(|mut rep| {
                 rep.rate = job.1;
                 rep
             })

@@ -9,6 +9,7 @@
 //! instance_policy = "sarathi"
 //! block_size = 16
 //! link = "auto"              # nvlink, pcie, inter-node, or "25gbps" (per direction)
+//! prefix_cache = true        # reuse cached KV of shared prefixes (workloads with prefixes)
 //!
 //! [workload]                 # accellm_workload::WorkloadSpec
 //! source = "azure-conv"
@@ -19,7 +20,10 @@
 //! [instance]                 # accellm_core::instance::InstanceConfig
 //! chunk_size = 1024
 //!
-//! [cluster.splitwise]        # accellm_core::cluster::ClusterConfig
+//! [cluster]                  # accellm_core::cluster::ClusterConfig
+//! prefix_weight = 1.0        # cache-aware routing: weight of the expected prefix hit
+//!
+//! [cluster.splitwise]
 //! prefill_instances = 3
 //!
 //! [cluster.accellm]          # AcceLLM knobs (docs/accellm.md)
@@ -65,6 +69,8 @@ pub struct SimConfig {
     pub link: String,
     /// Most requests waiting cluster-wide before new ones are rejected (0: unbounded).
     pub max_waiting: usize,
+    /// Reuse the cached KV of prompt prefixes (for workloads with prefix structure).
+    pub prefix_cache: bool,
     /// Interval of time-series samples in ms (0: about 500 samples over the workload).
     pub sample_interval_ms: f64,
     /// The workload.
@@ -102,6 +108,7 @@ impl Default for SimConfig {
             block_size: 16,
             link: "auto".into(),
             max_waiting: 0,
+            prefix_cache: true,
             sample_interval_ms: 0.0,
             workload: WorkloadSpec::new(WorkloadSource::builtin(BuiltinTrace::AzureConv)),
             instance: InstanceConfig::default(),
@@ -208,6 +215,10 @@ mod tests {
         assert!(e.contains("eager") && e.contains("recompute"), "{e}");
         let e = SimConfig::parse("[cluster.accellm]\neviction = \"fifo\"\n").unwrap_err();
         assert!(e.contains("lru") && e.contains("largest-first"), "{e}");
+        let c = SimConfig::parse("prefix_cache = false\n[cluster]\nprefix_weight = 2.5\n").unwrap();
+        assert!(!c.prefix_cache);
+        assert_eq!(c.cluster.prefix_weight, 2.5);
+        assert!(SimConfig::default().prefix_cache);
         assert!(SimConfig::parse("instnaces = 3")
             .unwrap_err()
             .contains("instnaces"));

@@ -71,6 +71,37 @@ pub fn build(runs: &[RunReport], title_line: &str, sweep: bool) -> Report {
         ]);
     }
     report = report.table(table);
+    if runs.iter().any(|r| r.prefix_cache.is_some()) {
+        let mut prefix = Table::new(
+            "Prefix cache",
+            [
+                "policy",
+                "rate (req/s)",
+                "cache",
+                "hit rate (hit / queried tokens)",
+                "prefill tokens saved",
+                "of all prompt tokens",
+            ],
+        );
+        for r in runs {
+            if let Some(p) = r.prefix_cache {
+                prefix = prefix.row([
+                    r.label(),
+                    r.rate.map_or("trace".into(), |x| format!("{x}")),
+                    (if p.enabled { "on" } else { "off" }).to_string(),
+                    format!(
+                        "{} ({} / {})",
+                        percent(p.hit_rate),
+                        p.hit_tokens,
+                        p.query_tokens
+                    ),
+                    p.hit_tokens.to_string(),
+                    percent(p.prefill_saved),
+                ]);
+            }
+        }
+        report = report.table(prefix);
+    }
     if runs.iter().any(|r| !r.classes.is_empty()) {
         let mut classes = Table::new(
             "Per SLO class",

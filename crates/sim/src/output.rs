@@ -46,6 +46,15 @@ fn pct(p: &Percentiles, scale: f64, digits: usize) -> String {
     )
 }
 
+/// A token count, short (`1234567` → `1.23M`).
+fn tokens(n: u64) -> String {
+    match n {
+        0..=9_999 => n.to_string(),
+        10_000..=9_999_999 => format!("{:.1}k", n as f64 / 1e3),
+        _ => format!("{:.2}M", n as f64 / 1e6),
+    }
+}
+
 /// A fraction as a percentage with one decimal (`0.934` → `93.4%`).
 pub(crate) fn percent(fraction: f64) -> String {
     format!("{:.1}%", fraction * 100.0)
@@ -148,6 +157,23 @@ pub fn metrics_table(reports: &[RunReport]) -> String {
             )
         });
     }
+    if reports.iter().any(|r| r.prefix_cache.is_some()) {
+        row("prefix cache hit rate (hit / queried tokens)", &|r| {
+            r.prefix_cache.map_or("-".into(), |p| {
+                format!(
+                    "{} ({} / {})",
+                    percent(p.hit_rate),
+                    tokens(p.hit_tokens),
+                    tokens(p.query_tokens)
+                )
+            })
+        });
+        row("prefill tokens saved (of all prompt tokens)", &|r| {
+            r.prefix_cache.map_or("-".into(), |p| {
+                format!("{} ({})", tokens(p.hit_tokens), percent(p.prefill_saved))
+            })
+        });
+    }
     row("req/s per instance", &|r| {
         format!("{:.3}", r.requests_per_s_per_instance)
     });
@@ -245,6 +271,10 @@ pub fn sweep_table(reports: &[RunReport]) -> String {
     ]
     .map(String::from)
     .to_vec()];
+    let prefixes = reports.iter().any(|r| r.prefix_cache.is_some());
+    if prefixes {
+        rows[0].push("prefix hit".into());
+    }
     for r in reports {
         let s = &r.summary;
         rows.push(vec![
@@ -265,6 +295,12 @@ pub fn sweep_table(reports: &[RunReport]) -> String {
             r.counters.preemptions.to_string(),
             r.unfinished.to_string(),
         ]);
+        if prefixes {
+            let cell = r.prefix_cache.map_or("-".into(), |p| percent(p.hit_rate));
+            if let Some(last) = rows.last_mut() {
+                last.push(cell);
+            }
+        }
     }
     table(&rows)
 }
@@ -277,7 +313,7 @@ ttft_ms_mean,ttft_ms_p50,ttft_ms_p90,ttft_ms_p99,tbt_ms_mean,tbt_ms_p50,tbt_ms_p
 jct_ms_mean,jct_ms_p50,jct_ms_p90,jct_ms_p99,norm_ms_mean,norm_ms_p50,norm_ms_p90,norm_ms_p99,\
 request_throughput,output_throughput,slo_attainment_strict,goodput_strict,slo_attainment_mean,goodput_mean,busy_mean,prefill_frac,decode_frac,mixed_frac,\
 kv_mean,kv_peak,preemptions,kv_bytes_moved,migrations_free,migrations_transfer,\
-requests_per_s_per_instance,tokens_per_gpu_s,simulated_s,wall_s\n",
+requests_per_s_per_instance,tokens_per_gpu_s,simulated_s,wall_s,prefix_query_tokens,prefix_hit_tokens\n",
     );
     for r in reports {
         let s_ = &r.summary;
@@ -288,7 +324,7 @@ requests_per_s_per_instance,tokens_per_gpu_s,simulated_s,wall_s\n",
         let p = |p: &Percentiles| format!("{},{},{},{}", p.mean, p.p50, p.p90, p.p99);
         let _ = writeln!(
             s,
-            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
+            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
             r.cluster_policy,
             r.instance_policy,
             r.rate.map_or(String::new(), |x| x.to_string()),
@@ -323,7 +359,9 @@ requests_per_s_per_instance,tokens_per_gpu_s,simulated_s,wall_s\n",
             r.requests_per_s_per_instance,
             r.tokens_per_gpu_s,
             r.simulated_s,
-            r.wall_s
+            r.wall_s,
+            r.counters.prefix_query_tokens,
+            r.counters.prefix_hit_tokens
         );
     }
     s

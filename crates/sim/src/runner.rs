@@ -8,6 +8,7 @@ use accellm_core::{
     cluster,
     cost::{CostModel, Link},
     instance,
+    kv::{run_keys, BlockKey},
     metrics::{RequestRecord, SloCounts, SloFigures, Summary},
     replay::{self, Observer},
     request::{RequestSpec, Slo},
@@ -54,6 +55,21 @@ pub fn core_requests(w: &Workload) -> Vec<RequestSpec> {
             },
             priority: r.priority,
             class: r.class,
+        })
+        .collect()
+}
+
+/// The block keys of each request's content for prefix caching, for blocks of `block_size`
+/// tokens (parallel to [`core_requests`]); empty when the workload has no prefix structure.
+pub fn core_keys(w: &Workload, block_size: u32) -> Vec<Option<Arc<[BlockKey]>>> {
+    let mut runs = Vec::new();
+    w.prefixes
+        .iter()
+        .map(|segments| {
+            runs.clear();
+            runs.extend(segments.iter().map(|s| s.run()));
+            let keys = run_keys(&runs, block_size);
+            (!keys.is_empty()).then(|| Arc::from(keys))
         })
         .collect()
 }
@@ -153,7 +169,7 @@ fn scheduler(
         link,
         max_waiting: cfg.max_waiting,
         record_timelines,
-        prefix_cache: true,
+        prefix_cache: cfg.prefix_cache,
     };
     let cluster = cluster::build(&cfg.cluster_policy, cfg.instances, &cfg.cluster)?;
     let policies = (0..cfg.instances)
@@ -209,6 +225,9 @@ pub struct RunReport {
     /// Per SLO class of the workload (empty when requests carry no class).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub classes: Vec<ClassReport>,
+    /// Prefix-cache figures, when the workload has prefix structure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix_cache: Option<PrefixCacheReport>,
     /// Mean busy fraction over instances.
     pub busy_mean: f64,
     /// Mean KV utilisation over instances and time.
@@ -231,6 +250,38 @@ pub struct RunReport {
     /// Per-request latencies for distributions, if recorded (with the time series).
     #[serde(skip)]
     pub samples: Option<LatencySamples>,
+}
+
+/// How much prefill the prefix cache saved in a run (vLLM's `prefix_cache_queries` and
+/// `prefix_cache_hits`, in tokens).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct PrefixCacheReport {
+    /// Whether the cache was on.
+    pub enabled: bool,
+    /// Prompt tokens looked up when prefills started.
+    pub query_tokens: u64,
+    /// Of those, tokens found cached: prefill tokens saved.
+    pub hit_tokens: u64,
+    /// `hit_tokens / query_tokens` (0 without queries).
+    pub hit_rate: f64,
+    /// Prompt tokens of all completed requests.
+    pub prompt_tokens: u64,
+    /// `hit_tokens / prompt_tokens`: the share of prefill work saved.
+    pub prefill_saved: f64,
+}
+
+impl PrefixCacheReport {
+    fn of(enabled: bool, counters: &ClusterCounters, prompt_tokens: u64) -> Self {
+        let ratio = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
+        PrefixCacheReport {
+            enabled,
+            query_tokens: counters.prefix_query_tokens,
+            hit_tokens: counters.prefix_hit_tokens,
+            hit_rate: ratio(counters.prefix_hit_tokens, counters.prefix_query_tokens),
+            prompt_tokens,
+            prefill_saved: ratio(counters.prefix_hit_tokens, prompt_tokens),
+        }
+    }
 }
 
 /// The figures of one SLO class of the workload in a run.
@@ -395,7 +446,18 @@ pub fn run(
     requests: &[RequestSpec],
     watch: Option<Watch<'_>>,
 ) -> anyhow::Result<RunReport> {
-    run_keeping(cfg, requests, watch, false).map(|(r, _)| r)
+    run_keeping(cfg, requests, &[], watch, false).map(|(r, _)| r)
+}
+
+/// [`run`] with each request's block keys ([`core_keys`]; parallel to `requests`, or empty) for
+/// prefix caching; the report then has [`RunReport::prefix_cache`].
+pub fn run_keyed(
+    cfg: &SimConfig,
+    requests: &[RequestSpec],
+    keys: &[Option<Arc<[BlockKey]>>],
+    watch: Option<Watch<'_>>,
+) -> anyhow::Result<RunReport> {
+    run_keeping(cfg, requests, keys, watch, false).map(|(r, _)| r)
 }
 
 /// [`run`], also returning the core's metrics with every request's token times
@@ -404,12 +466,13 @@ pub fn run_with_timelines(
     cfg: &SimConfig,
     requests: &[RequestSpec],
 ) -> anyhow::Result<(RunReport, accellm_core::metrics::Metrics)> {
-    run_keeping(cfg, requests, None, true)
+    run_keeping(cfg, requests, &[], None, true)
 }
 
 fn run_keeping(
     cfg: &SimConfig,
     requests: &[RequestSpec],
+    keys: &[Option<Arc<[BlockKey]>>],
     watch: Option<Watch<'_>>,
     timelines: bool,
 ) -> anyhow::Result<(RunReport, accellm_core::metrics::Metrics)> {
@@ -441,7 +504,13 @@ fn run_keeping(
     let hw = hardware
         .as_ref()
         .map(|(cost, link)| replay::Hardware { cost, link: *link });
-    let end = replay::run_on(&mut sched, requests, &mut obs, hw);
+    anyhow::ensure!(
+        keys.is_empty() || keys.len() == requests.len(),
+        "{} block-key lists for {} requests",
+        keys.len(),
+        requests.len()
+    );
+    let end = replay::run_keyed(&mut sched, requests, keys, &mut obs, hw);
     let wall_s = t0.elapsed().as_secs_f64();
     if let Some(p) = progress {
         p(obs.ended);
@@ -456,6 +525,20 @@ fn run_keeping(
         cfg.workload.slo.classes(),
         rep.summary.duration_s,
     );
+    if !keys.is_empty() {
+        let prompt_tokens = sched
+            .metrics()
+            .finished
+            .iter()
+            .filter(|r| r.completed())
+            .map(|r| u64::from(r.prompt_tokens))
+            .sum();
+        rep.prefix_cache = Some(PrefixCacheReport::of(
+            cfg.prefix_cache,
+            &rep.counters,
+            prompt_tokens,
+        ));
+    }
     if want_ts {
         rep.samples = Some(LatencySamples::of(sched.metrics()));
     }
@@ -515,6 +598,7 @@ fn report(
         counters,
         instances,
         classes: Vec::new(),
+        prefix_cache: None,
         cluster: info,
         summary,
         simulated_s: secs,

@@ -143,9 +143,9 @@ impl Table {
         self.ownership == Ownership::Replica && self.pins == 0
     }
 
-    /// Whether this table keeps its blocks from eviction (a primary, or a pinned replica).
-    fn sticky(&self) -> u32 {
-        u32::from(!self.evictable())
+    /// Whether this is a replica pinned by a copy in flight.
+    fn pinned_replica(&self) -> bool {
+        self.ownership == Ownership::Replica && self.pins > 0
     }
 
     fn primary(&self) -> u32 {
@@ -160,8 +160,6 @@ struct Holders {
     refs: u32,
     /// Of those, primaries.
     primary: u32,
-    /// Of those, tables that keep it from eviction (primaries and pinned replicas).
-    sticky: u32,
 }
 
 /// Number of KV blocks that fit in `device_bytes` after `weight_bytes` and a `reserve_fraction` of
@@ -199,7 +197,9 @@ pub struct BlockManager {
     primary_blocks: u32,
     replica_blocks: u32,
     replica_lru: BTreeSet<(u64, RequestId)>,
-    evictable_blocks: u32,
+    /// Blocks in pinned replica tables (kept from eviction while copies land). Counted per table:
+    /// pins change every iteration, so they must not cost a pass over the table's blocks.
+    pinned_blocks: u32,
     tick: u64,
     eviction: EvictionPolicy,
     replicas_as_cache: bool,
@@ -222,7 +222,7 @@ impl BlockManager {
             primary_blocks: 0,
             replica_blocks: 0,
             replica_lru: BTreeSet::new(),
-            evictable_blocks: 0,
+            pinned_blocks: 0,
             tick: 0,
             eviction: EvictionPolicy::Lru,
             replicas_as_cache: true,
@@ -295,10 +295,11 @@ impl BlockManager {
         self.replica_blocks
     }
 
-    /// Blocks a primary could obtain: free and cached ones plus those held only by unpinned
-    /// replicas.
+    /// Blocks a primary can surely obtain: free and cached ones plus those held only by replicas,
+    /// less the blocks of pinned replicas. Exact without shared blocks; with them it may count a
+    /// shared block of a pinned replica twice, erring on the safe side.
     pub fn available_for_primary(&self) -> u32 {
-        self.free_blocks() + self.evictable_blocks
+        self.free_blocks() + self.replica_blocks.saturating_sub(self.pinned_blocks)
     }
 
     /// Blocks needed to hold `tokens` tokens.
@@ -351,26 +352,23 @@ impl BlockManager {
     }
 
     /// Adds `dh` to block `b`'s holders, keeping the counters and the free and cached sets right.
-    fn adjust(&mut self, b: BlockId, refs: i32, primary: i32, sticky: i32) {
+    fn adjust(&mut self, b: BlockId, refs: i32, primary: i32) {
         let i = b as usize;
         let old = self.holders[i];
         let class = |h: Holders| {
             (
                 u32::from(h.primary > 0),
                 u32::from(h.refs > 0 && h.primary == 0),
-                u32::from(h.refs > 0 && h.sticky == 0),
             )
         };
-        let (p0, r0, e0) = class(old);
+        let (p0, r0) = class(old);
         let h = &mut self.holders[i];
         h.refs = h.refs.wrapping_add_signed(refs);
         h.primary = h.primary.wrapping_add_signed(primary);
-        h.sticky = h.sticky.wrapping_add_signed(sticky);
         let new = *h;
-        let (p1, r1, e1) = class(new);
+        let (p1, r1) = class(new);
         self.primary_blocks = self.primary_blocks + p1 - p0;
         self.replica_blocks = self.replica_blocks + r1 - r0;
-        self.evictable_blocks = self.evictable_blocks + e1 - e0;
         if old.refs > 0 && new.refs == 0 {
             let keep = self.keys[i] != 0 && (self.replicas_as_cache || old.primary > 0);
             if keep {
@@ -437,14 +435,14 @@ impl BlockManager {
         let tick = self.tick;
         let table = self.table_mut(req, ownership);
         table.last_used = tick;
-        let (primary, sticky) = (table.primary() as i32, table.sticky() as i32);
+        let primary = table.primary() as i32;
         let evictable = table.evictable();
         for k in &keys[..n as usize] {
             let Some(&b) = self.index.get(k) else { break };
             if self.holders[b as usize].refs == 0 {
                 self.cached.remove(&(self.cached_at[b as usize], b));
             }
-            self.adjust(b, 1, primary, sticky);
+            self.adjust(b, 1, primary);
             if let Some(Some(t)) = self.tables.get_mut(req.index()) {
                 t.blocks.push(b);
             }
@@ -512,12 +510,15 @@ impl BlockManager {
         let table = self.table_mut(req, ownership);
         let old_tick = table.last_used;
         table.last_used = tick;
-        let (primary, sticky) = (table.primary() as i32, table.sticky() as i32);
-        let evictable = table.evictable();
+        let primary = table.primary() as i32;
+        let (evictable, pinned) = (table.evictable(), table.pinned_replica());
+        if pinned {
+            self.pinned_blocks += needed;
+        }
         for _ in 0..needed {
             // Checked above: enough blocks are free or cached.
             let Some(b) = self.take_block() else { break };
-            self.adjust(b, 1, primary, sticky);
+            self.adjust(b, 1, primary);
             if let Some(Some(t)) = self.tables.get_mut(req.index()) {
                 t.blocks.push(b);
             }
@@ -556,28 +557,15 @@ impl BlockManager {
         if t.evictable() {
             self.replica_lru.remove(&(t.last_used, req));
         }
-        let (primary, sticky) = (t.primary() as i32, t.sticky() as i32);
+        if t.pinned_replica() {
+            self.pinned_blocks -= n;
+        }
+        let primary = t.primary() as i32;
         // Released last to first, so the lowest ids end on top of the free list.
         for &b in t.blocks.iter().rev() {
-            self.adjust(b, -1, -primary, -sticky);
+            self.adjust(b, -1, -primary);
         }
         n
-    }
-
-    /// Changes the holder counts of every block of `req`'s table from what `before` implied to
-    /// what the table is now.
-    fn reclass(&mut self, req: RequestId, primary_before: u32, sticky_before: u32) {
-        let Some(t) = self.tables.get_mut(req.index()).and_then(Option::take) else {
-            return;
-        };
-        let dp = t.primary() as i32 - primary_before as i32;
-        let ds = t.sticky() as i32 - sticky_before as i32;
-        if dp != 0 || ds != 0 {
-            for &b in &t.blocks {
-                self.adjust(b, 0, dp, ds);
-            }
-        }
-        self.tables[req.index()] = Some(t);
     }
 
     /// Changes whose copy `req`'s table here is (a migration swaps primary and replica).
@@ -588,16 +576,34 @@ impl BlockManager {
         if t.ownership == ownership {
             return;
         }
-        let (p0, s0, e0) = (t.primary(), t.sticky(), t.evictable());
+        let (e0, pin0) = (t.evictable(), t.pinned_replica());
         t.ownership = ownership;
-        let (e1, last) = (t.evictable(), t.last_used);
+        let (e1, pin1, last) = (t.evictable(), t.pinned_replica(), t.last_used);
+        let n = t.blocks.len() as u32;
+        let dp = if ownership == Ownership::Primary {
+            1
+        } else {
+            -1
+        };
+        let blocks = std::mem::take(&mut t.blocks);
+        for &b in &blocks {
+            self.adjust(b, 0, dp);
+        }
+        if let Some(Some(t)) = self.tables.get_mut(req.index()) {
+            t.blocks = blocks;
+        }
         if e0 {
             self.replica_lru.remove(&(last, req));
         }
         if e1 {
             self.replica_lru.insert((last, req));
         }
-        self.reclass(req, p0, s0);
+        if pin0 {
+            self.pinned_blocks -= n;
+        }
+        if pin1 {
+            self.pinned_blocks += n;
+        }
     }
 
     /// Pins `req`'s table here while a copy into it is in flight: a pinned replica is not
@@ -606,11 +612,11 @@ impl BlockManager {
         let Some(Some(t)) = self.tables.get_mut(req.index()) else {
             return;
         };
-        let (p0, s0, e0, last) = (t.primary(), t.sticky(), t.evictable(), t.last_used);
+        let (e0, last) = (t.evictable(), t.last_used);
         t.pins += 1;
         if e0 {
             self.replica_lru.remove(&(last, req));
-            self.reclass(req, p0, s0);
+            self.pinned_blocks += t.blocks.len() as u32;
         }
     }
 
@@ -619,12 +625,11 @@ impl BlockManager {
         let Some(Some(t)) = self.tables.get_mut(req.index()) else {
             return;
         };
-        let (p0, s0, e0) = (t.primary(), t.sticky(), t.evictable());
+        let e0 = t.evictable();
         t.pins = t.pins.saturating_sub(1);
         if t.evictable() && !e0 {
-            let last = t.last_used;
-            self.replica_lru.insert((last, req));
-            self.reclass(req, p0, s0);
+            self.replica_lru.insert((t.last_used, req));
+            self.pinned_blocks -= t.blocks.len() as u32;
         }
     }
 
@@ -634,7 +639,7 @@ impl BlockManager {
     pub fn check_invariants(&self) -> Result<(), String> {
         let n = self.num_blocks as usize;
         let mut holders = vec![Holders::default(); n];
-        let mut lru = 0usize;
+        let (mut lru, mut pinned) = (0usize, 0u32);
         for (i, t) in self.tables.iter().enumerate() {
             let Some(t) = t else { continue };
             let mut seen = BTreeSet::new();
@@ -647,7 +652,6 @@ impl BlockManager {
                 }
                 h.refs += 1;
                 h.primary += t.primary();
-                h.sticky += t.sticky();
             }
             let listed = self
                 .replica_lru
@@ -659,6 +663,9 @@ impl BlockManager {
             }
             if t.evictable() {
                 lru += 1;
+            }
+            if t.pinned_replica() {
+                pinned += t.blocks.len() as u32;
             }
         }
         let mut state = vec![0u8; n];
@@ -688,7 +695,7 @@ impl BlockManager {
                 ));
             }
         }
-        let (mut primary, mut replica, mut evictable) = (0u32, 0u32, 0u32);
+        let (mut primary, mut replica) = (0u32, 0u32);
         for (b, h) in holders.iter().enumerate() {
             if *h != self.holders[b] {
                 return Err(format!("block {b}: holder counts disagree with the tables"));
@@ -700,7 +707,6 @@ impl BlockManager {
             }
             primary += u32::from(h.primary > 0);
             replica += u32::from(h.refs > 0 && h.primary == 0);
-            evictable += u32::from(h.refs > 0 && h.sticky == 0);
         }
         for (&k, &b) in &self.index {
             if self.keys.get(b as usize) != Some(&k) {
@@ -715,7 +721,7 @@ impl BlockManager {
         if primary != self.primary_blocks || replica != self.replica_blocks {
             return Err("block counters disagree with the tables".into());
         }
-        if lru != self.replica_lru.len() || evictable != self.evictable_blocks {
+        if lru != self.replica_lru.len() || pinned != self.pinned_blocks {
             return Err("LRU order or evictable count holds stale entries".into());
         }
         Ok(())

@@ -156,7 +156,7 @@ impl Default for ServerConfig {
             instance_policy: "accelgen".into(),
             kv_blocks: 1024,
             block_size: 16,
-            prefix_cache: false,
+            prefix_cache: true,
             max_waiting: 256,
             max_body_bytes: 4 << 20,
             api_key: None,

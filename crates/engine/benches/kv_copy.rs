@@ -27,6 +27,7 @@ fn smollm2_shape() -> ModelConfig {
         rms_eps: 1e-5,
         rope_theta: 100000.0,
         kv_bytes_per_token: 2 * 30 * 3 * 64 * 4,
+        arch: Default::default(),
     }
 }
 

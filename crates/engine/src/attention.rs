@@ -26,6 +26,8 @@ pub(crate) struct AttnShape {
     pub(crate) head_dim: usize,
     pub(crate) block_size: usize,
     pub(crate) scale: f32,
+    /// A row at `pos` attends to positions `pos + 1 - window ..= pos` (`usize::MAX`: all).
+    pub(crate) window: usize,
 }
 
 impl AttnShape {
@@ -36,6 +38,7 @@ impl AttnShape {
             head_dim: pool.head_dim(),
             block_size: pool.block_size(),
             scale: 1.0 / (pool.head_dim() as f32).sqrt(),
+            window: usize::MAX,
         }
     }
 }
@@ -80,33 +83,37 @@ macro_rules! attend_row_body {
         let bs = $shape.block_size;
         let group = $shape.heads / $shape.kv_heads;
         let n_ctx = $row.pos + 1;
+        // First visible position (sliding-window layers see only the last `window` tokens).
+        let lo = n_ctx.saturating_sub($shape.window);
         let n_blocks = n_ctx.div_ceil(bs);
         $scores.clear();
-        $scores.resize(n_ctx, 0.0);
+        $scores.resize(n_ctx - lo, 0.0);
         for h in 0..$shape.heads {
             let kvh = h / group;
             let qh = &$q[h * hd..(h + 1) * hd];
-            // Scores against every key of the context.
-            for b in 0..n_blocks {
+            // Scores against every visible key of the context.
+            for b in lo / bs..n_blocks {
                 let blk = $row.table[b] as usize;
                 let base = ((blk * $shape.kv_heads + kvh) * bs) * hd;
+                let first = lo.max(b * bs) - b * bs;
                 let len = bs.min(n_ctx - b * bs);
-                let keys = &$kv.k[base..base + len * hd];
+                let keys = &$kv.k[base + first * hd..base + len * hd];
                 for (s, key) in keys.chunks_exact(hd).enumerate() {
-                    $scores[b * bs + s] = $dot(qh, key) * $shape.scale;
+                    $scores[b * bs + first + s - lo] = $dot(qh, key) * $shape.scale;
                 }
             }
-            let sum = $softmax(&mut $scores[..n_ctx]);
+            let sum = $softmax(&mut $scores[..]);
             let inv = 1.0 / sum;
             let oh = &mut $out[h * hd..(h + 1) * hd];
             oh.fill(0.0);
-            for b in 0..n_blocks {
+            for b in lo / bs..n_blocks {
                 let blk = $row.table[b] as usize;
                 let base = ((blk * $shape.kv_heads + kvh) * bs) * hd;
+                let first = lo.max(b * bs) - b * bs;
                 let len = bs.min(n_ctx - b * bs);
-                let vals = &$kv.v[base..base + len * hd];
+                let vals = &$kv.v[base + first * hd..base + len * hd];
                 for (s, val) in vals.chunks_exact(hd).enumerate() {
-                    $axpy(oh, $scores[b * bs + s] * inv, val);
+                    $axpy(oh, $scores[b * bs + first + s - lo] * inv, val);
                 }
             }
         }
@@ -411,5 +418,109 @@ mod simd {
                 assert!((x - y).abs() < 1e-6);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ModelConfig;
+
+    fn pool(tokens: usize) -> KvPool {
+        let config = ModelConfig {
+            architecture: "llama".into(),
+            layers: 1,
+            hidden: 16,
+            heads: 2,
+            kv_heads: 1,
+            head_dim: 8,
+            ffn_hidden: 8,
+            vocab: 4,
+            context_length: 64,
+            rms_eps: 1e-5,
+            rope_theta: 1e4,
+            kv_bytes_per_token: 64,
+            arch: Default::default(),
+        };
+        KvPool::new(&config, tokens.div_ceil(4), 4).unwrap()
+    }
+
+    /// K and V of token `i` (deterministic, distinct per token).
+    fn kv_of(i: usize) -> (Vec<f32>, Vec<f32>) {
+        let k = (0..8)
+            .map(|d| ((i * 7 + d * 3) % 11) as f32 * 0.1 - 0.5)
+            .collect();
+        let v = (0..8)
+            .map(|d| ((i * 5 + d) % 13) as f32 * 0.2 - 1.0)
+            .collect();
+        (k, v)
+    }
+
+    fn fill(p: &KvPool, tokens: impl Iterator<Item = usize>) {
+        let mut g = p.write_layer(0).unwrap();
+        for (slot, i) in tokens.enumerate() {
+            let (k, v) = kv_of(i);
+            let o = p.offset(slot / 4, 0, slot % 4);
+            g.k[o..o + 8].copy_from_slice(&k);
+            g.v[o..o + 8].copy_from_slice(&v);
+        }
+    }
+
+    #[test]
+    fn sliding_window_equals_attention_over_the_last_tokens_only() {
+        let q: Vec<f32> = (0..16).map(|d| (d % 5) as f32 * 0.3 - 0.6).collect();
+        // All 11 tokens in the pool; the row at position 10 with a window of 5 ...
+        let all = pool(11);
+        fill(&all, 0..11);
+        let table: Vec<u32> = (0..3).collect();
+        let shape = AttnShape {
+            window: 5,
+            ..AttnShape::of(&all, 2)
+        };
+        let mut windowed = vec![0f32; 16];
+        let g = all.read_layer(0).unwrap();
+        let row = RowCtx {
+            pos: 10,
+            table: &table,
+        };
+        attend_row(&shape, &g, row, &q, &mut windowed, &mut Vec::new());
+        // ... equals full attention over a pool that holds only tokens 6..=10.
+        let last = pool(5);
+        fill(&last, 6..11);
+        let g2 = last.read_layer(0).unwrap();
+        let mut full = vec![0f32; 16];
+        let row = RowCtx {
+            pos: 4,
+            table: &table,
+        };
+        attend_row(
+            &AttnShape::of(&last, 2),
+            &g2,
+            row,
+            &q,
+            &mut full,
+            &mut Vec::new(),
+        );
+        for (a, b) in windowed.iter().zip(&full) {
+            assert!((a - b).abs() < 1e-6, "{windowed:?} vs {full:?}");
+        }
+        // And the window matters: full attention over all 11 tokens differs.
+        let mut unwindowed = vec![0f32; 16];
+        let row = RowCtx {
+            pos: 10,
+            table: &table,
+        };
+        attend_row(
+            &AttnShape::of(&all, 2),
+            &g,
+            row,
+            &q,
+            &mut unwindowed,
+            &mut Vec::new(),
+        );
+        assert!(unwindowed
+            .iter()
+            .zip(&full)
+            .any(|(a, b)| (a - b).abs() > 1e-3));
     }
 }

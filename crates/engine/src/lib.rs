@@ -1,4 +1,4 @@
-//! accellm-engine: runs Llama-family GGUF models on the CPU for accellm.
+//! accellm-engine: runs GGUF models (Llama, Qwen2 and Gemma 3 families) on the CPU for accellm.
 //!
 //! The engine owns model weights ([`Model`], shared by every instance behind an `Arc`) and KV
 //! memory ([`KvPool`], one preallocated paged pool per instance), and executes the iterations the
@@ -22,7 +22,7 @@ pub mod sampling;
 pub mod threads;
 
 pub use batch::{ForwardBatch, ForwardOutput, PhaseTimings, SeqInput};
-pub use config::ModelConfig;
+pub use config::{Activation, ArchParams, Family, ModelConfig, RopeStyle};
 pub use error::{EngineError, Result};
 pub use kv::{copy_kv, KvPool, KvSpan, DEFAULT_BLOCK_SIZE};
 pub use linear::WeightFormat;

@@ -1,4 +1,5 @@
-//! A Llama-family transformer loaded from GGUF, and its batched forward pass over paged KV.
+//! A transformer loaded from GGUF (Llama, Qwen2 or Gemma 3 family, see [`Family`]), and its
+//! batched forward pass over paged KV.
 
 use std::fs::File;
 use std::path::Path;
@@ -9,7 +10,7 @@ use rayon::prelude::*;
 
 use crate::attention::{attend_row, silu_mul, AttnShape, RowCtx};
 use crate::batch::{ForwardBatch, ForwardOutput, PhaseTimings};
-use crate::config::ModelConfig;
+use crate::config::{Activation, Family, ModelConfig, RopeStyle};
 use crate::error::{EngineError, Result};
 use crate::kv::KvPool;
 use crate::linear::{Linear, WeightFormat};
@@ -19,11 +20,30 @@ struct Layer {
     attn_norm: Vec<f32>,
     /// Q, K and V stacked: output `[heads*hd | kv_heads*hd | kv_heads*hd]`.
     qkv: Linear,
+    /// Biases of Q, K and V stacked the same way (Qwen2).
+    qkv_bias: Option<Vec<f32>>,
+    /// RMS-norm weights applied to every Q head and every K head before RoPE (Gemma 3).
+    qk_norm: Option<(Vec<f32>, Vec<f32>)>,
     o: Linear,
+    /// RMS-norm of the attention output before the residual add (Gemma 3).
+    post_attn_norm: Option<Vec<f32>>,
     ffn_norm: Vec<f32>,
     /// Gate and up stacked: output `[ffn | ffn]`.
     gate_up: Linear,
     down: Linear,
+    /// RMS-norm of the MLP output before the residual add (Gemma 3).
+    post_ffn_norm: Option<Vec<f32>>,
+    /// Index of this layer's rotary embedding in `Model::ropes`.
+    rope: usize,
+    /// Attention window in tokens (`usize::MAX`: the whole context).
+    window: usize,
+}
+
+/// One rotary embedding: inverse frequencies (`head_dim / 2`) and the position scale.
+#[derive(Debug, Clone, PartialEq)]
+struct Rope {
+    inv_freq: Vec<f32>,
+    pos_scale: f32,
 }
 
 /// Model weights, shared read-only by every instance (wrap it in an `Arc`).
@@ -35,8 +55,8 @@ pub struct Model {
     layers: Vec<Layer>,
     norm: Vec<f32>,
     lm_head: Linear,
-    /// RoPE inverse frequencies, `head_dim / 2` of them.
-    inv_freq: Vec<f32>,
+    /// The distinct rotary embeddings of the layers (one, or global and sliding-window).
+    ropes: Vec<Rope>,
 }
 
 impl std::fmt::Debug for Model {
@@ -55,7 +75,7 @@ fn vec_of(t: &QTensor) -> Result<Vec<f32>> {
 }
 
 impl Model {
-    /// Loads a Llama-family GGUF file, converting the projection weights to `format`.
+    /// Loads a GGUF file of a supported family, converting the projection weights to `format`.
     pub fn load(path: impl AsRef<Path>, format: WeightFormat) -> Result<Self> {
         let path = path.as_ref();
         let io_err = |source| EngineError::Io {
@@ -67,18 +87,45 @@ impl Model {
             path: path.to_path_buf(),
             source,
         };
-        let content = gguf_file::Content::read(&mut file).map_err(gguf_err)?;
+        let content =
+            gguf_file::Content::read(&mut file).map_err(|e| unsupported_dtype(e, path))?;
         let config = ModelConfig::from_gguf(&content)?;
+        let family = config.arch.family;
         let started = std::time::Instant::now();
         let dev = Device::Cpu;
+        let has = |name: &str| content.tensor_infos.contains_key(name);
+        if has("blk.0.attn_qkv.weight") && !has("blk.0.attn_q.weight") {
+            return Err(EngineError::Unsupported(
+                "fused `attn_qkv` projection tensors (separate attn_q/attn_k/attn_v expected)"
+                    .into(),
+            ));
+        }
         let mut get = |name: &str| -> Result<QTensor> {
             if !content.tensor_infos.contains_key(name) {
-                return Err(EngineError::Unsupported(format!("missing tensor `{name}`")));
+                return Err(EngineError::Unsupported(format!(
+                    "missing tensor `{name}` (for the {family:?} family)"
+                )));
             }
             content.tensor(&mut file, name, &dev).map_err(gguf_err)
         };
         let embed = get("token_embd.weight")?;
         let norm = vec_of(&get("output_norm.weight")?)?;
+        let hd = config.head_dim;
+        let mut ropes: Vec<Rope> = Vec::new();
+        // Llama 3's RoPE scaling: one divisor per frequency.
+        let freq_factors = if has("rope_freqs.weight") {
+            let f = vec_of(&get("rope_freqs.weight")?)?;
+            if f.len() != hd / 2 {
+                return Err(EngineError::Unsupported(format!(
+                    "rope_freqs.weight has {} values, expected {}",
+                    f.len(),
+                    hd / 2
+                )));
+            }
+            Some(f)
+        } else {
+            None
+        };
         let mut layers = Vec::with_capacity(config.layers);
         for l in 0..config.layers {
             let p = format!("blk.{l}");
@@ -109,13 +156,78 @@ impl Model {
                     "layer {l} tensor shapes do not match the metadata"
                 )));
             }
+            let bias_names = ["attn_q", "attn_k", "attn_v"].map(|n| format!("{p}.{n}.bias"));
+            let qkv_bias = if bias_names.iter().any(|n| has(n)) {
+                let mut b = Vec::with_capacity(expect_qkv);
+                for n in &bias_names {
+                    b.extend(vec_of(&get(n)?)?);
+                }
+                if b.len() != expect_qkv {
+                    return Err(EngineError::Unsupported(format!(
+                        "layer {l} Q/K/V bias sizes do not match the metadata"
+                    )));
+                }
+                Some(b)
+            } else if family == Family::Qwen2 {
+                return Err(EngineError::Unsupported(format!(
+                    "missing tensor `{p}.attn_q.bias` (Qwen2 has Q/K/V biases)"
+                )));
+            } else {
+                None
+            };
+            let gemma = family == Family::Gemma3;
+            let mut opt_norm = |name: &str, len: usize| -> Result<Option<Vec<f32>>> {
+                if !gemma {
+                    return Ok(None);
+                }
+                let w = vec_of(&get(&format!("{p}.{name}.weight"))?)?;
+                if w.len() != len {
+                    return Err(EngineError::Unsupported(format!(
+                        "{p}.{name}.weight has {} values, expected {len}",
+                        w.len()
+                    )));
+                }
+                Ok(Some(w))
+            };
+            let q_norm = opt_norm("attn_q_norm", hd)?;
+            let k_norm = opt_norm("attn_k_norm", hd)?;
+            let post_attn_norm = opt_norm("post_attention_norm", config.hidden)?;
+            let post_ffn_norm = opt_norm("post_ffw_norm", config.hidden)?;
+            let (theta, pos_scale) = config.rope_of_layer(l);
+            let sliding = config.is_sliding(l);
+            let rope = Rope {
+                inv_freq: (0..hd / 2)
+                    .map(|j| {
+                        let f = 1f32 / theta.powf((2 * j) as f32 / hd as f32);
+                        match &freq_factors {
+                            // Llama 3's factors; only global layers would carry them.
+                            Some(ff) if !sliding => f / ff[j],
+                            _ => f,
+                        }
+                    })
+                    .collect(),
+                pos_scale,
+            };
+            let rope = match ropes.iter().position(|r| *r == rope) {
+                Some(i) => i,
+                None => {
+                    ropes.push(rope);
+                    ropes.len() - 1
+                }
+            };
             layers.push(Layer {
                 attn_norm: vec_of(&get(&format!("{p}.attn_norm.weight"))?)?,
                 qkv,
+                qkv_bias,
+                qk_norm: q_norm.zip(k_norm),
                 o,
+                post_attn_norm,
                 ffn_norm: vec_of(&get(&format!("{p}.ffn_norm.weight"))?)?,
                 gate_up,
                 down,
+                post_ffn_norm,
+                rope,
+                window: config.window(l).unwrap_or(usize::MAX),
             });
         }
         let lm_head = if content.tensor_infos.contains_key("output.weight") {
@@ -130,13 +242,9 @@ impl Model {
             )?;
             Linear::new(vec![QTensor::new(storage, embed.shape().clone())?], format)?
         };
-        let hd = config.head_dim;
-        let inv_freq = (0..hd)
-            .step_by(2)
-            .map(|i| 1f32 / config.rope_theta.powf(i as f32 / hd as f32))
-            .collect();
         tracing::info!(
             path = %path.display(),
+            architecture = %config.architecture,
             format = %format,
             load_ms = started.elapsed().as_millis() as u64,
             "model loaded"
@@ -148,7 +256,7 @@ impl Model {
             layers,
             norm,
             lm_head,
-            inv_freq,
+            ropes,
         })
     }
 
@@ -182,7 +290,7 @@ impl Model {
         let c = &self.config;
         c.layers
             * (c.hidden * (c.heads + 2 * c.kv_heads) * c.head_dim
-                + c.hidden * c.hidden
+                + c.q_dim() * c.hidden
                 + 3 * c.hidden * c.ffn_hidden)
     }
 
@@ -220,9 +328,10 @@ impl Model {
         }
         let hidden = c.hidden;
         let hd = c.head_dim;
-        let q_dim = c.heads * hd;
+        let q_dim = c.q_dim();
         let kv_dim = c.kv_heads * hd;
         let qkv_dim = q_dim + 2 * kv_dim;
+        let family = c.arch.family;
 
         let mut rows: Vec<RowCtx<'_>> = Vec::with_capacity(t);
         let mut ids: Vec<u32> = Vec::with_capacity(t);
@@ -242,36 +351,68 @@ impl Model {
             .embedding(&ids_t)?
             .flatten_all()?
             .to_vec1::<f32>()?;
-
-        // RoPE tables for every row.
-        let half = hd / 2;
-        let mut cos = vec![0f32; t * half];
-        let mut sin = vec![0f32; t * half];
-        for (r, row) in rows.iter().enumerate() {
-            let p = row.pos as f32;
-            for (j, f) in self.inv_freq.iter().enumerate() {
-                let a = p * f;
-                cos[r * half + j] = a.cos();
-                sin[r * half + j] = a.sin();
-            }
+        if family == Family::Gemma3 {
+            let scale = (hidden as f32).sqrt();
+            h.iter_mut().for_each(|x| *x *= scale);
         }
 
-        let shape = AttnShape::of(pool, c.heads);
+        // RoPE tables for every row, one set per distinct rotary embedding.
+        let half = hd / 2;
+        let tables: Vec<(Vec<f32>, Vec<f32>)> = self
+            .ropes
+            .iter()
+            .map(|rope| {
+                let mut cos = vec![0f32; t * half];
+                let mut sin = vec![0f32; t * half];
+                for (r, row) in rows.iter().enumerate() {
+                    let p = row.pos as f32 * rope.pos_scale;
+                    for (j, f) in rope.inv_freq.iter().enumerate() {
+                        let a = p * f;
+                        cos[r * half + j] = a.cos();
+                        sin[r * half + j] = a.sin();
+                    }
+                }
+                (cos, sin)
+            })
+            .collect();
+        let rope_style = family.rope_style();
+
         let bs = pool.block_size();
         let mut xn = vec![0f32; t * hidden];
-        let mut attn = vec![0f32; t * hidden];
+        let mut attn = vec![0f32; t * q_dim];
         for (l, layer) in self.layers.iter().enumerate() {
+            let base = AttnShape::of(pool, c.heads);
+            let shape = AttnShape {
+                scale: c.arch.attention_scale.unwrap_or(base.scale),
+                window: layer.window,
+                ..base
+            };
             rms_norm(&h, &layer.attn_norm, c.rms_eps, &mut xn);
             let t0 = Instant::now();
             let mut qkv = layer.qkv.forward(&xn, t)?;
             mm += ms(t0);
+            let (cos, sin) = &tables[layer.rope];
             for (r, row) in qkv.chunks_exact_mut(qkv_dim).enumerate() {
+                if let Some(b) = &layer.qkv_bias {
+                    add_in_place(row, b);
+                }
+                if let Some((qn, kn)) = &layer.qk_norm {
+                    let (q, rest) = row.split_at_mut(q_dim);
+                    q.chunks_exact_mut(hd)
+                        .for_each(|head| rms_norm_in_place(head, qn, c.rms_eps));
+                    rest[..kv_dim]
+                        .chunks_exact_mut(hd)
+                        .for_each(|head| rms_norm_in_place(head, kn, c.rms_eps));
+                }
                 let (cs, sn) = (
                     &cos[r * half..(r + 1) * half],
                     &sin[r * half..(r + 1) * half],
                 );
                 for head in row[..q_dim + kv_dim].chunks_exact_mut(hd) {
-                    rope_interleaved(head, cs, sn);
+                    match rope_style {
+                        RopeStyle::Interleaved => rope_interleaved(head, cs, sn),
+                        RopeStyle::Neox => rope_neox(head, cs, sn),
+                    }
                 }
             }
             let t0 = Instant::now();
@@ -290,7 +431,7 @@ impl Model {
                 }
                 let kv = &*kv;
                 let qkv = &qkv;
-                attn.par_chunks_mut(hidden)
+                attn.par_chunks_mut(q_dim)
                     .zip(rows.par_iter())
                     .enumerate()
                     .for_each_init(Vec::new, |scores, (r, (out, row))| {
@@ -301,8 +442,12 @@ impl Model {
             at += ms(t0);
             on_layer_done(l);
             let t0 = Instant::now();
-            let o = layer.o.forward(&attn, t)?;
+            let mut o = layer.o.forward(&attn, t)?;
             mm += ms(t0);
+            if let Some(w) = &layer.post_attn_norm {
+                o.chunks_exact_mut(hidden)
+                    .for_each(|row| rms_norm_in_place(row, w, c.rms_eps));
+            }
             add_in_place(&mut h, &o);
             rms_norm(&h, &layer.ffn_norm, c.rms_eps, &mut xn);
             let t0 = Instant::now();
@@ -312,11 +457,18 @@ impl Model {
             let mut act = vec![0f32; t * ff];
             for (a, g) in act.chunks_exact_mut(ff).zip(gu.chunks_exact(2 * ff)) {
                 let (gate, up) = g.split_at(ff);
-                silu_mul(gate, up, a);
+                match family.activation() {
+                    Activation::Silu => silu_mul(gate, up, a),
+                    Activation::GeluTanh => gelu_tanh_mul(gate, up, a),
+                }
             }
             let t0 = Instant::now();
-            let d = layer.down.forward(&act, t)?;
+            let mut d = layer.down.forward(&act, t)?;
             mm += ms(t0);
+            if let Some(w) = &layer.post_ffn_norm {
+                d.chunks_exact_mut(hidden)
+                    .for_each(|row| rms_norm_in_place(row, w, c.rms_eps));
+            }
             add_in_place(&mut h, &d);
         }
 
@@ -337,9 +489,12 @@ impl Model {
             let mut hn = vec![0f32; n * hidden];
             rms_norm(&picked, &self.norm, c.rms_eps, &mut hn);
             let t0 = Instant::now();
-            let out = self.lm_head.forward(&hn, n)?;
+            let mut out = self.lm_head.forward(&hn, n)?;
             mm += ms(t0);
             let vocab = self.lm_head.out_dim();
+            if let Some(cap) = c.arch.final_logit_softcap {
+                out.iter_mut().for_each(|x| *x = cap * (*x / cap).tanh());
+            }
             for (k, &i) in which.iter().enumerate() {
                 logits[i] = Some(out[k * vocab..(k + 1) * vocab].to_vec());
             }
@@ -390,6 +545,54 @@ impl Model {
     }
 }
 
+/// GGML tensor types candle cannot read, by type id (ggml.h), for a clear error.
+const GGML_TYPE_NAMES: &[(u32, &str)] = &[
+    (16, "IQ2_XXS"),
+    (17, "IQ2_XS"),
+    (18, "IQ3_XXS"),
+    (19, "IQ1_S"),
+    (20, "IQ4_NL"),
+    (21, "IQ3_S"),
+    (22, "IQ2_S"),
+    (23, "IQ4_XS"),
+    (24, "I8"),
+    (25, "I16"),
+    (26, "I32"),
+    (27, "I64"),
+    (28, "F64"),
+    (29, "IQ1_M"),
+    (34, "TQ1_0"),
+    (35, "TQ2_0"),
+    (39, "MXFP4"),
+];
+
+/// The weight formats the engine reads (every one is converted to the chosen [`WeightFormat`]).
+pub const SUPPORTED_TENSOR_TYPES: &str =
+    "F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K";
+
+/// Turns candle's "unknown dtype for tensor N" into an error naming the GGML type.
+fn unsupported_dtype(e: candle_core::Error, path: &Path) -> EngineError {
+    let msg = e.to_string();
+    if let Some(id) = msg
+        .split("unknown dtype for tensor ")
+        .nth(1)
+        .and_then(|rest| rest.trim().parse::<u32>().ok())
+    {
+        let name = GGML_TYPE_NAMES
+            .iter()
+            .find(|(i, _)| *i == id)
+            .map_or_else(|| format!("type {id}"), |(_, n)| n.to_string());
+        return EngineError::Unsupported(format!(
+            "tensor format {name} in {} (supported: {SUPPORTED_TENSOR_TYPES})",
+            path.display()
+        ));
+    }
+    EngineError::Gguf {
+        path: path.to_path_buf(),
+        source: e,
+    }
+}
+
 /// `out = x / rms(x) * w`, row by row (rows of `w.len()` values).
 fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     let dim = w.len();
@@ -399,6 +602,35 @@ fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
         for ((o, &x), &w) in o.iter_mut().zip(x).zip(w) {
             *o = x / m * w;
         }
+    }
+}
+
+/// RMS-norm of one row in place (`w.len() == x.len()`).
+fn rms_norm_in_place(x: &mut [f32], w: &[f32], eps: f32) {
+    let sum2: f32 = x.iter().map(|v| v * v).sum();
+    let inv = 1.0 / (sum2 / x.len() as f32 + eps).sqrt();
+    for (x, &w) in x.iter_mut().zip(w) {
+        *x *= inv * w;
+    }
+}
+
+/// `out[i] = gelu(gate[i]) * up[i]` with GELU's tanh approximation (Gemma's GeGLU).
+fn gelu_tanh_mul(gate: &[f32], up: &[f32], out: &mut [f32]) {
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
+        let inner = SQRT_2_OVER_PI * g * (1.0 + 0.044_715 * g * g);
+        *o = 0.5 * g * (1.0 + inner.tanh()) * u;
+    }
+}
+
+/// NeoX-style rotary embedding of one head: pairs `(x[j], x[j + d/2])` rotate by angle `j`.
+fn rope_neox(x: &mut [f32], cos: &[f32], sin: &[f32]) {
+    let half = x.len() / 2;
+    let (lo, hi) = x.split_at_mut(half);
+    for ((a, b), (&c, &s)) in lo.iter_mut().zip(hi.iter_mut()).zip(cos.iter().zip(sin)) {
+        let (x0, x1) = (*a, *b);
+        *a = x0 * c - x1 * s;
+        *b = x0 * s + x1 * c;
     }
 }
 

@@ -25,6 +25,11 @@ impl ChatMessage {
 /// ChatML, used when a model has no template of its own.
 const CHATML: &str = "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
 
+/// Gemma's turn format, used for a Gemma vocabulary (`<start_of_turn>`) without a template of its
+/// own (the base models); a system message is folded into the first user turn as Gemma's own
+/// template does.
+const GEMMA: &str = "{{ bos_token }}{% if messages and messages[0]['role'] == 'system' %}{% set sys = messages[0]['content'] + '\n\n' %}{% set rest = messages[1:] %}{% else %}{% set sys = '' %}{% set rest = messages %}{% endif %}{% for message in rest %}{% set role = 'model' if message['role'] == 'assistant' else message['role'] %}{{ '<start_of_turn>' + role + '\n' + (sys if loop.first else '') + message['content'] | trim + '<end_of_turn>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}";
+
 /// A compiled chat template.
 pub struct ChatTemplate {
     env: minijinja::Environment<'static>,
@@ -62,7 +67,8 @@ impl ChatTemplate {
         })
     }
 
-    /// The template of a GGUF model (`tokenizer.chat_template`), or ChatML if it has none.
+    /// The template of a GGUF model (`tokenizer.chat_template`); without one, Gemma's turn format
+    /// for a Gemma vocabulary and ChatML otherwise.
     pub fn from_gguf_metadata(md: &GgufMetadata) -> Result<Self> {
         let tokens = md.get("tokenizer.ggml.tokens").and_then(|v| v.as_array());
         let token = |key: &str| -> String {
@@ -72,7 +78,10 @@ impl ChatTemplate {
                 .unwrap_or("")
                 .to_string()
         };
-        let source = md.get_str("tokenizer.chat_template").unwrap_or(CHATML);
+        let gemma_vocab =
+            tokens.is_some_and(|t| t.iter().any(|v| v.as_str() == Some("<start_of_turn>")));
+        let fallback = if gemma_vocab { GEMMA } else { CHATML };
+        let source = md.get_str("tokenizer.chat_template").unwrap_or(fallback);
         Self::new(
             source,
             &token("tokenizer.ggml.bos_token_id"),
@@ -111,6 +120,28 @@ mod tests {
         assert_eq!(s, "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n");
         let s = t.render(&[ChatMessage::new("user", "Hi")], false).unwrap();
         assert_eq!(s, "<|im_start|>user\nHi<|im_end|>\n");
+    }
+
+    #[test]
+    fn gemma_fallback_folds_the_system_message() {
+        let t = ChatTemplate::new(GEMMA, "<bos>", "<eos>").unwrap();
+        let s = t
+            .render(
+                &[
+                    ChatMessage::new("system", "Be brief."),
+                    ChatMessage::new("user", "Hi "),
+                    ChatMessage::new("assistant", "Hello"),
+                    ChatMessage::new("user", "Capital of France?"),
+                ],
+                true,
+            )
+            .unwrap();
+        assert_eq!(
+            s,
+            "<bos><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\n\
+             Hello<end_of_turn>\n<start_of_turn>user\nCapital of France?<end_of_turn>\n\
+             <start_of_turn>model\n"
+        );
     }
 
     #[test]

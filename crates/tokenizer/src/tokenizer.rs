@@ -33,10 +33,14 @@ use crate::spm::{self, SpmModel, TYPE_CONTROL, TYPE_UNKNOWN, TYPE_USER_DEFINED};
 /// Llama 3's pre-tokenizer regex (`tokenizer.ggml.pre` = `llama-bpe`).
 const LLAMA3_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
+/// Qwen2's pre-tokenizer regex (`tokenizer.ggml.pre` = `qwen2`): Llama 3's with single digits.
+const QWEN2_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
 /// Token texts that end an assistant turn in common chat formats.
 const END_OF_TURN_TOKENS: &[&str] = &[
     "<|im_end|>",
     "<|eot_id|>",
+    "<end_of_turn>",
     "<|end|>",
     "<|endoftext|>",
     "</s>",
@@ -174,9 +178,14 @@ fn build_bpe(md: &GgufMetadata, tokens: &[String], types: &[u64]) -> Result<Buil
         .to_string();
     let byte_level = ByteLevel::new(false, true, true);
     let pre_tok: PreTokenizerWrapper = match pre.as_str() {
-        "llama-bpe" | "llama3" | "llama-v3" => {
+        "llama-bpe" | "llama3" | "llama-v3" | "qwen2" => {
+            let regex = if pre == "qwen2" {
+                QWEN2_REGEX
+            } else {
+                LLAMA3_REGEX
+            };
             let split = Split::new(
-                SplitPattern::Regex(LLAMA3_REGEX.into()),
+                SplitPattern::Regex(regex.into()),
                 SplitDelimiterBehavior::Isolated,
                 false,
             )

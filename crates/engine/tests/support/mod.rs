@@ -1,4 +1,6 @@
-//! Test support: writes tiny random-weight Llama GGUF files.
+//! Test support: writes tiny random-weight GGUF files of each supported family. The files carry a
+//! small SentencePiece vocabulary (specials, the 256 byte tokens, filler pieces) so llama.cpp
+//! can load them too when `vocab >= 300` (see `tests/families.rs`).
 #![allow(dead_code)]
 
 use std::path::PathBuf;
@@ -18,6 +20,16 @@ pub struct TinySpec {
     pub seed: u64,
     pub dtype: GgmlDType,
     pub tied: bool,
+    /// GGUF architecture: `llama`, `qwen2` or `gemma3`.
+    pub arch: &'static str,
+    /// Head size when it is not `hidden / heads` (written as `attention.key_length`).
+    pub head_dim: Option<usize>,
+    /// Llama 3 RoPE frequency factors (`rope_freqs.weight`).
+    pub rope_freqs: bool,
+    /// Gemma 3 sliding window (every 6th layer global).
+    pub sliding_window: Option<usize>,
+    /// RoPE base.
+    pub rope_theta: f32,
 }
 
 impl Default for TinySpec {
@@ -32,6 +44,11 @@ impl Default for TinySpec {
             seed: 7,
             dtype: GgmlDType::F32,
             tied: false,
+            arch: "llama",
+            head_dim: None,
+            rope_freqs: false,
+            sliding_window: None,
+            rope_theta: 10_000.0,
         }
     }
 }
@@ -48,7 +65,7 @@ impl Rng {
     }
 }
 
-/// Writes a tiny random Llama model into a fresh temp file and returns its path.
+/// Writes a tiny random model into a fresh temp file and returns its path.
 pub fn write_tiny_model(spec: TinySpec) -> PathBuf {
     let dir = std::env::temp_dir().join(format!(
         "accellm-engine-test-{}-{}",
@@ -57,8 +74,16 @@ pub fn write_tiny_model(spec: TinySpec) -> PathBuf {
     ));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("tiny.gguf");
+    write_tiny_model_to(spec, &path);
+    path
+}
+
+/// Writes a tiny random model to `path` (byte-identical for the same spec).
+pub fn write_tiny_model_to(spec: TinySpec, path: &std::path::Path) {
     let mut rng = Rng(spec.seed);
-    let hd = spec.hidden / spec.heads;
+    let hd = spec.head_dim.unwrap_or(spec.hidden / spec.heads);
+    let q_dim = spec.heads * hd;
+    let gemma = spec.arch == "gemma3";
     let dev = Device::Cpu;
     let mut mat = |rows: usize, cols: usize, scale: f32| -> Tensor {
         let data: Vec<f32> = (0..rows * cols).map(|_| rng.next() * scale).collect();
@@ -90,7 +115,7 @@ pub fn write_tiny_model(spec: TinySpec) -> PathBuf {
         let p = format!("blk.{l}");
         tensors.push((
             format!("{p}.attn_q.weight"),
-            q(&mat(spec.hidden, spec.hidden, w), spec.dtype),
+            q(&mat(q_dim, spec.hidden, w), spec.dtype),
         ));
         tensors.push((
             format!("{p}.attn_k.weight"),
@@ -100,9 +125,10 @@ pub fn write_tiny_model(spec: TinySpec) -> PathBuf {
             format!("{p}.attn_v.weight"),
             q(&mat(spec.kv_heads * hd, spec.hidden, w), spec.dtype),
         ));
+        let wo = 1.0 / (q_dim as f32).sqrt() * 1.7;
         tensors.push((
             format!("{p}.attn_output.weight"),
-            q(&mat(spec.hidden, spec.hidden, w), spec.dtype),
+            q(&mat(spec.hidden, q_dim, wo), spec.dtype),
         ));
         tensors.push((
             format!("{p}.ffn_gate.weight"),
@@ -125,28 +151,98 @@ pub fn write_tiny_model(spec: TinySpec) -> PathBuf {
             format!("{p}.ffn_norm.weight"),
             q(&norm(spec.hidden, &mut rng2), GgmlDType::F32),
         ));
+        if spec.arch == "qwen2" {
+            for (name, n) in [("attn_q", q_dim), ("attn_k", spec.kv_heads * hd)] {
+                let b = mat(1, n, 0.5).flatten_all().unwrap();
+                tensors.push((format!("{p}.{name}.bias"), q(&b, GgmlDType::F32)));
+            }
+            let b = mat(1, spec.kv_heads * hd, 0.5).flatten_all().unwrap();
+            tensors.push((format!("{p}.attn_v.bias"), q(&b, GgmlDType::F32)));
+        }
+        if gemma {
+            for (name, n) in [
+                ("attn_q_norm", hd),
+                ("attn_k_norm", hd),
+                ("post_attention_norm", spec.hidden),
+                ("post_ffw_norm", spec.hidden),
+            ] {
+                tensors.push((
+                    format!("{p}.{name}.weight"),
+                    q(&norm(n, &mut rng2), GgmlDType::F32),
+                ));
+            }
+        }
+    }
+    if spec.rope_freqs {
+        // Llama 3's factors: 1 for high frequencies, up to 8 for low ones.
+        let f: Vec<f32> = (0..hd / 2)
+            .map(|j| 1.0 + 7.0 * (j as f32 / (hd / 2 - 1).max(1) as f32).powi(2))
+            .collect();
+        let t = Tensor::from_vec(f, hd / 2, &dev).unwrap();
+        tensors.push(("rope_freqs.weight".into(), q(&t, GgmlDType::F32)));
     }
     use gguf_file::Value as V;
-    let md: Vec<(&str, V)> = vec![
-        ("general.architecture", V::String("llama".into())),
-        ("llama.block_count", V::U32(spec.layers as u32)),
-        ("llama.embedding_length", V::U32(spec.hidden as u32)),
-        ("llama.feed_forward_length", V::U32(spec.ffn as u32)),
-        ("llama.attention.head_count", V::U32(spec.heads as u32)),
-        (
-            "llama.attention.head_count_kv",
-            V::U32(spec.kv_heads as u32),
-        ),
-        ("llama.rope.dimension_count", V::U32(hd as u32)),
-        ("llama.attention.layer_norm_rms_epsilon", V::F32(1e-5)),
-        ("llama.rope.freq_base", V::F32(10_000.0)),
-        ("llama.context_length", V::U32(2048)),
+    let a = spec.arch;
+    let k = |key: &str| format!("{a}.{key}");
+    let mut md: Vec<(String, V)> = vec![
+        ("general.architecture".into(), V::String(a.into())),
+        (k("block_count"), V::U32(spec.layers as u32)),
+        (k("embedding_length"), V::U32(spec.hidden as u32)),
+        (k("feed_forward_length"), V::U32(spec.ffn as u32)),
+        (k("attention.head_count"), V::U32(spec.heads as u32)),
+        (k("attention.head_count_kv"), V::U32(spec.kv_heads as u32)),
+        (k("rope.dimension_count"), V::U32(hd as u32)),
+        (k("attention.layer_norm_rms_epsilon"), V::F32(1e-5)),
+        (k("rope.freq_base"), V::F32(spec.rope_theta)),
+        (k("context_length"), V::U32(2048)),
     ];
-    let md_refs: Vec<(&str, &V)> = md.iter().map(|(k, v)| (*k, v)).collect();
+    if spec.head_dim.is_some() || gemma {
+        md.push((k("attention.key_length"), V::U32(hd as u32)));
+        md.push((k("attention.value_length"), V::U32(hd as u32)));
+    }
+    if let Some(w) = spec.sliding_window {
+        md.push((k("attention.sliding_window"), V::U32(w as u32)));
+    }
+    if spec.vocab >= 300 {
+        md.extend(tiny_vocab(spec.vocab));
+    }
+    let md_refs: Vec<(&str, &V)> = md.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let t_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    let mut f = std::fs::File::create(&path).unwrap();
+    let mut f = std::fs::File::create(path).unwrap();
     gguf_file::write(&mut f, &md_refs, &t_refs).unwrap();
-    path
+}
+
+/// A SentencePiece vocabulary of `n >= 300` tokens llama.cpp accepts: `<unk>`, `<s>`, `</s>`,
+/// the 256 byte tokens, then filler pieces.
+fn tiny_vocab(n: usize) -> Vec<(String, gguf_file::Value)> {
+    use gguf_file::Value as V;
+    assert!(n >= 300, "tiny vocabularies need at least 300 tokens");
+    let mut tokens = vec!["<unk>".to_string(), "<s>".into(), "</s>".into()];
+    let mut types = vec![2i32, 3, 3];
+    for b in 0..256 {
+        tokens.push(format!("<0x{b:02X}>"));
+        types.push(6);
+    }
+    for i in tokens.len()..n {
+        tokens.push(format!("\u{2581}t{i}"));
+        types.push(1);
+    }
+    let scores: Vec<V> = (0..n).map(|i| V::F32(-(i as f32))).collect();
+    vec![
+        ("tokenizer.ggml.model".into(), V::String("llama".into())),
+        (
+            "tokenizer.ggml.tokens".into(),
+            V::Array(tokens.into_iter().map(V::String).collect()),
+        ),
+        ("tokenizer.ggml.scores".into(), V::Array(scores)),
+        (
+            "tokenizer.ggml.token_type".into(),
+            V::Array(types.into_iter().map(V::I32).collect()),
+        ),
+        ("tokenizer.ggml.bos_token_id".into(), V::U32(1)),
+        ("tokenizer.ggml.eos_token_id".into(), V::U32(2)),
+        ("tokenizer.ggml.unknown_token_id".into(), V::U32(0)),
+    ]
 }
 
 static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);

@@ -75,12 +75,11 @@ for server in "$@"; do
         python3 - "$server" "$c" "$json" <<'PY'
 import json, os, sys
 server, c, path = sys.argv[1], sys.argv[2], sys.argv[3]
-s = json.load(open(path))
-s = s.get("summary", s)
+s = json.load(open(path))  # vLLM-style keys, see crates/bench/src/metrics.rs `to_json`
 load = os.getloadavg()[0]
-print(f"{server:<11} streams {c:>2}: {s['completed']}/{s['total']} done, "
-      f"output {s['output_throughput']:7.1f} tok/s, TPOT p50 {s['tpot']['median']:6.1f} ms, "
-      f"TTFT p50 {s['ttft']['median']:7.1f} ms, load {load:.2f}", flush=True)
+print(f"{server:<11} streams {c:>2}: {s['completed']}/{s['num_prompts']} done, "
+      f"output {s['output_throughput']:7.1f} tok/s, TPOT p50 {s['median_tpot_ms']:6.1f} ms, "
+      f"TTFT p50 {s['median_ttft_ms']:7.1f} ms, load {load:.2f}", flush=True)
 PY
     done
     stop_server

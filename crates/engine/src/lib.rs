@@ -27,7 +27,9 @@ pub use error::{EngineError, Result};
 pub use kv::{copy_kv, KvPool, KvSpan, DEFAULT_BLOCK_SIZE};
 pub use linear::WeightFormat;
 pub use model::Model;
-pub use sampling::{argmax, FinishReason, Sampler, SamplingParams, StopMatcher, StopStatus};
+pub use sampling::{
+    argmax, FinishReason, Sampler, SamplingParams, StopMatcher, StopStatus, TokenLogprob,
+};
 pub use threads::{matmul_threads, set_matmul_threads, Threads};
 
 /// Compile-time check that the shared types can cross threads.

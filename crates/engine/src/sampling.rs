@@ -179,6 +179,48 @@ impl Sampler {
     }
 }
 
+/// Log-probability of one chosen token and of the most likely alternatives, from the raw model
+/// distribution (log-softmax of the logits before temperature, top-k/top-p, masks: vLLM's
+/// default `raw_logprobs`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprob {
+    /// The token.
+    pub token: u32,
+    /// Its log-probability.
+    pub logprob: f32,
+    /// The `n` most likely tokens with their log-probabilities, most likely first.
+    pub top: Vec<(u32, f32)>,
+}
+
+impl TokenLogprob {
+    /// Log-softmax of `logits` at `token`, with the `top` most likely tokens (ties: lower id
+    /// first). Sums in `f64`; a token outside `logits` gets `-inf`.
+    pub fn of(logits: &[f32], token: u32, top: usize) -> Self {
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let sum: f64 = logits.iter().map(|&l| ((l - max) as f64).exp()).sum();
+        let log_z = max as f64 + sum.ln();
+        let lp = |l: f32| (l as f64 - log_z) as f32;
+        let mut best: Vec<(u32, f32)> = Vec::with_capacity(top + 1);
+        if top > 0 {
+            for (i, &l) in logits.iter().enumerate() {
+                if best.len() == top && l <= best[top - 1].1 {
+                    continue;
+                }
+                let at = best.partition_point(|&(_, b)| b >= l);
+                best.insert(at, (i as u32, l));
+                best.truncate(top);
+            }
+        }
+        Self {
+            token,
+            logprob: logits
+                .get(token as usize)
+                .map_or(f32::NEG_INFINITY, |&l| lp(l)),
+            top: best.into_iter().map(|(t, l)| (t, lp(l))).collect(),
+        }
+    }
+}
+
 /// Index of the largest logit (the first one on ties).
 pub fn argmax(logits: &[f32]) -> u32 {
     let mut best = 0;
@@ -307,6 +349,23 @@ mod tests {
             ..SamplingParams::default()
         });
         assert!((0..200).any(|_| s.sample(&logits) != 0));
+    }
+
+    #[test]
+    fn logprobs_are_log_softmax_with_the_top_tokens() {
+        let logits = [1.0f32, 3.0, -2.0, 3.0, 0.5];
+        let z: f64 = logits.iter().map(|&l| (l as f64).exp()).sum();
+        let lp = TokenLogprob::of(&logits, 4, 3);
+        assert_eq!(lp.token, 4);
+        assert!((lp.logprob as f64 - (0.5 - z.ln())).abs() < 1e-6);
+        let ids: Vec<u32> = lp.top.iter().map(|t| t.0).collect();
+        assert_eq!(ids, [1, 3, 0]);
+        assert!((lp.top[2].1 as f64 - (1.0 - z.ln())).abs() < 1e-6);
+        assert!(TokenLogprob::of(&logits, 0, 0).top.is_empty());
+        assert_eq!(TokenLogprob::of(&logits, 9, 1).logprob, f32::NEG_INFINITY);
+        // Large logits do not overflow.
+        let big = [1000.0f32, 1000.0];
+        assert!((TokenLogprob::of(&big, 0, 0).logprob - (-std::f32::consts::LN_2)).abs() < 1e-6);
     }
 
     #[test]

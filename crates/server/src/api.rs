@@ -61,7 +61,7 @@ pub struct CompletionRequest {
     /// Shared options.
     #[serde(flatten)]
     pub common: CommonParams,
-    /// Echo the prompt (unsupported when true).
+    /// Return the prompt before the completion (with its logprobs when `logprobs` is set).
     #[serde(default)]
     pub echo: Option<bool>,
     /// Suffix (unsupported).
@@ -69,7 +69,7 @@ pub struct CompletionRequest {
     pub suffix: Option<String>,
 }
 
-/// A completion prompt: text, a one-element batch of text, or token ids.
+/// A completion prompt: text, token ids, or a batch of either (one choice set per prompt).
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
 pub enum Prompt {
@@ -77,9 +77,9 @@ pub enum Prompt {
     Text(String),
     /// Token ids.
     Tokens(Vec<u32>),
-    /// A batch of texts (only one is supported).
+    /// A batch of texts.
     Texts(Vec<String>),
-    /// A batch of token-id lists (only one is supported).
+    /// A batch of token-id lists.
     TokenBatch(Vec<Vec<u32>>),
 }
 
@@ -124,7 +124,7 @@ pub struct CommonParams {
     pub top_k: Option<i64>,
     /// Seed of the request's sampler.
     pub seed: Option<i64>,
-    /// Choices to generate (only 1).
+    /// Choices to generate per prompt.
     pub n: Option<i64>,
     /// Stop strings.
     pub stop: Option<Stop>,
@@ -140,9 +140,61 @@ pub struct CommonParams {
     pub priority: Option<i64>,
     /// Per-request SLOs (accellm extension).
     pub slo: Option<SloIn>,
-    /// Log-probabilities (unsupported when requested).
+    /// Log-probabilities: `true`/`false` on chat, the number of alternatives on completions.
     pub logprobs: Option<serde_json::Value>,
+    /// Chat: alternatives per token (0..=20), with `logprobs: true`.
+    pub top_logprobs: Option<i64>,
+    /// Output format: `text`, `json_object` or `json_schema`.
+    pub response_format: Option<ResponseFormatIn>,
 }
+
+/// `response_format` as sent.
+#[derive(Debug, Deserialize)]
+pub struct ResponseFormatIn {
+    /// `text`, `json_object` or `json_schema`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// With `json_schema`: `{"name", "schema", "strict"}`.
+    pub json_schema: Option<JsonSchemaIn>,
+}
+
+/// The `json_schema` member of `response_format`.
+#[derive(Debug, Deserialize)]
+pub struct JsonSchemaIn {
+    /// Name of the schema (required by OpenAI, unused here).
+    pub name: Option<String>,
+    /// The JSON schema.
+    pub schema: Option<serde_json::Value>,
+    /// Strict adherence (always the case here).
+    pub strict: Option<bool>,
+}
+
+/// What the output must be.
+#[derive(Debug, Clone, PartialEq)]
+pub enum OutputFormat {
+    /// Any JSON object.
+    JsonObject,
+    /// JSON valid against this schema.
+    JsonSchema(serde_json::Value),
+}
+
+/// Which endpoint a request came to: the fields differ slightly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `/v1/chat/completions`.
+    Chat,
+    /// `/v1/completions`; `echo` set or not.
+    Completion {
+        /// The prompt is returned too (then `max_tokens: 0` is allowed).
+        echo: bool,
+    },
+}
+
+/// Most choices one request may ask for.
+pub const MAX_CHOICES: u32 = 64;
+
+/// Most alternatives per token (vLLM's default `max_logprobs`).
+pub const MAX_TOP_LOGPROBS: u8 = 20;
 
 /// A validated generation request, whatever the endpoint.
 #[derive(Debug, Clone, PartialEq)]
@@ -171,6 +223,12 @@ pub struct Generation {
     pub priority: i32,
     /// SLOs from the body (headers and defaults are merged later).
     pub slo: Slo,
+    /// Choices per prompt.
+    pub n: u32,
+    /// Log-probabilities of each output token with this many alternatives (`None`: none).
+    pub logprobs: Option<u8>,
+    /// Constrained output, if asked for.
+    pub format: Option<OutputFormat>,
 }
 
 fn positive_ms(v: Option<f64>, param: &str) -> Result<Option<f64>, ApiError> {
@@ -185,25 +243,30 @@ fn positive_ms(v: Option<f64>, param: &str) -> Result<Option<f64>, ApiError> {
 
 impl CommonParams {
     /// Checks every option and normalises them; `max_alias` is `max_completion_tokens`.
-    pub fn validate(&self, max_alias: Option<i64>) -> Result<Generation, ApiError> {
+    pub fn validate(
+        &self,
+        max_alias: Option<i64>,
+        endpoint: Endpoint,
+    ) -> Result<Generation, ApiError> {
         let inv = |m: String, p: &str| Err(ApiError::invalid(m, Some(p)));
-        if let Some(n) = self.n {
-            if n != 1 {
-                return inv(format!("Only n=1 is supported, got n={n}."), "n");
+        let n = match self.n {
+            None => 1,
+            Some(n) if (1..=MAX_CHOICES as i64).contains(&n) => n as u32,
+            Some(n) => {
+                return inv(
+                    format!("n must be between 1 and {MAX_CHOICES}, got n={n}."),
+                    "n",
+                )
             }
-        }
-        if self
-            .logprobs
-            .as_ref()
-            .is_some_and(|v| !(v.is_null() || v == &serde_json::Value::Bool(false)))
-        {
-            return inv("logprobs are not supported.".into(), "logprobs");
-        }
+        };
+        let logprobs = self.logprobs(endpoint)?;
+        let echo = endpoint == Endpoint::Completion { echo: true };
+        let min_max_tokens = if echo { 0 } else { 1 };
         let max_tokens = match max_alias.or(self.max_tokens) {
             None => None,
-            Some(m) if m < 1 || m > u32::MAX as i64 => {
+            Some(m) if m < min_max_tokens || m > u32::MAX as i64 => {
                 return inv(
-                    format!("max_tokens must be at least 1, got {m}."),
+                    format!("max_tokens must be at least {min_max_tokens}, got {m}."),
                     "max_tokens",
                 )
             }
@@ -282,7 +345,14 @@ impl CommonParams {
                 "stream_options",
             );
         }
+        let format = match &self.response_format {
+            None => None,
+            Some(f) => f.validate()?,
+        };
         Ok(Generation {
+            n,
+            logprobs,
+            format,
             max_tokens,
             min_tokens,
             temperature,
@@ -296,6 +366,93 @@ impl CommonParams {
             priority,
             slo,
         })
+    }
+}
+
+impl CommonParams {
+    /// `logprobs` and `top_logprobs` in the endpoint's meaning: the number of alternatives per
+    /// token when log-probabilities are asked for.
+    fn logprobs(&self, endpoint: Endpoint) -> Result<Option<u8>, ApiError> {
+        use serde_json::Value;
+        let range = |k: i64, param: &str| {
+            if (0..=MAX_TOP_LOGPROBS as i64).contains(&k) {
+                Ok(k as u8)
+            } else {
+                Err(ApiError::invalid(
+                    format!("{param} must be between 0 and {MAX_TOP_LOGPROBS}, got {k}."),
+                    Some(param),
+                ))
+            }
+        };
+        match endpoint {
+            Endpoint::Chat => {
+                let on = match &self.logprobs {
+                    None | Some(Value::Null) | Some(Value::Bool(false)) => false,
+                    Some(Value::Bool(true)) => true,
+                    Some(v) => {
+                        return Err(ApiError::invalid(
+                            format!("logprobs must be a boolean on chat completions, got {v}."),
+                            Some("logprobs"),
+                        ))
+                    }
+                };
+                match (on, self.top_logprobs) {
+                    (false, Some(k)) if k > 0 => Err(ApiError::invalid(
+                        "top_logprobs requires logprobs to be true.",
+                        Some("top_logprobs"),
+                    )),
+                    (false, _) => Ok(None),
+                    (true, k) => Ok(Some(range(k.unwrap_or(0), "top_logprobs")?)),
+                }
+            }
+            Endpoint::Completion { .. } => match &self.logprobs {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::Number(k)) if k.as_i64().is_some() => {
+                    Ok(Some(range(k.as_i64().unwrap_or(-1), "logprobs")?))
+                }
+                Some(v) => Err(ApiError::invalid(
+                    format!(
+                        "logprobs must be an integer (alternatives per token) on completions, got {v}."
+                    ),
+                    Some("logprobs"),
+                )),
+            },
+        }
+    }
+}
+
+impl ResponseFormatIn {
+    fn validate(&self) -> Result<Option<OutputFormat>, ApiError> {
+        let param = Some("response_format");
+        match self.kind.as_str() {
+            "text" => Ok(None),
+            "json_object" => Ok(Some(OutputFormat::JsonObject)),
+            "json_schema" => {
+                let schema = self
+                    .json_schema
+                    .as_ref()
+                    .and_then(|s| s.schema.clone())
+                    .ok_or_else(|| {
+                        ApiError::invalid(
+                            "response_format of type json_schema needs json_schema.schema.",
+                            Some("response_format.json_schema"),
+                        )
+                    })?;
+                if !(schema.is_object() || schema.is_boolean()) {
+                    return Err(ApiError::invalid(
+                        "json_schema.schema must be a JSON schema (an object).",
+                        Some("response_format.json_schema"),
+                    ));
+                }
+                Ok(Some(OutputFormat::JsonSchema(schema)))
+            }
+            other => Err(ApiError::invalid(
+                format!(
+                    "response_format.type must be text, json_object or json_schema, got `{other}`."
+                ),
+                param,
+            )),
+        }
     }
 }
 
@@ -329,7 +486,8 @@ mod tests {
 
     #[test]
     fn defaults_follow_openai() {
-        let g = common("{}").validate(None).unwrap();
+        let g = common("{}").validate(None, Endpoint::Chat).unwrap();
+        assert_eq!((g.n, g.logprobs, g.format.clone()), (1, None, None));
         assert_eq!(g.temperature, 1.0);
         assert_eq!(g.top_p, 1.0);
         assert_eq!(g.max_tokens, None);
@@ -339,7 +497,16 @@ mod tests {
     #[test]
     fn invalid_values_name_their_parameter() {
         for (body, param) in [
-            (r#"{"n": 2}"#, "n"),
+            (r#"{"n": 0}"#, "n"),
+            (r#"{"n": 65}"#, "n"),
+            (r#"{"logprobs": 3}"#, "logprobs"),
+            (r#"{"logprobs": true, "top_logprobs": 21}"#, "top_logprobs"),
+            (r#"{"top_logprobs": 2}"#, "top_logprobs"),
+            (r#"{"response_format": {"type": "xml"}}"#, "response_format"),
+            (
+                r#"{"response_format": {"type": "json_schema"}}"#,
+                "response_format.json_schema",
+            ),
             (r#"{"temperature": 3}"#, "temperature"),
             (r#"{"top_p": 0}"#, "top_p"),
             (r#"{"max_tokens": 0}"#, "max_tokens"),
@@ -351,15 +518,52 @@ mod tests {
                 "stream_options",
             ),
         ] {
-            let e = common(body).validate(None).unwrap_err();
+            let e = common(body).validate(None, Endpoint::Chat).unwrap_err();
             assert_eq!(e.param.as_deref(), Some(param), "{body}");
             assert_eq!(e.status, axum::http::StatusCode::BAD_REQUEST);
+        }
+        let plain = Endpoint::Completion { echo: false };
+        for (body, param) in [
+            (r#"{"logprobs": true}"#, "logprobs"),
+            (r#"{"logprobs": 21}"#, "logprobs"),
+            (r#"{"logprobs": -1}"#, "logprobs"),
+        ] {
+            let e = common(body).validate(None, plain).unwrap_err();
+            assert_eq!(e.param.as_deref(), Some(param), "{body}");
         }
     }
 
     #[test]
+    fn logprobs_per_endpoint_and_echo_allows_zero_tokens() {
+        let chat = common(r#"{"logprobs": true, "top_logprobs": 3, "n": 4}"#)
+            .validate(None, Endpoint::Chat)
+            .unwrap();
+        assert_eq!((chat.logprobs, chat.n), (Some(3), 4));
+        let off = common(r#"{"logprobs": false, "top_logprobs": 0}"#)
+            .validate(None, Endpoint::Chat)
+            .unwrap();
+        assert_eq!(off.logprobs, None);
+        let echo = Endpoint::Completion { echo: true };
+        let c = common(r#"{"logprobs": 5, "max_tokens": 0}"#)
+            .validate(None, echo)
+            .unwrap();
+        assert_eq!((c.logprobs, c.max_tokens), (Some(5), Some(0)));
+        let plain = Endpoint::Completion { echo: false };
+        let e = common(r#"{"max_tokens": 0}"#)
+            .validate(None, plain)
+            .unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("max_tokens"));
+        let f = common(r#"{"response_format": {"type": "json_object"}}"#)
+            .validate(None, plain)
+            .unwrap();
+        assert_eq!(f.format, Some(OutputFormat::JsonObject));
+    }
+
+    #[test]
     fn max_completion_tokens_wins() {
-        let g = common(r#"{"max_tokens": 5}"#).validate(Some(7)).unwrap();
+        let g = common(r#"{"max_tokens": 5}"#)
+            .validate(Some(7), Endpoint::Chat)
+            .unwrap();
         assert_eq!(g.max_tokens, Some(7));
     }
 

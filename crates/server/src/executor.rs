@@ -24,14 +24,16 @@ use accellm_core::{
     InstanceId, TimeUs,
 };
 use accellm_engine::{
-    ForwardBatch, KvSpan, Sampler, SamplingParams, SeqInput, StopMatcher, StopStatus,
+    ForwardBatch, KvSpan, Sampler, SamplingParams, SeqInput, StopMatcher, StopStatus, TokenLogprob,
 };
 use tokio::sync::mpsc::UnboundedSender;
 
+use crate::constraint::Constraint;
 use crate::metrics::{Metrics, Role, TokenLatency, TokenTimes};
 use crate::text::{Decoder, TextModel};
 use crate::worker::{
-    CopyPlan, InstanceThreads, LinkCounters, LinkJob, RunJob, RunReport, SampleJob,
+    CopyPlan, InstanceThreads, LinkCounters, LinkJob, PromptRow, RunJob, RunReport, SampleJob,
+    Sampled,
 };
 
 /// A request handed to the scheduler thread by an HTTP handler.
@@ -53,8 +55,19 @@ pub(crate) struct Submission {
     /// The output starts a text of its own (a chat reply) rather than continuing the prompt, so a
     /// SentencePiece space prefix on its first token is dropped.
     pub starts_text: bool,
-    /// Where its output goes.
-    pub events: UnboundedSender<ToClient>,
+    /// Index of the choice this request answers (its events are tagged with it).
+    pub choice: u32,
+    /// Log-probabilities of output tokens, with this many alternatives.
+    pub logprobs: Option<u8>,
+    /// Log-probabilities of prompt tokens (echo), with this many alternatives.
+    pub prompt_logprobs: Option<u8>,
+    /// Only the prompt is wanted (`max_tokens: 0` with echo): the core runs one token, which
+    /// is dropped.
+    pub discard_output: bool,
+    /// Constrained decoding (`response_format`).
+    pub constraint: Option<Box<Constraint>>,
+    /// Where its output goes, tagged with `choice`.
+    pub events: UnboundedSender<(u32, ToClient)>,
 }
 
 /// How a request ended, as the API reports it.
@@ -88,8 +101,17 @@ pub(crate) enum ToClient {
     Rejected(RejectReason),
     /// Refused because the server is shutting down.
     ShuttingDown,
-    /// One more output token, and the text it completes (possibly empty).
-    Token(String),
+    /// One more output token: the text it completes (possibly empty) and, when asked for, its
+    /// log-probability. Text held back until the end comes without one.
+    Token {
+        /// Text.
+        text: String,
+        /// Log-probability of the token.
+        logprob: Option<Box<TokenLogprob>>,
+    },
+    /// Log-probabilities of prompt tokens 1.. (token 0 has none), once the prompt is prefilled
+    /// (`None` only where the prompt's logits were not computed, which should not happen).
+    PromptLogprobs(Vec<Option<TokenLogprob>>),
     /// The end.
     Done {
         /// Why.
@@ -134,11 +156,19 @@ struct Live {
     ignore_eos: bool,
     /// `None` while the sampler travels with an iteration.
     sampler: Option<Box<Sampler>>,
+    /// Constrained decoding state; travels with the sampler.
+    constraint: Option<Box<Constraint>>,
+    logprobs: Option<u8>,
+    /// Echo with logprobs: alternatives wanted, and the prompt logprobs gathered so far (slot
+    /// `p` is the logprob of prompt token `p + 1`); `None` once sent.
+    prompt_logprobs: Option<(u8, Vec<Option<TokenLogprob>>)>,
+    discard_output: bool,
+    choice: u32,
     decoder: Decoder,
     stop: StopMatcher,
     /// Set once the executor decided to end it (EOS, stop string).
     stopped: bool,
-    events: UnboundedSender<ToClient>,
+    events: UnboundedSender<(u32, ToClient)>,
     slo: Slo,
     times: TokenTimes,
     instances: u64,
@@ -149,13 +179,29 @@ impl Live {
     fn generated(&self) -> u32 {
         (self.tokens.len() - self.prompt_len) as u32
     }
+
+    fn send(&self, ev: ToClient) {
+        let _ = self.events.send((self.choice, ev));
+    }
+
+    /// Whether the prefill of positions `start..end` must return logits of every position: its
+    /// prompt logprobs are wanted and some of them are still missing.
+    fn wants_prompt_rows(&self, start: usize, end: usize) -> bool {
+        let Some((_, got)) = &self.prompt_logprobs else {
+            return false;
+        };
+        (start..end.min(got.len())).any(|p| got[p].is_none())
+    }
 }
 
 /// Rows of the iteration in flight on one instance.
 struct InFlight {
     iteration: u64,
-    /// `(request, sequence index)` of every entry, in batch order.
+    /// `(request, sequence index)` of every entry, in batch order (the index of the row that
+    /// samples when an entry was split into one row per token).
     rows: Vec<(RequestId, usize)>,
+    /// `(request, prompt position)` of each prompt-logprob row the worker returns, in order.
+    prompt_rows: Vec<(RequestId, usize)>,
     /// Entries that could not be run (failed at dispatch); stopped when the iteration ends.
     broken: Vec<RequestId>,
     had_copies: bool,
@@ -332,7 +378,7 @@ impl Executor {
 
     fn submit(&mut self, s: Submission) {
         if self.shutting_down {
-            let _ = s.events.send(ToClient::ShuttingDown);
+            let _ = s.events.send((s.choice, ToClient::ShuttingDown));
             return;
         }
         let now = self.now();
@@ -347,6 +393,9 @@ impl Executor {
         // Reserve the slot the core will use before it can schedule it: the id is only known
         // after `submit`, and actions are drained afterwards, so insert right after.
         let ignore_eos = s.params.ignore_eos;
+        let prompt_logprobs = s
+            .prompt_logprobs
+            .map(|k| (k, vec![None; s.prompt.len().saturating_sub(1)]));
         let stop = StopMatcher::new(&s.params.stop);
         let live = Live {
             handle: s.handle,
@@ -355,6 +404,11 @@ impl Executor {
             min_tokens: s.min_tokens,
             ignore_eos,
             sampler: Some(Box::new(Sampler::new(s.params))),
+            constraint: s.constraint,
+            logprobs: s.logprobs,
+            prompt_logprobs,
+            discard_output: s.discard_output,
+            choice: s.choice,
             decoder: self.text.decoder(s.starts_text),
             stop,
             stopped: false,
@@ -381,7 +435,7 @@ impl Executor {
         // A rejection is an action of `submit` itself: handle it before telling the client.
         self.drain_actions();
         if let Some(live) = self.lives[i].as_ref().filter(|l| l.handle == handle) {
-            let _ = live.events.send(ToClient::Accepted);
+            live.send(ToClient::Accepted);
             if let Ok(mut m) = self.metrics.lock() {
                 m.prompt_tokens += prompt_tokens;
             }
@@ -424,7 +478,7 @@ impl Executor {
         };
         self.handles.remove(&live.handle);
         // The Accepted sent at submission is superseded: handlers read the first two events.
-        let _ = live.events.send(ToClient::Rejected(reason));
+        live.send(ToClient::Rejected(reason));
         if let Ok(mut m) = self.metrics.lock() {
             let k = match reason {
                 RejectReason::QueueFull => 0,
@@ -441,6 +495,7 @@ impl Executor {
         self.handles.remove(&live.handle);
         let finish = match reason {
             FinishReason::Cancelled => Finish::Abort,
+            _ if live.discard_output => Finish::Length,
             FinishReason::Stop => Finish::Stop,
             FinishReason::Length => {
                 if live.stopped {
@@ -453,12 +508,19 @@ impl Executor {
         if finish == Finish::Length {
             let tail = live.stop.flush() + &live.decoder.flush();
             if !tail.is_empty() {
-                let _ = live.events.send(ToClient::Token(tail));
+                live.send(ToClient::Token {
+                    text: tail,
+                    logprob: None,
+                });
             }
         }
-        let completion = live.generated();
+        let completion = if live.discard_output {
+            0
+        } else {
+            live.generated()
+        };
         if !live.failed {
-            let _ = live.events.send(ToClient::Done {
+            live.send(ToClient::Done {
                 finish,
                 prompt_tokens: live.prompt_len as u32,
                 completion_tokens: completion,
@@ -509,6 +571,10 @@ impl Executor {
         let mut seqs = Vec::with_capacity(entries.len());
         let mut samples = Vec::new();
         let mut rows = Vec::with_capacity(entries.len());
+        // Rows that sample a token (an entry's last row, when the entry wants one).
+        let mut sample_rows = Vec::new();
+        let mut prompt_rows = Vec::new();
+        let mut prompt_jobs = Vec::new();
         let mut copies: Vec<(usize, Vec<KvSpan>)> = Vec::new();
         let mut broken = Vec::new();
         for e in &entries {
@@ -530,13 +596,48 @@ impl Executor {
                 broken.push(e.request);
                 continue;
             };
-            rows.push((e.request, seqs.len()));
-            seqs.push(SeqInput {
-                tokens: live.tokens[start as usize..end].to_vec(),
-                start_pos: start as usize,
-                block_table: table.to_vec(),
-                want_logits: want,
-            });
+            let start_u = start as usize;
+            if live.wants_prompt_rows(start_u, end) {
+                // Prompt logprobs need the logits of every position: one row per token, each a
+                // sequence of its own over the same block table. A forward pass stores every
+                // row's K/V of a layer before any row attends, so each row sees exactly the
+                // keys it would inside one chunk.
+                let (top, got) = live
+                    .prompt_logprobs
+                    .as_ref()
+                    .map_or((0, 0), |p| (p.0, p.1.len()));
+                for p in start_u..end {
+                    if p < got {
+                        prompt_rows.push((e.request, p));
+                        prompt_jobs.push(PromptRow {
+                            seq: seqs.len(),
+                            target: live.tokens[p + 1],
+                            top,
+                        });
+                    }
+                    seqs.push(SeqInput {
+                        tokens: vec![live.tokens[p]],
+                        start_pos: p,
+                        block_table: table.to_vec(),
+                        want_logits: p < got || (want && p + 1 == end),
+                    });
+                }
+                rows.push((e.request, seqs.len() - 1));
+                if want {
+                    sample_rows.push((e.request, seqs.len() - 1));
+                }
+            } else {
+                if want {
+                    sample_rows.push((e.request, seqs.len()));
+                }
+                rows.push((e.request, seqs.len()));
+                seqs.push(SeqInput {
+                    tokens: live.tokens[start_u..end].to_vec(),
+                    start_pos: start_u,
+                    block_table: table.to_vec(),
+                    want_logits: want,
+                });
+            }
             if let Some(to) = e.copy_to {
                 // Stream the new tokens' KV; a replica that lacks earlier tokens (fresh, or
                 // restarted after an eviction) gets them too.
@@ -555,10 +656,7 @@ impl Executor {
             }
         }
         // Samplers travel with the job.
-        for &(req, seq) in &rows {
-            if !seqs[seq].want_logits {
-                continue;
-            }
+        for &(req, seq) in &sample_rows {
             if let Some(live) = self.lives[req.index()].as_mut() {
                 live.instances |= 1 << (instance.min(63));
                 if let Some(sampler) = live.sampler.take() {
@@ -567,6 +665,8 @@ impl Executor {
                         seq,
                         sampler,
                         mask_eos,
+                        logprobs: live.logprobs,
+                        constraint: live.constraint.take(),
                     });
                 }
             }
@@ -588,6 +688,7 @@ impl Executor {
         self.inflight[i] = Some(InFlight {
             iteration,
             rows,
+            prompt_rows,
             broken,
             had_copies,
             shape: self.sched.instance(instance).batch.shape,
@@ -597,6 +698,7 @@ impl Executor {
             iteration,
             batch: ForwardBatch { seqs },
             samples,
+            prompt_rows: prompt_jobs,
             copies,
         };
         if self.conflicts(
@@ -699,7 +801,7 @@ impl Executor {
         if let Some(live) = self.lives.get_mut(req.index()).and_then(Option::as_mut) {
             if !live.failed {
                 live.failed = true;
-                let _ = live.events.send(ToClient::Failed(message));
+                live.send(ToClient::Failed(message));
             }
         }
     }
@@ -728,13 +830,13 @@ impl Executor {
             });
         }
         let mut stopped = flight.broken.clone();
-        let mut by_seq: HashMap<usize, (u32, Box<Sampler>)> = r
-            .tokens
-            .into_iter()
-            .map(|(seq, tok, s)| (seq, (tok, s)))
-            .collect();
+        let mut by_seq: HashMap<usize, Sampled> =
+            r.tokens.into_iter().map(|s| (s.seq, s)).collect();
         if let Some(e) = &r.error {
             tracing::error!(instance = i, error = %e, "iteration failed");
+        }
+        if r.error.is_none() {
+            self.gather_prompt_logprobs(&flight.prompt_rows, r.prompt_logprobs);
         }
         for &(req, seq) in &flight.rows {
             if let Some(e) = &r.error {
@@ -742,11 +844,15 @@ impl Executor {
                 stopped.push(req);
                 continue;
             }
-            if let Some((tok, sampler)) = by_seq.remove(&seq) {
+            if let Some(s) = by_seq.remove(&seq) {
                 if let Some(live) = self.lives[req.index()].as_mut() {
-                    live.sampler = Some(sampler);
+                    live.sampler = Some(s.sampler);
+                    live.constraint = s.constraint;
                 }
-                if self.on_token(req, tok) {
+                if let Some(e) = s.error {
+                    self.fail(req, e);
+                    stopped.push(req);
+                } else if self.on_token(req, s.token, s.logprob, s.grammar_done) {
                     stopped.push(req);
                 }
             }
@@ -764,11 +870,57 @@ impl Executor {
         self.retry_deferred();
     }
 
-    /// Handles a new token of `req`; returns whether the request must stop now.
-    fn on_token(&mut self, req: RequestId, token: u32) -> bool {
+    /// Stores the prompt logprobs an iteration returned; sends them to the client once complete.
+    fn gather_prompt_logprobs(&mut self, rows: &[(RequestId, usize)], lps: Vec<TokenLogprob>) {
+        for (&(req, p), lp) in rows.iter().zip(lps) {
+            let Some(live) = self.lives.get_mut(req.index()).and_then(Option::as_mut) else {
+                continue;
+            };
+            if let Some(slot) = live.prompt_logprobs.as_mut().and_then(|g| g.1.get_mut(p)) {
+                *slot = Some(lp);
+            }
+        }
+        for &(req, _) in rows {
+            let Some(live) = self.lives.get_mut(req.index()).and_then(Option::as_mut) else {
+                continue;
+            };
+            if live
+                .prompt_logprobs
+                .as_ref()
+                .is_some_and(|g| g.1.iter().all(Option::is_some))
+            {
+                if let Some((_, got)) = live.prompt_logprobs.take() {
+                    live.send(ToClient::PromptLogprobs(got));
+                }
+            }
+        }
+    }
+
+    /// Handles a new token of `req` (with its logprob, and whether it completed the output's
+    /// grammar); returns whether the request must stop now.
+    fn on_token(
+        &mut self,
+        req: RequestId,
+        token: u32,
+        logprob: Option<Box<TokenLogprob>>,
+        grammar_done: bool,
+    ) -> bool {
         let Some(live) = self.lives[req.index()].as_mut() else {
             return false;
         };
+        if let Some((_, got)) = live.prompt_logprobs.take() {
+            // A one-token prompt has none to wait for; a missing one is a bug, not a hang.
+            if got.iter().any(Option::is_none) {
+                tracing::warn!(request = req.0, "prompt logprobs incomplete");
+            }
+            live.send(ToClient::PromptLogprobs(got));
+        }
+        if live.discard_output {
+            // Only the prompt was wanted: the token the core insisted on is dropped.
+            live.tokens.push(token);
+            live.stopped = true;
+            return true;
+        }
         let latency = live.times.token(Instant::now());
         if let Ok(mut m) = self.metrics.lock() {
             m.generation_tokens += 1;
@@ -801,7 +953,14 @@ impl Executor {
                 }
             }
         }
-        let _ = live.events.send(ToClient::Token(text));
+        if grammar_done && !stop {
+            // The output's grammar is complete: nothing else may follow.
+            let text = text + &live.stop.flush() + &live.decoder.flush();
+            live.send(ToClient::Token { text, logprob });
+            live.stopped = true;
+            return true;
+        }
+        live.send(ToClient::Token { text, logprob });
         live.stopped = stop;
         stop
     }

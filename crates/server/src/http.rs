@@ -5,12 +5,10 @@
 //! either as one JSON response or as server-sent events. Dropping the response (the client went
 //! away) cancels the request in the core.
 
-use std::convert::Infallible;
-use std::pin::Pin;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use accellm_core::request::{RejectReason, Slo};
@@ -24,14 +22,17 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
-use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+use tokio::sync::mpsc::unbounded_channel;
 
 use crate::api::{
-    merge_slo, parse_slo_header, ChatRequest, CompletionRequest, Content, Generation, Prompt,
+    merge_slo, parse_slo_header, ChatRequest, CompletionRequest, Content, Endpoint, Generation,
+    Prompt,
 };
+use crate::constraint::ConstraintFactory;
 use crate::error::ApiError;
-use crate::executor::{CancelGuard, Finish, Input, IterationLog, Submission, ToClient};
+use crate::executor::{CancelGuard, Input, IterationLog, Submission, ToClient};
 use crate::metrics::Metrics;
+use crate::response::{ChoiceSetup, Choices, Format, Kind, SseStream};
 use crate::text::{Message, TextModel};
 
 /// What every handler shares.
@@ -62,6 +63,8 @@ pub(crate) struct AppState {
     pub max_body_bytes: usize,
     /// Unix time the server started.
     pub created: u64,
+    /// Builds grammars for `response_format`; made on first use (it indexes the vocabulary).
+    pub constraints: OnceLock<Result<Arc<ConstraintFactory>, String>>,
 }
 
 impl AppState {
@@ -70,6 +73,17 @@ impl AppState {
             .lock()
             .map(|s| s.clone())
             .map_err(|_| ApiError::internal("scheduler channel poisoned"))
+    }
+
+    fn constraint_factory(&self) -> Result<Arc<ConstraintFactory>, ApiError> {
+        self.constraints
+            .get_or_init(|| {
+                ConstraintFactory::new(&self.text)
+                    .map(Arc::new)
+                    .map_err(|e| e.to_string())
+            })
+            .clone()
+            .map_err(|e| ApiError::internal(format!("constrained decoding unavailable: {e}")))
     }
 }
 
@@ -186,13 +200,6 @@ fn header_slo(headers: &HeaderMap) -> Result<Slo, ApiError> {
     })
 }
 
-/// Which endpoint answers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Chat,
-    Completion,
-}
-
 async fn chat(
     State(st): State<Shared>,
     headers: HeaderMap,
@@ -201,7 +208,9 @@ async fn chat(
     let run = async {
         let req: ChatRequest = parse_body(&st, body)?;
         check_model(&st, req.model.as_deref())?;
-        let gen = req.common.validate(req.max_completion_tokens)?;
+        let gen = req
+            .common
+            .validate(req.max_completion_tokens, Endpoint::Chat)?;
         if req.messages.is_empty() {
             return Err(ApiError::invalid(
                 "messages must contain at least one message.",
@@ -239,7 +248,11 @@ async fn chat(
             .text
             .encode_chat(&messages)
             .map_err(|e| ApiError::invalid(e.to_string(), Some("messages")))?;
-        generate(&st, &headers, Kind::Chat, prompt, gen).await
+        let prompts = vec![PromptIn {
+            tokens: prompt,
+            echo: None,
+        }];
+        generate(&st, &headers, Kind::Chat, prompts, gen).await
     };
     run.await.unwrap_or_else(IntoResponse::into_response)
 }
@@ -252,56 +265,70 @@ async fn completions(
     let run = async {
         let req: CompletionRequest = parse_body(&st, body)?;
         check_model(&st, req.model.as_deref())?;
-        let gen = req.common.validate(None)?;
-        if req.echo == Some(true) {
-            return Err(ApiError::invalid("echo is not supported.", Some("echo")));
-        }
+        let echo = req.echo == Some(true);
+        let gen = req.common.validate(None, Endpoint::Completion { echo })?;
         if req.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
             return Err(ApiError::invalid(
                 "suffix is not supported.",
                 Some("suffix"),
             ));
         }
-        let one = |n: usize| {
-            if n == 1 {
-                Ok(())
-            } else {
-                Err(ApiError::invalid(
-                    format!("Exactly one prompt is supported, got {n}."),
-                    Some("prompt"),
-                ))
-            }
+        let encode = |t: &str| {
+            st.text
+                .encode(t)
+                .map_err(|e| ApiError::internal(e.to_string()))
         };
-        let prompt = match req.prompt {
-            Prompt::Text(t) => st
-                .text
-                .encode(&t)
-                .map_err(|e| ApiError::internal(e.to_string()))?,
-            Prompt::Texts(v) => {
-                one(v.len())?;
-                st.text
-                    .encode(&v[0])
-                    .map_err(|e| ApiError::internal(e.to_string()))?
-            }
-            Prompt::Tokens(t) => t,
-            Prompt::TokenBatch(mut v) => {
-                one(v.len())?;
-                v.swap_remove(0)
-            }
+        let text_prompt = |t: String| -> Result<PromptIn, ApiError> {
+            Ok(PromptIn {
+                tokens: encode(&t)?,
+                echo: echo.then_some(t),
+            })
         };
-        generate(&st, &headers, Kind::Completion, prompt, gen).await
+        let token_prompt = |t: Vec<u32>| PromptIn {
+            echo: echo.then(|| st.text.decode(&t)),
+            tokens: t,
+        };
+        let prompts = match req.prompt {
+            Prompt::Text(t) => vec![text_prompt(t)?],
+            Prompt::Texts(v) => v.into_iter().map(text_prompt).collect::<Result<_, _>>()?,
+            Prompt::Tokens(t) => vec![token_prompt(t)],
+            Prompt::TokenBatch(v) => v.into_iter().map(token_prompt).collect(),
+        };
+        if prompts.is_empty() {
+            return Err(ApiError::invalid("The prompt is empty.", Some("prompt")));
+        }
+        if prompts.len() * gen.n as usize > crate::api::MAX_CHOICES as usize {
+            return Err(ApiError::invalid(
+                format!(
+                    "At most {} choices per request (prompts × n), got {} × {}.",
+                    crate::api::MAX_CHOICES,
+                    prompts.len(),
+                    gen.n
+                ),
+                Some("prompt"),
+            ));
+        }
+        generate(&st, &headers, Kind::Completion, prompts, gen).await
     };
     run.await.unwrap_or_else(IntoResponse::into_response)
 }
 
-async fn generate(
-    st: &Shared,
-    headers: &HeaderMap,
-    kind: Kind,
-    prompt: Vec<u32>,
-    gen: Generation,
-) -> Result<Response, ApiError> {
-    let slo = merge_slo(gen.slo, header_slo(headers)?, st.default_slo);
+/// One prompt of a request: its tokens, and the text `echo` returns (`None` without echo).
+pub(crate) struct PromptIn {
+    /// Token ids.
+    pub tokens: Vec<u32>,
+    /// Echoed text.
+    pub echo: Option<String>,
+}
+
+/// Checks a prompt against the vocabulary and the context; returns the output tokens the core
+/// runs (at least one: with `max_tokens: 0` the one token is dropped).
+fn check_prompt(
+    st: &AppState,
+    param: &str,
+    prompt: &[u32],
+    max_tokens: Option<u32>,
+) -> Result<u32, ApiError> {
     let n_prompt = prompt.len() as u32;
     if n_prompt == 0 {
         return Err(ApiError::invalid("The prompt is empty.", Some("prompt")));
@@ -313,14 +340,9 @@ async fn generate(
             Some("prompt"),
         ));
     }
-    let param = if kind == Kind::Chat {
-        "messages"
-    } else {
-        "prompt"
-    };
     let limit = st.context_len.min(st.kv_tokens);
-    let max_tokens = match gen.max_tokens {
-        Some(m) => m,
+    let max_tokens = match max_tokens {
+        Some(m) => m.max(1),
         None => limit.saturating_sub(n_prompt),
     };
     if max_tokens == 0 || n_prompt as u64 + max_tokens as u64 > limit as u64 {
@@ -329,66 +351,132 @@ async fn generate(
             n_prompt as u64 + max_tokens as u64
         ), param));
     }
-    let params = SamplingParams {
-        temperature: gen.temperature,
-        top_p: gen.top_p,
-        top_k: gen.top_k,
-        seed: gen.seed,
-        max_tokens: max_tokens as usize,
-        stop: gen.stop.clone(),
-        ignore_eos: gen.ignore_eos,
+    Ok(max_tokens)
+}
+
+async fn generate(
+    st: &Shared,
+    headers: &HeaderMap,
+    kind: Kind,
+    prompts: Vec<PromptIn>,
+    gen: Generation,
+) -> Result<Response, ApiError> {
+    let slo = merge_slo(gen.slo, header_slo(headers)?, st.default_slo);
+    let param = if kind == Kind::Chat {
+        "messages"
+    } else {
+        "prompt"
     };
-    let handle = st.next_handle.fetch_add(1, Ordering::Relaxed);
-    let (tx, mut rx) = unbounded_channel();
+    let mut runs = Vec::with_capacity(prompts.len());
+    for p in &prompts {
+        runs.push(check_prompt(st, param, &p.tokens, gen.max_tokens)?);
+    }
+    let discard_output = gen.max_tokens == Some(0);
+    let constraint = match &gen.format {
+        None => None,
+        Some(format) => {
+            let factory = st.constraint_factory()?;
+            let format = format.clone();
+            let built = tokio::task::spawn_blocking(move || factory.build(&format))
+                .await
+                .map_err(|_| ApiError::internal("grammar builder panicked"))?;
+            Some(built.map_err(|e| ApiError::invalid(e.to_string(), Some("response_format")))?)
+        }
+    };
+    let echo = prompts.iter().any(|p| p.echo.is_some());
+    let prompt_logprobs = if echo { gen.logprobs } else { None };
     let exec = st.sender()?;
-    exec.send(Input::Submit(Box::new(Submission {
-        handle,
-        prompt,
-        max_tokens,
-        min_tokens: gen.min_tokens.min(max_tokens),
-        params,
-        slo,
-        priority: gen.priority,
-        starts_text: kind == Kind::Chat,
-        events: tx,
-    })))
-    .map_err(|_| ApiError::unavailable())?;
-    let mut guard = CancelGuard {
-        handle,
-        tx: exec,
-        done: false,
-    };
-    match rx.recv().await {
-        Some(ToClient::Accepted) => {}
-        Some(ToClient::Rejected(RejectReason::QueueFull)) => {
-            guard.done = true;
-            return Err(ApiError::queue_full());
+    let (tx, mut rx) = unbounded_channel();
+    let n = gen.n;
+    let mut guards = Vec::new();
+    let mut setups = Vec::new();
+    for (p, (prompt, &max_tokens)) in prompts.into_iter().zip(&runs).enumerate() {
+        for i in 0..n {
+            let choice = p as u32 * n + i;
+            let handle = st.next_handle.fetch_add(1, Ordering::Relaxed);
+            let params = SamplingParams {
+                temperature: gen.temperature,
+                top_p: gen.top_p,
+                top_k: gen.top_k,
+                // Choice i of a prompt samples with seed + i.
+                seed: gen.seed.map(|s| s.wrapping_add(i as u64)),
+                max_tokens: max_tokens as usize,
+                stop: gen.stop.clone(),
+                ignore_eos: gen.ignore_eos,
+            };
+            setups.push(ChoiceSetup {
+                prompt_tokens: prompt.tokens.len() as u32,
+                counts_prompt: i == 0,
+                echo: prompt.echo.clone(),
+                echo_tokens: if prompt_logprobs.is_some() {
+                    prompt.tokens.clone()
+                } else {
+                    Vec::new()
+                },
+            });
+            exec.send(Input::Submit(Box::new(Submission {
+                handle,
+                prompt: prompt.tokens.clone(),
+                max_tokens,
+                min_tokens: gen.min_tokens.min(max_tokens),
+                params,
+                slo,
+                priority: gen.priority,
+                starts_text: kind == Kind::Chat,
+                choice,
+                logprobs: gen.logprobs,
+                prompt_logprobs,
+                discard_output,
+                constraint: constraint.clone(),
+                events: tx.clone(),
+            })))
+            .map_err(|_| ApiError::unavailable())?;
+            guards.push(CancelGuard {
+                handle,
+                tx: exec.clone(),
+                done: false,
+            });
         }
-        Some(ToClient::Rejected(RejectReason::TooLong)) => {
-            guard.done = true;
-            return Err(ApiError::context_length(format!(
-                "The request needs {} tokens of KV cache ({n_prompt} prompt + {max_tokens} completion) but an instance holds at most {}.",
-                n_prompt + max_tokens,
-                st.kv_tokens
-            ), param));
-        }
-        Some(ToClient::ShuttingDown) | None => {
-            guard.done = true;
+    }
+    drop(tx);
+    // Every choice is admitted or the request fails (dropping the guards cancels the others).
+    let mut early = VecDeque::new();
+    let mut admitted = 0;
+    while admitted < guards.len() {
+        let Some((c, ev)) = rx.recv().await else {
             return Err(ApiError::unavailable());
-        }
-        Some(other) => {
-            return Err(ApiError::internal(format!(
-                "unexpected first event {other:?}"
-            )))
+        };
+        let c = c as usize;
+        match ev {
+            ToClient::Accepted => admitted += 1,
+            ToClient::Rejected(RejectReason::QueueFull) => {
+                guards[c].done = true;
+                return Err(ApiError::queue_full());
+            }
+            ToClient::Rejected(RejectReason::TooLong) => {
+                guards[c].done = true;
+                let (np, mt) = (setups[c].prompt_tokens, runs[c / n as usize]);
+                return Err(ApiError::context_length(format!(
+                    "The request needs {} tokens of KV cache ({np} prompt + {mt} completion) but an instance holds at most {}.",
+                    np + mt,
+                    st.kv_tokens
+                ), param));
+            }
+            ToClient::ShuttingDown => {
+                guards[c].done = true;
+                return Err(ApiError::unavailable());
+            }
+            other => early.push_back((c as u32, other)),
         }
     }
     let id = format!(
-        "{}-{handle:016x}",
+        "{}-{:016x}",
         if kind == Kind::Chat {
             "chatcmpl"
         } else {
             "cmpl"
-        }
+        },
+        guards.first().map_or(0, |g| g.handle)
     );
     let created = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -398,16 +486,12 @@ async fn generate(
         id,
         created,
         model: st.model_name.clone(),
+        text: st.text.clone(),
+        logprobs: gen.logprobs,
     };
+    let choices = Choices::new(setups);
     if gen.stream {
-        let stream = SseStream {
-            rx,
-            guard,
-            fmt,
-            include_usage: gen.include_usage,
-            sent_role: false,
-            state: StreamState::Open,
-        };
+        let stream = SseStream::new(rx, early, guards, fmt, choices, gen.include_usage);
         return Ok((
             [
                 (header::CONTENT_TYPE, "text/event-stream"),
@@ -417,33 +501,33 @@ async fn generate(
         )
             .into_response());
     }
-    let mut text = String::new();
-    while let Some(ev) = rx.recv().await {
+    let mut choices = choices;
+    loop {
+        let (c, ev) = match early.pop_front() {
+            Some(e) => e,
+            None => match rx.recv().await {
+                Some(e) => e,
+                None => return Err(ApiError::unavailable()),
+            },
+        };
+        let c = c as usize;
         match ev {
-            ToClient::Token(t) => text.push_str(&t),
-            ToClient::Done {
-                finish,
-                prompt_tokens,
-                completion_tokens,
-                instances,
-            } => {
-                guard.done = true;
-                let mut resp =
-                    Json(fmt.full(&text, finish, prompt_tokens, completion_tokens)).into_response();
-                if let Ok(v) = instances_header(instances).parse() {
-                    resp.headers_mut().insert("x-accellm-instances", v);
-                }
-                return Ok(resp);
-            }
             ToClient::Failed(msg) => {
-                guard.done = true;
+                guards[c].done = true;
                 return Err(ApiError::internal(msg));
             }
-            ToClient::Accepted | ToClient::Rejected(_) | ToClient::ShuttingDown => {}
+            ToClient::Done { .. } => guards[c].done = true,
+            _ => {}
+        }
+        choices.apply(c, ev);
+        if choices.all_done() {
+            let mut resp = Json(fmt.full(&choices)).into_response();
+            if let Ok(v) = instances_header(choices.instances()).parse() {
+                resp.headers_mut().insert("x-accellm-instances", v);
+            }
+            return Ok(resp);
         }
     }
-    guard.done = true;
-    Err(ApiError::unavailable())
 }
 
 fn instances_header(mask: u64) -> String {
@@ -452,204 +536,4 @@ fn instances_header(mask: u64) -> String {
         .map(|i| i.to_string())
         .collect::<Vec<_>>()
         .join(",")
-}
-
-/// Response framing shared by full and streamed answers.
-struct Format {
-    kind: Kind,
-    id: String,
-    created: u64,
-    model: String,
-}
-
-fn usage(prompt: u32, completion: u32) -> Value {
-    json!({
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion,
-    })
-}
-
-impl Format {
-    fn object(&self, chunk: bool) -> &'static str {
-        match (self.kind, chunk) {
-            (Kind::Chat, false) => "chat.completion",
-            (Kind::Chat, true) => "chat.completion.chunk",
-            (Kind::Completion, _) => "text_completion",
-        }
-    }
-
-    fn full(&self, text: &str, finish: Finish, prompt: u32, completion: u32) -> Value {
-        let choice = match self.kind {
-            Kind::Chat => json!({
-                "index": 0,
-                "message": {"role": "assistant", "content": text},
-                "logprobs": null,
-                "finish_reason": finish.as_str(),
-            }),
-            Kind::Completion => json!({
-                "index": 0,
-                "text": text,
-                "logprobs": null,
-                "finish_reason": finish.as_str(),
-            }),
-        };
-        json!({
-            "id": self.id,
-            "object": self.object(false),
-            "created": self.created,
-            "model": self.model,
-            "choices": [choice],
-            "usage": usage(prompt, completion),
-        })
-    }
-
-    /// One streamed chunk carrying `text` (and `role` on the first chat chunk) or a finish reason.
-    fn chunk(&self, text: &str, role: bool, finish: Option<Finish>, with_usage: bool) -> Value {
-        let choice = match self.kind {
-            Kind::Chat => {
-                let mut delta = serde_json::Map::new();
-                if role {
-                    delta.insert("role".into(), json!("assistant"));
-                }
-                if finish.is_none() {
-                    delta.insert("content".into(), json!(text));
-                }
-                json!({
-                    "index": 0,
-                    "delta": delta,
-                    "logprobs": null,
-                    "finish_reason": finish.map(Finish::as_str),
-                })
-            }
-            Kind::Completion => json!({
-                "index": 0,
-                "text": text,
-                "logprobs": null,
-                "finish_reason": finish.map(Finish::as_str),
-            }),
-        };
-        let mut v = json!({
-            "id": self.id,
-            "object": self.object(true),
-            "created": self.created,
-            "model": self.model,
-            "choices": [choice],
-        });
-        if with_usage {
-            v["usage"] = Value::Null;
-        }
-        v
-    }
-
-    fn usage_chunk(&self, prompt: u32, completion: u32) -> Value {
-        json!({
-            "id": self.id,
-            "object": self.object(true),
-            "created": self.created,
-            "model": self.model,
-            "choices": [],
-            "usage": usage(prompt, completion),
-        })
-    }
-}
-
-fn sse(v: &Value, out: &mut Vec<u8>) {
-    out.extend_from_slice(b"data: ");
-    // Serialising a `Value` cannot fail.
-    let _ = serde_json::to_writer(&mut *out, v);
-    out.extend_from_slice(b"\n\n");
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum StreamState {
-    Open,
-    Closed,
-}
-
-/// The SSE body of a streamed answer; dropping it early cancels the request.
-struct SseStream {
-    rx: UnboundedReceiver<ToClient>,
-    guard: CancelGuard,
-    fmt: Format,
-    include_usage: bool,
-    sent_role: bool,
-    state: StreamState,
-}
-
-impl futures_core::Stream for SseStream {
-    type Item = Result<Bytes, Infallible>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = &mut *self;
-        if this.state == StreamState::Closed {
-            return Poll::Ready(None);
-        }
-        let mut out = Vec::new();
-        // Send whatever is ready in one write; wait only when nothing is.
-        loop {
-            let ev = match this.rx.poll_recv(cx) {
-                Poll::Ready(Some(ev)) => ev,
-                Poll::Ready(None) => {
-                    this.state = StreamState::Closed;
-                    this.guard.done = true;
-                    let e = ApiError::unavailable();
-                    sse(&e.body(), &mut out);
-                    out.extend_from_slice(b"data: [DONE]\n\n");
-                    break;
-                }
-                Poll::Pending => break,
-            };
-            match ev {
-                ToClient::Token(t) => {
-                    if t.is_empty() && this.sent_role {
-                        continue;
-                    }
-                    let role = this.fmt.kind == Kind::Chat && !this.sent_role;
-                    this.sent_role = true;
-                    sse(
-                        &this.fmt.chunk(&t, role, None, this.include_usage),
-                        &mut out,
-                    );
-                    // One chunk per token: flush it now so clients time every token.
-                    break;
-                }
-                ToClient::Done {
-                    finish,
-                    prompt_tokens,
-                    completion_tokens,
-                    ..
-                } => {
-                    this.state = StreamState::Closed;
-                    this.guard.done = true;
-                    let role = this.fmt.kind == Kind::Chat && !this.sent_role;
-                    sse(
-                        &this.fmt.chunk("", role, Some(finish), this.include_usage),
-                        &mut out,
-                    );
-                    if this.include_usage {
-                        sse(
-                            &this.fmt.usage_chunk(prompt_tokens, completion_tokens),
-                            &mut out,
-                        );
-                    }
-                    out.extend_from_slice(b"data: [DONE]\n\n");
-                    break;
-                }
-                ToClient::Failed(msg) => {
-                    this.state = StreamState::Closed;
-                    this.guard.done = true;
-                    sse(&ApiError::internal(msg).body(), &mut out);
-                    out.extend_from_slice(b"data: [DONE]\n\n");
-                    break;
-                }
-                ToClient::Accepted | ToClient::Rejected(_) | ToClient::ShuttingDown => {}
-            }
-        }
-        if out.is_empty() {
-            Poll::Pending
-        } else {
-            Poll::Ready(Some(Ok(Bytes::from(out))))
-        }
-    }
 }

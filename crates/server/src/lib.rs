@@ -19,10 +19,12 @@
 pub mod api;
 pub mod cli;
 pub mod config;
+pub(crate) mod constraint;
 pub mod error;
 pub(crate) mod executor;
 pub(crate) mod http;
 pub mod metrics;
+pub(crate) mod response;
 pub mod text;
 pub(crate) mod worker;
 
@@ -192,6 +194,7 @@ async fn prepare(cfg: &ServerConfig) -> anyhow::Result<Prepared> {
         created: SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
+        constraints: std::sync::OnceLock::new(),
     });
     tracing::info!(
         model = %path.display(),

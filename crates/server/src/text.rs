@@ -67,6 +67,31 @@ impl TextModel {
             .encode(&text, self.tok.add_bos_by_default() && !has_bos)?)
     }
 
+    /// Text of prompt tokens as `echo` returns it (special tokens included).
+    pub fn decode(&self, ids: &[u32]) -> String {
+        self.tok.decode(ids, false)
+    }
+
+    /// Raw bytes of one token (OpenAI's logprob `bytes`).
+    pub fn token_bytes(&self, id: u32) -> &[u8] {
+        self.tok.token_bytes(id)
+    }
+
+    /// One token's text in logprobs (invalid UTF-8 replaced; `bytes` has the exact bytes).
+    pub fn token_str(&self, id: u32) -> String {
+        self.tok.token_text(id)
+    }
+
+    /// Id of the end-of-sequence token.
+    pub fn eos_id(&self) -> Option<u32> {
+        self.tok.eos_id()
+    }
+
+    /// Whether `id` is a control token.
+    pub fn is_special(&self, id: u32) -> bool {
+        self.tok.is_special(id)
+    }
+
     /// Vocabulary size.
     pub fn vocab_size(&self) -> usize {
         self.tok.vocab_size()

@@ -15,8 +15,11 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use accellm_engine::{copy_kv, ForwardBatch, KvPool, KvSpan, Model, Sampler, Threads};
+use accellm_engine::{
+    copy_kv, ForwardBatch, KvPool, KvSpan, Model, Sampler, Threads, TokenLogprob,
+};
 
+use crate::constraint::Constraint;
 use crate::executor::Input;
 
 /// One sequence that needs a token sampled after the forward pass.
@@ -27,6 +30,38 @@ pub(crate) struct SampleJob {
     pub sampler: Box<Sampler>,
     /// Forbid end-of-sequence tokens (`min_tokens` not reached yet).
     pub mask_eos: bool,
+    /// Return the token's logprob with this many alternatives.
+    pub logprobs: Option<u8>,
+    /// Allowed tokens come from this grammar (travels with the job and comes back).
+    pub constraint: Option<Box<Constraint>>,
+}
+
+/// A row whose logits give the logprob of the prompt token that follows it (echo).
+pub(crate) struct PromptRow {
+    /// Index of the (one-token) sequence in the batch.
+    pub seq: usize,
+    /// The prompt token at the next position.
+    pub target: u32,
+    /// Alternatives wanted.
+    pub top: u8,
+}
+
+/// One sampled token and what travels back with it.
+pub(crate) struct Sampled {
+    /// Index of the sequence in the batch.
+    pub seq: usize,
+    /// The token.
+    pub token: u32,
+    /// The request's sampler.
+    pub sampler: Box<Sampler>,
+    /// Its logprob, when asked for.
+    pub logprob: Option<Box<TokenLogprob>>,
+    /// The request's grammar state.
+    pub constraint: Option<Box<Constraint>>,
+    /// The grammar is complete after this token: the output must end.
+    pub grammar_done: bool,
+    /// The grammar failed (the request must end with this error).
+    pub error: Option<String>,
 }
 
 /// New tokens of some entries to stream to `to`, layer by layer.
@@ -45,6 +80,8 @@ pub(crate) struct RunJob {
     pub batch: ForwardBatch,
     /// Rows to sample.
     pub samples: Vec<SampleJob>,
+    /// Rows whose logits give prompt logprobs.
+    pub prompt_rows: Vec<PromptRow>,
     /// Layer-wise copies to partners.
     pub copies: Vec<CopyPlan>,
 }
@@ -55,8 +92,10 @@ pub(crate) struct RunReport {
     pub instance: usize,
     /// Which iteration.
     pub iteration: u64,
-    /// `(sequence index, token)` per sampled row, with the sampler handed back.
-    pub tokens: Vec<(usize, u32, Box<Sampler>)>,
+    /// One per sampled row, with the sampler handed back.
+    pub tokens: Vec<Sampled>,
+    /// The logprobs of [`RunJob::prompt_rows`], in order (empty on error).
+    pub prompt_logprobs: Vec<TokenLogprob>,
     /// Set when the forward pass or a copy failed.
     pub error: Option<String>,
     /// Wall time of the forward pass and sampling.
@@ -162,6 +201,7 @@ fn run_one(
         iteration,
         batch,
         samples,
+        prompt_rows,
         copies,
     } = job;
     let mut error = None;
@@ -177,27 +217,23 @@ fn run_one(
         })
     });
     let mut tokens = Vec::with_capacity(samples.len());
+    let mut prompt_logprobs = Vec::with_capacity(prompt_rows.len());
     match forward {
         Ok(out) => {
-            for mut s in samples {
+            for s in samples {
                 match out.logits.get(s.seq).and_then(|l| l.as_ref()) {
-                    Some(logits) => {
-                        let token = if s.mask_eos && !eos.is_empty() {
-                            let mut l = logits.clone();
-                            for &e in eos {
-                                if let Some(x) = l.get_mut(e as usize) {
-                                    *x = f32::NEG_INFINITY;
-                                }
-                            }
-                            s.sampler.sample(&l)
-                        } else {
-                            s.sampler.sample(logits)
-                        };
-                        tokens.push((s.seq, token, s.sampler));
-                    }
+                    Some(logits) => tokens.push(sample_one(s, logits, eos)),
                     None => {
                         error = Some(format!("no logits for sequence {}", s.seq));
                     }
+                }
+            }
+            for r in &prompt_rows {
+                match out.logits.get(r.seq).and_then(|l| l.as_ref()) {
+                    Some(logits) => {
+                        prompt_logprobs.push(TokenLogprob::of(logits, r.target, r.top as usize))
+                    }
+                    None => error = Some(format!("no logits for prompt row {}", r.seq)),
                 }
             }
         }
@@ -215,8 +251,53 @@ fn run_one(
         instance: i,
         iteration,
         tokens,
+        prompt_logprobs,
         error,
         elapsed_s: started.elapsed().as_secs_f64(),
+    }
+}
+
+/// Samples one row: EOS masked while `min_tokens` is not reached, only the grammar's tokens
+/// when the output is constrained; the logprob is of the raw distribution (vLLM's default).
+fn sample_one(mut s: SampleJob, logits: &[f32], eos: &[u32]) -> Sampled {
+    let mut error = None;
+    // With a grammar, the grammar alone decides where the output may end.
+    let mask_eos = s.mask_eos && !eos.is_empty() && s.constraint.is_none();
+    let token = if mask_eos || s.constraint.is_some() {
+        let mut l = logits.to_vec();
+        if mask_eos {
+            for &e in eos {
+                if let Some(x) = l.get_mut(e as usize) {
+                    *x = f32::NEG_INFINITY;
+                }
+            }
+        }
+        if let Some(c) = s.constraint.as_mut() {
+            if let Err(e) = c.mask_logits(&mut l) {
+                error = Some(e.to_string());
+            }
+        }
+        s.sampler.sample(&l)
+    } else {
+        s.sampler.sample(logits)
+    };
+    let mut grammar_done = false;
+    if let (Some(c), None) = (s.constraint.as_mut(), &error) {
+        match c.commit(token) {
+            Ok(done) => grammar_done = done,
+            Err(e) => error = Some(e.to_string()),
+        }
+    }
+    Sampled {
+        seq: s.seq,
+        token,
+        logprob: s
+            .logprobs
+            .map(|k| Box::new(TokenLogprob::of(logits, token, k as usize))),
+        sampler: s.sampler,
+        constraint: s.constraint,
+        grammar_done,
+        error,
     }
 }
 

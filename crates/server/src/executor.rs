@@ -423,9 +423,14 @@ impl Executor {
         // Prefix caching: the content keys of the prompt's full blocks (the core ignores them when
         // caching is off). One server serves one model (workers check theirs at connect), so the
         // keys need no model salt.
+        // A request that wants its prompt's logprobs (echo) must compute every position, so it
+        // neither starts after a cached prefix nor offers its blocks (no keys).
         let bs = self.sched.instance(0).kv.block_size();
-        let keys = accellm_core::kv::chain_keys(&live.tokens[..live.prompt_len], bs, 0);
-        let id = self.sched.submit_keyed(now, spec, Some(keys.into()));
+        let keys = live
+            .prompt_logprobs
+            .is_none()
+            .then(|| accellm_core::kv::chain_keys(&live.tokens[..live.prompt_len], bs, 0).into());
+        let id = self.sched.submit_keyed(now, spec, keys);
         let i = id.index();
         if self.lives.len() <= i {
             self.lives.resize_with(i + 1, || None);

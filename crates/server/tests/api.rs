@@ -525,3 +525,28 @@ async fn json_schema_output_parses_and_validates_on_every_seed() {
     assert_eq!(r.json()["error"]["param"], "response_format");
     server.shutdown().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn echo_computes_every_prompt_position_with_the_prefix_cache_on() {
+    let mut cfg = tiny_config();
+    cfg.prefix_cache = true;
+    let server = start(cfg);
+    let http = Http::new(server.addr());
+    // Several full blocks (16 tokens each) of a prompt a first request leaves in the cache.
+    let prompt = "the quick brown fox jumps over the lazy dog and the cat sleeps all day long";
+    let warm = json!({"model": "tiny", "prompt": prompt, "max_tokens": 2, "temperature": 0});
+    assert_eq!(http.post("/v1/completions", &warm).await.status, 200);
+    let echo = json!({"model": "tiny", "prompt": prompt, "max_tokens": 0, "echo": true,
+                      "logprobs": 1});
+    for _ in 0..2 {
+        let v = http.post("/v1/completions", &echo).await.json();
+        let lps = v["choices"][0]["logprobs"]["token_logprobs"]
+            .as_array()
+            .unwrap()
+            .clone();
+        assert!(lps.len() > 48, "{}", lps.len());
+        assert!(lps[0].is_null());
+        assert!(lps[1..].iter().all(Value::is_number), "{lps:?}");
+    }
+    server.shutdown().unwrap();
+}

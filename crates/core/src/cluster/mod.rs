@@ -286,16 +286,28 @@ pub trait ClusterPolicy: Send {
 }
 
 /// Knobs of the cluster policies, each with a default.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClusterConfig {
     /// Cache-aware routing: how many tokens of load one prompt token found in an instance's
     /// prefix cache is worth when requests are routed (least-load, AcceLLM). 0: load only.
+    /// Default 4: on 16 simulated instances it raised least-load's hit rate on multi-turn chat
+    /// from 9% to 59% with more goodput (docs/prefix-cache.md).
     pub prefix_weight: f64,
     /// Splitwise: knobs of the disaggregated pools.
     pub splitwise: splitwise::SplitwiseConfig,
     /// AcceLLM: knobs of the paired instances.
     pub accellm: accellm::AccellmConfig,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            prefix_weight: 4.0,
+            splitwise: Default::default(),
+            accellm: Default::default(),
+        }
+    }
 }
 
 /// Names accepted by [`build`].

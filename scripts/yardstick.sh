@@ -24,7 +24,7 @@ OUT="${OUT:-target/yardstick}"
 ACCELLM="${ACCELLM:-target/release/accellm}"
 PORT="${PORT:-18990}"
 mkdir -p "$OUT"
-[[ -x "$ACCELLM" ]] || { echo "error: $ACCELLM missing (cargo build --release -p accellm-cli)" >&2; exit 1; }
+[[ -x "$ACCELLM" ]] || { echo "error: $ACCELLM missing (cargo build --release -p accellm)" >&2; exit 1; }
 
 start_server() {
     case "$1" in

@@ -245,6 +245,11 @@ impl BlockManager {
         self.replicas_as_cache = on;
     }
 
+    /// Whether replica blocks serve as prefix cache.
+    pub fn replicas_as_cache(&self) -> bool {
+        self.replicas_as_cache
+    }
+
     /// The replica the eviction policy gives up first, if any is evictable.
     pub fn next_victim(&self) -> Option<RequestId> {
         let mut order = self.replica_lru.iter().map(|&(_, r)| r);

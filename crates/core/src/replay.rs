@@ -34,6 +34,7 @@ enum Ev {
     IterationDone(InstanceId),
     CopyDone(InstanceId, u64),
     TransferDone(u32),
+    InstanceDown(InstanceId),
 }
 
 /// A queued event, ordered by time, then by the order it was queued (`key = time << 64 | seq`),
@@ -114,6 +115,30 @@ pub fn run_keyed(
     obs: &mut dyn Observer,
     hardware: Option<Hardware<'_>>,
 ) -> ReplayEnd {
+    run_keyed_failing(sched, arrivals, keys, obs, hardware, &[])
+}
+
+/// [`run_on`], with instances failing: `(instance, time)` declares `instance` down at `time`
+/// ([`Scheduler::instance_down`]); its iteration and copies in flight never complete.
+pub fn run_failing(
+    sched: &mut Scheduler,
+    arrivals: &[RequestSpec],
+    obs: &mut dyn Observer,
+    hardware: Option<Hardware<'_>>,
+    failures: &[(InstanceId, TimeUs)],
+) -> ReplayEnd {
+    run_keyed_failing(sched, arrivals, &[], obs, hardware, failures)
+}
+
+/// [`run_keyed`] and [`run_failing`] together.
+pub fn run_keyed_failing(
+    sched: &mut Scheduler,
+    arrivals: &[RequestSpec],
+    keys: &[Option<BlockKeys>],
+    obs: &mut dyn Observer,
+    hardware: Option<Hardware<'_>>,
+    failures: &[(InstanceId, TimeUs)],
+) -> ReplayEnd {
     let n = sched.instances().len();
     let mut queue: BinaryHeap<Queued> = BinaryHeap::new();
     let mut seq = 0u64;
@@ -138,6 +163,11 @@ pub fn run_keyed(
     // Arrivals enter the queue one at a time to keep it small.
     if let Some(a) = arrivals.first() {
         push(&mut queue, &mut true, a.arrival_us, Ev::Arrival(0));
+    }
+    for &(i, t) in failures {
+        if (i as usize) < n {
+            push(&mut queue, &mut true, t, Ev::InstanceDown(i));
+        }
     }
     let mut link_free = vec![0 as TimeUs; n * n];
     let mut actions = Vec::new();
@@ -166,7 +196,11 @@ pub fn run_keyed(
                     );
                 }
             }
+            // A failed instance's iteration never ends (it is not busy any more: ignored).
             Ev::IterationDone(inst) => sched.iteration_done(now, inst, &stopped),
+            Ev::InstanceDown(inst) => {
+                sched.instance_down(now, inst);
+            }
             Ev::CopyDone(inst, it) => sched.copy_done(now, inst, it),
             Ev::TransferDone(id) => sched.transfer_done(now, id),
         }

@@ -5,6 +5,10 @@
 //! current time, then drains [`Scheduler::take_actions`] and carries the actions out: run the
 //! batch now in `instance.batch` on that instance, move KV blocks, report a finished request.
 
+mod failure;
+
+pub use failure::Recovery;
+
 use std::collections::VecDeque;
 use std::sync::Arc;
 
@@ -174,6 +178,12 @@ pub struct ClusterCounters {
     /// Of those, tokens found cached, whose prefill was skipped (vLLM's `prefix_cache_hits`).
     #[serde(default)]
     pub prefix_hit_tokens: u64,
+    /// Requests on a failed instance that went on from their partner's current replica.
+    #[serde(default)]
+    pub recovered_by_replica: u64,
+    /// Requests on a failed instance that were prefilled again elsewhere.
+    #[serde(default)]
+    pub recovered_by_recompute: u64,
 }
 
 /// Configuration of the scheduler that is not a policy knob.
@@ -216,6 +226,8 @@ pub struct State {
     pub(crate) max_waiting: usize,
     pub(crate) catch_up: CatchUp,
     pub(crate) prefix_cache: bool,
+    /// Instances declared down ([`Scheduler::instance_down`]).
+    pub(crate) down: Vec<bool>,
 }
 
 impl State {
@@ -401,6 +413,7 @@ impl Scheduler {
                 max_waiting: cfg.max_waiting,
                 catch_up: cluster.catch_up(),
                 prefix_cache: cfg.prefix_cache,
+                down: vec![false; n],
             },
             cluster,
             instance_policies,
@@ -530,6 +543,10 @@ impl Scheduler {
         let target = self.cluster.route(&mut ctx, id);
         debug_assert!((target as usize) < self.state.instances.len());
         let s = &mut self.state;
+        let target = match s.is_down(target) {
+            true => s.least_loaded_up().unwrap_or(target),
+            false => target,
+        };
         s.requests.get_mut(id).instance = target;
         s.instances[target as usize].waiting.push_back(id);
         s.instances[target as usize].load_tokens += s.requests.get(id).load();
@@ -657,6 +674,9 @@ impl Scheduler {
     /// The layer-wise copies issued with iterations up to `iteration` on `instance` have landed.
     pub fn copy_done(&mut self, now: TimeUs, instance: InstanceId, iteration: u64) {
         self.state.now = now;
+        if self.state.is_down(instance) {
+            return;
+        }
         let s = &mut self.state;
         while let Some(c) = s.pending_copies[instance as usize].front().copied() {
             if c.iteration > iteration {
@@ -737,7 +757,7 @@ impl Scheduler {
     fn schedule_idle(&mut self) {
         while let Some(i) = self.state.dirty.pop() {
             self.state.is_dirty[i as usize] = false;
-            if self.state.instances[i as usize].busy {
+            if self.state.instances[i as usize].busy || self.state.is_down(i) {
                 continue;
             }
             let mut cctx = ClusterCtx { s: &mut self.state };
@@ -800,6 +820,9 @@ impl Scheduler {
             let Some(to) = self.cluster.copy_target(&cctx, i, &e) else {
                 continue;
             };
+            if s.is_down(to) {
+                continue;
+            }
             let r = s.requests.get_mut(e.request);
             let (tokens, fresh, new_from) = match e.work {
                 // A prompt's first computed chunk starts after its cached prefix.

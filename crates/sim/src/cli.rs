@@ -84,6 +84,10 @@ pub struct SimulateArgs {
     /// Link between instances: auto, nvlink, pcie, inter-node or NUMgbps.
     #[arg(long)]
     pub link: Option<String>,
+    /// Fail an instance during the run: INSTANCE@SECONDS (repeatable). Its requests go on from
+    /// their partner's replica or are prefilled again elsewhere, as in the live server.
+    #[arg(long, value_name = "INSTANCE@SECONDS", value_parser = parse_failure)]
+    pub fail: Vec<(u32, f64)>,
     /// Workload: azure-conv, azure-code, sharegpt, arxiv, a trace file (CSV/JSONL),
     /// synthetic:prompt=DIST,output=DIST, mix:A*w@class+B*w@class, or one with shared
     /// prefixes: chat[:turns=DIST,user=DIST,...], system-prompts[:...], few-shot[:...].
@@ -226,6 +230,25 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
 }
 
 /// The config of `args`: the `--config` file (or defaults) with flags applied.
+/// Parses `--fail INSTANCE@SECONDS`.
+fn parse_failure(s: &str) -> Result<(u32, f64), String> {
+    let (i, t) = s
+        .split_once('@')
+        .ok_or_else(|| format!("`{s}`: expected INSTANCE@SECONDS, e.g. 1@30"))?;
+    let i = i
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{i}` is not an instance index"))?;
+    let t: f64 = t
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{t}` is not a number of seconds"))?;
+    if !(t.is_finite() && t >= 0.0) {
+        return Err(format!("`{t}`: seconds must be a non-negative number"));
+    }
+    Ok((i, t))
+}
+
 pub fn config(args: &SimulateArgs) -> anyhow::Result<SimConfig> {
     let mut c = match &args.config {
         Some(p) => SimConfig::load(p)?,
@@ -258,6 +281,9 @@ pub fn config(args: &SimulateArgs) -> anyhow::Result<SimConfig> {
         "--prefix-weight must be a non-negative number, got {}",
         c.cluster.prefix_weight
     );
+    if !args.fail.is_empty() {
+        c.failures = args.fail.clone();
+    }
     if let Some(p) = &args.hardware_profile {
         c.hardware_profile = Some(p.clone());
         c.profile = None;

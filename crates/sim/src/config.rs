@@ -94,6 +94,8 @@ pub struct SimConfig {
     pub scheduler_cost: Option<LinearCostModel>,
     /// With a profile: the link the scheduler assumes, when it is not the profile's.
     pub scheduler_link: Option<Link>,
+    /// Instances that fail, as `(instance, seconds after the start)` (`--fail I@S`).
+    pub failures: Vec<(u32, f64)>,
 }
 
 impl Default for SimConfig {
@@ -119,6 +121,7 @@ impl Default for SimConfig {
             kv_blocks: None,
             scheduler_cost: None,
             scheduler_link: None,
+            failures: Vec::new(),
         }
     }
 }

@@ -174,6 +174,17 @@ pub fn metrics_table(reports: &[RunReport]) -> String {
             })
         });
     }
+    if reports
+        .iter()
+        .any(|r| r.counters.recovered_by_replica + r.counters.recovered_by_recompute > 0)
+    {
+        row("recovered after a failure: replica / recompute", &|r| {
+            format!(
+                "{} / {}",
+                r.counters.recovered_by_replica, r.counters.recovered_by_recompute
+            )
+        });
+    }
     row("req/s per instance", &|r| {
         format!("{:.3}", r.requests_per_s_per_instance)
     });

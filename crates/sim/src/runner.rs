@@ -510,7 +510,12 @@ fn run_keeping(
         keys.len(),
         requests.len()
     );
-    let end = replay::run_keyed(&mut sched, requests, keys, &mut obs, hw);
+    let failures: Vec<(u32, TimeUs)> = cfg
+        .failures
+        .iter()
+        .map(|&(i, s)| (i, (s * 1e6) as TimeUs))
+        .collect();
+    let end = replay::run_keyed_failing(&mut sched, requests, keys, &mut obs, hw, &failures);
     let wall_s = t0.elapsed().as_secs_f64();
     if let Some(p) = progress {
         p(obs.ended);

@@ -862,6 +862,38 @@ impl ClusterPolicy for Accellm {
         }
     }
 
+    fn on_instance_down(&mut self, ctx: &mut ClusterCtx<'_>, i: InstanceId) {
+        // The partner runs alone (decodes and prefills) until `i` is back.
+        let k = self.pair_of[i as usize];
+        let p = self.partner(i);
+        self.pairs[k] = (p, p);
+        self.partner[p as usize] = p;
+        for x in [i, p] {
+            self.moving_in[x as usize].clear();
+            self.expect_until[x as usize] = 0;
+            self.delayed[x as usize] = false;
+        }
+        self.role[p as usize] = Role::Decode;
+        self.last_prefiller[k] = p;
+        ctx.wake(p);
+    }
+
+    fn on_instance_up(&mut self, ctx: &mut ClusterCtx<'_>, i: InstanceId) {
+        // Pair again with the instance that ran alone (the pair's first stays first).
+        let k = self.pair_of[i as usize];
+        let (p, _) = self.pairs[k];
+        if p == i {
+            return;
+        }
+        self.pairs[k] = if p < i { (p, i) } else { (i, p) };
+        self.partner[p as usize] = i;
+        self.partner[i as usize] = p;
+        self.role[i as usize] = Role::Decode;
+        self.last_was_prefill[i as usize] = false;
+        ctx.wake(i);
+        ctx.wake(p);
+    }
+
     fn route(&mut self, ctx: &mut ClusterCtx<'_>, id: RequestId) -> InstanceId {
         let need = ctx.request(id).prefill_target as u64;
         let mut best: Option<(bool, u64, i64, usize)> = None;

@@ -98,6 +98,11 @@ impl ClusterCtx<'_> {
         self.s.instances[i as usize].load_tokens
     }
 
+    /// Whether instance `i` is up (not declared down).
+    pub fn is_up(&self, i: InstanceId) -> bool {
+        !self.s.is_down(i)
+    }
+
     /// Asks the core to offer `i` to its policies again (after the caller changed its queues).
     pub fn wake(&mut self, i: InstanceId) {
         self.s.mark_dirty(i);
@@ -134,6 +139,9 @@ impl ClusterCtx<'_> {
     /// Returns false (and changes nothing) if it has started or is in flight.
     pub fn move_waiting(&mut self, id: RequestId, to: InstanceId) -> bool {
         let r = self.s.requests.get(id);
+        if self.s.is_down(to) {
+            return false;
+        }
         if r.phase != Phase::Waiting || r.in_flight || r.prefilled > 0 || r.instance == to {
             return r.instance == to;
         }
@@ -180,7 +188,7 @@ impl ClusterCtx<'_> {
     ) -> Result<Migration, MigrateError> {
         let now = self.s.now;
         let r = self.s.requests.get(id);
-        if r.phase != Phase::Decoding || r.in_flight || r.instance == to {
+        if r.phase != Phase::Decoding || r.in_flight || r.instance == to || self.s.is_down(to) {
             return Err(MigrateError::NotMovable);
         }
         let from = r.instance;
@@ -283,6 +291,13 @@ pub trait ClusterPolicy: Send {
     fn catch_up(&self) -> CatchUp {
         CatchUp::Transfer
     }
+
+    /// Instance `i` was declared down (its requests are already recovered elsewhere); a
+    /// pairing policy lets its partner run alone.
+    fn on_instance_down(&mut self, _ctx: &mut ClusterCtx<'_>, _i: InstanceId) {}
+
+    /// Instance `i` is back, empty.
+    fn on_instance_up(&mut self, _ctx: &mut ClusterCtx<'_>, _i: InstanceId) {}
 }
 
 /// Knobs of the cluster policies, each with a default.

@@ -1,0 +1,254 @@
+//! Instances failing and coming back: [`Scheduler::instance_down`] and
+//! [`Scheduler::instance_up`].
+//!
+//! When an instance is declared down, its iteration in flight and its KV are lost. Each request
+//! that ran there continues, decided here so the simulator and the server recover alike:
+//! - **by replica**: its partner holds a current replica (all of its KV, no copy landing), so the
+//!   replica becomes the primary and it decodes on there with no re-prefill;
+//! - **by recompute**: otherwise it is queued on the least-loaded live instance to prefill its
+//!   prompt plus the tokens it already generated (as after a preemption), then goes on decoding.
+//!
+//! Requests waiting there that had not started are simply moved. Replicas on the dead instance
+//! are forgotten. A down instance is never routed to, scheduled, copied to or migrated to; the
+//! cluster policy hears of it ([`crate::cluster::ClusterPolicy::on_instance_down`]) so that
+//! AcceLLM runs the partner alone, and of its return so the pair is formed again.
+
+use crate::{
+    cluster::ClusterCtx,
+    kv::{BlockManager, Ownership},
+    request::{Phase, RequestId},
+    InstanceId, TimeUs,
+};
+
+use super::Scheduler;
+
+/// How a request on a failed instance goes on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Recovery {
+    /// Its partner's current replica became the primary: no recomputation.
+    Replica,
+    /// Its prompt and generated tokens are prefilled again on a live instance.
+    Recompute,
+}
+
+impl Scheduler {
+    /// Whether instance `i` is up (not declared down).
+    pub fn is_up(&self, i: InstanceId) -> bool {
+        !self.state.down[i as usize]
+    }
+
+    /// Instance `i` failed (declared at `now`): its work in flight and all its KV are lost.
+    /// Returns each request that had started there with how it recovers; the executor must
+    /// forget the iteration in flight on `i` (its report, if one still arrives, is ignored) and
+    /// any copies from `i` (they are no longer awaited).
+    pub fn instance_down(&mut self, now: TimeUs, i: InstanceId) -> Vec<(RequestId, Recovery)> {
+        self.state.now = now;
+        let iu = i as usize;
+        if self.state.down[iu] {
+            return Vec::new();
+        }
+        self.state.down[iu] = true;
+        let s = &mut self.state;
+        // The iteration in flight never completes.
+        let inst = &mut s.instances[iu];
+        inst.busy = false;
+        inst.account_kv(now);
+        for e in &inst.batch.entries {
+            if let Some(r) = s
+                .requests
+                .slots
+                .get_mut(e.request.index())
+                .and_then(|x| x.as_mut())
+            {
+                r.in_flight = false;
+            }
+        }
+        inst.batch.clear();
+        // Copies from `i` will never land: unpin their destinations.
+        for c in std::mem::take(&mut s.pending_copies[iu]) {
+            if let Some(r) = s
+                .requests
+                .slots
+                .get_mut(c.request.index())
+                .and_then(|x| x.as_mut())
+            {
+                if r.serial == c.serial {
+                    r.copies_pending = r.copies_pending.saturating_sub(1);
+                    s.instances[c.to as usize].kv.unpin(c.request);
+                }
+            }
+        }
+        // Transfers from or to `i` are abandoned (their ids are not reused: a late report of
+        // one is ignored).
+        for t in &mut s.transfers {
+            let Some(tr) = *t else { continue };
+            let src = s.requests.try_get(tr.request).map(|r| r.instance);
+            if tr.to == i || src == Some(i) {
+                *t = None;
+            }
+        }
+        let ids: Vec<RequestId> = (0..s.requests.slots.len())
+            .filter(|&k| s.requests.slots[k].is_some())
+            .map(|k| RequestId(k as u32))
+            .collect();
+        let mut out = Vec::new();
+        let mut cancelled = Vec::new();
+        for id in ids {
+            let r = s.requests.get_mut(id);
+            if r.replica_on == Some(i) {
+                r.replica_on = None;
+                r.replica_tokens = 0;
+            }
+            if r.moving_to == Some(i) {
+                // Its move onto `i` is off: it stays on its (live) source.
+                r.moving_to = None;
+                r.phase = Phase::Decoding;
+                let from = r.instance;
+                s.instances[from as usize].running.push(id);
+                s.mark_dirty(from);
+            }
+            let r = s.requests.get(id);
+            if r.instance != i {
+                continue;
+            }
+            if r.cancelled {
+                cancelled.push(id);
+                continue;
+            }
+            let started = r.prefilled > 0 || r.generated > 0;
+            let partner = r
+                .replica_on
+                .filter(|&p| !s.down[p as usize])
+                .filter(|_| r.replica_current() && r.copies_pending == 0)
+                .filter(|_| matches!(r.phase, Phase::Decoding | Phase::Moving));
+            if let (Some(p), Phase::Moving) = (partner, r.phase) {
+                // A move away from `i` onto a current replica: it lands now.
+                let to = r.moving_to.unwrap_or(p);
+                if to != p {
+                    s.instances[to as usize].kv.release(id);
+                }
+            } else if r.phase == Phase::Moving {
+                if let Some(to) = r.moving_to {
+                    s.instances[to as usize].kv.release(id);
+                }
+            }
+            // With no live instance it stays queued here until one comes back.
+            let fallback = s.least_loaded_up().unwrap_or(i);
+            let r = s.requests.get_mut(id);
+            let load = r.load();
+            r.moving_to = None;
+            match partner {
+                Some(p) => {
+                    r.instance = p;
+                    r.phase = Phase::Decoding;
+                    r.replica_on = None;
+                    r.replica_tokens = 0;
+                    let dst = &mut s.instances[p as usize];
+                    dst.account_kv(now);
+                    dst.kv.set_ownership(id, Ownership::Primary);
+                    dst.kv.touch(id);
+                    dst.running.push(id);
+                    dst.load_tokens += load;
+                    s.mark_dirty(p);
+                    s.counters.recovered_by_replica += 1;
+                    out.push((id, Recovery::Replica));
+                }
+                None => {
+                    if let Some(o) = r.replica_on.take() {
+                        s.instances[o as usize].kv.release(id);
+                    }
+                    r.replica_tokens = 0;
+                    r.prefill_target = r.spec.prompt_tokens.max(1) + r.generated;
+                    r.prefilled = 0;
+                    r.kv_tokens = 0;
+                    r.cached_tokens = 0;
+                    r.published = 0;
+                    r.recompute_tokens = 0;
+                    r.phase = Phase::Waiting;
+                    let load = r.load();
+                    let to = fallback;
+                    r.instance = to;
+                    let dst = &mut s.instances[to as usize];
+                    // Ahead of prompts that have not started, like a preempted request.
+                    let reqs = &s.requests;
+                    let pos = dst
+                        .waiting
+                        .iter()
+                        .position(|&w| reqs.get(w).prefilled == 0 && reqs.get(w).generated == 0)
+                        .unwrap_or(dst.waiting.len());
+                    dst.waiting.insert(pos.min(dst.waiting.len()), id);
+                    dst.load_tokens += load;
+                    s.mark_dirty(to);
+                    if started {
+                        s.counters.recovered_by_recompute += 1;
+                        out.push((id, Recovery::Recompute));
+                    }
+                }
+            }
+        }
+        // All of `i`'s KV is gone.
+        let inst = &mut s.instances[iu];
+        let held: Vec<RequestId> = (0..s.requests.slots.len() as u32)
+            .map(RequestId)
+            .filter(|&id| inst.kv.table(id).is_some())
+            .collect();
+        for id in held {
+            inst.kv.release(id);
+        }
+        // Its prefix cache is gone with its memory: a restarted worker starts empty.
+        let mut fresh = BlockManager::new(inst.kv.num_blocks(), inst.kv.block_size());
+        fresh.set_eviction(inst.kv.eviction());
+        fresh.set_replicas_as_cache(inst.kv.replicas_as_cache());
+        inst.kv = fresh;
+        inst.running.clear();
+        let keep: Vec<RequestId> = inst
+            .waiting
+            .iter()
+            .copied()
+            .filter(|&w| s.requests.try_get(w).is_some_and(|r| r.instance == i))
+            .collect();
+        inst.waiting = keep.into_iter().collect();
+        inst.load_tokens = inst.waiting.iter().map(|&w| s.requests.get(w).load()).sum();
+        for id in cancelled {
+            s.finish(id, crate::request::FinishReason::Cancelled);
+        }
+        let mut ctx = ClusterCtx { s: &mut self.state };
+        self.cluster.on_instance_down(&mut ctx, i);
+        for k in 0..self.state.instances.len() {
+            if !self.state.down[k] {
+                self.state.mark_dirty(k as InstanceId);
+            }
+        }
+        self.schedule_idle();
+        out
+    }
+
+    /// Instance `i` is back (restarted, its KV empty): it is routed to and paired again.
+    /// Requests that were parked on it because no instance was up run there now.
+    pub fn instance_up(&mut self, now: TimeUs, i: InstanceId) {
+        self.state.now = now;
+        if !self.state.down[i as usize] {
+            return;
+        }
+        self.state.down[i as usize] = false;
+        let mut ctx = ClusterCtx { s: &mut self.state };
+        self.cluster.on_instance_up(&mut ctx, i);
+        self.state.mark_dirty(i);
+        self.schedule_idle();
+    }
+}
+
+impl super::State {
+    /// The live instance with the least load, if any is up.
+    pub(crate) fn least_loaded_up(&self) -> Option<InstanceId> {
+        (0..self.instances.len())
+            .filter(|&k| !self.down[k])
+            .min_by_key(|&k| (self.instances[k].load_tokens, k))
+            .map(|k| k as InstanceId)
+    }
+
+    /// Whether instance `i` is down.
+    pub(crate) fn is_down(&self, i: InstanceId) -> bool {
+        self.down[i as usize]
+    }
+}

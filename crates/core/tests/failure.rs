@@ -1,0 +1,157 @@
+//! Instances failing mid-run (`Scheduler::instance_down`), in virtual time: every request still
+//! finishes with all its tokens, requests whose partner holds a current replica go on from it,
+//! the others are prefilled again, and nothing is scheduled on the failed instance afterwards.
+
+mod common;
+use common::{assert_all_done, config, cost, requests};
+
+use accellm_core::{
+    cluster::{self, ClusterConfig},
+    instance::{self, InstanceConfig},
+    replay::{self, NoObserver, Observer},
+    scheduler::{Action, Scheduler},
+    TimeUs,
+};
+
+fn sched(cluster_policy: &str, n: u32) -> Scheduler {
+    let icfg = InstanceConfig {
+        chunk_size: 128,
+        ..Default::default()
+    };
+    Scheduler::new(
+        &config(256),
+        cost(),
+        cluster::build(cluster_policy, n, &ClusterConfig::default()).unwrap(),
+        (0..n)
+            .map(|_| instance::build("accelgen", &icfg).unwrap())
+            .collect(),
+    )
+}
+
+/// Fails the run if anything runs on `dead` after `at`.
+struct NothingOn {
+    dead: u32,
+    at: TimeUs,
+}
+
+impl Observer for NothingOn {
+    fn on_action(&mut self, now: TimeUs, a: &Action, s: &Scheduler) {
+        if let Action::Run { instance, .. } = *a {
+            assert!(
+                !(instance == self.dead && now >= self.at),
+                "instance {instance} ran at {now} after failing at {}",
+                self.at
+            );
+        }
+        if let Action::Transfer { to, from, .. } = *a {
+            assert!(now < self.at || (to != self.dead && from != self.dead));
+        }
+        if now >= self.at {
+            for r in (0..64).filter_map(|k| s.request(accellm_core::request::RequestId(k))) {
+                assert_ne!(
+                    r.replica_on,
+                    Some(self.dead),
+                    "replica kept on a dead instance"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn accellm_pair_survives_an_instance_and_recovers_by_replica_and_recompute() {
+    let reqs = requests(40, 3_000, |i| 40 + (i * 37) % 200, |i| 20 + (i * 13) % 60);
+    // Undisturbed, for comparison.
+    let mut calm = sched("accellm", 2);
+    replay::run(&mut calm, &reqs, &mut NoObserver);
+    assert_all_done(&calm, &reqs);
+    assert_eq!(calm.counters().recovered_by_replica, 0);
+
+    // Fail either instance at several moments of the run: every run completes; over them,
+    // both kinds of recovery happen.
+    let (mut by_replica, mut by_recompute) = (0, 0);
+    let mut last = None;
+    for k in 0..10u32 {
+        let (dead, at) = (k % 2, 10_000 + 12_000 * k as TimeUs);
+        let mut s = sched("accellm", 2);
+        replay::run_failing(
+            &mut s,
+            &reqs,
+            &mut NothingOn { dead, at },
+            None,
+            &[(dead, at)],
+        );
+        assert_all_done(&s, &reqs);
+        assert!(!s.is_up(dead));
+        by_replica += s.counters().recovered_by_replica;
+        by_recompute += s.counters().recovered_by_recompute;
+        last = Some(s);
+    }
+    assert!(
+        by_replica > 0,
+        "decodes with a current replica on the partner go on from it"
+    );
+    assert!(by_recompute > 0, "the others are prefilled again");
+    let s = last.unwrap();
+    // The partner alone does the work of two: the run ends later than the undisturbed one.
+    let end = |s: &Scheduler| {
+        s.metrics()
+            .finished
+            .iter()
+            .map(|f| f.arrival_us + f.jct_us)
+            .max()
+            .unwrap()
+    };
+    assert!(end(&s) > end(&calm));
+}
+
+#[test]
+fn without_replicas_every_started_request_is_recomputed() {
+    let reqs = requests(30, 2_000, |i| 50 + (i * 31) % 150, |i| 30 + (i * 7) % 40);
+    let at = 40_000;
+    let mut s = sched("least-load", 3);
+    replay::run_failing(
+        &mut s,
+        &reqs,
+        &mut NothingOn { dead: 0, at },
+        None,
+        &[(0, at)],
+    );
+    assert_all_done(&s, &reqs);
+    let c = s.counters();
+    assert_eq!(c.recovered_by_replica, 0, "least-load keeps no replicas");
+    assert!(c.recovered_by_recompute > 0, "{c:?}");
+}
+
+/// Counts iterations per instance.
+struct Runs(Vec<u32>);
+
+impl Observer for Runs {
+    fn on_action(&mut self, _now: TimeUs, a: &Action, _s: &Scheduler) {
+        if let Action::Run { instance, .. } = *a {
+            self.0[instance as usize] += 1;
+        }
+    }
+}
+
+#[test]
+fn a_failed_instance_that_comes_back_is_paired_again() {
+    let reqs = requests(30, 2_000, |i| 60 + (i * 17) % 100, |i| 10 + (i * 5) % 30);
+    let mut s = sched("accellm", 2);
+    assert!(s.instance_down(0, 0).is_empty(), "nothing had started");
+    assert!(!s.is_up(0));
+    s.instance_up(0, 0);
+    assert!(s.is_up(0));
+    let mut runs = Runs(vec![0; 2]);
+    replay::run(&mut s, &reqs, &mut runs);
+    assert_all_done(&s, &reqs);
+    assert!(
+        runs.0.iter().all(|&n| n > 0),
+        "both instances ran: {:?}",
+        runs.0
+    );
+    assert!(
+        s.counters().copy_bytes > 0,
+        "the pair streams replicas again"
+    );
+}

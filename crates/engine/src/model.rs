@@ -576,7 +576,13 @@ fn unsupported_dtype(e: candle_core::Error, path: &Path) -> EngineError {
     if let Some(id) = msg
         .split("unknown dtype for tensor ")
         .nth(1)
-        .and_then(|rest| rest.trim().parse::<u32>().ok())
+        // Only the leading digits: with RUST_BACKTRACE set, a backtrace follows the number.
+        .and_then(|rest| {
+            rest.split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse::<u32>()
+                .ok()
+        })
     {
         let name = GGML_TYPE_NAMES
             .iter()

@@ -295,7 +295,7 @@ async fn bad_input_gets_openai_errors() {
         .await;
     check(&r, 404, "gpt-9");
     for (body, param) in [
-        (json!({"prompt": "x", "n": 2}), "n"),
+        (json!({"prompt": "x", "n": 0}), "n"),
         (json!({"prompt": "x", "temperature": 5}), "temperature"),
         (json!({"prompt": "x", "top_p": 1.5}), "top_p"),
         (json!({"prompt": "x", "max_tokens": -1}), "max_tokens"),

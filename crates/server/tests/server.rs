@@ -296,6 +296,12 @@ async fn bad_input_gets_openai_errors() {
     check(&r, 404, "gpt-9");
     for (body, param) in [
         (json!({"prompt": "x", "n": 0}), "n"),
+        (json!({"prompt": "x", "logprobs": 21}), "logprobs"),
+        (json!({"prompt": "x", "max_tokens": 0}), "max_tokens"),
+        (
+            json!({"prompt": "x", "response_format": {"type": "xml"}}),
+            "response_format",
+        ),
         (json!({"prompt": "x", "temperature": 5}), "temperature"),
         (json!({"prompt": "x", "top_p": 1.5}), "top_p"),
         (json!({"prompt": "x", "max_tokens": -1}), "max_tokens"),

@@ -175,6 +175,18 @@ impl RequestState {
             })
     }
 
+    /// Drops all its KV progress so that it prefills its prompt and the tokens it generated
+    /// again (after a preemption or the loss of its instance).
+    pub fn reset_for_recompute(&mut self) {
+        self.prefill_target = self.spec.prompt_tokens.max(1) + self.generated;
+        self.prefilled = 0;
+        self.kv_tokens = 0;
+        self.cached_tokens = 0;
+        self.published = 0;
+        self.recompute_tokens = 0;
+        self.phase = Phase::Waiting;
+    }
+
     /// Its block keys (empty when it has none).
     pub fn keys(&self) -> &[BlockKey] {
         self.block_keys.as_deref().unwrap_or(&[])

@@ -339,13 +339,7 @@ impl<'a> ScheduleCtx<'a> {
         self.preempted += 1;
         let r = self.requests.get_mut(id);
         self.inst.load_tokens -= r.load();
-        r.prefill_target = r.spec.prompt_tokens.max(1) + r.generated;
-        r.prefilled = 0;
-        r.kv_tokens = 0;
-        r.cached_tokens = 0;
-        r.published = 0;
-        r.recompute_tokens = 0;
-        r.phase = Phase::Waiting;
+        r.reset_for_recompute();
         r.preemptions += 1;
         self.inst.load_tokens += r.load();
     }

@@ -158,13 +158,7 @@ impl Scheduler {
                         s.instances[o as usize].kv.release(id);
                     }
                     r.replica_tokens = 0;
-                    r.prefill_target = r.spec.prompt_tokens.max(1) + r.generated;
-                    r.prefilled = 0;
-                    r.kv_tokens = 0;
-                    r.cached_tokens = 0;
-                    r.published = 0;
-                    r.recompute_tokens = 0;
-                    r.phase = Phase::Waiting;
+                    r.reset_for_recompute();
                     let load = r.load();
                     let to = fallback;
                     r.instance = to;

@@ -1,4 +1,4 @@
-//! The `accellm` command: serve, simulate, bench, engine-bench, calibrate.
+//! The `accellm` command: serve, worker, simulate, bench, engine-bench, calibrate.
 
 use clap::{Parser, Subcommand};
 
@@ -14,6 +14,8 @@ struct Cli {
 enum Command {
     /// Serve a GGUF model over the OpenAI API on several engine instances.
     Serve(accellm_server::cli::ServeArgs),
+    /// Run one engine instance for an `accellm serve --workers` front on another host.
+    Worker(accellm_server::remote::WorkerArgs),
     /// Simulate a cluster in virtual time over hardware cost models and traces.
     Simulate(accellm_sim::cli::SimulateArgs),
     /// Replay a workload against any OpenAI-compatible endpoint.
@@ -35,6 +37,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => accellm_server::cli::run(args),
+        Command::Worker(args) => accellm_server::remote::run_worker(args),
         Command::Simulate(args) => accellm_sim::cli::run(args),
         Command::Bench(args) => accellm_bench::cli::run(args),
         Command::EngineBench(args) => accellm_engine::cli::run_bench(args),

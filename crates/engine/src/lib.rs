@@ -16,6 +16,7 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod kv;
+pub mod kv_wire;
 pub mod linear;
 pub mod model;
 pub mod sampling;

@@ -55,7 +55,7 @@ pub enum FinishReason {
 }
 
 /// SplitMix64: tiny, fast, and good enough for sampling.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct Rng(u64);
 
 impl Rng {
@@ -73,8 +73,9 @@ impl Rng {
     }
 }
 
-/// Per-sequence token chooser with its own deterministic random generator.
-#[derive(Debug, Clone)]
+/// Per-sequence token chooser with its own deterministic random generator. Serialisable, so a
+/// remote worker can sample and hand it back with its random state advanced.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Sampler {
     params: SamplingParams,
     rng: Rng,

@@ -68,6 +68,10 @@ pub struct ServeArgs {
     /// per_kv_token_ms, per_logit_row_ms) [default: the measured CPU fit scaled to the threads].
     #[arg(long)]
     pub cost_model: Option<PathBuf>,
+    /// Drive `accellm worker` processes at these addresses (comma-separated, one instance each,
+    /// consecutive pairs form AcceLLM pairs) instead of running instances in this process.
+    #[arg(long, value_delimiter = ',')]
+    pub workers: Option<Vec<String>>,
 }
 
 impl ServeArgs {
@@ -107,6 +111,10 @@ impl ServeArgs {
         }
         if let Some(v) = self.slo_tbt_ms {
             c.slo.tbt_ms = Some(v);
+        }
+        if let Some(w) = &self.workers {
+            c.workers = w.clone();
+            c.instances = w.len() as u32;
         }
         if let Some(p) = &self.cost_model {
             c.cost = Some(read_cost(p)?);

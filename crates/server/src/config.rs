@@ -84,6 +84,13 @@ pub struct ServerConfig {
     pub instance: InstanceConfig,
     /// Cluster-policy knobs.
     pub cluster: ClusterConfig,
+    /// Addresses of `accellm worker` processes to drive, one instance each (empty: instances are
+    /// threads of this process).
+    pub workers: Vec<String>,
+    /// Seconds to keep retrying workers that do not accept connections yet.
+    pub worker_connect_timeout_s: f64,
+    /// Seconds a remote worker may take to report an iteration before it is declared down.
+    pub worker_deadline_s: f64,
 }
 
 /// Coefficients of the linear iteration-time model, in milliseconds (the form
@@ -165,6 +172,9 @@ impl Default for ServerConfig {
             cost: None,
             instance: InstanceConfig::default(),
             cluster: ClusterConfig::default(),
+            workers: Vec::new(),
+            worker_connect_timeout_s: 120.0,
+            worker_deadline_s: 30.0,
         }
     }
 }
@@ -185,6 +195,13 @@ impl ServerConfig {
     /// Checks ranges and policy names.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
+        if !self.workers.is_empty() && self.workers.len() != self.instances as usize {
+            return bad(format!(
+                "{} workers given but instances = {}; with workers, each worker is one instance",
+                self.workers.len(),
+                self.instances
+            ));
+        }
         if self.instances == 0 {
             return bad("instances must be at least 1".into());
         }

@@ -110,16 +110,18 @@ pub struct Constraint {
 impl Constraint {
     /// Sets the logits of tokens the grammar forbids next to `-inf`.
     pub fn mask_logits(&mut self, logits: &mut [f32]) -> Result<(), ConstraintError> {
+        mask_with_bits(&self.allowed()?, logits);
+        Ok(())
+    }
+
+    /// The tokens the grammar allows next, as a bitset (bit `t % 32` of word `t / 32`): what a
+    /// remote worker needs to sample while the grammar itself stays with the front.
+    pub fn allowed(&mut self) -> Result<Vec<u32>, ConstraintError> {
         let mask = self
             .matcher
             .compute_mask_or_eos()
             .map_err(|e| ConstraintError::Matcher(e.to_string()))?;
-        for (id, l) in logits.iter_mut().enumerate() {
-            if !mask.is_allowed(id as u32) {
-                *l = f32::NEG_INFINITY;
-            }
-        }
-        Ok(())
+        Ok(mask.as_slice().to_vec())
     }
 
     /// Advances past `token`; returns whether the output is complete (nothing may follow).
@@ -128,5 +130,15 @@ impl Constraint {
             .consume_token(token)
             .map_err(|e| ConstraintError::Matcher(e.to_string()))?;
         Ok(self.matcher.is_stopped())
+    }
+}
+
+/// Sets the logits of tokens not in `bits` (see [`Constraint::allowed`]) to `-inf`.
+pub fn mask_with_bits(bits: &[u32], logits: &mut [f32]) {
+    for (id, l) in logits.iter_mut().enumerate() {
+        let allowed = bits.get(id / 32).is_some_and(|w| w & (1 << (id % 32)) != 0);
+        if !allowed {
+            *l = f32::NEG_INFINITY;
+        }
     }
 }

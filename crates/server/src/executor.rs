@@ -20,7 +20,7 @@ use accellm_core::{
     instance::PhaseConstraint,
     profile::Point,
     request::{FinishReason, RejectReason, RequestId, RequestSpec, Slo},
-    scheduler::{Action, Scheduler},
+    scheduler::{Action, Recovery, Scheduler},
     InstanceId, TimeUs,
 };
 use accellm_engine::{
@@ -144,6 +144,10 @@ pub(crate) enum Input {
     },
     /// Stop admitting; cancel everything live; exit when idle.
     Shutdown,
+    /// A remote worker failed (connection lost or deadline missed).
+    InstanceDown(usize),
+    /// A restarted remote worker accepted the front again.
+    InstanceUp(usize, Box<crate::remote::front::Connected>),
 }
 
 /// One live request's executor-side state.
@@ -164,6 +168,11 @@ struct Live {
     prompt_logprobs: Option<(u8, Vec<Option<TokenLogprob>>)>,
     discard_output: bool,
     choice: u32,
+    /// The sampler and grammar state as they left with the iteration in flight (restored if
+    /// that iteration is lost with its instance).
+    sent: Option<(Box<Sampler>, Option<Box<Constraint>>)>,
+    /// Since when it waits to recover from a failed instance, and how.
+    recovering: Option<(Instant, Recovery)>,
     decoder: Decoder,
     stop: StopMatcher,
     /// Set once the executor decided to end it (EOS, stop string).
@@ -205,6 +214,8 @@ struct InFlight {
     /// Entries that could not be run (failed at dispatch); stopped when the iteration ends.
     broken: Vec<RequestId>,
     had_copies: bool,
+    /// Destinations of its layer-wise copies.
+    copy_to: Vec<usize>,
     /// What the core planned, and when it was handed to the worker (for the iteration log).
     shape: IterationShape,
     dispatched_us: TimeUs,
@@ -263,6 +274,8 @@ pub(crate) struct Executor {
     actions: Vec<Action>,
     shutting_down: bool,
     iteration_log: Arc<Mutex<IterationLog>>,
+    /// How to reconnect remote workers that failed (`None` for in-process instances).
+    remote: Option<crate::remote::front::Reconnect>,
 }
 
 impl Executor {
@@ -293,7 +306,14 @@ impl Executor {
             actions: Vec::new(),
             shutting_down: false,
             iteration_log,
+            remote: None,
         }
+    }
+
+    /// Lets the executor bring failed remote workers back.
+    pub(crate) fn with_reconnect(mut self, r: crate::remote::front::Reconnect) -> Self {
+        self.remote = Some(r);
+        self
     }
 
     fn now(&self) -> TimeUs {
@@ -318,12 +338,16 @@ impl Executor {
             .flat_map(|t| {
                 drop(t.run);
                 drop(t.link);
+                if let Some(c) = &t.conn {
+                    let _ = c.shutdown(std::net::Shutdown::Both);
+                }
                 t.joins
             })
             .collect();
         for j in joins {
             let _ = j.join();
         }
+        self.remote = None;
         tracing::info!("scheduler thread stopped");
     }
 
@@ -359,6 +383,8 @@ impl Executor {
                 let now = self.now();
                 self.sched.transfer_done(now, id);
             }
+            Input::InstanceDown(i) => self.instance_down(i),
+            Input::InstanceUp(i, c) => self.instance_up(i, *c),
             Input::Shutdown => {
                 if !self.shutting_down {
                     tracing::info!(
@@ -409,6 +435,8 @@ impl Executor {
             prompt_logprobs,
             discard_output: s.discard_output,
             choice: s.choice,
+            sent: None,
+            recovering: None,
             decoder: self.text.decoder(s.starts_text),
             stop,
             stopped: false,
@@ -660,18 +688,24 @@ impl Executor {
                 }
             }
         }
-        // Samplers travel with the job.
+        // Samplers travel with the job; a remote worker may be lost with them, so keep a copy.
+        let keep_copy = self.remote.is_some();
         for &(req, seq) in &sample_rows {
             if let Some(live) = self.lives[req.index()].as_mut() {
                 live.instances |= 1 << (instance.min(63));
                 if let Some(sampler) = live.sampler.take() {
+                    let constraint = live.constraint.take();
+                    if keep_copy {
+                        live.sent = Some((sampler.clone(), constraint.clone()));
+                    }
                     let mask_eos = !live.ignore_eos && live.generated() < live.min_tokens;
                     samples.push(SampleJob {
                         seq,
                         sampler,
                         mask_eos,
                         logprobs: live.logprobs,
-                        constraint: live.constraint.take(),
+                        constraint,
+                        allowed: None,
                     });
                 }
             }
@@ -680,6 +714,7 @@ impl Executor {
             self.fail(r, "internal error: inconsistent batch".into());
         }
         let had_copies = !copies.is_empty();
+        let copy_to: Vec<usize> = copies.iter().map(|(to, _)| *to).collect();
         let copies: Vec<CopyPlan> = copies
             .into_iter()
             .map(|(to, spans)| {
@@ -696,6 +731,7 @@ impl Executor {
             prompt_rows,
             broken,
             had_copies,
+            copy_to,
             shape: self.sched.instance(instance).batch.shape,
             dispatched_us: self.now(),
         });
@@ -835,8 +871,22 @@ impl Executor {
             });
         }
         let mut stopped = flight.broken.clone();
-        let mut by_seq: HashMap<usize, Sampled> =
-            r.tokens.into_iter().map(|s| (s.seq, s)).collect();
+        let mut r = r;
+        let mut by_seq: HashMap<usize, Sampled> = std::mem::take(&mut r.tokens)
+            .into_iter()
+            .map(|s| (s.seq, s))
+            .collect();
+        let mut unreachable = Vec::new();
+        if let Some(e) = r.copy_error.take() {
+            if self.remote.is_some() {
+                // A partner this worker cannot reach: from here on it is down (its replicas
+                // are forgotten); the tokens of this iteration are good.
+                tracing::error!(instance = i, error = %e, "KV copy to a partner failed");
+                unreachable = flight.copy_to.clone();
+            } else {
+                r.error.get_or_insert(e);
+            }
+        }
         if let Some(e) = &r.error {
             tracing::error!(instance = i, error = %e, "iteration failed");
         }
@@ -871,6 +921,12 @@ impl Executor {
         self.sched.iteration_done(now, i as InstanceId, &stopped);
         if flight.had_copies {
             self.sched.copy_done(now, i as InstanceId, flight.iteration);
+        }
+        for j in unreachable {
+            self.instance_down(j);
+            if let Some(c) = self.instances.get(j).and_then(|t| t.conn.as_ref()) {
+                let _ = c.shutdown(std::net::Shutdown::Both);
+            }
         }
         self.retry_deferred();
     }
@@ -927,7 +983,13 @@ impl Executor {
             return true;
         }
         let latency = live.times.token(Instant::now());
+        let recovered = live.recovering.take();
         if let Ok(mut m) = self.metrics.lock() {
+            if let Some((since, kind)) = recovered {
+                let s = since.elapsed().as_secs_f64();
+                tracing::info!(request = req.0, kind = ?kind, recovery_ms = s * 1e3, "recovered");
+                m.observe_recovery(kind == Recovery::Replica, s);
+            }
             m.generation_tokens += 1;
             match latency {
                 TokenLatency::First(ttft) => m.ttft.observe(ttft.as_secs_f64()),
@@ -968,6 +1030,89 @@ impl Executor {
         live.send(ToClient::Token { text, logprob });
         live.stopped = stop;
         stop
+    }
+
+    /// A remote worker failed: forget its iteration in flight (samplers restored), tell the
+    /// core, which recovers its requests, and start trying to reconnect it.
+    fn instance_down(&mut self, i: usize) {
+        if !self.sched.is_up(i as InstanceId) {
+            return;
+        }
+        if let Some(flight) = self.inflight[i].take() {
+            for (req, _) in flight.rows {
+                if let Some(live) = self.lives.get_mut(req.index()).and_then(Option::as_mut) {
+                    if let (None, Some((sampler, constraint))) = (&live.sampler, live.sent.take()) {
+                        live.sampler = Some(sampler);
+                        live.constraint = constraint;
+                    }
+                }
+            }
+        }
+        self.incoming
+            .iter_mut()
+            .for_each(|v| v.retain(|&(src, _)| src != i));
+        self.incoming[i].clear();
+        self.deferred.retain(|d| match d {
+            Deferred::Run(k, _) => *k != i,
+            Deferred::Transfer(k, job, _) => {
+                *k != i && !matches!(job, LinkJob::Transfer { to, .. } if *to == i)
+            }
+        });
+        let now = self.now();
+        let since = Instant::now();
+        let recovered = self.sched.instance_down(now, i as InstanceId);
+        tracing::warn!(
+            instance = i,
+            by_replica = recovered
+                .iter()
+                .filter(|r| r.1 == Recovery::Replica)
+                .count(),
+            by_recompute = recovered
+                .iter()
+                .filter(|r| r.1 == Recovery::Recompute)
+                .count(),
+            "instance down"
+        );
+        for (req, kind) in recovered {
+            if let Some(live) = self.lives.get_mut(req.index()).and_then(Option::as_mut) {
+                live.recovering = Some((since, kind));
+            }
+        }
+        if let Ok(mut m) = self.metrics.lock() {
+            if let Some(g) = m.instances.get_mut(i) {
+                g.down = true;
+            }
+        }
+        if let Some(r) = &self.remote {
+            r.start(i);
+        }
+        self.retry_deferred();
+    }
+
+    /// A restarted remote worker is connected again: drive it, and give it back to the core.
+    fn instance_up(&mut self, i: usize, c: crate::remote::front::Connected) {
+        let Some(r) = &self.remote else { return };
+        if self.sched.is_up(i as InstanceId) {
+            return;
+        }
+        match r.spawn(i, c) {
+            Ok(t) => {
+                // The old threads end on their own (their connection is gone).
+                self.instances[i] = t;
+                let now = self.now();
+                self.sched.instance_up(now, i as InstanceId);
+                tracing::warn!(instance = i, "instance up again");
+                if let Ok(mut m) = self.metrics.lock() {
+                    if let Some(g) = m.instances.get_mut(i) {
+                        g.down = false;
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!(instance = i, error = %e, "cannot drive the reconnected worker");
+                r.start(i);
+            }
+        }
     }
 
     fn publish_metrics(&mut self) {

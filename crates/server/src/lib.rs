@@ -24,6 +24,7 @@ pub mod error;
 pub(crate) mod executor;
 pub(crate) mod http;
 pub mod metrics;
+pub mod remote;
 pub(crate) mod response;
 pub mod text;
 pub(crate) mod worker;
@@ -46,6 +47,14 @@ use crate::executor::{Executor, Input, IterationLog};
 use crate::metrics::Metrics;
 use crate::text::TextModel;
 use crate::worker::{Engine, LinkCounters};
+
+/// Where the instances run.
+enum Backend {
+    /// Threads of this process over a model loaded here.
+    Local(Engine),
+    /// `accellm worker` processes, connected and checked.
+    Remote(Vec<remote::front::Connected>),
+}
 
 /// Everything loaded and started before the HTTP listener opens.
 struct Prepared {
@@ -78,26 +87,62 @@ async fn prepare(cfg: &ServerConfig) -> anyhow::Result<Prepared> {
         TextModel::load(&path)
             .with_context(|| format!("loading tokenizer of {}", path.display()))?,
     );
-    let model = {
-        let (p, format) = (path.clone(), cfg.weight_format);
-        tokio::task::spawn_blocking(move || Model::load(&p, format))
-            .await
-            .context("model loader panicked")?
-            .with_context(|| format!("loading model {}", path.display()))?
+    let eos = Arc::new(text.eos());
+    let (backend, geometry) = if cfg.workers.is_empty() {
+        let model = {
+            let (p, format) = (path.clone(), cfg.weight_format);
+            tokio::task::spawn_blocking(move || Model::load(&p, format))
+                .await
+                .context("model loader panicked")?
+                .with_context(|| format!("loading model {}", path.display()))?
+        };
+        let model = Arc::new(model);
+        let mc = model.config().clone();
+        let pools = (0..cfg.instances)
+            .map(|_| KvPool::new(&mc, cfg.kv_blocks as usize, cfg.block_size as usize))
+            .collect::<Result<Vec<_>, _>>()
+            .context("allocating KV pools")?;
+        let engine = Engine {
+            model,
+            pools: Arc::new(pools),
+            eos: eos.clone(),
+        };
+        let g = (
+            mc.layers as u32,
+            mc.kv_bytes_per_token as u64,
+            mc.context_length as u32,
+        );
+        (Backend::Local(engine), g)
+    } else {
+        let id = remote::wire::ModelId::of(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let (addrs, eos2, block_size, kv_blocks) = (
+            cfg.workers.clone(),
+            eos.clone(),
+            cfg.block_size,
+            cfg.kv_blocks,
+        );
+        let wait = Duration::from_secs_f64(cfg.worker_connect_timeout_s);
+        let conns = tokio::task::spawn_blocking(move || {
+            let spec = remote::front::HelloSpec {
+                model: &id,
+                block_size,
+                kv_blocks,
+                eos: &eos2,
+            };
+            remote::front::connect(&addrs, &spec, wait)
+        })
+        .await
+        .context("worker connector panicked")??;
+        let g = conns[0].geometry;
+        (
+            Backend::Remote(conns),
+            (g.layers, g.kv_bytes_per_token, g.context_length),
+        )
     };
-    let model = Arc::new(model);
-    let mc = model.config().clone();
-    let pools = (0..cfg.instances)
-        .map(|_| KvPool::new(&mc, cfg.kv_blocks as usize, cfg.block_size as usize))
-        .collect::<Result<Vec<_>, _>>()
-        .context("allocating KV pools")?;
-    let engine = Engine {
-        model: model.clone(),
-        pools: Arc::new(pools),
-        eos: Arc::new(text.eos()),
-    };
+    let (layers, kv_bytes_per_token, context_length) = geometry;
     let cost_config = cfg.cost_config();
-    let cost = cost_config.to_model(mc.layers as u32, mc.kv_bytes_per_token as u64);
+    let cost = cost_config.to_model(layers, kv_bytes_per_token);
     let link = cost_config.link();
     let cluster = accellm_core::cluster::build(&cfg.cluster_policy, cfg.instances, &cfg.cluster)?;
     let policies = (0..cfg.instances)
@@ -146,28 +191,56 @@ async fn prepare(cfg: &ServerConfig) -> anyhow::Result<Prepared> {
     let (exec_tx, exec_rx) = mpsc::channel();
     let counters = Arc::new(LinkCounters::default());
     let mut threads = Vec::new();
-    for i in 0..cfg.instances as usize {
-        threads.push(
-            worker::spawn_instance(
-                i,
-                &engine,
-                cfg.threads_per_instance,
-                exec_tx.clone(),
-                counters.clone(),
-            )
-            .context("starting instance threads")?,
-        );
+    let mut reconnect = None;
+    match backend {
+        Backend::Local(engine) => {
+            for i in 0..cfg.instances as usize {
+                threads.push(
+                    worker::spawn_instance(
+                        i,
+                        &engine,
+                        cfg.threads_per_instance,
+                        exec_tx.clone(),
+                        counters.clone(),
+                    )
+                    .context("starting instance threads")?,
+                );
+            }
+        }
+        Backend::Remote(conns) => {
+            let deadline = Duration::from_secs_f64(cfg.worker_deadline_s);
+            for (i, c) in conns.into_iter().enumerate() {
+                threads.push(
+                    remote::front::spawn_remote(i, c, exec_tx.clone(), counters.clone(), deadline)
+                        .context("starting remote worker threads")?,
+                );
+            }
+            reconnect = Some(remote::front::Reconnect {
+                addrs: cfg.workers.clone(),
+                model: remote::wire::ModelId::of(&path)?,
+                block_size: cfg.block_size,
+                kv_blocks: cfg.kv_blocks,
+                eos: eos.to_vec(),
+                out: exec_tx.clone(),
+                counters: counters.clone(),
+                deadline,
+                stop: Default::default(),
+            });
+        }
     }
     let iteration_log = Arc::new(Mutex::new(IterationLog::default()));
-    let executor = Executor::new(
+    let mut executor = Executor::new(
         sched,
         text.clone(),
-        engine.eos.clone(),
+        eos,
         threads,
         metrics.clone(),
         counters,
         iteration_log.clone(),
     );
+    if let Some(r) = reconnect {
+        executor = executor.with_reconnect(r);
+    }
     let exec_join = std::thread::Builder::new()
         .name("accellm-sched".into())
         .spawn(move || executor.run(exec_rx))
@@ -182,7 +255,7 @@ async fn prepare(cfg: &ServerConfig) -> anyhow::Result<Prepared> {
         exec: Mutex::new(exec_tx.clone()),
         text,
         model_name: name,
-        context_len: mc.context_length as u32,
+        context_len: context_length,
         kv_tokens,
         api_key,
         metrics,

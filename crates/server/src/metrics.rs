@@ -121,6 +121,11 @@ impl Histogram {
 
     fn render(&self, out: &mut String, name: &str, help: &str, labels: &str) {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        self.render_series(out, name, labels);
+    }
+
+    /// The series without the family's HELP and TYPE lines (a second label set).
+    fn render_series(&self, out: &mut String, name: &str, labels: &str) {
         let mut acc = 0;
         for (b, c) in self.bounds.iter().zip(&self.counts) {
             acc += c;
@@ -131,6 +136,10 @@ impl Histogram {
         let _ = writeln!(out, "{name}_count{{{labels}}} {}", self.count);
     }
 }
+
+const RECOVERY_BUCKETS: &[f64] = &[
+    0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0,
+];
 
 const TTFT_BUCKETS: &[f64] = &[
     0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
@@ -193,6 +202,8 @@ pub struct InstanceGauges {
     pub iterations: u64,
     /// Seconds spent running iterations.
     pub busy_s: f64,
+    /// Declared down (a remote worker that failed).
+    pub down: bool,
 }
 
 /// Every metric the server exports.
@@ -231,6 +242,9 @@ pub struct Metrics {
     pub policies: (String, String),
     /// Finished requests that met their SLO, strict and mean.
     pub slo_met: SloCounts,
+    /// Failure to next token of requests recovered from a failed instance: by replica, by
+    /// recompute.
+    pub recovery: [Histogram; 2],
 }
 
 impl Metrics {
@@ -254,7 +268,16 @@ impl Metrics {
             copied_transfer_bytes: 0,
             policies,
             slo_met: SloCounts::default(),
+            recovery: [
+                Histogram::new(RECOVERY_BUCKETS),
+                Histogram::new(RECOVERY_BUCKETS),
+            ],
         }
+    }
+
+    /// Records how long a request recovering from a failed instance waited for its next token.
+    pub fn observe_recovery(&mut self, by_replica: bool, seconds: f64) {
+        self.recovery[usize::from(!by_replica)].observe(seconds);
     }
 
     /// The Prometheus text exposition.
@@ -502,6 +525,29 @@ impl Metrics {
             "Replicas evicted to make room for primaries.",
             c.replica_evictions,
         );
+        let _ = writeln!(
+            o,
+            "# HELP accellm_instance_up Whether each instance is up (0: a failed remote worker).\n# TYPE accellm_instance_up gauge"
+        );
+        for (i, g) in self.instances.iter().enumerate() {
+            let _ = writeln!(
+                o,
+                "accellm_instance_up{{instance=\"{i}\"}} {}",
+                u8::from(!g.down)
+            );
+        }
+        let _ = writeln!(
+            o,
+            "# HELP accellm_requests_recovered_total Requests of failed instances that went on, by how (replica: decoding on the partner's current replica; recompute: prefilled again).\n# TYPE accellm_requests_recovered_total counter\naccellm_requests_recovered_total{{kind=\"replica\"}} {}\naccellm_requests_recovered_total{{kind=\"recompute\"}} {}",
+            c.recovered_by_replica, c.recovered_by_recompute
+        );
+        self.recovery[0].render(
+            &mut o,
+            "accellm_recovery_seconds",
+            "Failure detected to the next token of each recovered request.",
+            "kind=\"replica\"",
+        );
+        self.recovery[1].render_series(&mut o, "accellm_recovery_seconds", "kind=\"recompute\"");
         plain(
             &mut o,
             "accellm_preemptions_total",

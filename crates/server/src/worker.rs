@@ -19,7 +19,7 @@ use accellm_engine::{
     copy_kv, ForwardBatch, KvPool, KvSpan, Model, Sampler, Threads, TokenLogprob,
 };
 
-use crate::constraint::Constraint;
+use crate::constraint::{mask_with_bits, Constraint};
 use crate::executor::Input;
 
 /// One sequence that needs a token sampled after the forward pass.
@@ -34,6 +34,9 @@ pub(crate) struct SampleJob {
     pub logprobs: Option<u8>,
     /// Allowed tokens come from this grammar (travels with the job and comes back).
     pub constraint: Option<Box<Constraint>>,
+    /// Or only the tokens allowed, as a bitset: a remote worker's constrained row (the grammar
+    /// stays with the front, which advances it when the token comes back).
+    pub allowed: Option<Vec<u32>>,
 }
 
 /// A row whose logits give the logprob of the prompt token that follows it (echo).
@@ -96,8 +99,10 @@ pub(crate) struct RunReport {
     pub tokens: Vec<Sampled>,
     /// The logprobs of [`RunJob::prompt_rows`], in order (empty on error).
     pub prompt_logprobs: Vec<TokenLogprob>,
-    /// Set when the forward pass or a copy failed.
+    /// Set when the forward pass failed.
     pub error: Option<String>,
+    /// Set when a layer-wise copy to a partner failed (the tokens are still good).
+    pub copy_error: Option<String>,
     /// Wall time of the forward pass and sampling.
     pub elapsed_s: f64,
 }
@@ -147,6 +152,8 @@ pub(crate) struct InstanceThreads {
     pub link: Sender<LinkJob>,
     /// Thread handles, joined at shutdown.
     pub joins: Vec<JoinHandle<()>>,
+    /// A remote worker's connection, shut down at shutdown so its reader thread ends.
+    pub conn: Option<std::net::TcpStream>,
 }
 
 /// Starts the worker and link threads of instance `i`.
@@ -184,10 +191,11 @@ pub(crate) fn spawn_instance(
         run: run_tx,
         link: link_tx,
         joins: vec![worker, link],
+        conn: None,
     })
 }
 
-fn run_one(
+pub(crate) fn run_one(
     i: usize,
     model: &Model,
     pools: &[KvPool],
@@ -239,11 +247,12 @@ fn run_one(
         }
         Err(e) => error = Some(format!("forward pass failed: {e}")),
     }
+    let mut copy_error = None;
     if !copies.is_empty() {
         let (tx, rx) = mpsc::sync_channel(1);
         if link.send(LinkJob::Barrier(tx)).is_ok() {
             if let Ok(Some(e)) = rx.recv() {
-                error.get_or_insert(format!("KV copy failed: {e}"));
+                copy_error = Some(format!("KV copy failed: {e}"));
             }
         }
     }
@@ -253,6 +262,7 @@ fn run_one(
         tokens,
         prompt_logprobs,
         error,
+        copy_error,
         elapsed_s: started.elapsed().as_secs_f64(),
     }
 }
@@ -262,8 +272,9 @@ fn run_one(
 fn sample_one(mut s: SampleJob, logits: &[f32], eos: &[u32]) -> Sampled {
     let mut error = None;
     // With a grammar, the grammar alone decides where the output may end.
-    let mask_eos = s.mask_eos && !eos.is_empty() && s.constraint.is_none();
-    let token = if mask_eos || s.constraint.is_some() {
+    let grammar = s.constraint.is_some() || s.allowed.is_some();
+    let mask_eos = s.mask_eos && !eos.is_empty() && !grammar;
+    let token = if mask_eos || grammar {
         let mut l = logits.to_vec();
         if mask_eos {
             for &e in eos {
@@ -276,6 +287,9 @@ fn sample_one(mut s: SampleJob, logits: &[f32], eos: &[u32]) -> Sampled {
             if let Err(e) = c.mask_logits(&mut l) {
                 error = Some(e.to_string());
             }
+        }
+        if let Some(bits) = &s.allowed {
+            mask_with_bits(bits, &mut l);
         }
         s.sampler.sample(&l)
     } else {

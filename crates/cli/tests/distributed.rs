@@ -1,0 +1,413 @@
+//! `accellm worker` processes driven by an `accellm serve --workers` front, on loopback, with the
+//! real default model (skipped with a message when it is absent; `ACCELLM_REQUIRE_MODEL=1` makes
+//! that a failure).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+/// A child process killed when dropped.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn model() -> Option<std::path::PathBuf> {
+    let path = accellm_tokenizer::default_model_path();
+    if path.exists() {
+        return Some(path);
+    }
+    assert!(
+        std::env::var_os("ACCELLM_REQUIRE_MODEL").is_none(),
+        "ACCELLM_REQUIRE_MODEL is set but {} is missing",
+        path.display()
+    );
+    eprintln!(
+        "skipped: {} not present (run `accellm serve` once to fetch it)",
+        path.display()
+    );
+    None
+}
+
+/// Starts `accellm ARGS` and waits (at most 120 s) for the line announcing its address on
+/// stderr; returns the process and the address.
+fn start(args: &[&str]) -> (Proc, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_accellm"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("accellm starts");
+    let stderr = child.stderr.take().expect("stderr piped");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(addr) = line.split("listening on ").nth(1) {
+                let addr = addr.trim_start_matches("http://");
+                let _ = tx.send(Ok(addr.split_whitespace().next().unwrap_or("").to_string()));
+            } else if line.contains("Error") || line.contains("error") {
+                let _ = tx.send(Err(line));
+            }
+        }
+    });
+    let proc = Proc(child);
+    match rx.recv_timeout(Duration::from_secs(120)) {
+        Ok(Ok(addr)) => (proc, addr),
+        Ok(Err(line)) => panic!("accellm {args:?} failed: {line}"),
+        Err(_) => panic!("accellm {args:?} did not start listening"),
+    }
+}
+
+/// Runs `accellm ARGS` to completion; returns its exit success and stderr.
+fn run(args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_accellm"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("accellm runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// One HTTP/1.1 request with `Connection: close`; returns status and body.
+fn http(addr: &str, method: &str, path: &str, body: Option<&Value>) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(600))).unwrap();
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).expect("response");
+    let status = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
+    (status, body)
+}
+
+/// Greedy completions of a few prompts, sent concurrently.
+fn completions(addr: &str) -> Vec<String> {
+    let prompts = [
+        "The capital of France is",
+        "def fibonacci(n):",
+        "Once upon a time, in a small village,",
+        "The three primary colours are",
+        "To make a cup of tea, first",
+        "Water boils at",
+    ];
+    let handles: Vec<_> = prompts
+        .iter()
+        .map(|p| {
+            let (addr, p) = (addr.to_string(), p.to_string());
+            std::thread::spawn(move || {
+                let body =
+                    json!({"prompt": p, "max_tokens": 24, "temperature": 0, "ignore_eos": true});
+                let (status, text) = http(&addr, "POST", "/v1/completions", Some(&body));
+                assert_eq!(status, 200, "{text}");
+                let v: Value = serde_json::from_str(&text).expect("JSON answer");
+                v["choices"][0]["text"].as_str().expect("text").to_string()
+            })
+        })
+        .collect();
+    handles
+        .into_iter()
+        .map(|h| h.join().expect("request thread"))
+        .collect()
+}
+
+/// Requests that use what the worker returns besides tokens: token and prompt logprobs (echo),
+/// and output constrained by a JSON schema (the grammar stays on the front, the worker samples
+/// from the tokens it allows). Sent one at a time, so each runs in a batch of its own.
+fn api_features(addr: &str) -> Vec<Value> {
+    let schema = json!({
+        "type": "object",
+        "properties": {"city": {"type": "string"}, "population": {"type": "integer"}},
+        "required": ["city", "population"]
+    });
+    let requests = [
+        (
+            "/v1/completions",
+            json!({"prompt": "The capital of France is", "max_tokens": 4, "temperature": 0,
+                   "logprobs": 2, "echo": true}),
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "user", "content": "Describe Paris as JSON."}],
+                   "max_tokens": 40, "temperature": 0, "logprobs": true, "top_logprobs": 2,
+                   "response_format": {"type": "json_schema",
+                                       "json_schema": {"name": "city", "schema": schema}}}),
+        ),
+    ];
+    requests
+        .iter()
+        .map(|(path, body)| {
+            let (status, text) = http(addr, "POST", path, Some(body));
+            assert_eq!(status, 200, "{path}: {text}");
+            let v: Value = serde_json::from_str(&text).expect("JSON answer");
+            v["choices"][0].clone()
+        })
+        .collect()
+}
+
+/// Every number in `a` within `tol` of the one in `b`, everything else equal.
+fn assert_close(a: &Value, b: &Value, tol: f64, at: &str) {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => {
+            let (x, y) = (
+                x.as_f64().unwrap_or(f64::NAN),
+                y.as_f64().unwrap_or(f64::NAN),
+            );
+            assert!((x - y).abs() <= tol, "{at}: {x} vs {y}");
+        }
+        (Value::Array(x), Value::Array(y)) => {
+            assert_eq!(x.len(), y.len(), "{at}: lengths");
+            for (k, (p, q)) in x.iter().zip(y).enumerate() {
+                assert_close(p, q, tol, &format!("{at}[{k}]"));
+            }
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            assert_eq!(
+                x.keys().collect::<Vec<_>>(),
+                y.keys().collect::<Vec<_>>(),
+                "{at}: keys"
+            );
+            for (k, p) in x {
+                assert_close(p, &y[k], tol, &format!("{at}.{k}"));
+            }
+        }
+        _ => assert_eq!(a, b, "{at}"),
+    }
+}
+
+fn metric(addr: &str, name: &str) -> f64 {
+    let (_, text) = http(addr, "GET", "/metrics", None);
+    text.lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no metric {name}"))
+}
+
+#[test]
+fn two_worker_processes_answer_like_the_in_process_server() {
+    let Some(model) = model() else { return };
+    let model = model.to_str().expect("UTF-8 path");
+    let worker = [
+        "worker",
+        "--listen",
+        "127.0.0.1:0",
+        "--model",
+        model,
+        "--kv-blocks",
+        "128",
+    ];
+    let (_w0, a0) = start(&worker);
+    let (_w1, a1) = start(&worker);
+    let workers = format!("{a0},{a1}");
+    let (_front, front) = start(&[
+        "serve",
+        "--port",
+        "0",
+        "--model",
+        model,
+        "--kv-blocks",
+        "128",
+        "--workers",
+        &workers,
+    ]);
+    let remote = completions(&front);
+    let remote_api = api_features(&front);
+    // Every prefill's KV went worker to worker (the front only hears the byte count).
+    assert!(metric(&front, "accellm_kv_copied_bytes_total{kind=\"replica\"}") > 0.0);
+
+    let (_local, local_addr) = start(&[
+        "serve",
+        "--port",
+        "0",
+        "--model",
+        model,
+        "--kv-blocks",
+        "128",
+    ]);
+    let local = completions(&local_addr);
+    assert_eq!(
+        remote, local,
+        "greedy outputs differ between workers and in-process instances"
+    );
+    assert!(remote.iter().all(|t| !t.is_empty()));
+    let local_api = api_features(&local_addr);
+    assert_close(
+        &Value::from(remote_api.clone()),
+        &Value::from(local_api),
+        1e-4,
+        "choices",
+    );
+    let echo = &remote_api[0]["logprobs"];
+    assert!(
+        echo["token_logprobs"][0].is_null(),
+        "echo: the first prompt token has no logprob"
+    );
+    assert!(echo["token_logprobs"]
+        .as_array()
+        .is_some_and(|l| l.len() > 5));
+    let city: Value = serde_json::from_str(
+        remote_api[1]["message"]["content"]
+            .as_str()
+            .expect("content"),
+    )
+    .expect("constrained output over workers is JSON");
+    assert!(
+        city["city"].is_string() && city["population"].is_i64(),
+        "{city}"
+    );
+    assert!(remote_api[1]["logprobs"]["content"]
+        .as_array()
+        .is_some_and(|c| !c.is_empty()));
+}
+
+#[test]
+fn a_front_with_another_block_geometry_is_refused() {
+    let Some(model) = model() else { return };
+    let model = model.to_str().expect("UTF-8 path");
+    let (_w, addr) = start(&[
+        "worker",
+        "--listen",
+        "127.0.0.1:0",
+        "--model",
+        model,
+        "--kv-blocks",
+        "64",
+        "--block-size",
+        "16",
+    ]);
+    let (ok, stderr) = run(&[
+        "serve",
+        "--port",
+        "0",
+        "--model",
+        model,
+        "--kv-blocks",
+        "64",
+        "--block-size",
+        "32",
+        "--workers",
+        &addr,
+    ]);
+    assert!(!ok, "the front must refuse to start");
+    assert!(stderr.contains("KV geometry mismatch"), "{stderr}");
+}
+
+/// `count` greedy completions of `max_tokens` tokens each, sent at once; returns their texts.
+fn batch(addr: &str, count: usize, max_tokens: u32) -> Vec<String> {
+    let handles: Vec<_> = (0..count)
+        .map(|k| {
+            let addr = addr.to_string();
+            std::thread::spawn(move || {
+                let body = json!({
+                    "prompt": format!("Request {k}: list some facts about the number {}.", k * 7 + 3),
+                    "max_tokens": max_tokens,
+                    "temperature": 0,
+                    "ignore_eos": true,
+                });
+                let (status, text) = http(&addr, "POST", "/v1/completions", Some(&body));
+                assert_eq!(status, 200, "request {k} failed: {text}");
+                let v: Value = serde_json::from_str(&text).expect("JSON answer");
+                assert_eq!(v["usage"]["completion_tokens"], max_tokens, "request {k}: {text}");
+                v["choices"][0]["text"].as_str().expect("text").to_string()
+            })
+        })
+        .collect();
+    handles
+        .into_iter()
+        .map(|h| h.join().expect("request thread"))
+        .collect()
+}
+
+#[test]
+fn killing_a_worker_mid_run_loses_no_request_and_a_restarted_one_is_taken_back() {
+    let Some(model) = model() else { return };
+    let model = model.to_str().expect("UTF-8 path");
+    let worker = |listen: &str| {
+        start(&[
+            "worker",
+            "--listen",
+            listen,
+            "--model",
+            model,
+            "--kv-blocks",
+            "256",
+        ])
+    };
+    let (_w0, a0) = worker("127.0.0.1:0");
+    let (w1, a1) = worker("127.0.0.1:0");
+    let workers = format!("{a0},{a1}");
+    let (_front, front) = start(&[
+        "serve",
+        "--port",
+        "0",
+        "--model",
+        model,
+        "--kv-blocks",
+        "256",
+        "--workers",
+        &workers,
+    ]);
+    let calm = batch(&front, 12, 24);
+
+    let killer = {
+        let (mut w1, front) = (w1, front.clone());
+        let before = metric(&front, "vllm:generation_tokens_total");
+        std::thread::spawn(move || {
+            // Once the batch is well under way (a third of its tokens out)...
+            while metric(&front, "vllm:generation_tokens_total") < before + 100.0 {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            // ... SIGKILL: no goodbye on the connection.
+            let _ = w1.0.kill();
+            let _ = w1.0.wait();
+        })
+    };
+    let disturbed = batch(&front, 12, 24);
+    killer.join().expect("killer thread");
+    assert_eq!(metric(&front, "accellm_instance_up{instance=\"1\"}"), 0.0);
+    let recovered = metric(&front, "accellm_requests_recovered_total{kind=\"replica\"}")
+        + metric(
+            &front,
+            "accellm_requests_recovered_total{kind=\"recompute\"}",
+        );
+    assert!(recovered > 0.0, "the kill hit requests in flight");
+    assert_eq!(disturbed, calm, "greedy outputs changed by the failure");
+
+    // A worker restarted on the same address is taken back into its pair.
+    let (_w1b, _) = worker(&a1);
+    let t0 = std::time::Instant::now();
+    while metric(&front, "accellm_instance_up{instance=\"1\"}") != 1.0 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "restarted worker not re-admitted"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let after = batch(&front, 4, 16);
+    assert!(after.iter().all(|t| !t.is_empty()));
+}

@@ -1,0 +1,230 @@
+//! Two "hosts" in Linux network namespaces joined by a veth pair limited to 1 Gbit/s with
+//! `tc tbf`: worker 0 and the front in one, worker 1 in the other, so every replica copy
+//! between the partners crosses the limited link. Root only (as in CI); skipped with a message
+//! otherwise, or without the real model.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Namespaces made by this test, deleted (with their veth) when dropped.
+struct Hosts {
+    names: [String; 2],
+}
+
+impl Drop for Hosts {
+    fn drop(&mut self) {
+        for n in &self.names {
+            let _ = Command::new("ip").args(["netns", "del", n]).status();
+        }
+    }
+}
+
+fn sh(args: &[&str]) -> bool {
+    Command::new(args[0])
+        .args(&args[1..])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// Two namespaces joined by a veth pair shaped to 1 Gbit/s each way.
+fn hosts() -> Option<Hosts> {
+    if !is_root() || !sh(&["ip", "-V"]) || !sh(&["tc", "-V"]) {
+        eprintln!("skipped: the two-host test needs root, `ip` and `tc` (CI runs it as root)");
+        return None;
+    }
+    let id = std::process::id() % 100_000;
+    let names = [format!("acl{id}a"), format!("acl{id}b")];
+    let veth = [format!("av{id}a"), format!("av{id}b")];
+    let hosts = Hosts {
+        names: names.clone(),
+    };
+    let steps: Vec<Vec<String>> = vec![
+        vec!["ip", "netns", "add", &names[0]],
+        vec!["ip", "netns", "add", &names[1]],
+        vec![
+            "ip", "link", "add", &veth[0], "type", "veth", "peer", "name", &veth[1],
+        ],
+        vec!["ip", "link", "set", &veth[0], "netns", &names[0]],
+        vec!["ip", "link", "set", &veth[1], "netns", &names[1]],
+        vec![
+            "ip",
+            "-n",
+            &names[0],
+            "addr",
+            "add",
+            "10.200.0.1/24",
+            "dev",
+            &veth[0],
+        ],
+        vec![
+            "ip",
+            "-n",
+            &names[1],
+            "addr",
+            "add",
+            "10.200.0.2/24",
+            "dev",
+            &veth[1],
+        ],
+        vec!["ip", "-n", &names[0], "link", "set", &veth[0], "up"],
+        vec!["ip", "-n", &names[1], "link", "set", &veth[1], "up"],
+        vec!["ip", "-n", &names[0], "link", "set", "lo", "up"],
+        vec!["ip", "-n", &names[1], "link", "set", "lo", "up"],
+        vec![
+            "tc", "-n", &names[0], "qdisc", "add", "dev", &veth[0], "root", "tbf", "rate", "1gbit",
+            "burst", "64kb", "latency", "10ms",
+        ],
+        vec![
+            "tc", "-n", &names[1], "qdisc", "add", "dev", &veth[1], "root", "tbf", "rate", "1gbit",
+            "burst", "64kb", "latency", "10ms",
+        ],
+    ]
+    .into_iter()
+    .map(|v| v.into_iter().map(String::from).collect())
+    .collect();
+    for s in &steps {
+        let args: Vec<&str> = s.iter().map(String::as_str).collect();
+        assert!(
+            sh(&args),
+            "setting up the namespaces failed at `{}`",
+            args.join(" ")
+        );
+    }
+    Some(hosts)
+}
+
+/// Runs `accellm ARGS` inside namespace `ns`; waits for its "listening on" line.
+fn start_in(ns: &str, args: &[&str]) -> (Proc, String) {
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", ns, env!("CARGO_BIN_EXE_accellm")])
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("ip netns exec runs");
+    let stderr = child.stderr.take().expect("stderr piped");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(addr) = line.split("listening on ").nth(1) {
+                let addr = addr.trim_start_matches("http://");
+                let _ = tx.send(addr.split_whitespace().next().unwrap_or("").to_string());
+            }
+        }
+    });
+    let p = Proc(child);
+    let addr = rx
+        .recv_timeout(Duration::from_secs(120))
+        .unwrap_or_else(|_| panic!("accellm {args:?} did not start in {ns}"));
+    (p, addr)
+}
+
+#[test]
+fn a_pair_split_over_two_namespaces_serves_through_a_1_gbit_link() {
+    let model = accellm_tokenizer::default_model_path();
+    if !model.exists() {
+        assert!(
+            std::env::var_os("ACCELLM_REQUIRE_MODEL").is_none(),
+            "model missing"
+        );
+        eprintln!("skipped: {} not present", model.display());
+        return;
+    }
+    let Some(h) = hosts() else { return };
+    let model = model.to_str().expect("UTF-8 path");
+    let w = |listen: &'static str| {
+        [
+            "worker",
+            "--listen",
+            listen,
+            "--model",
+            model,
+            "--kv-blocks",
+            "128",
+        ]
+    };
+    let (_w0, _) = start_in(&h.names[0], &w("10.200.0.1:7001"));
+    let (_w1, _) = start_in(&h.names[1], &w("10.200.0.2:7001"));
+    let (_front, front) = start_in(
+        &h.names[0],
+        &[
+            "serve",
+            "--port",
+            "18000",
+            "--model",
+            model,
+            "--kv-blocks",
+            "128",
+            "--workers",
+            "10.200.0.1:7001,10.200.0.2:7001",
+        ],
+    );
+    // The client runs on "host 1" too: `accellm bench` inside the namespace.
+    let out = std::env::temp_dir().join(format!("accellm-netns-{}.json", std::process::id()));
+    let status = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &h.names[0],
+            env!("CARGO_BIN_EXE_accellm"),
+            "bench",
+        ])
+        .args([
+            "--base-url",
+            &format!("http://{front}"),
+            "--num-prompts",
+            "6",
+        ])
+        .args([
+            "--workload",
+            "synthetic:prompt=200,output=8",
+            "--no-progress",
+            "--seed",
+            "1",
+        ])
+        .args(["--json", out.to_str().expect("UTF-8 path")])
+        .stdout(Stdio::null())
+        .status()
+        .expect("bench runs");
+    assert!(status.success());
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out).expect("bench JSON")).unwrap();
+    let _ = std::fs::remove_file(&out);
+    assert_eq!(v["completed"], 6, "{v}");
+    // The replicas crossed the link (the front only hears the bytes the workers sent).
+    let metrics = Command::new("ip")
+        .args(["netns", "exec", &h.names[0], "python3", "-c"])
+        .arg(format!(
+            "import urllib.request; print(urllib.request.urlopen('http://{front}/metrics').read().decode())"
+        ))
+        .output()
+        .expect("python3 runs");
+    let text = String::from_utf8_lossy(&metrics.stdout);
+    let copied: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("accellm_kv_copied_bytes_total{kind=\"replica\"} "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no replica bytes in the metrics: {text}"));
+    assert!(copied > 0.0);
+}

@@ -1,0 +1,521 @@
+//! `accellm worker`: one engine instance in its own process — model weights, KV pool, forward
+//! passes and the KV links to its peers.
+//!
+//! Every accepted connection starts with a hello. A **front** (`Msg::Hello`) gets a session: a
+//! reader thread takes `Run` and `Transfer` messages, a compute thread runs iterations exactly as
+//! an in-process instance does ([`crate::worker::run_one`]), and a link thread sends each layer's
+//! new KV straight to the partner worker while later layers compute, then flushes and waits for
+//! the partner's ack before the iteration is reported. A **peer** (`Msg::PeerHello`) gets a
+//! receiver that writes KV frames into this worker's pool and acks flushes.
+
+use std::collections::HashMap;
+use std::io::BufReader;
+use std::net::{TcpListener, TcpStream, ToSocketAddrs};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use accellm_engine::{ForwardBatch, KvPool, Model, SeqInput, Threads, WeightFormat};
+use anyhow::Context as _;
+
+use super::wire::{self, Frame, Geometry, ModelId, Msg, WireError, WireLogprob, WireSampled};
+use crate::worker::{run_one, CopyPlan, LinkJob, PromptRow, RunJob, SampleJob};
+
+/// Arguments of `accellm worker`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct WorkerArgs {
+    /// Address to accept the front and peer workers on (e.g. 0.0.0.0:7001).
+    #[arg(long)]
+    pub listen: String,
+    /// GGUF model file [default: SmolLM2-135M-Instruct Q4_1, fetched into ~/.cache/accellm/models].
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Weight format after loading: q8-padded, native, f32 [default: q8-padded where AVX-512
+    /// VNNI gives it its fast kernel, f32 elsewhere; as `serve`].
+    #[arg(long)]
+    pub weight_format: Option<WeightFormat>,
+    /// Threads of this instance.
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// KV blocks in this worker's pool (the front must use the same number).
+    #[arg(long, default_value_t = 1024)]
+    pub kv_blocks: u32,
+    /// Tokens per KV block (the front must use the same).
+    #[arg(long, default_value_t = 16)]
+    pub block_size: u32,
+}
+
+/// What every session of this worker shares.
+struct WorkerState {
+    model: Arc<Model>,
+    pools: Arc<Vec<KvPool>>,
+    id: ModelId,
+    geometry: Geometry,
+    threads: usize,
+}
+
+/// Runs `accellm worker` until killed.
+pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
+    accellm_engine::set_matmul_threads(args.threads);
+    // Bind first: a busy port fails at once, not after loading the model.
+    let listener = TcpListener::bind(&args.listen)
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let path = match &args.model {
+        Some(p) => p.clone(),
+        None => accellm_tokenizer::ensure_default_model()
+            .context("cannot obtain the default model (pass --model FILE.gguf)")?,
+    };
+    let model = Model::load(&path, args.weight_format.unwrap_or_default())
+        .with_context(|| format!("loading model {}", path.display()))?;
+    let mc = model.config().clone();
+    let pool = KvPool::new(&mc, args.kv_blocks as usize, args.block_size as usize)
+        .context("allocating the KV pool")?;
+    let state = Arc::new(WorkerState {
+        model: Arc::new(model),
+        pools: Arc::new(vec![pool]),
+        id: ModelId::of(&path).with_context(|| format!("reading {}", path.display()))?,
+        geometry: Geometry {
+            layers: mc.layers as u32,
+            kv_bytes_per_token: mc.kv_bytes_per_token as u64,
+            context_length: mc.context_length as u32,
+            kv_blocks: args.kv_blocks,
+            block_size: args.block_size,
+        },
+        threads: args.threads,
+    });
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, model = %path.display(), kv_blocks = args.kv_blocks, "worker ready");
+    eprintln!("accellm worker: listening on {addr}");
+    for conn in listener.incoming() {
+        let stream = match conn {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                continue;
+            }
+        };
+        let state = state.clone();
+        let _ = std::thread::Builder::new()
+            .name("accellm-conn".into())
+            .spawn(move || {
+                let peer = stream
+                    .peer_addr()
+                    .map(|a| a.to_string())
+                    .unwrap_or_default();
+                if let Err(e) = connection(&state, stream) {
+                    tracing::info!(%peer, error = %e, "connection ended");
+                }
+            });
+    }
+    Ok(())
+}
+
+/// Why a hello is refused, if it is.
+fn check_hello(state: &WorkerState, version: &str, model: &ModelId) -> Option<String> {
+    if version != wire::version() {
+        return Some(format!(
+            "version mismatch: worker runs `{}`, peer runs `{version}`",
+            wire::version()
+        ));
+    }
+    if *model != state.id {
+        return Some(format!(
+            "model mismatch: worker serves {} ({} bytes, fingerprint {:016x}), peer expects {} ({} bytes, fingerprint {:016x})",
+            state.id.name, state.id.bytes, state.id.fingerprint, model.name, model.bytes, model.fingerprint
+        ));
+    }
+    None
+}
+
+fn connection(state: &Arc<WorkerState>, stream: TcpStream) -> Result<(), WireError> {
+    stream.set_nodelay(true)?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut writer = stream;
+    match wire::read_msg(&mut reader)? {
+        Msg::Hello {
+            version,
+            model,
+            block_size,
+            kv_blocks,
+            instance,
+            peers,
+            eos,
+        } => {
+            let g = state.geometry;
+            let refusal = check_hello(state, &version, &model).or_else(|| {
+                (block_size != g.block_size || kv_blocks > g.kv_blocks).then(|| {
+                    format!(
+                        "KV geometry mismatch: worker has {} blocks of {} tokens, front schedules {kv_blocks} blocks of {block_size}",
+                        g.kv_blocks, g.block_size
+                    )
+                })
+            });
+            if let Some(reason) = refusal {
+                tracing::warn!(%reason, "front refused");
+                wire::write_msg(&mut writer, &Msg::Refused { reason })?;
+                return Ok(());
+            }
+            wire::write_msg(
+                &mut writer,
+                &Msg::Welcome {
+                    version: wire::version(),
+                    model: state.id.clone(),
+                    geometry: g,
+                },
+            )?;
+            tracing::info!(instance, peers = ?peers, "front connected");
+            front_session(state, reader, writer, instance, peers, eos)
+        }
+        Msg::PeerHello {
+            version,
+            model,
+            from,
+        } => {
+            if let Some(reason) = check_hello(state, &version, &model) {
+                wire::write_msg(&mut writer, &Msg::Refused { reason })?;
+                return Ok(());
+            }
+            wire::write_msg(
+                &mut writer,
+                &Msg::Welcome {
+                    version: wire::version(),
+                    model: state.id.clone(),
+                    geometry: state.geometry,
+                },
+            )?;
+            tracing::debug!(from, "peer link opened");
+            peer_session(state, reader, writer)
+        }
+        other => Err(WireError::Frame(format!("expected a hello, got {other:?}"))),
+    }
+}
+
+/// Receives KV from a peer: writes every frame into the pool, acks flushes.
+fn peer_session(
+    state: &WorkerState,
+    mut reader: BufReader<TcpStream>,
+    mut writer: TcpStream,
+) -> Result<(), WireError> {
+    let pool = &state.pools[0];
+    let mut error: Option<String> = None;
+    loop {
+        match wire::read_frame(&mut reader)? {
+            Frame::Kv(k) => {
+                if let Err(e) = pool.write_spans(k.layer as usize, &k.spans, &k.data) {
+                    error.get_or_insert(e.to_string());
+                }
+            }
+            Frame::Msg(Msg::Flush { seq }) => {
+                let error = error.take();
+                wire::write_msg(&mut writer, &Msg::Ack { seq, error })?;
+            }
+            Frame::Msg(m) => {
+                return Err(WireError::Frame(format!("unexpected {m:?} on a KV link")))
+            }
+        }
+    }
+}
+
+/// Serves one front until it disconnects.
+fn front_session(
+    state: &Arc<WorkerState>,
+    mut reader: BufReader<TcpStream>,
+    writer: TcpStream,
+    instance: usize,
+    peers: Vec<String>,
+    eos: Vec<u32>,
+) -> Result<(), WireError> {
+    let writer = Arc::new(Mutex::new(writer));
+    let copied = Arc::new(AtomicU64::new(0));
+    let (link_tx, link_rx) = mpsc::channel::<LinkJob>();
+    let (run_tx, run_rx) = mpsc::channel::<RunJob>();
+    {
+        let (state, writer, copied) = (state.clone(), writer.clone(), copied.clone());
+        std::thread::Builder::new()
+            .name("accellm-link".into())
+            .spawn(move || link_loop(&state, instance, &peers, link_rx, &writer, &copied))?;
+    }
+    {
+        let (state, writer, link) = (state.clone(), writer.clone(), link_tx.clone());
+        let threads = Threads::new(state.threads, &format!("accellm-w{instance}"))
+            .map_err(|e| WireError::Frame(format!("cannot start threads: {e}")))?;
+        std::thread::Builder::new()
+            .name("accellm-compute".into())
+            .spawn(move || {
+                for job in run_rx {
+                    let r = run_one(0, &state.model, &state.pools, &threads, &eos, &link, job);
+                    let msg = Msg::Report {
+                        iteration: r.iteration,
+                        tokens: r
+                            .tokens
+                            .into_iter()
+                            .map(|t| WireSampled {
+                                seq: t.seq,
+                                token: t.token,
+                                sampler: *t.sampler,
+                                logprob: t.logprob.as_deref().map(WireLogprob::from),
+                            })
+                            .collect(),
+                        prompt_logprobs: r.prompt_logprobs.iter().map(WireLogprob::from).collect(),
+                        error: r.error,
+                        copy_error: r.copy_error,
+                        elapsed_s: r.elapsed_s,
+                        copied_bytes: copied.swap(0, Ordering::Relaxed),
+                    };
+                    let sent = writer
+                        .lock()
+                        .map_err(|_| WireError::Frame("poisoned".into()))
+                        .and_then(|mut w| wire::write_msg(&mut *w, &msg));
+                    if sent.is_err() {
+                        break;
+                    }
+                }
+            })?;
+    }
+    loop {
+        match wire::read_msg(&mut reader)? {
+            Msg::Run {
+                iteration,
+                seqs,
+                samples,
+                prompt_rows,
+                copies,
+            } => {
+                let job = RunJob {
+                    iteration,
+                    batch: ForwardBatch {
+                        seqs: seqs
+                            .into_iter()
+                            .map(|s| SeqInput {
+                                tokens: s.tokens,
+                                start_pos: s.start_pos,
+                                block_table: s.block_table,
+                                want_logits: s.want_logits,
+                            })
+                            .collect(),
+                    },
+                    samples: samples
+                        .into_iter()
+                        .map(|s| SampleJob {
+                            seq: s.seq,
+                            sampler: Box::new(s.sampler),
+                            mask_eos: s.mask_eos,
+                            logprobs: s.logprobs,
+                            constraint: None,
+                            allowed: s.allowed,
+                        })
+                        .collect(),
+                    prompt_rows: prompt_rows
+                        .into_iter()
+                        .map(|r| PromptRow {
+                            seq: r.seq,
+                            target: r.target,
+                            top: r.top,
+                        })
+                        .collect(),
+                    copies: copies
+                        .into_iter()
+                        .map(|(to, spans)| CopyPlan {
+                            to,
+                            spans: Arc::new(wire::from_wire(&spans)),
+                        })
+                        .collect(),
+                };
+                if run_tx.send(job).is_err() {
+                    return Err(WireError::Frame("compute thread stopped".into()));
+                }
+            }
+            Msg::Transfer { id, to, spans } => {
+                let spans = wire::from_wire(&spans);
+                if link_tx.send(LinkJob::Transfer { id, to, spans }).is_err() {
+                    return Err(WireError::Frame("link thread stopped".into()));
+                }
+            }
+            other => {
+                return Err(WireError::Frame(format!(
+                    "unexpected {other:?} from the front"
+                )))
+            }
+        }
+    }
+}
+
+/// An open KV link to one peer worker.
+struct PeerLink {
+    writer: TcpStream,
+    reader: BufReader<TcpStream>,
+    next_flush: u64,
+}
+
+impl PeerLink {
+    fn open(state: &WorkerState, from: usize, addr: &str) -> Result<Self, WireError> {
+        let sock = addr
+            .to_socket_addrs()?
+            .next()
+            .ok_or_else(|| WireError::Frame(format!("{addr} resolves to no address")))?;
+        let mut writer = TcpStream::connect_timeout(&sock, Duration::from_secs(10))?;
+        writer.set_nodelay(true)?;
+        let mut reader = BufReader::new(writer.try_clone()?);
+        // A partitioned peer must not hang this worker's iterations forever.
+        reader
+            .get_ref()
+            .set_read_timeout(Some(Duration::from_secs(10)))?;
+        wire::write_msg(
+            &mut writer,
+            &Msg::PeerHello {
+                version: wire::version(),
+                model: state.id.clone(),
+                from,
+            },
+        )?;
+        match wire::read_msg(&mut reader)? {
+            Msg::Welcome { .. } => Ok(Self {
+                writer,
+                reader,
+                next_flush: 0,
+            }),
+            Msg::Refused { reason } => {
+                Err(WireError::Frame(format!("peer {addr} refused: {reason}")))
+            }
+            m => Err(WireError::Frame(format!("peer {addr} answered {m:?}"))),
+        }
+    }
+
+    /// Waits until everything sent so far is in the peer's pool.
+    fn flush(&mut self) -> Result<(), WireError> {
+        self.next_flush += 1;
+        let seq = self.next_flush;
+        wire::write_msg(&mut self.writer, &Msg::Flush { seq })?;
+        match wire::read_msg(&mut self.reader)? {
+            Msg::Ack {
+                seq: s,
+                error: None,
+            } if s == seq => Ok(()),
+            Msg::Ack { error: Some(e), .. } => {
+                Err(WireError::Frame(format!("peer failed to store KV: {e}")))
+            }
+            m => Err(WireError::Frame(format!("expected ack {seq}, got {m:?}"))),
+        }
+    }
+}
+
+/// Sends this worker's KV to peers: one frame per layer and destination as the forward pass
+/// finishes the layer; a barrier flushes every link used since the last one.
+fn link_loop(
+    state: &WorkerState,
+    instance: usize,
+    peers: &[String],
+    rx: Receiver<LinkJob>,
+    front: &Mutex<TcpStream>,
+    copied: &AtomicU64,
+) {
+    let pool = &state.pools[0];
+    let mut links: HashMap<usize, PeerLink> = HashMap::new();
+    let mut touched: Vec<usize> = Vec::new();
+    let mut first_error: Option<String> = None;
+    // The current iteration's copies: when the first layer was sent, bytes sent, and when the
+    // last layer was sent with its bytes.
+    let mut batch: Option<(std::time::Instant, u64)> = None;
+    let mut last_layer: Option<(std::time::Instant, u64)> = None;
+    let send = |links: &mut HashMap<usize, PeerLink>,
+                to: usize,
+                layer: usize,
+                spans: &[accellm_engine::KvSpan]|
+     -> Result<u64, WireError> {
+        let link = match links.entry(to) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                let addr = peers
+                    .get(to)
+                    .ok_or_else(|| WireError::Frame(format!("no address for instance {to}")))?;
+                v.insert(PeerLink::open(state, instance, addr)?)
+            }
+        };
+        let data = pool
+            .read_spans(layer, spans)
+            .map_err(|e| WireError::Frame(e.to_string()))?;
+        wire::write_kv(&mut link.writer, layer as u32, spans, &data)?;
+        Ok(4 * data.len() as u64)
+    };
+    for job in rx {
+        match job {
+            LinkJob::Layer { to, layer, spans } => {
+                if !touched.contains(&to) {
+                    touched.push(to);
+                }
+                let now = std::time::Instant::now();
+                let started = batch.get_or_insert((now, 0));
+                match send(&mut links, to, layer, &spans) {
+                    Ok(b) => {
+                        started.1 += b;
+                        if layer + 1 == pool.num_layers() {
+                            last_layer = Some((now, b));
+                        }
+                        copied.fetch_add(b, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        links.remove(&to);
+                        first_error.get_or_insert(e.to_string());
+                    }
+                }
+            }
+            LinkJob::Barrier(reply) => {
+                for to in touched.drain(..) {
+                    if let Some(link) = links.get_mut(&to) {
+                        if let Err(e) = link.flush() {
+                            links.remove(&to);
+                            first_error.get_or_insert(e.to_string());
+                        }
+                    }
+                }
+                if let Some((t, bytes)) = batch.take() {
+                    // First layer sent to the partner's ack (overlapped with the forward pass),
+                    // and the last layer's own copy time, sent to ack: what
+                    // docs/distributed.md compares with the simulator's link model.
+                    let (tail_ms, last_bytes) = last_layer
+                        .take()
+                        .map_or((0.0, 0), |(l, b)| (l.elapsed().as_secs_f64() * 1e3, b));
+                    tracing::info!(
+                        bytes,
+                        ms = t.elapsed().as_secs_f64() * 1e3,
+                        last_layer_bytes = last_bytes,
+                        last_layer_ms = tail_ms,
+                        "replica copy"
+                    );
+                }
+                let _ = reply.send(first_error.take());
+            }
+            LinkJob::Transfer { id, to, spans } => {
+                let mut bytes = 0;
+                let mut error = None;
+                for layer in 0..pool.num_layers() {
+                    match send(&mut links, to, layer, &spans) {
+                        Ok(b) => bytes += b,
+                        Err(e) => {
+                            error = Some(e.to_string());
+                            break;
+                        }
+                    }
+                }
+                if error.is_none() {
+                    if let Some(link) = links.get_mut(&to) {
+                        error = link.flush().err().map(|e| e.to_string());
+                    }
+                }
+                if error.is_some() {
+                    links.remove(&to);
+                }
+                let msg = Msg::TransferDone { id, error, bytes };
+                let ok = front
+                    .lock()
+                    .map_err(|_| WireError::Frame("poisoned".into()))
+                    .and_then(|mut w| wire::write_msg(&mut *w, &msg));
+                if ok.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+}

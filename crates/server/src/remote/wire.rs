@@ -367,20 +367,24 @@ pub fn write_kv(
             "KV frame of {len} bytes is too large"
         )));
     }
-    let mut buf = Vec::with_capacity(len + 4);
-    buf.extend_from_slice(&(len as u32).to_le_bytes());
-    buf.push(1);
-    buf.extend_from_slice(&layer.to_le_bytes());
-    buf.extend_from_slice(&(spans.len() as u32).to_le_bytes());
+    let mut head = Vec::with_capacity(13 + 12 * spans.len());
+    head.extend_from_slice(&(len as u32).to_le_bytes());
+    head.push(1);
+    head.extend_from_slice(&layer.to_le_bytes());
+    head.extend_from_slice(&(spans.len() as u32).to_le_bytes());
     for s in spans {
         for x in [s.dst_block, s.slots.start, s.slots.end] {
-            buf.extend_from_slice(&x.to_le_bytes());
+            head.extend_from_slice(&x.to_le_bytes());
         }
     }
-    for x in data {
-        buf.extend_from_slice(&x.to_le_bytes());
+    w.write_all(&head)?;
+    // Layers are megabytes: send the floats as they lie in memory where that is little-endian.
+    if cfg!(target_endian = "little") {
+        w.write_all(bytemuck::cast_slice(data))?;
+    } else {
+        let bytes: Vec<u8> = data.iter().flat_map(|x| x.to_le_bytes()).collect();
+        w.write_all(&bytes)?;
     }
-    w.write_all(&buf)?;
     Ok(())
 }
 
@@ -399,32 +403,48 @@ pub fn read_frame(r: &mut impl Read) -> Result<Frame, WireError> {
     if len == 0 || len > MAX_FRAME_BYTES {
         return Err(WireError::Frame(format!("frame length {len}")));
     }
-    let mut body = vec![0u8; len];
-    r.read_exact(&mut body)?;
-    match body[0] {
-        0 => Ok(Frame::Msg(serde_json::from_slice(&body[1..])?)),
+    let mut tag = [0u8; 1];
+    r.read_exact(&mut tag)?;
+    match tag[0] {
+        0 => {
+            let mut body = vec![0u8; len - 1];
+            r.read_exact(&mut body)?;
+            Ok(Frame::Msg(serde_json::from_slice(&body)?))
+        }
         1 => {
-            let layer = u32_at(&body, 1)?;
-            let n = u32_at(&body, 5)? as usize;
-            let data_at = 9 + 12 * n;
-            if data_at > body.len() || !(body.len() - data_at).is_multiple_of(4) {
-                return Err(WireError::Frame("KV frame with a bad length".into()));
+            let mut head = [0u8; 8];
+            if len < 9 {
+                return Err(WireError::Frame("truncated KV frame".into()));
             }
-            let spans = (0..n)
-                .map(|k| {
-                    let at = 9 + 12 * k;
-                    let b = u32_at(&body, at)?;
+            r.read_exact(&mut head)?;
+            let layer = u32_at(&head, 0)?;
+            let n = u32_at(&head, 4)? as usize;
+            let data_at = n
+                .checked_mul(12)
+                .and_then(|b| b.checked_add(9))
+                .filter(|&d| d <= len && (len - d).is_multiple_of(4))
+                .ok_or_else(|| WireError::Frame("KV frame with a bad length".into()))?;
+            let mut raw = vec![0u8; 12 * n];
+            r.read_exact(&mut raw)?;
+            let spans = raw
+                .chunks_exact(12)
+                .map(|c| {
+                    let b = u32_at(c, 0)?;
                     Ok(KvSpan {
                         src_block: b,
                         dst_block: b,
-                        slots: u32_at(&body, at + 4)?..u32_at(&body, at + 8)?,
+                        slots: u32_at(c, 4)?..u32_at(c, 8)?,
                     })
                 })
                 .collect::<Result<Vec<_>, WireError>>()?;
-            let data = body[data_at..]
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect();
+            // Read the floats straight into their buffer (see `write_kv`).
+            let mut data = vec![0f32; (len - data_at) / 4];
+            r.read_exact(bytemuck::cast_slice_mut(&mut data))?;
+            if cfg!(target_endian = "big") {
+                for x in &mut data {
+                    *x = f32::from_le_bytes(x.to_ne_bytes());
+                }
+            }
             Ok(Frame::Kv(KvFrame { layer, spans, data }))
         }
         t => Err(WireError::Frame(format!("unknown frame tag {t}"))),

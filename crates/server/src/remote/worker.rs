@@ -415,10 +415,10 @@ fn link_loop(
     let mut links: HashMap<usize, PeerLink> = HashMap::new();
     let mut touched: Vec<usize> = Vec::new();
     let mut first_error: Option<String> = None;
-    // The current iteration's copies: when the first layer was sent, bytes sent, and when the
-    // last layer was sent with its bytes.
+    // The current iteration's copies: when the first layer was sent and the bytes sent; and the
+    // last layer's own copy (bytes, and ms from its send to the partner's ack).
     let mut batch: Option<(std::time::Instant, u64)> = None;
-    let mut last_layer: Option<(std::time::Instant, u64)> = None;
+    let mut last_layer: Option<(u64, f64)> = None;
     let send = |links: &mut HashMap<usize, PeerLink>,
                 to: usize,
                 layer: usize,
@@ -450,10 +450,24 @@ fn link_loop(
                 match send(&mut links, to, layer, &spans) {
                     Ok(b) => {
                         started.1 += b;
-                        if layer + 1 == pool.num_layers() {
-                            last_layer = Some((now, b));
-                        }
                         copied.fetch_add(b, Ordering::Relaxed);
+                        if layer + 1 == pool.num_layers() {
+                            // Flush the last layer at once: the ack times its copy alone (the
+                            // earlier layers went while later ones computed), which is what
+                            // docs/distributed.md compares with the link model; the barrier
+                            // then has nothing left to wait for on this link.
+                            let flushed = links.get_mut(&to).map(PeerLink::flush);
+                            match flushed {
+                                Some(Err(e)) => {
+                                    links.remove(&to);
+                                    first_error.get_or_insert(e.to_string());
+                                }
+                                _ => {
+                                    last_layer = Some((b, now.elapsed().as_secs_f64() * 1e3));
+                                    touched.retain(|&t| t != to);
+                                }
+                            }
+                        }
                     }
                     Err(e) => {
                         links.remove(&to);
@@ -474,9 +488,7 @@ fn link_loop(
                     // First layer sent to the partner's ack (overlapped with the forward pass),
                     // and the last layer's own copy time, sent to ack: what
                     // docs/distributed.md compares with the simulator's link model.
-                    let (tail_ms, last_bytes) = last_layer
-                        .take()
-                        .map_or((0.0, 0), |(l, b)| (l.elapsed().as_secs_f64() * 1e3, b));
+                    let (last_bytes, tail_ms) = last_layer.take().unwrap_or((0, 0.0));
                     tracing::info!(
                         bytes,
                         ms = t.elapsed().as_secs_f64() * 1e3,

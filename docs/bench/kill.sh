@@ -2,7 +2,8 @@
 # Kill test: two `accellm worker` processes and a front on loopback, NUM requests sent at once,
 # worker 1 SIGKILLed KILL_AT seconds in. Prints failed requests, recoveries by kind and their
 # recovery time (failure detected to the request's next token) p50/p99, from the front's log.
-# Usage: bash docs/bench/kill.sh [ACCELLM_BINARY]   NUM=200 KILL_AT=15 OUT=64
+# Usage: bash docs/bench/kill.sh [ACCELLM_BINARY]   NUM=200 KILL_AT=15 OUT=64 SERVE_ARGS=...
+# (SERVE_ARGS="--cluster-policy least-load": no replicas, so every recovery is a recompute.)
 set -euo pipefail
 BIN="${1:-target/release/accellm}"
 PORT=18930
@@ -13,7 +14,7 @@ cleanup() { for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done;
 trap cleanup EXIT
 "$BIN" worker --listen 127.0.0.1:$((PORT + 1)) --kv-blocks 4096 2>"$DIR/w0.log" & pids+=($!)
 "$BIN" worker --listen 127.0.0.1:$((PORT + 2)) --kv-blocks 4096 2>"$DIR/w1.log" & w1=$!; pids+=($w1)
-RUST_LOG=info "$BIN" serve --port $PORT --kv-blocks 4096 --max-waiting 0 \
+RUST_LOG=info "$BIN" serve --port $PORT --kv-blocks 4096 --max-waiting 0 ${SERVE_ARGS:-} \
   --workers "127.0.0.1:$((PORT + 1)),127.0.0.1:$((PORT + 2))" 2>"$DIR/front.log" & pids+=($!)
 for _ in $(seq 1 60); do curl -sf "localhost:$PORT/v1/models" >/dev/null 2>&1 && break; sleep 1; done
 "$BIN" bench --base-url "http://127.0.0.1:$PORT" --num-prompts "$NUM" --arrivals all-at-once \
@@ -29,9 +30,12 @@ python3 - "$DIR" <<'PY'
 import json, re, sys, statistics
 d = sys.argv[1]
 b = json.load(open(f"{d}/bench.json"))
-print(f"requests: {b.get('completed')} completed, {len(b.get('errors') or [])} failed of {b.get('num_prompts')}")
+print(f"requests: {b.get('completed')} completed, {b.get('failed')} failed of {b.get('num_prompts')}; "
+      f"TPOT p50 {b.get('median_tpot_ms', 0):.0f} ms, {b.get('duration', 0):.0f} s in all")
 rec = {"Replica": [], "Recompute": []}
+ansi = re.compile(r'\x1b\[[0-9;]*m')
 for line in open(f"{d}/front.log"):
+    line = ansi.sub('', line)
     m = re.search(r'kind=(\w+) recovery_ms=([0-9.]+)', line)
     if m:
         rec[m.group(1)].append(float(m.group(2)))

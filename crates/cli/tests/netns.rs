@@ -228,3 +228,104 @@ fn a_pair_split_over_two_namespaces_serves_through_a_1_gbit_link() {
         .unwrap_or_else(|| panic!("no replica bytes in the metrics: {text}"));
     assert!(copied > 0.0);
 }
+
+/// Runs `accellm bench` inside namespace `ns` against `front`; returns its JSON summary.
+fn bench_in(ns: &str, front: &str, prompts: &str, workload: &str) -> serde_json::Value {
+    let out = std::env::temp_dir().join(format!(
+        "accellm-netns-{}-{prompts}.json",
+        std::process::id()
+    ));
+    let status = Command::new("ip")
+        .args(["netns", "exec", ns, env!("CARGO_BIN_EXE_accellm"), "bench"])
+        .args([
+            "--base-url",
+            &format!("http://{front}"),
+            "--num-prompts",
+            prompts,
+        ])
+        .args(["--workload", workload, "--arrivals", "all-at-once"])
+        .args(["--no-progress", "--seed", "1", "--timeout", "300"])
+        .args(["--json", out.to_str().expect("UTF-8 path")])
+        .stdout(Stdio::null())
+        .status()
+        .expect("bench runs");
+    assert!(status.success());
+    let v = serde_json::from_str(&std::fs::read_to_string(&out).expect("bench JSON"))
+        .expect("bench JSON parses");
+    let _ = std::fs::remove_file(&out);
+    v
+}
+
+#[test]
+fn a_partition_cutting_off_a_partner_loses_no_request() {
+    let model = accellm_tokenizer::default_model_path();
+    if !model.exists() {
+        assert!(
+            std::env::var_os("ACCELLM_REQUIRE_MODEL").is_none(),
+            "model missing"
+        );
+        eprintln!("skipped: {} not present", model.display());
+        return;
+    }
+    let Some(h) = hosts() else { return };
+    let model = model.to_str().expect("UTF-8 path");
+    let w = |listen: &'static str| {
+        [
+            "worker",
+            "--listen",
+            listen,
+            "--model",
+            model,
+            "--kv-blocks",
+            "256",
+        ]
+    };
+    let (_w0, _) = start_in(&h.names[0], &w("10.200.0.1:7001"));
+    let (_w1, _) = start_in(&h.names[1], &w("10.200.0.2:7001"));
+    let (_front, front) = start_in(
+        &h.names[0],
+        &[
+            "serve",
+            "--port",
+            "18001",
+            "--model",
+            model,
+            "--kv-blocks",
+            "256",
+            "--workers",
+            "10.200.0.1:7001,10.200.0.2:7001",
+        ],
+    );
+    // Cut host 2 off (its veth end goes down) while the requests run: worker 0's next copy to
+    // its partner fails (no ack within 10 s), or the front's deadline passes; either way the
+    // partner is declared down and its requests go on from worker 0.
+    let (ns, front2) = (h.names[0].clone(), front.clone());
+    let bench =
+        std::thread::spawn(move || bench_in(&ns, &front2, "8", "synthetic:prompt=96,output=48"));
+    std::thread::sleep(Duration::from_secs(4));
+    let id = std::process::id() % 100_000;
+    assert!(sh(&[
+        "ip",
+        "-n",
+        &h.names[1],
+        "link",
+        "set",
+        &format!("av{id}b"),
+        "down"
+    ]));
+    let v = bench.join().expect("bench thread");
+    assert_eq!(v["completed"], 8, "every request completes: {v}");
+    let metrics = Command::new("ip")
+        .args(["netns", "exec", &h.names[0], "python3", "-c"])
+        .arg(format!(
+            "import urllib.request; print(urllib.request.urlopen('http://{front}/metrics').read().decode())"
+        ))
+        .output()
+        .expect("python3 runs");
+    let text = String::from_utf8_lossy(&metrics.stdout);
+    assert!(
+        text.lines()
+            .any(|l| l.trim() == "accellm_instance_up{instance=\"1\"} 0"),
+        "the cut-off worker is down: {text}"
+    );
+}

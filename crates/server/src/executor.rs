@@ -725,6 +725,8 @@ impl Executor {
                 }
             })
             .collect();
+        let shape = self.sched.instance(instance).batch.shape;
+        let predicted_s = self.sched.cost().iteration_us(&shape) as f64 / 1e6;
         self.inflight[i] = Some(InFlight {
             iteration,
             rows,
@@ -732,7 +734,7 @@ impl Executor {
             broken,
             had_copies,
             copy_to,
-            shape: self.sched.instance(instance).batch.shape,
+            shape,
             dispatched_us: self.now(),
         });
         let job = RunJob {
@@ -741,6 +743,7 @@ impl Executor {
             samples,
             prompt_rows: prompt_jobs,
             copies,
+            predicted_s,
         };
         if self.conflicts(
             i,

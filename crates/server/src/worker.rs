@@ -87,6 +87,8 @@ pub(crate) struct RunJob {
     pub prompt_rows: Vec<PromptRow>,
     /// Layer-wise copies to partners.
     pub copies: Vec<CopyPlan>,
+    /// The cost model's prediction of its wall time (a remote worker's deadline grows with it).
+    pub predicted_s: f64,
 }
 
 /// A worker's answer.
@@ -211,6 +213,7 @@ pub(crate) fn run_one(
         samples,
         prompt_rows,
         copies,
+        predicted_s: _,
     } = job;
     let mut error = None;
     let forward = threads.install(|| {

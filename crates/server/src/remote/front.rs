@@ -190,8 +190,8 @@ type Grammars = Vec<(usize, Result<Box<Constraint>, String>)>;
 struct Shared {
     /// The connection failed; nothing more will be answered.
     dead: bool,
-    /// The iteration sent and not yet reported, and when it was sent.
-    inflight: Option<(u64, Instant)>,
+    /// The iteration sent and not yet reported, when it was sent, and how long it may take.
+    inflight: Option<(u64, Instant, Duration)>,
     /// That iteration's grammar states (the worker only gets the allowed tokens; the grammar
     /// advances here when the token comes back).
     grammars: Grammars,
@@ -205,8 +205,13 @@ fn mark_dead(shared: &Mutex<Shared>) -> bool {
     }
 }
 
+/// How many times its predicted time an iteration may take beyond the fixed deadline: the
+/// prediction comes from a cost model that may be fitted to a faster weight format or an idle
+/// machine (docs/fidelity.md measured it up to 3× off), and a slow iteration is not a dead worker.
+const PREDICTION_MARGIN: f64 = 10.0;
+
 /// Starts the threads that drive worker `c` as instance `i`; an iteration not reported within
-/// `deadline` declares the worker down.
+/// `deadline` plus [`PREDICTION_MARGIN`] times its predicted time declares the worker down.
 pub(crate) fn spawn_remote(
     i: usize,
     c: Connected,
@@ -229,10 +234,14 @@ pub(crate) fn spawn_remote(
             .spawn(move || {
                 for job in run_rx {
                     let iteration = job.iteration;
+                    let allowed = deadline
+                        + Duration::from_secs_f64(
+                            PREDICTION_MARGIN * job.predicted_s.clamp(0.0, 1e6),
+                        );
                     let (msg, grammars) = run_msg(job);
                     match shared.lock() {
                         Ok(mut s) if !s.dead => {
-                            s.inflight = Some((iteration, Instant::now()));
+                            s.inflight = Some((iteration, Instant::now(), allowed));
                             s.grammars = grammars;
                         }
                         _ => continue,
@@ -285,7 +294,9 @@ pub(crate) fn spawn_remote(
                 if s.dead {
                     return;
                 }
-                if s.inflight.is_some_and(|(_, t)| t.elapsed() > deadline) {
+                if s.inflight
+                    .is_some_and(|(_, t, allowed)| t.elapsed() > allowed)
+                {
                     drop(s);
                     tracing::error!(instance = i, "iteration not reported within the deadline");
                     // The reader then fails and declares the worker down.

@@ -322,6 +322,8 @@ fn front_session(
                             spans: Arc::new(wire::from_wire(&spans)),
                         })
                         .collect(),
+                    // The front keeps the deadline.
+                    predicted_s: 0.0,
                 };
                 if run_tx.send(job).is_err() {
                     return Err(WireError::Frame("compute thread stopped".into()));

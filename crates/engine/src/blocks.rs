@@ -300,6 +300,8 @@ fn dot_q80(w: &[Q80], xs: &[f32], rows: usize, out: &mut [f32; ROWS], avx2: bool
 }
 
 #[cfg(target_arch = "x86_64")]
+// Rows index several parallel arrays (accumulators, offsets, activations) in step.
+#[allow(clippy::needless_range_loop)]
 mod avx2 {
     use std::arch::x86_64::*;
 

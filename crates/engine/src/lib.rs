@@ -12,6 +12,7 @@
 mod attention;
 pub mod batch;
 pub mod bench;
+mod blocks;
 pub mod cli;
 pub mod config;
 pub mod error;

@@ -5,6 +5,7 @@ use std::borrow::Cow;
 use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
 use candle_core::{Device, Module, Tensor};
 
+use crate::blocks::BlockMatrix;
 use crate::error::{EngineError, Result};
 
 /// How the engine stores the projection weights after loading a GGUF file.
@@ -15,8 +16,14 @@ pub enum WeightFormat {
     /// candle's x86 kernels for most native formats are scalar and do not gain from batching.
     Native,
     /// Requantize to Q8_0 and zero-pad the input dimension to a multiple of 256 (activations are
-    /// padded to match), which makes candle take its repacked AVX-512 VNNI kernel. The fast path.
+    /// padded to match), which makes candle take its repacked AVX-512 VNNI kernel. The fast path
+    /// with AVX-512; candle quantizes the activations to 8 bits as well.
     Q8Padded,
+    /// Keep Q4_1 and Q8_0 weights in their stored blocks (any other format is requantized to
+    /// Q8_0) and multiply them with *f32* activations in accellm's own AVX2 kernel
+    /// (`engine/src/blocks.rs`): the dense f32 result up to summation order, from 0.75 (Q4_1) or
+    /// 1.1 (Q8_0) bytes per weight. The fast path without AVX-512.
+    Blocks,
     /// Dequantize everything to dense f32: the exact reference path, and the slowest to load.
     F32,
 }
@@ -29,32 +36,46 @@ impl Default for WeightFormat {
 }
 
 impl WeightFormat {
-    /// The default on the CPU running: [`Self::Q8Padded`] where AVX-512 gives candle its fast
-    /// kernel, whose answers match the dense path; [`Self::F32`] elsewhere. On an AVX2-only CPU
-    /// the Q8 path moved SmolLM2's logits by 5.5% (rms) and changed its greedy answer to "What is
-    /// the capital of France?" (crates/engine/tests/real_model.rs), so correctness wins there.
+    /// The default on the CPU running: [`Self::Q8Padded`] where AVX-512 VNNI gives candle its
+    /// fast kernel ([`fast_q8_kernel`]); else [`Self::Blocks`] where our AVX2 kernel runs
+    /// ([`blocks_kernel`]); else [`Self::F32`].
+    ///
+    /// Without VNNI, candle's Q8_0 matmul runs its generic AVX2 dot product, which is correct
+    /// (bit-identical to `BlockQ8_0::vec_dot`, within 1e-4 of exact integer sums) but slow, and
+    /// 8-bit activations plus 8-bit weights move SmolLM2's logits by 5.5% (rms), enough to flip
+    /// the near-tie first token of "What is the capital of France?" (F32: "The" 25.325 vs "L"
+    /// 25.243). `Blocks` keeps the activations in f32 and the weights as stored (docs/engine.md).
     pub fn for_this_cpu() -> Self {
         if fast_q8_kernel() {
             Self::Q8Padded
+        } else if blocks_kernel() {
+            Self::Blocks
         } else {
             Self::F32
         }
     }
 
     /// All formats, in the order benchmarks report them.
-    pub const ALL: [WeightFormat; 3] = [Self::Native, Self::Q8Padded, Self::F32];
+    pub const ALL: [WeightFormat; 4] = [Self::Native, Self::Q8Padded, Self::Blocks, Self::F32];
 
-    /// Short lowercase name (`native`, `q8-padded`, `f32`).
+    /// Short lowercase name (`native`, `q8-padded`, `blocks`, `f32`).
     pub fn name(self) -> &'static str {
         match self {
             Self::Native => "native",
             Self::Q8Padded => "q8-padded",
+            Self::Blocks => "blocks",
             Self::F32 => "f32",
         }
     }
 }
 
-/// Whether this CPU has the AVX-512 that candle's fast Q8 kernel needs.
+/// Whether this CPU has the AVX2 and FMA that the [`WeightFormat::Blocks`] kernel needs (it
+/// runs elsewhere too, as slow scalar code).
+pub fn blocks_kernel() -> bool {
+    crate::blocks::avx2_available()
+}
+
+/// Whether this CPU has the AVX-512 (VNNI) that candle's fast Q8 kernel needs.
 pub fn fast_q8_kernel() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
@@ -79,9 +100,10 @@ impl std::str::FromStr for WeightFormat {
         match s.to_ascii_lowercase().replace('_', "-").as_str() {
             "native" => Ok(Self::Native),
             "q8-padded" | "q8padded" | "q8" => Ok(Self::Q8Padded),
+            "blocks" => Ok(Self::Blocks),
             "f32" | "dense" => Ok(Self::F32),
             other => Err(format!(
-                "unknown weight format `{other}` (expected native, q8-padded or f32)"
+                "unknown weight format `{other}` (expected native, q8-padded, blocks or f32)"
             )),
         }
     }
@@ -93,8 +115,10 @@ const PAD_TO: usize = 256;
 /// One linear layer `y = x · Wᵀ`, possibly several weight matrices stacked along the output
 /// dimension (Q/K/V, or gate/up) so that one call does one matrix multiply.
 pub(crate) struct Linear {
-    /// Stacked parts; each produces `n` consecutive output columns.
+    /// Stacked parts; each produces `n` consecutive output columns. Empty with `blocks`.
     parts: Vec<(QMatMul, usize)>,
+    /// The weights for [`WeightFormat::Blocks`].
+    blocks: Option<BlockMatrix>,
     /// Logical input size.
     k: usize,
     /// Input size the weights were padded to (`k` unless `Q8Padded`).
@@ -122,7 +146,19 @@ impl Linear {
             n_total += n;
         }
         let dev = Device::Cpu;
+        // An input size that is not whole blocks stays dense.
+        let format = match format {
+            WeightFormat::Blocks if !BlockMatrix::supports(k) => WeightFormat::F32,
+            f => f,
+        };
         match format {
+            WeightFormat::Blocks => Ok(Self {
+                parts: Vec::new(),
+                blocks: Some(BlockMatrix::new(&tensors, k)?),
+                k,
+                k_pad: k,
+                n: n_total,
+            }),
             WeightFormat::F32 => {
                 let ws = tensors
                     .iter()
@@ -134,6 +170,7 @@ impl Linear {
                     k,
                     k_pad: k,
                     n: n_total,
+                    blocks: None,
                 })
             }
             WeightFormat::Q8Padded => {
@@ -156,6 +193,7 @@ impl Linear {
                     k,
                     k_pad,
                     n: n_total,
+                    blocks: None,
                 })
             }
             WeightFormat::Native => {
@@ -185,6 +223,7 @@ impl Linear {
                     k,
                     k_pad: k,
                     n: n_total,
+                    blocks: None,
                 })
             }
         }
@@ -200,6 +239,9 @@ impl Linear {
         debug_assert_eq!(x.len(), rows * self.k);
         if rows == 0 {
             return Ok(Vec::new());
+        }
+        if let Some(blocks) = &self.blocks {
+            return blocks.matmul(x, rows);
         }
         let input = if self.k_pad == self.k {
             x.to_vec()
@@ -232,14 +274,16 @@ impl Linear {
 
     /// Bytes of weight storage (what one decode step must stream from memory).
     pub(crate) fn weight_bytes(&self) -> usize {
-        self.parts
-            .iter()
-            .map(|(w, _)| match w {
-                QMatMul::QTensor(t) => t.storage_size_in_bytes(),
-                QMatMul::Tensor(t) | QMatMul::TensorF16(t) => {
-                    t.elem_count() * t.dtype().size_in_bytes()
-                }
-            })
-            .sum()
+        self.blocks.as_ref().map_or(0, BlockMatrix::bytes)
+            + self
+                .parts
+                .iter()
+                .map(|(w, _)| match w {
+                    QMatMul::QTensor(t) => t.storage_size_in_bytes(),
+                    QMatMul::Tensor(t) | QMatMul::TensorF16(t) => {
+                        t.elem_count() * t.dtype().size_in_bytes()
+                    }
+                })
+                .sum::<usize>()
     }
 }

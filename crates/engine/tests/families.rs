@@ -140,13 +140,14 @@ fn compare(name: &str, spec: TinySpec, format: WeightFormat) -> (f32, bool) {
 /// 8 bits inside its dot products, as candle's kernels do: `native` then agrees closely (measured
 /// 2e-6; F16 7e-4, the activations rounded to f16), while our exact `f32` path differs by that
 /// rounding (measured 2.8e-2 for Q4_K). `q8-padded` requantizes the weights to Q8_0 (measured up
-/// to 3.9e-2, Q4_K).
+/// to 3.9e-2, Q4_K). `blocks` is exact for Q4_1 and Q8_0 tensors and requantizes the others
+/// (F32 included) to Q8_0, with f32 activations.
 fn tolerance(spec: &TinySpec, format: WeightFormat) -> f32 {
     let quantized_file = spec.dtype != GgmlDType::F32;
     match format {
         WeightFormat::Native => 2e-3,
         WeightFormat::F32 if !quantized_file => 1e-3,
-        WeightFormat::F32 | WeightFormat::Q8Padded => 6e-2,
+        WeightFormat::F32 | WeightFormat::Q8Padded | WeightFormat::Blocks => 6e-2,
     }
 }
 
@@ -175,6 +176,11 @@ fn families_match_llama_cpp_with_exact_weights() {
 #[test]
 fn families_match_llama_cpp_on_the_fast_path() {
     check_format(WeightFormat::Q8Padded);
+}
+
+#[test]
+fn families_match_llama_cpp_with_block_weights() {
+    check_format(WeightFormat::Blocks);
 }
 
 #[test]

@@ -21,8 +21,8 @@ pub struct ServeArgs {
     /// Name the model is served under [default: the file name without .gguf].
     #[arg(long)]
     pub served_model_name: Option<String>,
-    /// Weight format after loading: q8-padded (fast), native, f32 [default: q8-padded with
-    /// AVX-512, f32 without].
+    /// Weight format after loading: q8-padded, blocks, native, f32 [default: q8-padded with
+    /// AVX-512 VNNI, blocks with AVX2, f32 otherwise].
     #[arg(long)]
     pub weight_format: Option<WeightFormat>,
     /// Address to listen on [default: 127.0.0.1].

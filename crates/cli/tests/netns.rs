@@ -46,15 +46,16 @@ fn is_root() -> bool {
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
-/// Two namespaces joined by a veth pair shaped to 1 Gbit/s each way.
-fn hosts() -> Option<Hosts> {
+/// Two namespaces joined by a veth pair shaped to 1 Gbit/s each way; `tag` keeps the names of
+/// tests running at once apart.
+fn hosts(tag: char) -> Option<Hosts> {
     if !is_root() || !sh(&["ip", "-V"]) || !sh(&["tc", "-V"]) {
         eprintln!("skipped: the two-host test needs root, `ip` and `tc` (CI runs it as root)");
         return None;
     }
     let id = std::process::id() % 100_000;
-    let names = [format!("acl{id}a"), format!("acl{id}b")];
-    let veth = [format!("av{id}a"), format!("av{id}b")];
+    let names = [format!("acl{id}{tag}a"), format!("acl{id}{tag}b")];
+    let veth = [format!("av{id}{tag}a"), format!("av{id}{tag}b")];
     let hosts = Hosts {
         names: names.clone(),
     };
@@ -151,7 +152,7 @@ fn a_pair_split_over_two_namespaces_serves_through_a_1_gbit_link() {
         eprintln!("skipped: {} not present", model.display());
         return;
     }
-    let Some(h) = hosts() else { return };
+    let Some(h) = hosts('s') else { return };
     let model = model.to_str().expect("UTF-8 path");
     let w = |listen: &'static str| {
         [
@@ -267,7 +268,7 @@ fn a_partition_cutting_off_a_partner_loses_no_request() {
         eprintln!("skipped: {} not present", model.display());
         return;
     }
-    let Some(h) = hosts() else { return };
+    let Some(h) = hosts('p') else { return };
     let model = model.to_str().expect("UTF-8 path");
     let w = |listen: &'static str| {
         [
@@ -310,7 +311,7 @@ fn a_partition_cutting_off_a_partner_loses_no_request() {
         &h.names[1],
         "link",
         "set",
-        &format!("av{id}b"),
+        &format!("av{id}pb"),
         "down"
     ]));
     let v = bench.join().expect("bench thread");

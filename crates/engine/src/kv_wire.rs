@@ -104,6 +104,7 @@ mod tests {
             rms_eps: 1e-5,
             rope_theta: 10_000.0,
             kv_bytes_per_token: 2 * 2 * 2 * 4 * 4,
+            arch: Default::default(),
         }
     }
 

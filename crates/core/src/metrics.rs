@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     ms_to_us,
     request::{FinishReason, RequestId, RequestSpec, RequestState, Slo},
+    scheduler::Recovery,
     stats::{LogHistogram, Percentiles},
     TimeUs,
 };
@@ -201,6 +202,9 @@ pub struct Metrics {
     pub preemptions: u64,
     /// Output tokens produced so far (also by requests still running).
     pub tokens_out: u64,
+    /// Recovery times (µs), failure declared to the request's next token: by replica, by
+    /// recompute.
+    pub recovery_us: [Vec<TimeUs>; 2],
 }
 
 impl Metrics {
@@ -244,6 +248,10 @@ impl Metrics {
             }
         }
         r.last_token_us = Some(now);
+        if let Some((since, kind)) = r.recovering.take() {
+            let k = usize::from(kind == Recovery::Recompute);
+            self.recovery_us[k].push(now.saturating_sub(since));
+        }
         if self.record_timelines {
             if let Some(t) = self.live_timelines.get_mut(id.index()) {
                 t.push(now);

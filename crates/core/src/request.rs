@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     kv::{BlockKey, BlockKeys},
+    scheduler::Recovery,
     InstanceId, TimeUs,
 };
 
@@ -110,6 +111,8 @@ pub struct RequestState {
     pub cached_tokens: u32,
     /// Leading blocks of its primary table already given their keys.
     pub published: u32,
+    /// When its instance was declared failed and how it recovers, until its next token.
+    pub recovering: Option<(TimeUs, Recovery)>,
 }
 
 impl RequestState {
@@ -139,6 +142,7 @@ impl RequestState {
             block_keys: None,
             cached_tokens: 0,
             published: 0,
+            recovering: None,
         }
     }
 

@@ -70,6 +70,7 @@ fn accellm_pair_survives_an_instance_and_recovers_by_replica_and_recompute() {
     // Fail either instance at several moments of the run: every run completes; over them,
     // both kinds of recovery happen.
     let (mut by_replica, mut by_recompute) = (0, 0);
+    let mut times: [Vec<TimeUs>; 2] = Default::default();
     let mut last = None;
     for k in 0..10u32 {
         let (dead, at) = (k % 2, 10_000 + 12_000 * k as TimeUs);
@@ -85,6 +86,13 @@ fn accellm_pair_survives_an_instance_and_recovers_by_replica_and_recompute() {
         assert!(!s.is_up(dead));
         by_replica += s.counters().recovered_by_replica;
         by_recompute += s.counters().recovered_by_recompute;
+        // Each recovered request produced a token again, timed from the failure.
+        let rec = &s.metrics().recovery_us;
+        assert_eq!(rec[0].len() as u64, s.counters().recovered_by_replica);
+        assert_eq!(rec[1].len() as u64, s.counters().recovered_by_recompute);
+        for (all, these) in times.iter_mut().zip(rec) {
+            all.extend(these);
+        }
         last = Some(s);
     }
     assert!(
@@ -92,6 +100,16 @@ fn accellm_pair_survives_an_instance_and_recovers_by_replica_and_recompute() {
         "decodes with a current replica on the partner go on from it"
     );
     assert!(by_recompute > 0, "the others are prefilled again");
+    // Going on from a replica skips the prefill: it is back sooner than a recompute.
+    let median = |v: &mut Vec<TimeUs>| {
+        v.sort_unstable();
+        v[v.len() / 2]
+    };
+    let (replica, recompute) = (median(&mut times[0]), median(&mut times[1]));
+    assert!(
+        replica < recompute,
+        "replica {replica} µs, recompute {recompute} µs"
+    );
     let s = last.unwrap();
     // The partner alone does the work of two: the run ends later than the undisturbed one.
     let end = |s: &Scheduler| {

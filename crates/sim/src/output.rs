@@ -184,6 +184,18 @@ pub fn metrics_table(reports: &[RunReport]) -> String {
                 r.counters.recovered_by_replica, r.counters.recovered_by_recompute
             )
         });
+        row("recovery p50 · p99 ms: replica / recompute", &|r| {
+            r.recovery_ms.map_or("-".into(), |[a, b]| {
+                let pp = |p: Percentiles| {
+                    if p.count == 0 {
+                        "-".to_string()
+                    } else {
+                        format!("{:.0} · {:.0}", p.p50, p.p99)
+                    }
+                };
+                format!("{} / {}", pp(a), pp(b))
+            })
+        });
     }
     row("req/s per instance", &|r| {
         format!("{:.3}", r.requests_per_s_per_instance)

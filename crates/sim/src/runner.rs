@@ -228,6 +228,10 @@ pub struct RunReport {
     /// Prefix-cache figures, when the workload has prefix structure.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefix_cache: Option<PrefixCacheReport>,
+    /// After `--fail`: recovery time (ms, failure to the request's next token) of the requests
+    /// recovered by replica and by recompute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery_ms: Option<[Percentiles; 2]>,
     /// Mean busy fraction over instances.
     pub busy_mean: f64,
     /// Mean KV utilisation over instances and time.
@@ -555,6 +559,17 @@ fn run_keeping(
     Ok((rep, metrics))
 }
 
+/// Recovery-time percentiles (ms) by kind; `None` when nothing recovered.
+fn recovery_ms(us: &[Vec<TimeUs>; 2]) -> Option<[Percentiles; 2]> {
+    if us.iter().all(Vec::is_empty) {
+        return None;
+    }
+    Some(us.clone().map(|v| {
+        let mut ms: Vec<f64> = v.iter().map(|&t| t as f64 / 1e3).collect();
+        Percentiles::of(&mut ms)
+    }))
+}
+
 fn report(
     cfg: &SimConfig,
     sched: &Scheduler,
@@ -604,6 +619,7 @@ fn report(
         instances,
         classes: Vec::new(),
         prefix_cache: None,
+        recovery_ms: recovery_ms(&sched.metrics().recovery_us),
         cluster: info,
         summary,
         simulated_s: secs,

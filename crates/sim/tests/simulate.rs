@@ -457,3 +457,21 @@ fn hardware_profile_models_the_served_engine() {
     let e = format!("{:#}", cli::config(&bad).unwrap_err());
     assert!(e.contains("/nonexistent/profile.toml"), "{e}");
 }
+
+#[test]
+fn a_failed_instance_is_recovered_and_timed() {
+    let mut c = small("accellm", "accelgen", 3);
+    c.failures = vec![(1, 20.0)];
+    let r = run(&c, 8.0);
+    assert_eq!(r.summary.completed, 400, "no request is lost");
+    let [replica, recompute] = r.recovery_ms.expect("recovery times after --fail");
+    assert_eq!(replica.count, r.counters.recovered_by_replica);
+    assert_eq!(recompute.count, r.counters.recovered_by_recompute);
+    assert!(replica.count > 0, "AcceLLM's partner holds replicas");
+    assert!(replica.p50 > 0.0 && replica.p99 >= replica.p50);
+    // Undisturbed, nothing is recovered and no row is printed.
+    let calm = run(&small("accellm", "accelgen", 3), 8.0);
+    assert!(calm.recovery_ms.is_none());
+    let text = accellm_sim::output::metrics_table(&[r]);
+    assert!(text.contains("recovery p50"), "{text}");
+}

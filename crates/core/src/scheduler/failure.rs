@@ -137,6 +137,12 @@ impl Scheduler {
             let r = s.requests.get_mut(id);
             let load = r.load();
             r.moving_to = None;
+            // Timed until its next token (`Metrics::recovery_us`).
+            r.recovering = match partner {
+                Some(_) => Some((now, Recovery::Replica)),
+                None if started => Some((now, Recovery::Recompute)),
+                None => None,
+            };
             match partner {
                 Some(p) => {
                     r.instance = p;

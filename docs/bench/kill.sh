@@ -10,13 +10,18 @@ PORT=18930
 NUM="${NUM:-200}"
 DIR=$(mktemp -d)
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done; }
+# Waits for the processes to be gone, so a run right after this one finds its ports free.
+cleanup() {
+  for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+}
 trap cleanup EXIT
 "$BIN" worker --listen 127.0.0.1:$((PORT + 1)) --kv-blocks 4096 2>"$DIR/w0.log" & pids+=($!)
 "$BIN" worker --listen 127.0.0.1:$((PORT + 2)) --kv-blocks 4096 2>"$DIR/w1.log" & w1=$!; pids+=($w1)
 RUST_LOG=info "$BIN" serve --port $PORT --kv-blocks 4096 --max-waiting 0 ${SERVE_ARGS:-} \
   --workers "127.0.0.1:$((PORT + 1)),127.0.0.1:$((PORT + 2))" 2>"$DIR/front.log" & pids+=($!)
 for _ in $(seq 1 60); do curl -sf "localhost:$PORT/v1/models" >/dev/null 2>&1 && break; sleep 1; done
+curl -sf "localhost:$PORT/v1/models" >/dev/null || { echo "the front did not come up:" >&2; tail -20 "$DIR"/*.log >&2; exit 1; }
 "$BIN" bench --base-url "http://127.0.0.1:$PORT" --num-prompts "$NUM" --arrivals all-at-once \
   --workload "synthetic:prompt=lognormal(128,0.5),output=${OUT:-64}" --temperature 0 \
   --timeout 600 --seed 1 --json "$DIR/bench.json" >"$DIR/bench.txt" 2>&1 &

@@ -411,3 +411,82 @@ fn killing_a_worker_mid_run_loses_no_request_and_a_restarted_one_is_taken_back()
     let after = batch(&front, 4, 16);
     assert!(after.iter().all(|t| !t.is_empty()));
 }
+
+/// Sends one completion and reads until the server closes; an error or a cut answer is `Err`.
+fn completion_until_closed(addr: &str, max_tokens: u32) -> Result<String, String> {
+    let mut s = TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(300)))
+        .map_err(|e| e.to_string())?;
+    let body =
+        json!({"prompt": "Tell a long story.", "max_tokens": max_tokens, "ignore_eos": true})
+            .to_string();
+    write!(
+        s,
+        "POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .map_err(|e| e.to_string())?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).map_err(|e| e.to_string())?;
+    match resp.split_once("\r\n\r\n") {
+        Some((head, body)) if head.starts_with("HTTP/1.1 200") => Ok(body.to_string()),
+        _ => Err(format!("cut: {resp:?}")),
+    }
+}
+
+#[test]
+fn a_restarted_front_drives_the_same_workers_again() {
+    let Some(model) = model() else { return };
+    let model = model.to_str().expect("UTF-8 path");
+    let worker = |listen: &str| {
+        start(&[
+            "worker",
+            "--listen",
+            listen,
+            "--model",
+            model,
+            "--kv-blocks",
+            "256",
+        ])
+    };
+    let (_w0, a0) = worker("127.0.0.1:0");
+    let (_w1, a1) = worker("127.0.0.1:0");
+    let workers = format!("{a0},{a1}");
+    let front = || {
+        start(&[
+            "serve",
+            "--port",
+            "0",
+            "--model",
+            model,
+            "--kv-blocks",
+            "256",
+            "--workers",
+            &workers,
+        ])
+    };
+    let (mut first, addr) = front();
+    let calm = batch(&addr, 6, 16);
+
+    // A long request is decoding when the front is SIGKILLed: its client sees the connection
+    // end (no hang, no made-up answer).
+    let before = metric(&addr, "vllm:generation_tokens_total");
+    let long = {
+        let addr = addr.clone();
+        std::thread::spawn(move || completion_until_closed(&addr, 2000))
+    };
+    while metric(&addr, "vllm:generation_tokens_total") < before + 20.0 {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = first.0.kill();
+    let _ = first.0.wait();
+    let cut = long.join().expect("client thread");
+    assert!(cut.is_err(), "a request outlived its front: {cut:?}");
+
+    // The workers drop the dead front's session and accept a new front scheduling their whole
+    // pool (the handshake refuses more blocks than a pool holds): the same greedy outputs.
+    let (_second, addr) = front();
+    assert_eq!(metric(&addr, "accellm_instance_up{instance=\"0\"}"), 1.0);
+    assert_eq!(metric(&addr, "accellm_instance_up{instance=\"1\"}"), 1.0);
+    assert_eq!(batch(&addr, 6, 16), calm);
+}

@@ -23,7 +23,7 @@ def load(directory):
     files = sorted(glob.glob(os.path.join(directory, "**", "samples_*.jsonl"), recursive=True),
                    key=os.path.getmtime)
     if not files:
-        sys.exit(f"error: no samples_*.jsonl under {directory}")
+        return None
     items = {}
     with open(files[-1], encoding="utf-8") as f:
         for line in f:
@@ -62,7 +62,11 @@ def main():
         name, _, directory = arg.partition("=")
         if not directory:
             sys.exit(__doc__)
-        runs.append((name, *load(directory)))
+        loaded = load(directory)
+        if loaded is None:
+            print(f"({name}: no samples_*.jsonl under {directory}, left out)", file=sys.stderr)
+            continue
+        runs.append((name, *loaded))
     if not runs:
         sys.exit(__doc__)
 

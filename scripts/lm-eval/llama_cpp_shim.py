@@ -19,7 +19,9 @@ Standard library only.
 import argparse
 import json
 import os
+import signal
 import subprocess
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -186,10 +188,13 @@ def main():
     tool = Tool(args.tool, args.model, args.threads)
     name = os.path.splitext(os.path.basename(args.model))[0]
     server = ThreadingHTTPServer(("127.0.0.1", args.port), make_handler(tool, name))
+    # SIGTERM (scripts/lm-eval.sh stopping it) ends the tool too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         server.serve_forever()
     finally:
         tool.proc.kill()
+        tool.proc.wait()
 
 
 if __name__ == "__main__":

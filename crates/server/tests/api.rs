@@ -330,12 +330,21 @@ async fn lm_eval_loglikelihood_request_reads_the_continuation() {
             got += lp;
             want += TokenLogprob::of(&logits[p - 1], whole[p], 1).logprob as f64;
             let top = tops[p].as_object().unwrap();
-            assert!(top.len() <= 2, "logprobs 1: the best and the prompt's own: {top:?}");
-            let best = top.values().map(|x| x.as_f64().unwrap()).fold(f64::MIN, f64::max);
+            assert!(
+                top.len() <= 2,
+                "logprobs 1: the best and the prompt's own: {top:?}"
+            );
+            let best = top
+                .values()
+                .map(|x| x.as_f64().unwrap())
+                .fold(f64::MIN, f64::max);
             got_greedy &= lp == best;
             want_greedy &= argmax(&logits[p - 1]) == whole[p];
         }
-        assert!((got - want).abs() < TOL * whole.len() as f64, "choice {k}: {got} vs {want}");
+        assert!(
+            (got - want).abs() < TOL * whole.len() as f64,
+            "choice {k}: {got} vs {want}"
+        );
         assert_eq!(got_greedy, want_greedy, "choice {k}: is_greedy");
         if k == choices.len() {
             assert!(got_greedy, "the model's own continuation is greedy");

@@ -273,6 +273,86 @@ async fn echo_returns_prompt_logprobs_like_the_engine() {
     server.shutdown().unwrap();
 }
 
+/// The request lm-evaluation-harness's `local-completions` model sends for a multiple-choice
+/// item (scripts/lm-eval.sh), read the way it reads it: token ids (context + continuation, a
+/// batch of one list per choice), `echo`, `logprobs: 1`, `max_tokens: 1`, `temperature: 0`;
+/// the continuation's log-likelihood is the sum of `token_logprobs[ctxlen..len-1]` (the last
+/// entry is the generated token) and it is greedy when each of those equals the largest value
+/// of its `top_logprobs` entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lm_eval_loglikelihood_request_reads_the_continuation() {
+    let server = start(tiny_config());
+    let http = Http::new(server.addr());
+    let text = text_model();
+    let reference = Reference::new();
+    let context = "Question: what colour is the sky on a clear day?\nAnswer:";
+    let choices = [" blue", " green and brown", " the quick fox"];
+    // lm-eval's split: encode the whole text, the context's length from encoding it alone.
+    let ctx = text.encode(context).unwrap();
+    let ctxlen = ctx.len();
+    let mut wholes: Vec<Vec<u32>> = choices
+        .iter()
+        .map(|c| text.encode(&format!("{context}{c}")).unwrap())
+        .collect();
+    // And a continuation that is greedy by construction: the model's own next two tokens.
+    let (_, greedy2) = reference.run(&ctx, 2);
+    wholes.push([ctx, greedy2].concat());
+    let body = json!({
+        "model": "tiny",
+        "prompt": wholes,
+        "temperature": 0,
+        "max_tokens": 1,
+        "logprobs": 1,
+        "seed": 1234,
+        "echo": true,
+    });
+    let r = http.post("/v1/completions", &body).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = r.json();
+    let out = v["choices"].as_array().unwrap();
+    assert_eq!(out.len(), wholes.len());
+    for (k, whole) in wholes.iter().enumerate() {
+        assert!(whole.len() > ctxlen, "choice {k} adds tokens");
+        let (logits, greedy) = reference.run(whole, 1);
+        let c = &out[k];
+        assert_eq!(c["index"], k);
+        let lps = c["logprobs"]["token_logprobs"].as_array().unwrap();
+        let tops = c["logprobs"]["top_logprobs"].as_array().unwrap();
+        // Every prompt token, then the one generated token (also when it is EOS).
+        assert_eq!((lps.len(), tops.len()), (whole.len() + 1, whole.len() + 1));
+        let last = TokenLogprob::of(&logits[whole.len() - 1], greedy[0], 1);
+        assert!(close(&lps[whole.len()], last.logprob), "generated token");
+
+        let (mut got, mut want) = (0f64, 0f64);
+        let (mut got_greedy, mut want_greedy) = (true, true);
+        for p in ctxlen..whole.len() {
+            let lp = lps[p].as_f64().unwrap();
+            got += lp;
+            want += TokenLogprob::of(&logits[p - 1], whole[p], 1).logprob as f64;
+            let top = tops[p].as_object().unwrap();
+            assert!(
+                top.len() <= 2,
+                "logprobs 1: the best and the prompt's own: {top:?}"
+            );
+            let best = top
+                .values()
+                .map(|x| x.as_f64().unwrap())
+                .fold(f64::MIN, f64::max);
+            got_greedy &= lp == best;
+            want_greedy &= argmax(&logits[p - 1]) == whole[p];
+        }
+        assert!(
+            (got - want).abs() < TOL * whole.len() as f64,
+            "choice {k}: {got} vs {want}"
+        );
+        assert_eq!(got_greedy, want_greedy, "choice {k}: is_greedy");
+        if k == choices.len() {
+            assert!(got_greedy, "the model's own continuation is greedy");
+        }
+    }
+    server.shutdown().unwrap();
+}
+
 fn texts(v: &Value) -> Vec<String> {
     let choices = v["choices"].as_array().unwrap();
     for (i, c) in choices.iter().enumerate() {

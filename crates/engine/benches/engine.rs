@@ -51,7 +51,7 @@ fn bench(c: &mut Criterion) {
             });
         }
         for bsz in [1usize, 4, 16, 64] {
-            let batch = decode_batch(&model, &pool, bsz, 128);
+            let batch = decode_batch(&model, &pool, bsz, 128, 1);
             g.throughput(Throughput::Elements(bsz as u64));
             g.bench_with_input(BenchmarkId::new("decode", bsz), &batch, |b, batch| {
                 b.iter(|| threads.install(|| model.forward(&pool, batch).expect("forward")))

@@ -48,10 +48,17 @@ pub fn time_prefill(model: &Model, pool: &KvPool, len: usize) -> Result<PhaseTim
     })
 }
 
-/// A batch of `batch` single-token decodes, each at position `context` of its own sequence.
-pub fn decode_batch(model: &Model, pool: &KvPool, batch: usize, context: usize) -> ForwardBatch {
+/// A batch of `batch` single-token decodes, each at position `context` of its own sequence,
+/// with blocks for `steps` decode steps (positions `context..context + steps`).
+pub fn decode_batch(
+    model: &Model,
+    pool: &KvPool,
+    batch: usize,
+    context: usize,
+    steps: usize,
+) -> ForwardBatch {
     let bs = pool.block_size();
-    let per = blocks_for(context + 1, bs);
+    let per = blocks_for(context + steps.max(1), bs);
     ForwardBatch {
         seqs: (0..batch)
             .map(|i| SeqInput {
@@ -73,7 +80,7 @@ pub fn time_decode(
     context: usize,
     steps: usize,
 ) -> Result<PhaseTimings> {
-    let mut b = decode_batch(model, pool, batch, context);
+    let mut b = decode_batch(model, pool, batch, context, steps);
     let mut times = Vec::with_capacity(steps);
     for _ in 0..steps.max(1) {
         let t = Instant::now();

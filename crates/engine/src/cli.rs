@@ -365,7 +365,7 @@ pub fn run_calibrate(args: CalibrateArgs) -> anyhow::Result<()> {
             let busy = Threads::new(args.threads, &format!("calibrate-busy-{k}"))?;
             let busy_pool = pool_for(model, 16 * 272)?;
             scope.spawn(move || {
-                let batch = crate::bench::decode_batch(model, &busy_pool, 16, 256);
+                let batch = crate::bench::decode_batch(model, &busy_pool, 16, 256, 1);
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     if busy.install(|| model.forward(&busy_pool, &batch)).is_err() {
                         break;
@@ -393,7 +393,7 @@ fn measure_all(
     threads.install(|| -> anyhow::Result<()> {
         time_prefill(model, pool, 16)?;
         for (i, &(t, start, b, ctx)) in shapes.iter().enumerate() {
-            let mut batch = crate::bench::decode_batch(model, pool, b, ctx);
+            let mut batch = crate::bench::decode_batch(model, pool, b, ctx, 1);
             let used: usize = batch.seqs.iter().map(|s| s.block_table.len()).sum();
             if t > 0 {
                 let first = used as u32;

@@ -420,3 +420,19 @@ fn per_instance_thread_pools_give_identical_results() {
     let b = two.install(|| one_shot_logits(&m, &p));
     assert_eq!(a, b);
 }
+
+/// `engine-bench`'s decode timing advances every sequence `steps` positions past its context:
+/// the batch has blocks for all of them, however many steps cross a block boundary.
+#[test]
+fn decode_timing_runs_steps_past_a_block_boundary() {
+    let m = model(WeightFormat::F32);
+    let (batch, context, steps) = (3, 128, 40);
+    let pool = accellm_engine::bench::pool_for(&m, batch * (context + steps + 16)).unwrap();
+    let t = accellm_engine::bench::time_decode(&m, &pool, batch, context, steps).unwrap();
+    assert!(t.total_ms > 0.0);
+    let b = accellm_engine::bench::decode_batch(&m, &pool, batch, context, steps);
+    assert!(b
+        .seqs
+        .iter()
+        .all(|s| s.block_table.len() * BS >= context + steps));
+}

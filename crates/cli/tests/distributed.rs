@@ -343,21 +343,24 @@ fn batch(addr: &str, count: usize, max_tokens: u32) -> Vec<String> {
         .collect()
 }
 
+/// A worker with a 256-block pool listening on `listen`.
+fn small_worker(model: &str, listen: &str) -> (Proc, String) {
+    start(&[
+        "worker",
+        "--listen",
+        listen,
+        "--model",
+        model,
+        "--kv-blocks",
+        "256",
+    ])
+}
+
 #[test]
 fn killing_a_worker_mid_run_loses_no_request_and_a_restarted_one_is_taken_back() {
     let Some(model) = model() else { return };
     let model = model.to_str().expect("UTF-8 path");
-    let worker = |listen: &str| {
-        start(&[
-            "worker",
-            "--listen",
-            listen,
-            "--model",
-            model,
-            "--kv-blocks",
-            "256",
-        ])
-    };
+    let worker = |listen: &str| small_worker(model, listen);
     let (_w0, a0) = worker("127.0.0.1:0");
     let (w1, a1) = worker("127.0.0.1:0");
     let workers = format!("{a0},{a1}");
@@ -438,17 +441,7 @@ fn completion_until_closed(addr: &str, max_tokens: u32) -> Result<String, String
 fn a_restarted_front_drives_the_same_workers_again() {
     let Some(model) = model() else { return };
     let model = model.to_str().expect("UTF-8 path");
-    let worker = |listen: &str| {
-        start(&[
-            "worker",
-            "--listen",
-            listen,
-            "--model",
-            model,
-            "--kv-blocks",
-            "256",
-        ])
-    };
+    let worker = |listen: &str| small_worker(model, listen);
     let (_w0, a0) = worker("127.0.0.1:0");
     let (_w1, a1) = worker("127.0.0.1:0");
     let workers = format!("{a0},{a1}");

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The sweep workload (docs/bench/sweep.sh) against the default `accellm serve` (two in-process
 # instances) and against a front driving two `accellm worker` processes on loopback, alternated.
-# Usage: bash docs/bench/distributed.sh [ACCELLM_BINARY]   RATES="1 2" NUM=40 REPS=2
+# Usage: bash docs/bench/distributed.sh [ACCELLM_BINARY]   RATES="1 2" NUM=40 REPS=2 SERVE_ARGS=...
+# (SERVE_ARGS="--cluster-policy least-load": no replica copies between the instances.)
 set -euo pipefail
 BIN="${1:-target/release/accellm}"
 PORT=18910
@@ -18,9 +19,9 @@ for rate in ${RATES:-1 2}; do
     if [ "$mode" = workers ]; then
       "$BIN" worker --listen 127.0.0.1:$((PORT + 1)) >/dev/null 2>&1 & pids+=($!)
       "$BIN" worker --listen 127.0.0.1:$((PORT + 2)) >/dev/null 2>&1 & pids+=($!)
-      "$BIN" serve --port $PORT --workers "127.0.0.1:$((PORT + 1)),127.0.0.1:$((PORT + 2))" >/dev/null 2>&1 & pids+=($!)
+      "$BIN" serve --port $PORT ${SERVE_ARGS:-} --workers "127.0.0.1:$((PORT + 1)),127.0.0.1:$((PORT + 2))" >/dev/null 2>&1 & pids+=($!)
     else
-      "$BIN" serve --port $PORT >/dev/null 2>&1 & pids+=($!)
+      "$BIN" serve --port $PORT ${SERVE_ARGS:-} >/dev/null 2>&1 & pids+=($!)
     fi
     for _ in $(seq 1 60); do curl -sf "localhost:$PORT/v1/models" >/dev/null 2>&1 && break; sleep 1; done
     out=$(mktemp)

@@ -19,7 +19,7 @@ impl Drop for Proc {
 
 /// Namespaces made by this test, deleted (with their veth) when dropped.
 struct Hosts {
-    names: [String; 2],
+    names: Vec<String>,
 }
 
 impl Drop for Hosts {
@@ -57,7 +57,7 @@ fn hosts(tag: char) -> Option<Hosts> {
     let names = [format!("acl{id}{tag}a"), format!("acl{id}{tag}b")];
     let veth = [format!("av{id}{tag}a"), format!("av{id}{tag}b")];
     let hosts = Hosts {
-        names: names.clone(),
+        names: names.to_vec(),
     };
     let steps: Vec<Vec<String>> = vec![
         vec!["ip", "netns", "add", &names[0]],
@@ -103,7 +103,12 @@ fn hosts(tag: char) -> Option<Hosts> {
     .into_iter()
     .map(|v| v.into_iter().map(String::from).collect())
     .collect();
-    for s in &steps {
+    run_steps(&steps);
+    Some(hosts)
+}
+
+fn run_steps(steps: &[Vec<String>]) {
+    for s in steps {
         let args: Vec<&str> = s.iter().map(String::as_str).collect();
         assert!(
             sh(&args),
@@ -111,6 +116,85 @@ fn hosts(tag: char) -> Option<Hosts> {
             args.join(" ")
         );
     }
+}
+
+/// Three namespaces: two worker hosts (`10.201.0.2`, `10.202.0.2`) each joined by a veth pair
+/// to a router host (`10.201.0.1`, `10.202.0.1`) that forwards between them. The front runs on
+/// the router; switching its forwarding off cuts the workers off from each other while the
+/// front still reaches both.
+fn three_hosts(tag: char) -> Option<Hosts> {
+    if !is_root() || !sh(&["ip", "-V"]) || !sh(&["sysctl", "-V"]) {
+        eprintln!(
+            "skipped: the three-host test needs root, `ip` and `sysctl` (CI runs it as root)"
+        );
+        return None;
+    }
+    let id = std::process::id() % 100_000;
+    let names = [
+        format!("acl{id}{tag}a"),
+        format!("acl{id}{tag}b"),
+        format!("acl{id}{tag}r"),
+    ];
+    let hosts = Hosts {
+        names: names.to_vec(),
+    };
+    let mut steps: Vec<Vec<String>> = Vec::new();
+    let mut step = |v: &[&str]| steps.push(v.iter().map(|s| s.to_string()).collect());
+    for n in &names {
+        step(&["ip", "netns", "add", n]);
+        step(&["ip", "-n", n, "link", "set", "lo", "up"]);
+    }
+    for (k, host) in names[..2].iter().enumerate() {
+        let (near, far) = (format!("av{id}{tag}{k}h"), format!("av{id}{tag}{k}r"));
+        let net = 201 + k;
+        step(&[
+            "ip", "link", "add", &near, "type", "veth", "peer", "name", &far,
+        ]);
+        step(&["ip", "link", "set", &near, "netns", host]);
+        step(&["ip", "link", "set", &far, "netns", &names[2]]);
+        step(&[
+            "ip",
+            "-n",
+            host,
+            "addr",
+            "add",
+            &format!("10.{net}.0.2/24"),
+            "dev",
+            &near,
+        ]);
+        step(&[
+            "ip",
+            "-n",
+            &names[2],
+            "addr",
+            "add",
+            &format!("10.{net}.0.1/24"),
+            "dev",
+            &far,
+        ]);
+        step(&["ip", "-n", host, "link", "set", &near, "up"]);
+        step(&["ip", "-n", &names[2], "link", "set", &far, "up"]);
+        step(&[
+            "ip",
+            "-n",
+            host,
+            "route",
+            "add",
+            "default",
+            "via",
+            &format!("10.{net}.0.1"),
+        ]);
+    }
+    step(&[
+        "ip",
+        "netns",
+        "exec",
+        &names[2],
+        "sysctl",
+        "-qw",
+        "net.ipv4.ip_forward=1",
+    ]);
+    run_steps(&steps);
     Some(hosts)
 }
 
@@ -328,5 +412,89 @@ fn a_partition_cutting_off_a_partner_loses_no_request() {
         text.lines()
             .any(|l| l.trim() == "accellm_instance_up{instance=\"1\"} 0"),
         "the cut-off worker is down: {text}"
+    );
+}
+
+#[test]
+fn a_partition_between_the_partners_alone_loses_no_request() {
+    let model = accellm_tokenizer::default_model_path();
+    if !model.exists() {
+        assert!(
+            std::env::var_os("ACCELLM_REQUIRE_MODEL").is_none(),
+            "model missing"
+        );
+        eprintln!("skipped: {} not present", model.display());
+        return;
+    }
+    let Some(h) = three_hosts('t') else { return };
+    let model = model.to_str().expect("UTF-8 path");
+    let w = |listen: &'static str| {
+        [
+            "worker",
+            "--listen",
+            listen,
+            "--model",
+            model,
+            "--kv-blocks",
+            "256",
+        ]
+    };
+    let (_w0, _) = start_in(&h.names[0], &w("10.201.0.2:7001"));
+    let (_w1, _) = start_in(&h.names[1], &w("10.202.0.2:7001"));
+    let (_front, front) = start_in(
+        &h.names[2],
+        &[
+            "serve",
+            "--port",
+            "18002",
+            "--model",
+            model,
+            "--kv-blocks",
+            "256",
+            "--workers",
+            "10.201.0.2:7001,10.202.0.2:7001",
+        ],
+    );
+    // The router stops forwarding while the requests run: the partners lose each other (KV
+    // copies stop being acknowledged) but both keep talking to the front.
+    let (ns, front2) = (h.names[2].clone(), front.clone());
+    let bench =
+        std::thread::spawn(move || bench_in(&ns, &front2, "8", "synthetic:prompt=96,output=48"));
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &h.names[2],
+        "sysctl",
+        "-qw",
+        "net.ipv4.ip_forward=0"
+    ]));
+    let v = bench.join().expect("bench thread");
+    assert_eq!(v["completed"], 8, "every request completes: {v}");
+    let metrics = Command::new("ip")
+        .args(["netns", "exec", &h.names[2], "python3", "-c"])
+        .arg(format!(
+            "import urllib.request; print(urllib.request.urlopen('http://{front}/metrics').read().decode())"
+        ))
+        .output()
+        .expect("python3 runs");
+    let text = String::from_utf8_lossy(&metrics.stdout);
+    eprintln!(
+        "{}",
+        text.lines()
+            .filter(|l| l.starts_with("accellm_instance_up")
+                || l.starts_with("accellm_requests_recovered_total"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    let recovered: f64 = text
+        .lines()
+        .filter(|l| l.starts_with("accellm_requests_recovered_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(
+        recovered > 0.0,
+        "the partition was detected and requests moved: {text}"
     );
 }

@@ -383,7 +383,7 @@ impl Executor {
                 let now = self.now();
                 self.sched.transfer_done(now, id);
             }
-            Input::InstanceDown(i) => self.instance_down(i),
+            Input::InstanceDown(i) => self.instance_down(i, false),
             Input::InstanceUp(i, c) => self.instance_up(i, *c),
             Input::Shutdown => {
                 if !self.shutting_down {
@@ -926,7 +926,7 @@ impl Executor {
             self.sched.copy_done(now, i as InstanceId, flight.iteration);
         }
         for j in unreachable {
-            self.instance_down(j);
+            self.instance_down(j, true);
             if let Some(c) = self.instances.get(j).and_then(|t| t.conn.as_ref()) {
                 let _ = c.shutdown(std::net::Shutdown::Both);
             }
@@ -1037,7 +1037,9 @@ impl Executor {
 
     /// A remote worker failed: forget its iteration in flight (samplers restored), tell the
     /// core, which recovers its requests, and start trying to reconnect it.
-    fn instance_down(&mut self, i: usize) {
+    /// Declares instance `i` down; `cut_off`: because its partner could not reach it (a
+    /// partition the front may not see), so it is taken back only after a quarantine.
+    fn instance_down(&mut self, i: usize, cut_off: bool) {
         if !self.sched.is_up(i as InstanceId) {
             return;
         }
@@ -1087,7 +1089,11 @@ impl Executor {
             }
         }
         if let Some(r) = &self.remote {
-            r.start(i);
+            if cut_off {
+                r.start_after_partition(i);
+            } else {
+                r.start(i);
+            }
         }
         self.retry_deferred();
     }

@@ -138,11 +138,46 @@ pub(crate) struct Reconnect {
     pub deadline: Duration,
     /// Set when the front stops: retry threads end.
     pub stop: Arc<AtomicBool>,
+    /// Per worker: how many times it was cut off from its partner (the quarantine doubles).
+    pub cut_offs: std::sync::Mutex<Vec<u32>>,
+}
+
+/// How long a worker cut off from its partner stays out before the front tries it again: 30 s,
+/// doubling with each partition, at most 5 minutes. The front still reaches such a worker, so
+/// taking it back at once would pair it again with a partner it cannot reach, fail the next
+/// copy and flap; meanwhile its partner serves alone.
+pub(crate) fn partition_quarantine(times: u32) -> Duration {
+    Duration::from_secs(30u64.saturating_mul(1 << times.min(4)).min(300))
 }
 
 impl Reconnect {
     /// Starts retrying worker `i` in the background.
     pub(crate) fn start(&self, i: usize) {
+        self.start_after(i, Duration::ZERO);
+    }
+
+    /// Starts retrying worker `i` after its quarantine ([`partition_quarantine`]).
+    pub(crate) fn start_after_partition(&self, i: usize) {
+        let times = match self.cut_offs.lock() {
+            Ok(mut v) => {
+                if v.len() <= i {
+                    v.resize(i + 1, 0);
+                }
+                v[i] += 1;
+                v[i] - 1
+            }
+            Err(_) => 0,
+        };
+        let wait = partition_quarantine(times);
+        tracing::warn!(
+            instance = i,
+            quarantine_s = wait.as_secs(),
+            "cut off from its partner"
+        );
+        self.start_after(i, wait);
+    }
+
+    fn start_after(&self, i: usize, wait: Duration) {
         let addrs = self.addrs.clone();
         let (model, eos) = (self.model.clone(), self.eos.clone());
         let (block_size, kv_blocks) = (self.block_size, self.kv_blocks);
@@ -156,6 +191,10 @@ impl Reconnect {
                     kv_blocks,
                     eos: &eos,
                 };
+                let until = std::time::Instant::now() + wait;
+                while !stop.load(Ordering::Relaxed) && std::time::Instant::now() < until {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
                 while !stop.load(Ordering::Relaxed) {
                     match connect_one(&addrs, i, &spec, Duration::ZERO) {
                         Ok(c) => {
@@ -462,5 +501,16 @@ fn read_loop(
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod quarantine_tests {
+    use super::*;
+
+    #[test]
+    fn a_cut_off_worker_waits_longer_each_time_up_to_five_minutes() {
+        let secs: Vec<u64> = (0..7).map(|t| partition_quarantine(t).as_secs()).collect();
+        assert_eq!(secs, [30, 60, 120, 240, 300, 300, 300]);
     }
 }

@@ -360,10 +360,14 @@ impl PeerLink {
         let mut writer = TcpStream::connect_timeout(&sock, Duration::from_secs(10))?;
         writer.set_nodelay(true)?;
         let mut reader = BufReader::new(writer.try_clone()?);
-        // A partitioned peer must not hang this worker's iterations forever.
+        // A partitioned peer must not hang this worker's iterations forever: neither waiting
+        // for an ack nor writing a layer once the socket's send buffer is full (without the
+        // write timeout, a partition during a prefill's copy blocked here for TCP's whole
+        // retransmission time).
         reader
             .get_ref()
             .set_read_timeout(Some(Duration::from_secs(10)))?;
+        writer.set_write_timeout(Some(Duration::from_secs(10)))?;
         wire::write_msg(
             &mut writer,
             &Msg::PeerHello {
@@ -417,6 +421,9 @@ fn link_loop(
     let mut links: HashMap<usize, PeerLink> = HashMap::new();
     let mut touched: Vec<usize> = Vec::new();
     let mut first_error: Option<String> = None;
+    // Destinations whose copy failed in the current iteration: their remaining layers are
+    // skipped (each would otherwise retry the connection and wait out its timeout again).
+    let mut failed: Vec<usize> = Vec::new();
     // The current iteration's copies: when the first layer was sent and the bytes sent; and the
     // last layer's own copy (bytes, and ms from its send to the partner's ack).
     let mut batch: Option<(std::time::Instant, u64)> = None;
@@ -444,6 +451,9 @@ fn link_loop(
     for job in rx {
         match job {
             LinkJob::Layer { to, layer, spans } => {
+                if failed.contains(&to) {
+                    continue;
+                }
                 if !touched.contains(&to) {
                     touched.push(to);
                 }
@@ -462,6 +472,7 @@ fn link_loop(
                             match flushed {
                                 Some(Err(e)) => {
                                     links.remove(&to);
+                                    failed.push(to);
                                     first_error.get_or_insert(e.to_string());
                                 }
                                 _ => {
@@ -473,11 +484,13 @@ fn link_loop(
                     }
                     Err(e) => {
                         links.remove(&to);
+                        failed.push(to);
                         first_error.get_or_insert(e.to_string());
                     }
                 }
             }
             LinkJob::Barrier(reply) => {
+                failed.clear();
                 for to in touched.drain(..) {
                     if let Some(link) = links.get_mut(&to) {
                         if let Err(e) = link.flush() {

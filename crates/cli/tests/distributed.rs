@@ -356,15 +356,9 @@ fn small_worker(model: &str, listen: &str) -> (Proc, String) {
     ])
 }
 
-#[test]
-fn killing_a_worker_mid_run_loses_no_request_and_a_restarted_one_is_taken_back() {
-    let Some(model) = model() else { return };
-    let model = model.to_str().expect("UTF-8 path");
-    let worker = |listen: &str| small_worker(model, listen);
-    let (_w0, a0) = worker("127.0.0.1:0");
-    let (w1, a1) = worker("127.0.0.1:0");
-    let workers = format!("{a0},{a1}");
-    let (_front, front) = start(&[
+/// A front scheduling 256 blocks per instance over `workers` (comma-separated addresses).
+fn small_front(model: &str, workers: &str) -> (Proc, String) {
+    start(&[
         "serve",
         "--port",
         "0",
@@ -373,8 +367,19 @@ fn killing_a_worker_mid_run_loses_no_request_and_a_restarted_one_is_taken_back()
         "--kv-blocks",
         "256",
         "--workers",
-        &workers,
-    ]);
+        workers,
+    ])
+}
+
+#[test]
+fn killing_a_worker_mid_run_loses_no_request_and_a_restarted_one_is_taken_back() {
+    let Some(model) = model() else { return };
+    let model = model.to_str().expect("UTF-8 path");
+    let worker = |listen: &str| small_worker(model, listen);
+    let (_w0, a0) = worker("127.0.0.1:0");
+    let (w1, a1) = worker("127.0.0.1:0");
+    let workers = format!("{a0},{a1}");
+    let (_front, front) = small_front(model, &workers);
     let calm = batch(&front, 12, 24);
 
     let killer = {
@@ -445,19 +450,7 @@ fn a_restarted_front_drives_the_same_workers_again() {
     let (_w0, a0) = worker("127.0.0.1:0");
     let (_w1, a1) = worker("127.0.0.1:0");
     let workers = format!("{a0},{a1}");
-    let front = || {
-        start(&[
-            "serve",
-            "--port",
-            "0",
-            "--model",
-            model,
-            "--kv-blocks",
-            "256",
-            "--workers",
-            &workers,
-        ])
-    };
+    let front = || small_front(model, &workers);
     let (mut first, addr) = front();
     let calm = batch(&addr, 6, 16);
 

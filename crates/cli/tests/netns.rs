@@ -225,8 +225,8 @@ fn start_in(ns: &str, args: &[&str]) -> (Proc, String) {
     (p, addr)
 }
 
-#[test]
-fn a_pair_split_over_two_namespaces_serves_through_a_1_gbit_link() {
+/// The real default model, or `None` (with a message) when it is absent and not required.
+fn model() -> Option<std::path::PathBuf> {
     let model = accellm_tokenizer::default_model_path();
     if !model.exists() {
         assert!(
@@ -234,36 +234,78 @@ fn a_pair_split_over_two_namespaces_serves_through_a_1_gbit_link() {
             "model missing"
         );
         eprintln!("skipped: {} not present", model.display());
-        return;
+        return None;
     }
-    let Some(h) = hosts('s') else { return };
-    let model = model.to_str().expect("UTF-8 path");
-    let w = |listen: &'static str| {
-        [
+    Some(model)
+}
+
+/// Starts worker 0 and 1 in the first two namespaces on `addrs`, and a front driving them in
+/// namespace `front_ns` on `port`, all with `kv_blocks` blocks; returns the processes and the
+/// front's address.
+fn start_pair(
+    h: &Hosts,
+    model: &str,
+    addrs: [&str; 2],
+    front_ns: usize,
+    port: &str,
+    kv_blocks: &str,
+) -> (Vec<Proc>, String) {
+    let mut procs = Vec::new();
+    for (ns, addr) in h.names.iter().zip(addrs) {
+        let args = [
             "worker",
             "--listen",
-            listen,
+            addr,
             "--model",
             model,
             "--kv-blocks",
-            "128",
-        ]
-    };
-    let (_w0, _) = start_in(&h.names[0], &w("10.200.0.1:7001"));
-    let (_w1, _) = start_in(&h.names[1], &w("10.200.0.2:7001"));
-    let (_front, front) = start_in(
-        &h.names[0],
+            kv_blocks,
+        ];
+        procs.push(start_in(ns, &args).0);
+    }
+    let workers = addrs.join(",");
+    let (front, addr) = start_in(
+        &h.names[front_ns],
         &[
             "serve",
             "--port",
-            "18000",
+            port,
             "--model",
             model,
             "--kv-blocks",
-            "128",
+            kv_blocks,
             "--workers",
-            "10.200.0.1:7001,10.200.0.2:7001",
+            &workers,
         ],
+    );
+    procs.push(front);
+    (procs, addr)
+}
+
+/// The front's `/metrics`, fetched from inside namespace `ns`.
+fn metrics_in(ns: &str, front: &str) -> String {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "python3", "-c"])
+        .arg(format!(
+            "import urllib.request; print(urllib.request.urlopen('http://{front}/metrics').read().decode())"
+        ))
+        .output()
+        .expect("python3 runs");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn a_pair_split_over_two_namespaces_serves_through_a_1_gbit_link() {
+    let Some(model) = model() else { return };
+    let Some(h) = hosts('s') else { return };
+    let model = model.to_str().expect("UTF-8 path");
+    let (_procs, front) = start_pair(
+        &h,
+        model,
+        ["10.200.0.1:7001", "10.200.0.2:7001"],
+        0,
+        "18000",
+        "128",
     );
     // The client runs on "host 1" too: `accellm bench` inside the namespace.
     let out = std::env::temp_dir().join(format!("accellm-netns-{}.json", std::process::id()));
@@ -298,14 +340,7 @@ fn a_pair_split_over_two_namespaces_serves_through_a_1_gbit_link() {
     let _ = std::fs::remove_file(&out);
     assert_eq!(v["completed"], 6, "{v}");
     // The replicas crossed the link (the front only hears the bytes the workers sent).
-    let metrics = Command::new("ip")
-        .args(["netns", "exec", &h.names[0], "python3", "-c"])
-        .arg(format!(
-            "import urllib.request; print(urllib.request.urlopen('http://{front}/metrics').read().decode())"
-        ))
-        .output()
-        .expect("python3 runs");
-    let text = String::from_utf8_lossy(&metrics.stdout);
+    let text = metrics_in(&h.names[0], &front);
     let copied: f64 = text
         .lines()
         .find_map(|l| l.strip_prefix("accellm_kv_copied_bytes_total{kind=\"replica\"} "))
@@ -343,43 +378,16 @@ fn bench_in(ns: &str, front: &str, prompts: &str, workload: &str) -> serde_json:
 
 #[test]
 fn a_partition_cutting_off_a_partner_loses_no_request() {
-    let model = accellm_tokenizer::default_model_path();
-    if !model.exists() {
-        assert!(
-            std::env::var_os("ACCELLM_REQUIRE_MODEL").is_none(),
-            "model missing"
-        );
-        eprintln!("skipped: {} not present", model.display());
-        return;
-    }
+    let Some(model) = model() else { return };
     let Some(h) = hosts('p') else { return };
     let model = model.to_str().expect("UTF-8 path");
-    let w = |listen: &'static str| {
-        [
-            "worker",
-            "--listen",
-            listen,
-            "--model",
-            model,
-            "--kv-blocks",
-            "256",
-        ]
-    };
-    let (_w0, _) = start_in(&h.names[0], &w("10.200.0.1:7001"));
-    let (_w1, _) = start_in(&h.names[1], &w("10.200.0.2:7001"));
-    let (_front, front) = start_in(
-        &h.names[0],
-        &[
-            "serve",
-            "--port",
-            "18001",
-            "--model",
-            model,
-            "--kv-blocks",
-            "256",
-            "--workers",
-            "10.200.0.1:7001,10.200.0.2:7001",
-        ],
+    let (_procs, front) = start_pair(
+        &h,
+        model,
+        ["10.200.0.1:7001", "10.200.0.2:7001"],
+        0,
+        "18001",
+        "256",
     );
     // Cut host 2 off (its veth end goes down) while the requests run: worker 0's next copy to
     // its partner fails (no ack within 10 s), or the front's deadline passes; either way the
@@ -400,14 +408,7 @@ fn a_partition_cutting_off_a_partner_loses_no_request() {
     ]));
     let v = bench.join().expect("bench thread");
     assert_eq!(v["completed"], 8, "every request completes: {v}");
-    let metrics = Command::new("ip")
-        .args(["netns", "exec", &h.names[0], "python3", "-c"])
-        .arg(format!(
-            "import urllib.request; print(urllib.request.urlopen('http://{front}/metrics').read().decode())"
-        ))
-        .output()
-        .expect("python3 runs");
-    let text = String::from_utf8_lossy(&metrics.stdout);
+    let text = metrics_in(&h.names[0], &front);
     assert!(
         text.lines()
             .any(|l| l.trim() == "accellm_instance_up{instance=\"1\"} 0"),
@@ -417,43 +418,16 @@ fn a_partition_cutting_off_a_partner_loses_no_request() {
 
 #[test]
 fn a_partition_between_the_partners_alone_loses_no_request() {
-    let model = accellm_tokenizer::default_model_path();
-    if !model.exists() {
-        assert!(
-            std::env::var_os("ACCELLM_REQUIRE_MODEL").is_none(),
-            "model missing"
-        );
-        eprintln!("skipped: {} not present", model.display());
-        return;
-    }
+    let Some(model) = model() else { return };
     let Some(h) = three_hosts('t') else { return };
     let model = model.to_str().expect("UTF-8 path");
-    let w = |listen: &'static str| {
-        [
-            "worker",
-            "--listen",
-            listen,
-            "--model",
-            model,
-            "--kv-blocks",
-            "256",
-        ]
-    };
-    let (_w0, _) = start_in(&h.names[0], &w("10.201.0.2:7001"));
-    let (_w1, _) = start_in(&h.names[1], &w("10.202.0.2:7001"));
-    let (_front, front) = start_in(
-        &h.names[2],
-        &[
-            "serve",
-            "--port",
-            "18002",
-            "--model",
-            model,
-            "--kv-blocks",
-            "256",
-            "--workers",
-            "10.201.0.2:7001,10.202.0.2:7001",
-        ],
+    let (_procs, front) = start_pair(
+        &h,
+        model,
+        ["10.201.0.2:7001", "10.202.0.2:7001"],
+        2,
+        "18002",
+        "256",
     );
     // The router stops forwarding while the requests run: the partners lose each other (KV
     // copies stop being acknowledged) but both keep talking to the front.
@@ -472,14 +446,7 @@ fn a_partition_between_the_partners_alone_loses_no_request() {
     ]));
     let v = bench.join().expect("bench thread");
     assert_eq!(v["completed"], 8, "every request completes: {v}");
-    let metrics = Command::new("ip")
-        .args(["netns", "exec", &h.names[2], "python3", "-c"])
-        .arg(format!(
-            "import urllib.request; print(urllib.request.urlopen('http://{front}/metrics').read().decode())"
-        ))
-        .output()
-        .expect("python3 runs");
-    let text = String::from_utf8_lossy(&metrics.stdout);
+    let text = metrics_in(&h.names[2], &front);
     eprintln!(
         "{}",
         text.lines()

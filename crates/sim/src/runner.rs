@@ -564,7 +564,7 @@ fn recovery_ms(us: &[Vec<TimeUs>; 2]) -> Option<[Percentiles; 2]> {
     if us.iter().all(Vec::is_empty) {
         return None;
     }
-    Some(us.clone().map(|v| {
+    Some(us.each_ref().map(|v| {
         let mut ms: Vec<f64> = v.iter().map(|&t| t as f64 / 1e3).collect();
         Percentiles::of(&mut ms)
     }))

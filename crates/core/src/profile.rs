@@ -2,7 +2,8 @@
 //! replays and `accellm calibrate` writes.
 //!
 //! A profile holds the iteration-time model of one instance
-//! (`ms = a + b·tokens + c·Σcontext + d·logit_rows`, plus a per-iteration executor overhead), the
+//! (`ms = a + b·tokens + c·Σcontext + d·logit_rows`, the token term optionally bent at knots, plus
+//! a per-iteration executor overhead), the
 //! measured points it was fitted to, the speed of KV copies between instances, the model geometry
 //! (layers, KV bytes per token, context length) and the KV pool of `accellm serve`. With it the
 //! simulator predicts the real server ([`HardwareProfile::cost_model`], [`HardwareProfile::link`]).
@@ -14,7 +15,7 @@
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::cluster::ClusterConfig;
-use crate::cost::{LinearCostModel, Link};
+use crate::cost::{LinearCostModel, Link, TokenKnot};
 use crate::instance::InstanceConfig;
 use crate::request::Slo;
 
@@ -95,10 +96,29 @@ pub struct HardwareProfile {
     /// KV pool of one instance.
     #[serde(default)]
     pub instance: PoolShape,
+    /// Where the cost per token changes (empty: a straight line in tokens).
+    #[serde(default, rename = "knot", skip_serializing_if = "Vec::is_empty")]
+    pub knots: Vec<Knot>,
     /// Measured iterations.
     #[serde(default, rename = "point", skip_serializing_if = "Vec::is_empty")]
     pub points: Vec<Point>,
 }
+
+/// From `tokens` on, each further token costs `ms_per_token` more (negative: less) than before.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Knot {
+    /// Token count where the slope changes.
+    pub tokens: u32,
+    /// Change of the cost per token (ms).
+    pub ms_per_token: f64,
+}
+
+/// Token counts where `accellm calibrate` lets the CPU engine's cost per token change: its
+/// matmul kernels depend on the number of activation rows (the `blocks` format switches from a
+/// per-row kernel to a dense matmul at 32 rows; small batches use the cores less well). Knots
+/// without measured shapes on both sides are left out by [`fit`].
+pub const ENGINE_KNOTS: [u32; 5] = [8, 16, 32, 64, 128];
 
 /// What the simulator needs to know of the model.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -184,67 +204,136 @@ impl Point {
     }
 }
 
-/// The four coefficients of the iteration-time model and how well they fit.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// The coefficients of the iteration-time model and how well they fit.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Fit {
     /// `[a, b, c, d]` in ms.
     pub coef: [f64; 4],
+    /// Changes of the cost per token, ascending.
+    pub knots: Vec<Knot>,
     /// Coefficient of determination.
     pub r2: f64,
     /// Mean absolute relative error.
     pub mean_rel_err: f64,
 }
 
-/// Fits `ms = a + b·tokens + c·sum_context + d·logit_rows` by least squares on relative error
-/// (each point weighted by 1/ms), so short decode steps count as much as long prefills. No
-/// coefficient is negative: a term that would be is dropped and the rest refitted.
-pub fn fit(points: &[Point]) -> Result<Fit, ProfileError> {
+impl Fit {
+    fn predict(&self, p: &Point) -> f64 {
+        let base: f64 = p
+            .features()
+            .iter()
+            .zip(&self.coef)
+            .map(|(x, c)| x * c)
+            .sum();
+        base + self
+            .knots
+            .iter()
+            .map(|k| k.ms_per_token * p.tokens.saturating_sub(k.tokens) as f64)
+            .sum::<f64>()
+    }
+}
+
+/// Fits `ms = a + b·tokens + c·sum_context + d·logit_rows`, the token term bent at whichever
+/// of `knots` the points can determine, by least squares on relative error (each point
+/// weighted by 1/ms), so short decode steps count as much as long prefills. None of `a`–`d` is
+/// negative (a term that would be is dropped and the rest refitted), and the cost per token
+/// stays ≥ 0 on every segment (a knot that would make it negative is dropped), so predictions
+/// never fall as tokens are added.
+pub fn fit(points: &[Point], knots: &[u32]) -> Result<Fit, ProfileError> {
     if points.len() < 4 {
         return Err(ProfileError::NothingToFit(points.len()));
     }
-    let mut active = [true; 4];
+    // A knot needs two distinct measured token counts above it and one at or below it.
+    let mut knots: Vec<u32> = knots
+        .iter()
+        .copied()
+        .filter(|&k| {
+            let mut above: Vec<u32> = points.iter().map(|p| p.tokens).filter(|&t| t > k).collect();
+            above.sort_unstable();
+            above.dedup();
+            above.len() >= 2 && points.iter().any(|p| p.tokens <= k)
+        })
+        .collect();
+    knots.sort_unstable();
+    knots.dedup();
+    loop {
+        let f = match fit_terms(points, &knots) {
+            Ok(f) => f,
+            Err(e) if knots.is_empty() => return Err(e),
+            Err(_) => {
+                knots.pop();
+                continue;
+            }
+        };
+        let mut slope = f.coef[1];
+        let bad = f.knots.iter().position(|k| {
+            slope += k.ms_per_token;
+            slope < 0.0
+        });
+        match bad {
+            Some(i) => {
+                knots.remove(i);
+            }
+            None => return Ok(f),
+        }
+    }
+}
+
+/// One least-squares fit with the given knots (see [`fit`]).
+fn fit_terms(points: &[Point], knots: &[u32]) -> Result<Fit, ProfileError> {
+    let n = 4 + knots.len();
+    let features = |p: &Point| -> Vec<f64> {
+        let mut f = p.features().to_vec();
+        f.extend(knots.iter().map(|&k| p.tokens.saturating_sub(k) as f64));
+        f
+    };
+    let mut active = vec![true; n];
     let coef = loop {
-        let cols: Vec<usize> = (0..4).filter(|&k| active[k]).collect();
+        let cols: Vec<usize> = (0..n).filter(|&k| active[k]).collect();
         let wx: Vec<Vec<f64>> = points
             .iter()
             .map(|p| {
-                let f = p.features();
+                let f = features(p);
                 cols.iter().map(|&k| f[k] / p.ms.max(1e-9)).collect()
             })
             .collect();
         let b = least_squares(&wx, &vec![1.0; points.len()]).ok_or(ProfileError::Singular)?;
-        let mut coef = [0.0; 4];
+        let mut coef = vec![0.0; n];
         for (&k, v) in cols.iter().zip(b) {
             coef[k] = v;
         }
+        // Only a–d must not be negative; a knot may lower the slope.
         match (0..4)
             .filter(|&k| coef[k] < 0.0)
             .min_by(|&x, &y| coef[x].total_cmp(&coef[y]))
         {
             Some(k) if cols.len() > 1 => active[k] = false,
-            _ => break coef.map(|c| c.max(0.0)),
+            _ => break coef,
         }
     };
-    let pred = |p: &Point| {
-        p.features()
+    let mut f = Fit {
+        coef: [0, 1, 2, 3].map(|k| coef[k].max(0.0)),
+        knots: knots
             .iter()
-            .zip(&coef)
-            .map(|(x, c)| x * c)
-            .sum::<f64>()
+            .zip(&coef[4..])
+            .map(|(&tokens, &ms_per_token)| Knot {
+                tokens,
+                ms_per_token,
+            })
+            .collect(),
+        r2: 0.0,
+        mean_rel_err: 0.0,
     };
     let mean = points.iter().map(|p| p.ms).sum::<f64>() / points.len() as f64;
-    let ss_res: f64 = points.iter().map(|p| (p.ms - pred(p)).powi(2)).sum();
+    let ss_res: f64 = points.iter().map(|p| (p.ms - f.predict(p)).powi(2)).sum();
     let ss_tot: f64 = points.iter().map(|p| (p.ms - mean).powi(2)).sum();
-    let mean_rel_err = points
+    f.mean_rel_err = points
         .iter()
-        .map(|p| ((p.ms - pred(p)) / p.ms).abs())
+        .map(|p| ((p.ms - f.predict(p)) / p.ms).abs())
         .sum::<f64>()
         / points.len() as f64;
-    Ok(Fit {
-        coef,
-        r2: 1.0 - ss_res / ss_tot.max(1e-12),
-        mean_rel_err,
-    })
+    f.r2 = 1.0 - ss_res / ss_tot.max(1e-12);
+    Ok(f)
 }
 
 /// Ordinary least squares `x·b ≈ y` by the normal equations; `None` when singular.
@@ -280,11 +369,13 @@ pub fn least_squares(x: &[Vec<f64>], y: &[f64]) -> Option<Vec<f64>> {
 }
 
 impl HardwareProfile {
-    /// A profile of measured `points` with fitted coefficients.
+    /// A profile of measured `points` with fitted coefficients, the token term bent at those
+    /// of `knots` the points determine (see [`fit`]).
     pub fn from_points(
         name: String,
         geometry: Geometry,
         points: Vec<Point>,
+        knots: &[u32],
     ) -> Result<Self, ProfileError> {
         let mut p = Self {
             name,
@@ -304,32 +395,35 @@ impl HardwareProfile {
             geometry,
             kv_copy: KvCopy::default(),
             instance: PoolShape::default(),
+            knots: Vec::new(),
             points,
         };
-        p.refit()?;
+        p.refit(knots)?;
         Ok(p)
     }
 
-    /// Fits the coefficients to the points (overwriting any).
-    pub fn refit(&mut self) -> Result<(), ProfileError> {
-        let f = fit(&self.points)?;
+    /// Fits the coefficients to the points (overwriting any), the token term bent at those of
+    /// `knots` the points determine.
+    pub fn refit(&mut self, knots: &[u32]) -> Result<(), ProfileError> {
+        let f = fit(&self.points, knots)?;
         [
             self.a_ms,
             self.b_ms_per_token,
             self.c_ms_per_context,
             self.d_ms_per_logit_row,
         ] = f.coef.map(Some);
+        self.knots = f.knots;
         self.r2 = f.r2;
         self.mean_rel_err = f.mean_rel_err;
         self.samples = self.points.len();
         Ok(())
     }
 
-    /// The profile with its coefficients filled in: as given, or fitted to the points when any
-    /// is missing.
+    /// The profile with its coefficients filled in: as given, or fitted to the points (a
+    /// straight line in tokens) when any is missing.
     pub fn resolved(mut self) -> Result<Self, ProfileError> {
         if self.coefficients().is_none() {
-            self.refit()?;
+            self.refit(&[])?;
         }
         Ok(self)
     }
@@ -346,15 +440,22 @@ impl HardwareProfile {
 
     /// The iteration-time model of one instance, executor overhead included.
     pub fn cost_model(&self) -> Result<LinearCostModel, ProfileError> {
-        let [a, b, c, d] = match self.coefficients() {
-            Some(c) => c,
-            None => fit(&self.points)?.coef,
+        let ([a, b, c, d], knots) = match self.coefficients() {
+            Some(c) => (c, self.knots.clone()),
+            None => (fit(&self.points, &[])?.coef, Vec::new()),
         };
         Ok(LinearCostModel {
             base_us: (a + self.overhead_ms) * 1e3,
             per_token_us: b * 1e3,
             per_kv_token_us: c * 1e3,
             per_logit_row_us: d * 1e3,
+            knots: knots
+                .iter()
+                .map(|k| TokenKnot {
+                    tokens: k.tokens,
+                    delta_us: k.ms_per_token * 1e3,
+                })
+                .collect(),
             layers: self.geometry.layers,
             kv_bytes_per_token: self.geometry.kv_bytes_per_token,
         })
@@ -471,7 +572,7 @@ mod tests {
                 ms: 10.0 + 2.0 * t as f64 + 0.01 * c as f64 + 1.5 * r as f64,
             })
             .collect();
-        let p = HardwareProfile::from_points("t".into(), geometry(), points).unwrap();
+        let p = HardwareProfile::from_points("t".into(), geometry(), points, &[]).unwrap();
         let [a, b, c, d] = p.coefficients().unwrap();
         assert!((a - 10.0).abs() < 1e-6 && (b - 2.0).abs() < 1e-6, "{a} {b}");
         assert!((c - 0.01).abs() < 1e-9 && (d - 1.5).abs() < 1e-6, "{c} {d}");
@@ -498,14 +599,62 @@ mod tests {
                 ms: 5.0 + (10 * i) as f64 - 0.5 * rows as f64,
             })
             .collect();
-        let f = fit(&points).unwrap();
+        let f = fit(&points, &[]).unwrap();
         assert!(f.coef.iter().all(|&c| c >= 0.0), "{:?}", f.coef);
         assert_eq!(f.coef[3], 0.0);
     }
 
     #[test]
+    fn a_kernel_switch_is_fitted_as_a_knot() {
+        // 4 ms per token up to 32 tokens, 2 ms beyond (the `blocks` format's two kernels); a
+        // straight line misses 20-token chunks by far, the knotted fit does not.
+        let ms = |t: u32, r: u32| {
+            5.0 + 4.0 * t.min(32) as f64 + 2.0 * t.saturating_sub(32) as f64 + 0.5 * r as f64
+        };
+        let points: Vec<Point> = [1u32, 2, 4, 8, 16, 24, 31, 48, 64, 128, 256, 512]
+            .iter()
+            .flat_map(|&t| [(t, 1), (t, t.min(16))])
+            .map(|(t, r)| Point {
+                tokens: t,
+                sum_context: (t * t) as u64,
+                logit_rows: r,
+                ms: ms(t, r),
+            })
+            .collect();
+        let chunk = Point {
+            tokens: 20,
+            sum_context: 400,
+            logit_rows: 0,
+            ms: ms(20, 0),
+        };
+        let line = fit(&points, &[]).unwrap();
+        assert!(line.predict(&chunk) < 0.8 * chunk.ms, "{line:?}");
+        let bent = fit(&points, &ENGINE_KNOTS).unwrap();
+        assert!(
+            (bent.predict(&chunk) / chunk.ms - 1.0).abs() < 0.01,
+            "{bent:?}"
+        );
+        assert!(bent.mean_rel_err < 1e-6, "{bent:?}");
+        // Knots past the measured shapes are left out, and the model never falls with tokens.
+        let few: Vec<Point> = points.iter().copied().filter(|p| p.tokens <= 48).collect();
+        let f = fit(&few, &ENGINE_KNOTS).unwrap();
+        assert!(f.knots.iter().all(|k| k.tokens < 32), "{f:?}");
+        let p =
+            HardwareProfile::from_points("t".into(), geometry(), points, &ENGINE_KNOTS).unwrap();
+        let m = p.cost_model().unwrap();
+        let mut last = 0;
+        for t in 1..600 {
+            let mut s = crate::cost::IterationShape::default();
+            s.add_prefill(0, t, false);
+            let us = crate::cost::CostModel::iteration_us(&m, &s);
+            assert!(us >= last, "{t}: {us} < {last}");
+            last = us;
+        }
+    }
+
+    #[test]
     fn too_few_points_is_an_error() {
-        let e = HardwareProfile::from_points("t".into(), geometry(), vec![]).unwrap_err();
+        let e = HardwareProfile::from_points("t".into(), geometry(), vec![], &[]).unwrap_err();
         assert_eq!(e, ProfileError::NothingToFit(0));
         assert!(e.to_string().contains("[[point]]"));
     }

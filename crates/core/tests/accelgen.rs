@@ -22,6 +22,7 @@ use proptest::prelude::*;
 
 fn linear(per_kv_token_us: f64) -> LinearCostModel {
     LinearCostModel {
+        knots: Vec::new(),
         base_us: 1000.0,
         per_token_us: 10.0,
         per_kv_token_us,
@@ -145,7 +146,7 @@ proptest! {
         };
         let margin = ag.margin;
         let cost = linear(per_kv);
-        let mut s = sched(cost, kv_blocks, &icfg(ag));
+        let mut s = sched(cost.clone(), kv_blocks, &icfg(ag));
         let mut worst = 0.0f64;
         let mut runs = 0;
         replay::run(&mut s, &arrivals, &mut Watch(|_, b: &Batch, s: &Scheduler| {

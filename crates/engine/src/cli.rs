@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 
-use accellm_core::profile::{Geometry, HardwareProfile, KvCopy, Point, PoolShape};
+use accellm_core::profile::{Geometry, HardwareProfile, KvCopy, Point, PoolShape, ENGINE_KNOTS};
 
 use crate::bench::{
     blocks_for, median, median_timing, pool_for, process_cpu_ms, time_decode, time_prefill,
@@ -461,7 +461,7 @@ fn write_profile(
         "{file} {}, {} thread(s), {clock} clock{busy}",
         args.format, args.threads
     );
-    let mut profile = HardwareProfile::from_points(name, geometry, points)
+    let mut profile = HardwareProfile::from_points(name, geometry, points, &ENGINE_KNOTS)
         .context("fitting the iteration-time model")?;
     profile.format = args.format.to_string();
     profile.threads = args.threads;
@@ -475,8 +475,13 @@ fn write_profile(
     profile.overhead_ms = args.overhead_ms.max(0.0);
     profile.request_overhead_ms = args.request_overhead_ms.max(0.0);
     let [a, b, c, d] = profile.coefficients().unwrap_or_default();
+    let knots: String = profile
+        .knots
+        .iter()
+        .map(|k| format!(" {:+.4}*max(0, tokens-{})", k.ms_per_token, k.tokens))
+        .collect();
     println!(
-        "iteration_ms = {a:.3} + {b:.4}*tokens + {c:.6}*sum_context + {d:.3}*logit_rows   (R² {:.3}, mean |rel err| {:.1}%, {} shapes, {} threads, {}, {clock} clock)",
+        "iteration_ms = {a:.3} + {b:.4}*tokens{knots} + {c:.6}*sum_context + {d:.3}*logit_rows   (R² {:.3}, mean |rel err| {:.1}%, {} shapes, {} threads, {}, {clock} clock)",
         profile.r2,
         profile.mean_rel_err * 100.0,
         profile.samples,
@@ -520,6 +525,23 @@ fn calibration_shapes() -> Vec<(usize, usize, usize, usize)> {
     }
     for &(t, b, ctx) in &[(64, 8, 256), (128, 16, 128), (256, 4, 512), (32, 32, 64)] {
         shapes.push((t, 0, b, ctx));
+    }
+    // Small prompt chunks beside a few decodes, the shapes AccelGen builds under a tight SLO:
+    // they pin the cost per token below and around the engine's kernel switches (ENGINE_KNOTS),
+    // apart from the logit rows that decode batches bring.
+    for &(t, b) in &[
+        (4, 1),
+        (8, 0),
+        (8, 2),
+        (12, 1),
+        (24, 0),
+        (24, 2),
+        (31, 1),
+        (40, 0),
+        (48, 2),
+        (96, 1),
+    ] {
+        shapes.push((t, 128, b, 256));
     }
     shapes
 }

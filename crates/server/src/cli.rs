@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use accellm_core::profile::KvCopy;
+use accellm_core::profile::{Knot, KvCopy};
 use accellm_engine::WeightFormat;
 use anyhow::Context as _;
 
@@ -163,12 +163,20 @@ fn read_cost(path: &std::path::Path) -> anyhow::Result<CostConfig> {
         ),
         None => None,
     };
+    let knots = match table.get("knot") {
+        Some(t) => t
+            .clone()
+            .try_into::<Vec<Knot>>()
+            .with_context(|| format!("{}: invalid [[knot]]", path.display()))?,
+        None => Vec::new(),
+    };
     Ok(CostConfig {
         base_ms: get(["base_ms", "a_ms"])? + overhead,
         per_token_ms: get(["per_token_ms", "b_ms_per_token"])?,
         per_kv_token_ms: get(["per_kv_token_ms", "c_ms_per_context"])?,
         per_logit_row_ms: get(["per_logit_row_ms", "d_ms_per_logit_row"])?,
         kv_copy,
+        knots,
     })
 }
 

@@ -5,9 +5,9 @@ use std::path::{Path, PathBuf};
 
 use accellm_core::{
     cluster::ClusterConfig,
-    cost::{LinearCostModel, Link},
+    cost::{LinearCostModel, Link, TokenKnot},
     instance::InstanceConfig,
-    profile::KvCopy,
+    profile::{Knot, KvCopy},
     request::Slo,
 };
 use accellm_engine::WeightFormat;
@@ -94,8 +94,9 @@ pub struct ServerConfig {
 }
 
 /// Coefficients of the linear iteration-time model, in milliseconds (the form
-/// `accellm calibrate` fits): `ms = base + per_token·T + per_kv_token·Σcontext + per_logit_row·rows`.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+/// `accellm calibrate` fits): `ms = base + per_token·T + per_kv_token·Σcontext + per_logit_row·rows`,
+/// the token term bent at the knots when there are any.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CostConfig {
     /// Fixed cost per iteration (ms).
@@ -109,6 +110,9 @@ pub struct CostConfig {
     /// Measured KV copy speed between instances (from a hardware profile's `[kv_copy]`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kv_copy: Option<KvCopy>,
+    /// Where the cost per token changes (a hardware profile's `[[knot]]` rows).
+    #[serde(default, rename = "knot", skip_serializing_if = "Vec::is_empty")]
+    pub knots: Vec<Knot>,
 }
 
 impl CostConfig {
@@ -123,6 +127,7 @@ impl CostConfig {
             per_kv_token_ms: 0.006 * scale,
             per_logit_row_ms: 0.4 * scale,
             kv_copy: None,
+            knots: Vec::new(),
         }
     }
 
@@ -137,12 +142,20 @@ impl CostConfig {
     }
 
     /// The core's cost model for a model of `layers` layers and `kv_bytes_per_token`.
-    pub fn to_model(self, layers: u32, kv_bytes_per_token: u64) -> LinearCostModel {
+    pub fn to_model(&self, layers: u32, kv_bytes_per_token: u64) -> LinearCostModel {
         LinearCostModel {
             base_us: self.base_ms * 1000.0,
             per_token_us: self.per_token_ms * 1000.0,
             per_kv_token_us: self.per_kv_token_ms * 1000.0,
             per_logit_row_us: self.per_logit_row_ms * 1000.0,
+            knots: self
+                .knots
+                .iter()
+                .map(|k| TokenKnot {
+                    tokens: k.tokens,
+                    delta_us: k.ms_per_token * 1000.0,
+                })
+                .collect(),
             layers,
             kv_bytes_per_token,
         }
@@ -242,6 +255,7 @@ impl ServerConfig {
     /// The cost coefficients in force.
     pub fn cost_config(&self) -> CostConfig {
         self.cost
+            .clone()
             .unwrap_or_else(|| CostConfig::default_for_threads(self.threads_per_instance))
     }
 }

@@ -159,7 +159,7 @@ async fn prepare(cfg: &ServerConfig) -> anyhow::Result<Prepared> {
             record_timelines: false,
             prefix_cache: cfg.prefix_cache,
         },
-        Arc::new(cost),
+        Arc::new(cost.clone()),
         cluster,
         policies,
     );

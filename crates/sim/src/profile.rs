@@ -93,6 +93,7 @@ mod tests {
                 context_length: 8192,
             },
             points,
+            &[],
         )
         .unwrap();
         p.overhead_ms = 0.5;

@@ -106,7 +106,7 @@ pub fn build_with(cfg: &SimConfig, timelines: bool) -> anyhow::Result<(Scheduler
     let mut cfg = cfg.clone();
     cfg.load_profile()?;
     if let Some(p) = &cfg.profile {
-        let cost = Arc::new(match cfg.scheduler_cost {
+        let cost = Arc::new(match cfg.scheduler_cost.clone() {
             Some(c) => c,
             None => p.cost_model()?,
         });

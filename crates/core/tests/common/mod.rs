@@ -13,6 +13,7 @@ use accellm_core::{
 /// A linear fake cost model: 1 ms per iteration plus 10 µs per token.
 pub fn cost() -> Arc<LinearCostModel> {
     Arc::new(LinearCostModel {
+        knots: Vec::new(),
         base_us: 1000.0,
         per_token_us: 10.0,
         per_kv_token_us: 0.01,

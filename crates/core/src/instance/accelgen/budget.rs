@@ -79,6 +79,7 @@ mod tests {
 
     fn linear(base: f64, per_token: f64) -> LinearCostModel {
         LinearCostModel {
+            knots: Vec::new(),
             base_us: base,
             per_token_us: per_token,
             per_kv_token_us: 0.0,

@@ -438,6 +438,18 @@ impl HardwareProfile {
         ])
     }
 
+    /// The fitted model's time for a measured shape (ms, executor overhead excluded), when the
+    /// coefficients are present.
+    pub fn predict_ms(&self, p: &Point) -> Option<f64> {
+        let fit = Fit {
+            coef: self.coefficients()?,
+            knots: self.knots.clone(),
+            r2: 0.0,
+            mean_rel_err: 0.0,
+        };
+        Some(fit.predict(p))
+    }
+
     /// The iteration-time model of one instance, executor overhead included.
     pub fn cost_model(&self) -> Result<LinearCostModel, ProfileError> {
         let ([a, b, c, d], knots) = match self.coefficients() {

@@ -358,13 +358,98 @@ pub fn run_calibrate(args: CalibrateArgs) -> anyhow::Result<()> {
         Ok(median(&mut times))
     };
     let pool = pool_for(&model, 20_000)?;
-    let bs = pool.block_size();
-    let shapes = calibration_shapes();
+    let points = measure_shapes(
+        &model,
+        &pool,
+        &threads,
+        &calibration_shapes(),
+        args.background,
+        &measure,
+        true,
+    )?;
+    let kv_copy = measure_kv_copy(&model, &measure)?;
+    write_profile(&args, &model, &model_path, points, kv_copy)
+}
+
+/// Shapes of the start-up probe: a decode step, a small decode batch, two small prompt chunks
+/// beside decodes and a prompt past the kernel switch; about 0.5–1 s of work on a 2-core CPU.
+const PROBE_SHAPES: [(usize, usize, usize, usize); 5] = [
+    (0, 0, 1, 256),
+    (0, 0, 4, 256),
+    (8, 128, 2, 256),
+    (24, 128, 1, 256),
+    (128, 0, 0, 0),
+];
+
+/// Times [`PROBE_SHAPES`] once each on this machine (wall clock, `threads` matmul threads,
+/// `background` other instances decoding meanwhile as in a loaded server): what `accellm serve`
+/// scales its built-in cost model by when no `--cost-model` is given.
+pub fn probe(model: &Model, threads: usize, background: usize) -> anyhow::Result<Vec<Point>> {
+    let t = Threads::new(threads, "probe")?;
+    let pool = pool_for(model, 4096)?;
+    let measure = |f: &mut dyn FnMut() -> anyhow::Result<()>| -> anyhow::Result<f64> {
+        let s = std::time::Instant::now();
+        f()?;
+        Ok(s.elapsed().as_secs_f64() * 1e3)
+    };
+    measure_shapes(model, &pool, &t, &PROBE_SHAPES, background, &measure, false)
+}
+
+/// The built-in cost model of the engine in `format` (measured on one machine,
+/// `crates/engine/calibration/reference-*.toml`; `native` and `f32` use the q8-padded one),
+/// scaled to this machine by [`probe`]: the scale minimises the probe's relative errors.
+/// Returns the scaled profile and the scale.
+pub fn probed_profile(
+    model: &Model,
+    format: WeightFormat,
+    threads: usize,
+    background: usize,
+) -> anyhow::Result<(HardwareProfile, f64)> {
+    let text = match format {
+        WeightFormat::Blocks => include_str!("../calibration/reference-blocks.toml"),
+        _ => include_str!("../calibration/reference-q8-padded.toml"),
+    };
+    let mut p: HardwareProfile = toml::from_str(text).context("built-in cost model")?;
+    let points = probe(model, threads, background)?;
+    let (mut num, mut den) = (0.0, 0.0);
+    for q in &points {
+        let r = p.predict_ms(q).context("built-in cost model")? / q.ms.max(1e-6);
+        num += r;
+        den += r * r;
+    }
+    let scale = if den > 0.0 { num / den } else { 1.0 };
+    for c in [
+        &mut p.a_ms,
+        &mut p.b_ms_per_token,
+        &mut p.c_ms_per_context,
+        &mut p.d_ms_per_logit_row,
+    ] {
+        *c = c.map(|v| v * scale);
+    }
+    for k in &mut p.knots {
+        k.ms_per_token *= scale;
+    }
+    p.name = format!("{} × {scale:.2} (start-up probe)", p.name);
+    p.points = points;
+    Ok((p, scale))
+}
+
+/// Measures every shape (`(prompt chunk, its start, decodes, their context)`), with
+/// `background` other pools decoding on their own threads meanwhile.
+fn measure_shapes(
+    model: &Model,
+    pool: &KvPool,
+    threads: &Threads,
+    shapes: &[(usize, usize, usize, usize)],
+    background: usize,
+    measure: &Measure<'_>,
+    verbose: bool,
+) -> anyhow::Result<Vec<Point>> {
     let stop = std::sync::atomic::AtomicBool::new(false);
-    std::thread::scope(|scope| -> anyhow::Result<()> {
-        for k in 0..args.background {
-            let (model, stop) = (&model, &stop);
-            let busy = Threads::new(args.threads, &format!("calibrate-busy-{k}"))?;
+    std::thread::scope(|scope| -> anyhow::Result<Vec<Point>> {
+        for k in 0..background {
+            let stop = &stop;
+            let busy = Threads::new(threads.num_threads(), &format!("busy-{k}"))?;
             let busy_pool = pool_for(model, 16 * 272)?;
             scope.spawn(move || {
                 let batch = crate::bench::decode_batch(model, &busy_pool, 16, 256, 1);
@@ -375,22 +460,22 @@ pub fn run_calibrate(args: CalibrateArgs) -> anyhow::Result<()> {
                 }
             });
         }
-        let r = measure_all(&model, &pool, &threads, &shapes, bs, &measure);
+        let r = measure_points(model, pool, threads, shapes, measure, verbose);
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        let (points, kv_copy) = r?;
-        write_profile(&args, &model, &model_path, points, kv_copy)
+        r
     })
 }
 
-/// Measures every shape, then the KV copy speed.
-fn measure_all(
+/// Measures every shape after a warm-up prefill.
+fn measure_points(
     model: &Model,
     pool: &KvPool,
     threads: &Threads,
     shapes: &[(usize, usize, usize, usize)],
-    bs: usize,
     measure: &Measure<'_>,
-) -> anyhow::Result<(Vec<Point>, KvCopy)> {
+    verbose: bool,
+) -> anyhow::Result<Vec<Point>> {
+    let bs = pool.block_size();
     let mut points = Vec::with_capacity(shapes.len());
     threads.install(|| -> anyhow::Result<()> {
         time_prefill(model, pool, 16)?;
@@ -414,20 +499,21 @@ fn measure_all(
                 logit_rows: batch.logit_rows() as u32,
                 ms,
             };
-            eprintln!(
-                "calibrate {}/{}: tokens {} sum_context {} logit_rows {} -> {ms:.2} ms",
-                i + 1,
-                shapes.len(),
-                p.tokens,
-                p.sum_context,
-                p.logit_rows
-            );
+            if verbose {
+                eprintln!(
+                    "calibrate {}/{}: tokens {} sum_context {} logit_rows {} -> {ms:.2} ms",
+                    i + 1,
+                    shapes.len(),
+                    p.tokens,
+                    p.sum_context,
+                    p.logit_rows
+                );
+            }
             points.push(p);
         }
         Ok(())
     })?;
-    let kv_copy = measure_kv_copy(model, measure)?;
-    Ok((points, kv_copy))
+    Ok(points)
 }
 
 /// Fits and writes the profile.

@@ -7,10 +7,11 @@ use accellm_core::{
     cluster::ClusterConfig,
     cost::{LinearCostModel, Link, TokenKnot},
     instance::InstanceConfig,
-    profile::{Knot, KvCopy},
+    profile::{HardwareProfile, Knot, KvCopy},
     request::Slo,
 };
 use accellm_engine::WeightFormat;
+use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 
 /// Errors while reading or checking the configuration.
@@ -129,6 +130,22 @@ impl CostConfig {
             kv_copy: None,
             knots: Vec::new(),
         }
+    }
+
+    /// The coefficients of a hardware profile (its executor overhead added to the base), with
+    /// its KV copy speed and knots.
+    pub fn from_profile(p: &HardwareProfile) -> anyhow::Result<Self> {
+        let [a, b, c, d] = p
+            .coefficients()
+            .context("the profile has no fitted coefficients")?;
+        Ok(Self {
+            base_ms: a + p.overhead_ms,
+            per_token_ms: b,
+            per_kv_token_ms: c,
+            per_logit_row_ms: d,
+            kv_copy: Some(p.kv_copy),
+            knots: p.knots.clone(),
+        })
     }
 
     /// The link the scheduler assumes between instances: the measured copy speed, or the

@@ -41,6 +41,7 @@ use accellm_core::scheduler::{Scheduler, SchedulerConfig};
 use accellm_engine::{KvPool, Model};
 use anyhow::Context as _;
 
+use config::CostConfig;
 pub use config::ServerConfig;
 
 use crate::executor::{Executor, Input, IterationLog};
@@ -88,6 +89,9 @@ async fn prepare(cfg: &ServerConfig) -> anyhow::Result<Prepared> {
             .with_context(|| format!("loading tokenizer of {}", path.display()))?,
     );
     let eos = Arc::new(text.eos());
+    // Without `--cost-model`, a local server scales the engine's built-in cost model to this
+    // machine by a start-up probe (remote workers keep the default fit).
+    let mut probed = None;
     let (backend, geometry) = if cfg.workers.is_empty() {
         let model = {
             let (p, format) = (path.clone(), cfg.weight_format);
@@ -97,6 +101,23 @@ async fn prepare(cfg: &ServerConfig) -> anyhow::Result<Prepared> {
                 .with_context(|| format!("loading model {}", path.display()))?
         };
         let model = Arc::new(model);
+        if cfg.cost.is_none() {
+            let (m, format) = (model.clone(), cfg.weight_format);
+            let (threads, background) = (cfg.threads_per_instance, (cfg.instances > 1) as usize);
+            let (profile, scale) = tokio::task::spawn_blocking(move || {
+                accellm_engine::cli::probed_profile(&m, format, threads, background)
+            })
+            .await
+            .context("cost probe panicked")??;
+            tracing::info!(
+                scale,
+                "cost model: the built-in {format} profile scaled to this machine by a start-up probe"
+            );
+            // The probe times iterations, not copies: the link keeps the default.
+            let mut c = CostConfig::from_profile(&profile)?;
+            c.kv_copy = None;
+            probed = Some(c);
+        }
         let mc = model.config().clone();
         let pools = (0..cfg.instances)
             .map(|_| KvPool::new(&mc, cfg.kv_blocks as usize, cfg.block_size as usize))
@@ -141,7 +162,7 @@ async fn prepare(cfg: &ServerConfig) -> anyhow::Result<Prepared> {
         )
     };
     let (layers, kv_bytes_per_token, context_length) = geometry;
-    let cost_config = cfg.cost_config();
+    let cost_config = probed.unwrap_or_else(|| cfg.cost_config());
     let cost = cost_config.to_model(layers, kv_bytes_per_token);
     let link = cost_config.link();
     let cluster = accellm_core::cluster::build(&cfg.cluster_policy, cfg.instances, &cfg.cluster)?;

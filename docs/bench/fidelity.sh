@@ -7,7 +7,9 @@
 #   server) if the file does not exist yet.
 #   LIVE=1: first fit OUT_DIR/live-profile.toml to the iterations of one calibration run
 #   (round-robin/vllm at 1 req/s, seed 2: not the grid's requests) and predict with that.
-# POLICIES="accellm/accelgen round-robin/vllm" RATES="0.5 1" REPS=2 N=40 choose the grid.
+# POLICIES="accellm/accelgen round-robin/vllm" RATES="0.5 1" REPS=2 N=40 choose the grid;
+# SERVE_ARGS are passed to every `accellm serve` and CAL_ARGS to `accellm calibrate` (for example
+# SERVE_ARGS="--weight-format blocks" CAL_ARGS="--format blocks" for the engine of an AVX2 CPU).
 set -euo pipefail
 PROFILE="$1"
 BIN="${2:-target/release/accellm}"
@@ -17,10 +19,12 @@ WORKLOAD='synthetic:prompt=lognormal(256,0.5),output=lognormal(64,0.5)'
 MODEL="${ACCELLM_MODEL:-$HOME/.cache/accellm/models/SmolLM2-135M-Instruct.Q4_1.gguf}"
 mkdir -p "$OUT"
 if [[ ! -f "$PROFILE" ]]; then
-  "$BIN" calibrate --threads 1 --reps 3 --background 1 --out "$PROFILE" 2>/dev/null
+  # shellcheck disable=SC2086
+  "$BIN" calibrate --threads 1 --reps 3 --background 1 ${CAL_ARGS:-} --out "$PROFILE" 2>/dev/null
 fi
 serve() {
-  "$BIN" serve --port "$PORT" --cluster-policy "${1%/*}" --instance-policy "${1#*/}" \
+  # shellcheck disable=SC2086
+  "$BIN" serve --port "$PORT" --cluster-policy "${1%/*}" --instance-policy "${1#*/}" ${SERVE_ARGS:-} \
     >"$OUT/serve.log" 2>&1 &
   pid=$!
   for _ in $(seq 1 60); do curl -sf "localhost:$PORT/v1/models" >/dev/null 2>&1 && break; sleep 1; done

@@ -113,7 +113,8 @@ pub struct BenchArgs {
     /// Also predict this run with the simulator: replay the same requests through
     /// `accellm simulate` configured like the server (read from its `GET /accellm/config`) on
     /// this hardware profile (`accellm calibrate --out`), and print predicted against measured
-    /// figures (also under `fidelity` in --json). See docs/fidelity.md.
+    /// figures (also under `fidelity` in --json). `server` predicts with the server's own cost
+    /// model (its start-up probe or `--cost-model`). See docs/fidelity.md.
     #[arg(long, value_name = "PROFILE")]
     pub predict: Option<PathBuf>,
     /// With --predict: fit a profile to the iterations the server ran during this run (its
@@ -306,7 +307,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     })?;
     let predict = match &args.predict {
         Some(path) => {
-            let profile = accellm_sim::profile::load(path)?;
+            let profile = match path.to_str() {
+                Some("server") if !path.exists() => None,
+                _ => Some(accellm_sim::profile::load(path)?),
+            };
             let wait = timeout.min(Duration::from_secs(30));
             let setup = rt
                 .block_on(get(&base_url, "/accellm/config", wait))
@@ -315,6 +319,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                 )?;
             let setup: ServeSetup = serde_json::from_slice(&setup)
                 .context("parsing the server's GET /accellm/config")?;
+            let profile = profile.unwrap_or_else(|| setup.as_profile());
             let metrics = rt.block_on(get(&base_url, "/metrics", wait)).ok();
             let log = match &args.calibrate_out {
                 Some(_) => Some(rt.block_on(get(&base_url, "/accellm/iterations", wait))?),

@@ -515,6 +515,54 @@ pub struct ServeSetup {
     pub model: String,
 }
 
+impl ServeSetup {
+    /// The server's own scheduler cost model and link as a profile: what `accellm bench
+    /// --predict server` replays with (the prediction the server itself schedules by).
+    pub fn as_profile(&self) -> HardwareProfile {
+        let c = &self.cost;
+        HardwareProfile {
+            name: format!("the server's own cost model ({})", self.model),
+            a_ms: Some(c.base_us / 1e3),
+            b_ms_per_token: Some(c.per_token_us / 1e3),
+            c_ms_per_context: Some(c.per_kv_token_us / 1e3),
+            d_ms_per_logit_row: Some(c.per_logit_row_us / 1e3),
+            overhead_ms: 0.0,
+            request_overhead_ms: 0.0,
+            r2: 0.0,
+            mean_rel_err: 0.0,
+            samples: 0,
+            format: String::new(),
+            threads: self.threads_per_instance,
+            clock: "server".into(),
+            model: self.model.clone(),
+            geometry: Geometry {
+                layers: c.layers.max(1),
+                kv_bytes_per_token: c.kv_bytes_per_token.max(1),
+                // The replayed requests are the ones the server accepted: it enforced its
+                // context already.
+                context_length: 1 << 24,
+            },
+            kv_copy: KvCopy {
+                bytes_per_s: self.link.bytes_per_s,
+                latency_us: self.link.latency_us,
+            },
+            instance: PoolShape {
+                kv_blocks: self.kv_blocks,
+                block_size: self.block_size,
+            },
+            knots: c
+                .knots
+                .iter()
+                .map(|k| Knot {
+                    tokens: k.tokens,
+                    ms_per_token: k.delta_us / 1e3,
+                })
+                .collect(),
+            points: Vec::new(),
+        }
+    }
+}
+
 fn one() -> usize {
     1
 }

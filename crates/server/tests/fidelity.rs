@@ -94,3 +94,71 @@ fn predicted_and_measured_counts_agree_exactly() {
         t0.elapsed()
     );
 }
+
+/// The real default model served with its defaults (AcceLLM pair, AccelGen, the cost model of
+/// the start-up probe), 10 requests replayed live and predicted with the server's own cost model:
+/// the same requests and tokens on both sides, and the simulator runs as many iterations as the
+/// server within 20%.
+#[test]
+fn the_servers_own_cost_model_predicts_its_iteration_count() {
+    let path = accellm_tokenizer::default_model_path();
+    if !path.exists() {
+        assert!(
+            std::env::var_os("ACCELLM_REQUIRE_MODEL").is_none(),
+            "ACCELLM_REQUIRE_MODEL is set but {} is missing",
+            path.display()
+        );
+        eprintln!("skipped: {} not present", path.display());
+        return;
+    }
+    let server = start(accellm_server::ServerConfig {
+        model: Some(path.clone()),
+        port: 0,
+        kv_blocks: 256,
+        ..accellm_server::ServerConfig::default()
+    });
+    let dir = std::env::temp_dir().join(format!("accellm-fidelity-real-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json_path = dir.join("out.json");
+    let base = format!("http://{}", server.addr());
+    let argv = [
+        "bench",
+        "--tokenizer",
+        path.to_str().unwrap(),
+        "--base-url",
+        &base,
+        "--no-progress",
+        "--workload",
+        "synthetic:prompt=lognormal(96,0.5),output=lognormal(24,0.5)",
+        "--num-prompts",
+        "10",
+        "--rate",
+        "2",
+        "--slo",
+        "classes",
+        "--seed",
+        "1",
+        "--timeout",
+        "120",
+        "--predict",
+        "server",
+        "--json",
+        json_path.to_str().unwrap(),
+    ];
+    run(Cmd::try_parse_from(argv).unwrap().args).unwrap();
+    let j: Value = serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let f = &j["fidelity"];
+    let (p, m) = (&f["predicted"], &f["measured"]);
+    assert_eq!(m["completed"], 10, "{m}");
+    for k in ["requests", "completed", "prompt_tokens", "output_tokens"] {
+        assert_eq!(p[k], m[k], "{k}: predicted {p} measured {m}");
+    }
+    let count = |side: &str| f[side]["count"].as_f64().unwrap();
+    let (pi, mi) = (count("predicted_iterations"), count("measured_iterations"));
+    assert!(
+        (pi - mi).abs() <= 0.2 * mi,
+        "iterations predicted {pi} measured {mi}: {f}"
+    );
+    server.shutdown().unwrap();
+}

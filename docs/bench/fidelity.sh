@@ -41,16 +41,18 @@ if [[ -n "${LIVE:-}" ]]; then
   kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
   PROFILE="$OUT/live-profile.toml"
 fi
+# A fresh server per cell: the simulator starts from an empty KV pool, and a server that already
+# ran the same seed's prompts would answer them from its prefix cache.
 for rep in $(seq 1 "${REPS:-2}"); do
   for policy in ${POLICIES:-accellm/accelgen accellm/vllm round-robin/vllm round-robin/sarathi}; do
-    serve "$policy"
     for rate in ${RATES:-0.5 1 1.5}; do
+      serve "$policy"
       f="$OUT/${policy/\//_}_r${rate}_rep${rep}.json"
       load0=$(cut -d' ' -f1 /proc/loadavg)
       bench "$rate" 1 "$PROFILE" "$f" >"${f%.json}.txt" 2>&1 || true
       echo "$policy $rate $rep $load0 $(cut -d' ' -f1 /proc/loadavg) $(date -u +%H:%M:%S)" | tee -a "$OUT/loads.txt"
+      kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
     done
-    kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
   done
 done
 python3 "$(dirname "$0")/fidelity_table.py" "$OUT"

@@ -52,6 +52,10 @@ pub struct ServeArgs {
     /// Prefix caching: reuse the KV of prompt prefixes already computed [default: on].
     #[arg(long, value_name = "on|off", value_parser = on_off)]
     pub prefix_cache: Option<bool>,
+    /// Pin each instance's threads to CPUs of their own when the process may use at least
+    /// instances × threads CPUs [default: on].
+    #[arg(long, value_name = "on|off", value_parser = on_off)]
+    pub pin_threads: Option<bool>,
     /// Most requests waiting before new ones get HTTP 429 (0: unbounded) [default: 256].
     #[arg(long)]
     pub max_waiting: Option<usize>,
@@ -94,6 +98,7 @@ impl ServeArgs {
             kv_blocks,
             block_size,
             prefix_cache,
+            pin_threads,
             max_waiting,
             weight_format
         );

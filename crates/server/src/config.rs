@@ -68,6 +68,9 @@ pub struct ServerConfig {
     /// Reuse the KV blocks of prompt prefixes already computed (vLLM's automatic prefix caching,
     /// in the scheduling core: see docs/prefix-cache.md).
     pub prefix_cache: bool,
+    /// Pin each instance's threads to CPUs of their own when there are enough (instances ×
+    /// threads per instance ≤ CPUs this process may use): less noise from the OS moving them.
+    pub pin_threads: bool,
     /// Most requests waiting for prefill before new ones get 429 (0: unbounded).
     pub max_waiting: usize,
     /// Largest accepted request body in bytes (413 beyond).
@@ -194,6 +197,7 @@ impl Default for ServerConfig {
             kv_blocks: 1024,
             block_size: 16,
             prefix_cache: true,
+            pin_threads: true,
             max_waiting: 256,
             max_body_bytes: 4 << 20,
             api_key: None,

@@ -215,12 +215,24 @@ async fn prepare(cfg: &ServerConfig) -> anyhow::Result<Prepared> {
     let mut reconnect = None;
     match backend {
         Backend::Local(engine) => {
+            let per = cfg.threads_per_instance;
+            let cpus = accellm_engine::threads::allowed_cpus();
+            let pin = cfg.pin_threads && cfg.instances as usize * per <= cpus.len();
+            if pin {
+                tracing::info!(?cpus, "instance threads pinned: instance i on CPUs i·threads..");
+            }
             for i in 0..cfg.instances as usize {
+                let own = if pin {
+                    cpus[i * per..(i + 1) * per].to_vec()
+                } else {
+                    Vec::new()
+                };
                 threads.push(
                     worker::spawn_instance(
                         i,
                         &engine,
-                        cfg.threads_per_instance,
+                        own,
+                        per,
                         exec_tx.clone(),
                         counters.clone(),
                     )

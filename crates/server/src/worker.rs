@@ -158,16 +158,23 @@ pub(crate) struct InstanceThreads {
     pub conn: Option<std::net::TcpStream>,
 }
 
-/// Starts the worker and link threads of instance `i`.
+/// Starts the worker and link threads of instance `i`; its compute threads are pinned one to each
+/// of `cpus`, or, with `cpus` empty, one unpinned thread per `threads`.
 pub(crate) fn spawn_instance(
     i: usize,
     engine: &Engine,
+    cpus: Vec<usize>,
     threads: usize,
     out: Sender<Input>,
     counters: Arc<LinkCounters>,
 ) -> std::io::Result<InstanceThreads> {
-    let pool = Threads::new(threads, &format!("accellm-i{i}"))
-        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let name = format!("accellm-i{i}");
+    let pool = if cpus.is_empty() {
+        Threads::new(threads, &name)
+    } else {
+        Threads::pinned(cpus.len(), &name, cpus)
+    }
+    .map_err(|e| std::io::Error::other(e.to_string()))?;
     let (run_tx, run_rx) = mpsc::channel::<RunJob>();
     let (link_tx, link_rx) = mpsc::channel::<LinkJob>();
     let pools = engine.pools.clone();

@@ -219,7 +219,10 @@ async fn prepare(cfg: &ServerConfig) -> anyhow::Result<Prepared> {
             let cpus = accellm_engine::threads::allowed_cpus();
             let pin = cfg.pin_threads && cfg.instances as usize * per <= cpus.len();
             if pin {
-                tracing::info!(?cpus, "instance threads pinned: instance i on CPUs i·threads..");
+                tracing::info!(
+                    ?cpus,
+                    "instance threads pinned: instance i on CPUs i·threads.."
+                );
             }
             for i in 0..cfg.instances as usize {
                 let own = if pin {
@@ -228,15 +231,8 @@ async fn prepare(cfg: &ServerConfig) -> anyhow::Result<Prepared> {
                     Vec::new()
                 };
                 threads.push(
-                    worker::spawn_instance(
-                        i,
-                        &engine,
-                        own,
-                        per,
-                        exec_tx.clone(),
-                        counters.clone(),
-                    )
-                    .context("starting instance threads")?,
+                    worker::spawn_instance(i, &engine, own, per, exec_tx.clone(), counters.clone())
+                        .context("starting instance threads")?,
                 );
             }
         }

@@ -150,6 +150,7 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
     }
     let cfg = config(&args)?;
     let policies = resolve_policies(&cfg, &args.compare)?;
+    check_knobs_apply(&args, &policies)?;
     let threads = args
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
@@ -436,6 +437,32 @@ pub fn resolve_policies(cfg: &SimConfig, names: &[String]) -> anyhow::Result<Vec
     }
     anyhow::ensure!(!out.is_empty(), "--compare needs at least one policy name");
     Ok(out)
+}
+
+/// A cluster-policy flag that no policy of the run uses is an error, not silently ignored.
+pub fn check_knobs_apply(args: &SimulateArgs, policies: &[SimConfig]) -> anyhow::Result<()> {
+    let runs = |name: &str| policies.iter().any(|p| p.cluster_policy == name);
+    let flags = [
+        ("--sync", args.sync.is_some(), "accellm"),
+        ("--eviction", args.eviction.is_some(), "accellm"),
+        (
+            "--prefill-instances",
+            args.prefill_instances.is_some(),
+            "splitwise",
+        ),
+    ];
+    for (flag, given, policy) in flags {
+        anyhow::ensure!(
+            !given || runs(policy),
+            "{flag} applies to the `{policy}` cluster policy only, and none of this run's policies ({}) is `{policy}`",
+            policies
+                .iter()
+                .map(|p| format!("{}/{}", p.cluster_policy, p.instance_policy))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    Ok(())
 }
 
 fn describe(cfg: &SimConfig, w: &Workload, policies: &[SimConfig]) -> String {

@@ -225,6 +225,40 @@ fn per_class_figures_add_up_to_the_run() {
 }
 
 #[test]
+fn a_cluster_flag_no_policy_of_the_run_uses_is_an_error() {
+    let check = |a: SimulateArgs| {
+        let cfg = cli::config(&a).unwrap();
+        let policies = cli::resolve_policies(&cfg, &a.compare).unwrap();
+        cli::check_knobs_apply(&a, &policies).map_err(|e| e.to_string())
+    };
+    let e = check(SimulateArgs {
+        cluster_policy: Some("least-load".into()),
+        sync: Some("lazy".into()),
+        ..Default::default()
+    })
+    .unwrap_err();
+    assert!(e.contains("--sync") && e.contains("least-load/"), "{e}");
+    let e = check(SimulateArgs {
+        cluster_policy: Some("accellm".into()),
+        prefill_instances: Some(1),
+        ..Default::default()
+    })
+    .unwrap_err();
+    assert!(
+        e.contains("--prefill-instances") && e.contains("splitwise"),
+        "{e}"
+    );
+    // A run that includes the policy takes the flag.
+    check(SimulateArgs {
+        cluster_policy: Some("least-load".into()),
+        compare: vec!["least-load".into(), "accellm".into()],
+        eviction: Some("lru".into()),
+        ..Default::default()
+    })
+    .unwrap();
+}
+
+#[test]
 fn unknown_names_list_the_valid_ones() {
     let args = |f: &dyn Fn(&mut SimulateArgs)| {
         let mut a = SimulateArgs::default();

@@ -92,13 +92,43 @@ impl ConstraintFactory {
         let parser = self
             .factory
             .create_parser(grammar)
-            .map_err(|e| ConstraintError::Schema(e.to_string()))?;
+            .map_err(|e| ConstraintError::Schema(first_line(&e.to_string())))?;
         let matcher = Matcher::new(Ok(parser));
         if let Some(e) = matcher.get_error() {
-            return Err(ConstraintError::Schema(e));
+            return Err(ConstraintError::Schema(first_line(&e)));
+        }
+        // A schema no value satisfies (say, a `$ref` cycle with nothing else) compiles but
+        // allows no first token: found here, at validation, it is the client's error (400)
+        // instead of a failure of an admitted request.
+        let mut probe = matcher.clone();
+        match probe.compute_mask_or_eos() {
+            Ok(mask) if mask.as_slice().iter().any(|&w| w != 0) => {}
+            Ok(_) => return Err(ConstraintError::Schema(UNSATISFIABLE.into())),
+            Err(e) => {
+                tracing::debug!(error = %e, "schema allows no first token");
+                return Err(ConstraintError::Schema(UNSATISFIABLE.into()));
+            }
         }
         Ok(Box::new(Constraint { matcher }))
     }
+}
+
+/// What a client hears of a schema that admits no value.
+const UNSATISFIABLE: &str = "the JSON schema admits no value (for example a $ref that only \
+    refers to itself), so nothing can be generated; check its $ref, enum and type constraints";
+
+/// The first line of an error of the grammar engine, at most 200 characters: its later lines
+/// dump the parser's internal state, which is no use to a client.
+fn first_line(e: &str) -> String {
+    e.lines().next().unwrap_or("").chars().take(200).collect()
+}
+
+/// A failure of the grammar while decoding, as a client reads it; the details go to the log.
+fn matcher_error(e: impl std::fmt::Display) -> ConstraintError {
+    tracing::warn!(error = %e, "constrained decoding stopped");
+    ConstraintError::Matcher(
+        "the response_format schema allows no continuation of the output here".into(),
+    )
 }
 
 /// The grammar state of one choice.
@@ -117,18 +147,13 @@ impl Constraint {
     /// The tokens the grammar allows next, as a bitset (bit `t % 32` of word `t / 32`): what a
     /// remote worker needs to sample while the grammar itself stays with the front.
     pub fn allowed(&mut self) -> Result<Vec<u32>, ConstraintError> {
-        let mask = self
-            .matcher
-            .compute_mask_or_eos()
-            .map_err(|e| ConstraintError::Matcher(e.to_string()))?;
+        let mask = self.matcher.compute_mask_or_eos().map_err(matcher_error)?;
         Ok(mask.as_slice().to_vec())
     }
 
     /// Advances past `token`; returns whether the output is complete (nothing may follow).
     pub fn commit(&mut self, token: u32) -> Result<bool, ConstraintError> {
-        self.matcher
-            .consume_token(token)
-            .map_err(|e| ConstraintError::Matcher(e.to_string()))?;
+        self.matcher.consume_token(token).map_err(matcher_error)?;
         Ok(self.matcher.is_stopped())
     }
 }

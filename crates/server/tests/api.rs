@@ -603,6 +603,37 @@ async fn json_schema_output_parses_and_validates_on_every_seed() {
         .await;
     assert_eq!(r.status, 400, "{}", r.body);
     assert_eq!(r.json()["error"]["param"], "response_format");
+    // A schema that no value satisfies (a reference to itself) is refused before admission,
+    // streaming or not, with a message a user can act on and nothing of the grammar engine's
+    // internals; the server stays healthy.
+    let cyclic = json!({"$ref": "#/$defs/a", "$defs": {"a": {"$ref": "#/$defs/a"}}});
+    for stream in [false, true] {
+        let r = http
+            .post(
+                "/v1/chat/completions",
+                &json!({"model": "tiny", "messages": [{"role": "user", "content": "x"}],
+                        "stream": stream,
+                        "response_format": {"type": "json_schema",
+                                            "json_schema": {"name": "cyclic", "schema": cyclic}}}),
+            )
+            .await;
+        assert_eq!(r.status, 400, "stream {stream}: {}", r.body);
+        let e = &r.json()["error"];
+        assert_eq!(e["param"], "response_format", "{e}");
+        let msg = e["message"].as_str().unwrap();
+        assert!(msg.contains("schema"), "{msg}");
+        for internal in ["Parser", "Tokens:", "NoExtension", "{\""] {
+            assert!(!msg.contains(internal), "{internal} in {msg}");
+        }
+        assert!(msg.len() < 400, "{msg}");
+    }
+    let ok = http
+        .post(
+            "/v1/chat/completions",
+            &json!({"model": "tiny", "messages": [{"role": "user", "content": "x"}], "max_tokens": 2}),
+        )
+        .await;
+    assert_eq!(ok.status, 200, "{}", ok.body);
     server.shutdown().unwrap();
 }
 

@@ -101,16 +101,9 @@ fn predicted_and_measured_counts_agree_exactly() {
 /// server within 20%.
 #[test]
 fn the_servers_own_cost_model_predicts_its_iteration_count() {
-    let path = accellm_tokenizer::default_model_path();
-    if !path.exists() {
-        assert!(
-            std::env::var_os("ACCELLM_REQUIRE_MODEL").is_none(),
-            "ACCELLM_REQUIRE_MODEL is set but {} is missing",
-            path.display()
-        );
-        eprintln!("skipped: {} not present", path.display());
+    let Some(path) = support::real_model() else {
         return;
-    }
+    };
     let server = start(accellm_server::ServerConfig {
         model: Some(path.clone()),
         port: 0,

@@ -37,16 +37,9 @@ async fn complete(http: &Http, prompt: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resent_history_hits_the_cache_and_answers_the_same() {
-    let path = accellm_tokenizer::default_model_path();
-    if !path.exists() {
-        assert!(
-            std::env::var_os("ACCELLM_REQUIRE_MODEL").is_none(),
-            "ACCELLM_REQUIRE_MODEL is set but {} is missing",
-            path.display()
-        );
-        eprintln!("skipped: {} not present", path.display());
+    let Some(path) = support::real_model() else {
         return;
-    }
+    };
     let (first, second) = prompts();
     let mut answers = Vec::new();
     for cache in [true, false] {

@@ -9,19 +9,9 @@ use support::{start, Http};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn smollm2_answers_over_an_accellm_pair() {
-    let path = accellm_tokenizer::default_model_path();
-    if !path.exists() {
-        assert!(
-            std::env::var_os("ACCELLM_REQUIRE_MODEL").is_none(),
-            "ACCELLM_REQUIRE_MODEL is set but {} is missing",
-            path.display()
-        );
-        eprintln!(
-            "skipped: {} not present (run `accellm serve` once to fetch it)",
-            path.display()
-        );
+    let Some(path) = support::real_model() else {
         return;
-    }
+    };
     let cfg = accellm_server::ServerConfig {
         model: Some(path),
         port: 0,

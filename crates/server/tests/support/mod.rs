@@ -139,6 +139,26 @@ fn write_tiny_model() -> PathBuf {
     path
 }
 
+/// The real default model (SmolLM2-135M-Instruct), or `None` with a message when it is absent;
+/// its absence fails the test when `ACCELLM_REQUIRE_MODEL` is set.
+#[allow(dead_code)] // not every test binary uses the real model
+pub fn real_model() -> Option<PathBuf> {
+    let path = accellm_tokenizer::default_model_path();
+    if path.exists() {
+        return Some(path);
+    }
+    assert!(
+        std::env::var_os("ACCELLM_REQUIRE_MODEL").is_none(),
+        "ACCELLM_REQUIRE_MODEL is set but {} is missing",
+        path.display()
+    );
+    eprintln!(
+        "skipped: {} not present (run `accellm serve` once to fetch it)",
+        path.display()
+    );
+    None
+}
+
 /// The tiny model, written once per test process.
 pub fn tiny_model() -> PathBuf {
     static PATH: OnceLock<PathBuf> = OnceLock::new();

@@ -104,19 +104,28 @@ async fn prepare(cfg: &ServerConfig) -> anyhow::Result<Prepared> {
         if cfg.cost.is_none() {
             let (m, format) = (model.clone(), cfg.weight_format);
             let (threads, background) = (cfg.threads_per_instance, (cfg.instances > 1) as usize);
-            let (profile, scale) = tokio::task::spawn_blocking(move || {
+            let probe = tokio::task::spawn_blocking(move || {
                 accellm_engine::cli::probed_profile(&m, format, threads, background)
             })
             .await
-            .context("cost probe panicked")??;
-            tracing::info!(
-                scale,
-                "cost model: the built-in {format} profile scaled to this machine by a start-up probe"
-            );
-            // The probe times iterations, not copies: the link keeps the default.
-            let mut c = CostConfig::from_profile(&profile)?;
-            c.kv_copy = None;
-            probed = Some(c);
+            .context("cost probe panicked")?
+            .and_then(|(profile, scale)| Ok((CostConfig::from_profile(&profile)?, scale)));
+            match probe {
+                Ok((mut c, scale)) => {
+                    tracing::info!(
+                        scale,
+                        "cost model: the built-in {format} profile scaled to this machine by a start-up probe"
+                    );
+                    // The probe times iterations, not copies: the link keeps the default.
+                    c.kv_copy = None;
+                    probed = Some(c);
+                }
+                // A model the probe's shapes do not fit still serves, on the fixed default fit.
+                Err(e) => tracing::warn!(
+                    error = %format!("{e:#}"),
+                    "cost probe failed; using the default cost model (pass --cost-model for a calibrated one)"
+                ),
+            }
         }
         let mc = model.config().clone();
         let pools = (0..cfg.instances)

@@ -1142,7 +1142,8 @@ impl Executor {
         let (mut used, mut total) = (0u64, 0u64);
         for (k, inst) in self.sched.instances().iter().enumerate() {
             let kv = &inst.kv;
-            used += (kv.num_blocks() - kv.free_blocks()) as u64;
+            // As a new request sees it: replicas it would evict are room (vLLM's meaning).
+            used += kv.num_blocks().saturating_sub(kv.available_for_primary()) as u64;
             total += kv.num_blocks() as u64;
             if let Some(g) = m.instances.get_mut(k) {
                 g.free_blocks = kv.free_blocks();

@@ -192,11 +192,17 @@ fn check_model(st: &AppState, model: Option<&str>) -> Result<(), ApiError> {
     }
 }
 
+/// The request's SLOs from `x-slo-ttft-ms` / `x-slo-tpot-ms`, or else the headers llm-d's
+/// inference gateway forwards (`x-llm-d-slo-ttft-ms` / `x-llm-d-slo-tpot-ms`).
 fn header_slo(headers: &HeaderMap) -> Result<Slo, ApiError> {
     let get = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
+    let either = |ours: &'static str, llmd: &'static str| match get(ours) {
+        Some(v) => parse_slo_header(ours, Some(v)),
+        None => parse_slo_header(llmd, get(llmd)),
+    };
     Ok(Slo {
-        ttft_ms: parse_slo_header("x-slo-ttft-ms", get("x-slo-ttft-ms"))?,
-        tbt_ms: parse_slo_header("x-slo-tpot-ms", get("x-slo-tpot-ms"))?,
+        ttft_ms: either("x-slo-ttft-ms", "x-llm-d-slo-ttft-ms")?,
+        tbt_ms: either("x-slo-tpot-ms", "x-llm-d-slo-tpot-ms")?,
     })
 }
 

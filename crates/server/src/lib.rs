@@ -213,11 +213,14 @@ async fn prepare(cfg: &ServerConfig) -> anyhow::Result<Prepared> {
         cluster: cfg.cluster.clone(),
         model: name.clone(),
     };
-    let metrics = Arc::new(Mutex::new(Metrics::new(
+    let mut m = Metrics::new(
         &name,
         cfg.instances as usize,
         (cfg.cluster_policy.clone(), cfg.instance_policy.clone()),
-    )));
+    );
+    m.block_size = cfg.block_size;
+    m.kv_blocks = cfg.kv_blocks as u64 * cfg.instances as u64;
+    let metrics = Arc::new(Mutex::new(m));
     let (exec_tx, exec_rx) = mpsc::channel();
     let counters = Arc::new(LinkCounters::default());
     let mut threads = Vec::new();

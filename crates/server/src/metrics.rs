@@ -214,8 +214,13 @@ pub struct Metrics {
     pub running: u64,
     /// Requests waiting for prefill.
     pub waiting: u64,
-    /// Fraction of KV blocks in use across instances (0..=1).
+    /// Fraction of KV blocks a new request cannot have across instances (0..=1): blocks of
+    /// primaries and of pinned replicas; replicas that would be evicted for it count as free.
     pub kv_usage: f64,
+    /// Tokens per KV block (`vllm:cache_config_info`).
+    pub block_size: u32,
+    /// KV blocks of all instances (`vllm:cache_config_info`'s `num_gpu_blocks`).
+    pub kv_blocks: u64,
     /// Prompt tokens of admitted requests.
     pub prompt_tokens: u64,
     /// Generated tokens.
@@ -255,6 +260,8 @@ impl Metrics {
             running: 0,
             waiting: 0,
             kv_usage: 0.0,
+            block_size: 0,
+            kv_blocks: 0,
             prompt_tokens: 0,
             generation_tokens: 0,
             finished: [0; 3],
@@ -313,6 +320,14 @@ impl Metrics {
             "vllm:gpu_cache_usage_perc",
             "Fraction of KV blocks in use (1 = full); same as vllm:kv_cache_usage_perc.",
             self.kv_usage,
+        );
+        // vLLM's info gauge: the configuration in labels, value 1 (gateways read the block size).
+        let _ = writeln!(
+            o,
+            "# HELP vllm:cache_config_info Information of the KV cache configuration.\n\
+             # TYPE vllm:cache_config_info gauge\n\
+             vllm:cache_config_info{{{m},block_size=\"{}\",num_gpu_blocks=\"{}\"}} 1",
+            self.block_size, self.kv_blocks
         );
         let counter = |o: &mut String, name: &str, help: &str, v: u64| {
             let _ = writeln!(
@@ -584,6 +599,7 @@ mod tests {
             "vllm:num_requests_running",
             "vllm:num_requests_waiting",
             "vllm:kv_cache_usage_perc",
+            "vllm:cache_config_info",
             "vllm:time_to_first_token_seconds",
             "vllm:inter_token_latency_seconds",
             "vllm:e2e_request_latency_seconds",

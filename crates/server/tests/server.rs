@@ -589,6 +589,17 @@ async fn slo_headers_are_checked() {
         .await;
     assert_eq!(r.status, 400);
     assert_eq!(r.json()["error"]["param"], "x-slo-ttft-ms");
+    // The headers llm-d's gateway forwards are read too, and checked the same way.
+    let r = http
+        .send(
+            "POST",
+            "/v1/completions",
+            body.clone(),
+            &[("x-llm-d-slo-tpot-ms", "-3")],
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["error"]["param"], "x-llm-d-slo-tpot-ms");
     let r = http
         .send(
             "POST",
@@ -617,13 +628,18 @@ async fn slo_met_counters_follow_the_core_definition() {
         &[("x-slo-ttft-ms", "0.001"), ("x-slo-tpot-ms", "600000")][..],
         // No SLO: met by completing.
         &[][..],
+        // llm-d's gateway headers: the impossible TTFT is missed.
+        &[
+            ("x-llm-d-slo-ttft-ms", "0.001"),
+            ("x-llm-d-slo-tpot-ms", "600000"),
+        ][..],
     ] {
         let r = http
             .send("POST", "/v1/completions", body.clone(), headers)
             .await;
         assert_eq!(r.status, 200, "{}", r.body);
     }
-    // The counters move with the finished count, under one lock: wait for all three.
+    // The counters move with the finished count, under one lock: wait for all four.
     let deadline = Instant::now() + Duration::from_secs(20);
     let text = loop {
         let text = http.get("/metrics").await.body;
@@ -632,7 +648,7 @@ async fn slo_met_counters_follow_the_core_definition() {
             .filter(|l| l.starts_with("vllm:request_success_total{"))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum();
-        if finished >= 3.0 {
+        if finished >= 4.0 {
             break text;
         }
         assert!(Instant::now() < deadline, "requests not finished:\n{text}");
@@ -646,6 +662,15 @@ async fn slo_met_counters_follow_the_core_definition() {
     assert_eq!(
         metric_in(&text, "accellm_slo_met_total{kind=\"mean\"}"),
         Some(2.0),
+        "{text}"
+    );
+    // The KV cache configuration a gateway's prefix scorer reads (2 instances × 256 blocks).
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("vllm:cache_config_info{")
+                && l.contains("block_size=\"16\"")
+                && l.contains("num_gpu_blocks=\"512\"")
+                && l.ends_with(" 1")),
         "{text}"
     );
     server.shutdown().unwrap();

@@ -201,7 +201,7 @@ fn a_request_cancelled_after_its_first_token_leaves_its_prompt_cached() {
     let mut s = sched("accellm", "accelgen", 2, &ClusterConfig::default(), true);
     let spec = |at: TimeUs| RequestSpec {
         arrival_us: at,
-        ..requests(1, 0, |_| 500, |_| 50)[0].clone()
+        ..requests(1, 0, |_| 500, |_| 50)[0]
     };
     let k = keys(1, 480, 100, 500);
     let first = s.submit_keyed(0, spec(0), k.clone());

@@ -114,6 +114,24 @@ pub struct Knot {
     pub ms_per_token: f64,
 }
 
+impl From<Knot> for TokenKnot {
+    fn from(k: Knot) -> Self {
+        TokenKnot {
+            tokens: k.tokens,
+            delta_us: k.ms_per_token * 1e3,
+        }
+    }
+}
+
+impl From<TokenKnot> for Knot {
+    fn from(k: TokenKnot) -> Self {
+        Knot {
+            tokens: k.tokens,
+            ms_per_token: k.delta_us / 1e3,
+        }
+    }
+}
+
 /// Token counts where `accellm calibrate` lets the CPU engine's cost per token change: its
 /// matmul kernels depend on the number of activation rows (the `blocks` format switches from a
 /// per-row kernel to a dense matmul at 32 rows; small batches use the cores less well). Knots
@@ -461,13 +479,7 @@ impl HardwareProfile {
             per_token_us: b * 1e3,
             per_kv_token_us: c * 1e3,
             per_logit_row_us: d * 1e3,
-            knots: knots
-                .iter()
-                .map(|k| TokenKnot {
-                    tokens: k.tokens,
-                    delta_us: k.ms_per_token * 1e3,
-                })
-                .collect(),
+            knots: knots.into_iter().map(TokenKnot::from).collect(),
             layers: self.geometry.layers,
             kv_bytes_per_token: self.geometry.kv_bytes_per_token,
         })
@@ -550,14 +562,7 @@ impl ServeSetup {
                 kv_blocks: self.kv_blocks,
                 block_size: self.block_size,
             },
-            knots: c
-                .knots
-                .iter()
-                .map(|k| Knot {
-                    tokens: k.tokens,
-                    ms_per_token: k.delta_us / 1e3,
-                })
-                .collect(),
+            knots: c.knots.iter().copied().map(Knot::from).collect(),
             points: Vec::new(),
         }
     }

@@ -168,14 +168,7 @@ impl CostConfig {
             per_token_us: self.per_token_ms * 1000.0,
             per_kv_token_us: self.per_kv_token_ms * 1000.0,
             per_logit_row_us: self.per_logit_row_ms * 1000.0,
-            knots: self
-                .knots
-                .iter()
-                .map(|k| TokenKnot {
-                    tokens: k.tokens,
-                    delta_us: k.ms_per_token * 1000.0,
-                })
-                .collect(),
+            knots: self.knots.iter().copied().map(TokenKnot::from).collect(),
             layers,
             kv_bytes_per_token,
         }

@@ -9,7 +9,7 @@
 //! plus rejected requests, SLO attainment.
 
 use std::fmt::Write;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use accellm_core::metrics::{Latencies, SloCounts, SloVerdict};
 use accellm_core::request::Slo;
@@ -83,6 +83,20 @@ impl TokenTimes {
         });
         SloVerdict::judge(slo, latencies.as_ref())
     }
+}
+
+/// A label value as the text format writes it: backslash, double quote and newline escaped.
+fn escape_label(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// A cumulative histogram with fixed upper bounds (seconds, or tokens).
@@ -256,7 +270,7 @@ impl Metrics {
     /// Empty metrics for `instances` instances serving `model`.
     pub fn new(model: &str, instances: usize, policies: (String, String)) -> Self {
         Self {
-            model: model.replace(['"', '\\', '\n'], "_"),
+            model: escape_label(model),
             running: 0,
             waiting: 0,
             kv_usage: 0.0,
@@ -328,6 +342,18 @@ impl Metrics {
              # TYPE vllm:cache_config_info gauge\n\
              vllm:cache_config_info{{{m},block_size=\"{}\",num_gpu_blocks=\"{}\"}} 1",
             self.block_size, self.kv_blocks
+        );
+        // vLLM's LoRA gauge, which the endpoint picker reads by default (it logs an error at every
+        // scrape when the family is missing): no adapters are served, so none run or wait and
+        // none fit. The value is the wall-clock time, as vLLM's (the picker keeps the latest).
+        let now_s = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        let _ = writeln!(
+            o,
+            "# HELP vllm:lora_requests_info LoRA adapters running and waiting, and the most that fit (accellm serves none).\n\
+             # TYPE vllm:lora_requests_info gauge\n\
+             vllm:lora_requests_info{{max_lora=\"0\",running_lora_adapters=\"\",waiting_lora_adapters=\"\"}} {now_s}"
         );
         let counter = |o: &mut String, name: &str, help: &str, v: u64| {
             let _ = writeln!(
@@ -416,7 +442,8 @@ impl Metrics {
         let _ = writeln!(
             o,
             "# HELP accellm_info Policies in use.\n# TYPE accellm_info gauge\naccellm_info{{{m},cluster_policy=\"{}\",instance_policy=\"{}\"}} 1",
-            self.policies.0, self.policies.1
+            escape_label(&self.policies.0),
+            escape_label(&self.policies.1)
         );
         let per_instance = |o: &mut String,
                             name: &str,
@@ -600,6 +627,7 @@ mod tests {
             "vllm:num_requests_waiting",
             "vllm:kv_cache_usage_perc",
             "vllm:cache_config_info",
+            "vllm:lora_requests_info",
             "vllm:time_to_first_token_seconds",
             "vllm:inter_token_latency_seconds",
             "vllm:e2e_request_latency_seconds",
@@ -617,6 +645,17 @@ mod tests {
         }
         assert!(text.contains("accellm_kv_free_blocks{instance=\"1\"} 0"));
         assert!(text.contains("accellm_slo_met_total{kind=\"mean\"} 0"));
+    }
+
+    #[test]
+    fn label_values_are_escaped_not_mangled() {
+        let m = Metrics::new("org/a\"b\\c\nd", 1, ("x\"y".into(), "vllm".into()));
+        let text = m.render();
+        assert!(
+            text.contains(r#"vllm:num_requests_running{model_name="org/a\"b\\c\nd"} 0"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"cluster_policy="x\"y""#), "{text}");
     }
 
     #[test]

@@ -1,6 +1,9 @@
-//! The Kubernetes base under `deploy/` renders with `kubectl kustomize` and holds what the
-//! deployment needs: workers as a StatefulSet behind a headless Service, the front as a
-//! Deployment and Service, probes, Prometheus annotations and resource requests.
+//! The Kubernetes manifests under `deploy/` render with `kubectl kustomize` and hold what the
+//! deployment needs. The base (`deploy/`, files in `deploy/base/`): workers as a StatefulSet
+//! behind a headless Service, the front as a Deployment and Service, probes, Prometheus
+//! annotations and resource requests. The gateway overlay (`deploy/gateway/`): the base plus an
+//! InferencePool over the front pods, an HTTPRoute to it and llm-d's endpoint picker with its
+//! configuration (prefix, queue and KV-cache scorers) and the permissions it needs.
 //!
 //! `.ci/run` installs `kubectl` (Debian's `kubernetes-client`) when missing; without it this test
 //! checks the raw manifests instead and says so.
@@ -12,14 +15,19 @@ fn deploy_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../deploy")
 }
 
-/// The rendered manifests, or the raw files concatenated when kubectl is not installed.
-fn manifests() -> String {
-    let dir = deploy_dir();
-    match Command::new("kubectl").arg("kustomize").arg(&dir).output() {
+/// The rendered manifests of `deploy/<dir>`, or the raw `files` (relative to `deploy/`)
+/// concatenated when kubectl is not installed.
+fn manifests(dir: &str, files: &[&str]) -> String {
+    let root = deploy_dir();
+    match Command::new("kubectl")
+        .arg("kustomize")
+        .arg(root.join(dir))
+        .output()
+    {
         Ok(out) => {
             assert!(
                 out.status.success(),
-                "kubectl kustomize deploy/ failed: {}",
+                "kubectl kustomize deploy/{dir} failed: {}",
                 String::from_utf8_lossy(&out.stderr)
             );
             String::from_utf8(out.stdout).expect("kubectl printed UTF-8")
@@ -30,14 +38,16 @@ fn manifests() -> String {
                 "ACCELLM_REQUIRE_KUBECTL is set but kubectl is not installed"
             );
             eprintln!("kubectl not installed: checking the raw manifests without rendering them");
-            ["worker.yaml", "front.yaml"]
+            files
                 .iter()
-                .map(|f| std::fs::read_to_string(dir.join(f)).expect("manifest readable"))
+                .map(|f| std::fs::read_to_string(root.join(f)).expect("manifest readable"))
                 .collect::<Vec<_>>()
                 .join("\n---\n")
         }
     }
 }
+
+const BASE: [&str; 2] = ["base/worker.yaml", "base/front.yaml"];
 
 /// The documents of a multi-document YAML stream.
 fn documents(all: &str) -> Vec<&str> {
@@ -47,11 +57,13 @@ fn documents(all: &str) -> Vec<&str> {
         .collect()
 }
 
+/// The document of this kind (top-level `kind:`) and name (`metadata.name`, the only `name:`
+/// two spaces in, besides a RoleBinding's `roleRef`).
 fn find<'a>(docs: &[&'a str], kind: &str, name: &str) -> &'a str {
     docs.iter()
         .find(|d| {
-            d.lines().any(|l| l.trim() == format!("kind: {kind}"))
-                && d.lines().any(|l| l.trim() == format!("name: {name}"))
+            d.lines().any(|l| l.trim_end() == format!("kind: {kind}"))
+                && d.lines().any(|l| l.trim_end() == format!("  name: {name}"))
         })
         .copied()
         .unwrap_or_else(|| panic!("no {kind} named {name} in deploy/"))
@@ -59,7 +71,7 @@ fn find<'a>(docs: &[&'a str], kind: &str, name: &str) -> &'a str {
 
 #[test]
 fn kustomize_base_renders_with_workers_and_front() {
-    let all = manifests();
+    let all = manifests(".", &BASE);
     let docs = documents(&all);
     let workers = find(&docs, "StatefulSet", "accellm-worker");
     let headless = find(&docs, "Service", "accellm-worker");
@@ -103,4 +115,106 @@ fn kustomize_base_renders_with_workers_and_front() {
     assert!(front.contains("path: /health"), "front probes /health");
     assert!(front.contains("prometheus.io/scrape: \"true\""));
     assert!(front.contains("prometheus.io/path: /metrics"));
+}
+
+/// Whether a document has this line, whatever its indentation and list dash (kustomize's output
+/// and the raw files indent lists differently).
+fn has(doc: &str, line: &str) -> bool {
+    doc.lines()
+        .map(|l| l.trim().trim_start_matches("- ").trim())
+        .any(|l| l == line)
+}
+
+/// The line after `line` (an argument's value in a container's `args`).
+fn after<'a>(doc: &'a str, line: &str) -> Option<&'a str> {
+    let mut lines = doc
+        .lines()
+        .map(|l| l.trim().trim_start_matches("- ").trim());
+    lines.find(|l| *l == line)?;
+    lines.next().map(|v| v.trim_matches('"'))
+}
+
+#[test]
+fn gateway_overlay_pools_the_fronts_behind_the_endpoint_picker() {
+    let all = manifests(
+        "gateway",
+        &[
+            BASE[0],
+            BASE[1],
+            "gateway/inferencepool.yaml",
+            "gateway/epp.yaml",
+            "gateway/httproute.yaml",
+        ],
+    );
+    let docs = documents(&all);
+    // The base comes along unchanged.
+    let front = find(&docs, "Deployment", "accellm-front");
+    find(&docs, "StatefulSet", "accellm-worker");
+
+    // The pool selects the front pods (their template's label) on the front's HTTP port, and
+    // names the picker's Service and gRPC port.
+    let pool = find(&docs, "InferencePool", "accellm");
+    assert!(has(pool, "apiVersion: inference.networking.k8s.io/v1"));
+    assert!(has(pool, "app.kubernetes.io/name: accellm-front"));
+    assert!(has(front, "app.kubernetes.io/name: accellm-front"));
+    assert!(has(pool, "number: 8000") && has(front, "containerPort: 8000"));
+    assert!(has(pool, "name: accellm-epp") && has(pool, "number: 9002"));
+    let epp_service = find(&docs, "Service", "accellm-epp");
+    assert!(has(epp_service, "port: 9002") && has(epp_service, "appProtocol: http2"));
+    assert!(has(epp_service, "app.kubernetes.io/name: accellm-epp"));
+
+    // The route sends every path to the pool.
+    let route = find(&docs, "HTTPRoute", "accellm");
+    assert!(has(route, "apiVersion: gateway.networking.k8s.io/v1"));
+    assert!(has(route, "kind: InferencePool") && has(route, "name: accellm"));
+    assert!(has(route, "group: inference.networking.k8s.io"));
+    assert!(has(route, "type: PathPrefix") && has(route, "value: /"));
+
+    // The picker: llm-d's image, this pool, its configuration file from the ConfigMap.
+    let epp = find(&docs, "Deployment", "accellm-epp");
+    assert!(
+        epp.lines().any(|l| l
+            .trim()
+            .starts_with("image: ghcr.io/llm-d/llm-d-inference-scheduler:v")),
+        "the picker runs llm-d's inference scheduler image"
+    );
+    assert_eq!(after(epp, "--pool-name"), Some("accellm"));
+    assert_eq!(
+        after(epp, "--config-file"),
+        Some("/config/default-plugins.yaml")
+    );
+    assert!(has(epp, "mountPath: /config") && has(epp, "name: accellm-epp"));
+    assert!(has(epp, "containerPort: 9002") && has(epp, "containerPort: 9003"));
+    assert!(has(epp, "readinessProbe:") && has(epp, "livenessProbe:"));
+    assert!(has(epp, "serviceAccountName: accellm-epp"));
+
+    // Its configuration: the prefix, queue and KV-cache scorers, each weighted in the profile.
+    let config = find(&docs, "ConfigMap", "accellm-epp");
+    assert!(has(config, "default-plugins.yaml: |"));
+    assert!(has(
+        config,
+        "apiVersion: inference.networking.x-k8s.io/v1alpha1"
+    ));
+    assert!(has(config, "kind: EndpointPickerConfig"));
+    for plugin in [
+        "prefix-cache-scorer",
+        "queue-scorer",
+        "kv-cache-utilization-scorer",
+        "max-score-picker",
+    ] {
+        assert!(has(config, &format!("type: {plugin}")), "{plugin} declared");
+        assert!(
+            has(config, &format!("pluginRef: {plugin}")),
+            "{plugin} in the profile"
+        );
+    }
+
+    // It may watch its pool, the pods and the objectives, as its service account.
+    let role = find(&docs, "Role", "accellm-epp");
+    for resource in ["inferencepools", "pods", "inferenceobjectives"] {
+        assert!(has(role, resource) || has(role, &format!("resources: [\"{resource}\"]")));
+    }
+    let binding = find(&docs, "RoleBinding", "accellm-epp");
+    assert!(has(binding, "kind: ServiceAccount") && has(binding, "name: accellm-epp"));
+    find(&docs, "ServiceAccount", "accellm-epp");
 }

@@ -11,6 +11,7 @@ use accellm_core::{
     request::Slo,
 };
 use accellm_engine::WeightFormat;
+use accellm_workload::SloClass;
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 
@@ -79,6 +80,10 @@ pub struct ServerConfig {
     pub api_key: Option<String>,
     /// Default SLOs of requests that bring none.
     pub slo: Slo,
+    /// SLO classes a request can name with llm-d's objective header
+    /// (`x-llm-d-inference-objective`): its targets and priority, below the request's own.
+    /// By default the workload crate's classes (`chat`, `code`, `summarisation`, `batch`).
+    pub slo_classes: Vec<SloClass>,
     /// Seconds in-flight requests may take to finish after SIGINT/SIGTERM before they are cancelled.
     pub shutdown_grace_s: f64,
     /// Iteration-time model of one instance; by default the CPU engine's measured fit scaled to
@@ -195,6 +200,7 @@ impl Default for ServerConfig {
             max_body_bytes: 4 << 20,
             api_key: None,
             slo: Slo::default(),
+            slo_classes: SloClass::defaults(),
             shutdown_grace_s: 30.0,
             cost: None,
             instance: InstanceConfig::default(),
@@ -260,6 +266,25 @@ impl ServerConfig {
                 return bad(format!("{name} must be a positive number of milliseconds"));
             }
         }
+        for (i, c) in self.slo_classes.iter().enumerate() {
+            if c.name.trim().is_empty() || c.name.trim() != c.name {
+                return bad(format!(
+                    "slo_classes[{i}]: name `{}` must be non-empty without surrounding spaces",
+                    c.name
+                ));
+            }
+            if self.slo_classes[..i].iter().any(|o| o.name == c.name) {
+                return bad(format!("slo_classes: `{}` defined twice", c.name));
+            }
+            for (what, v) in [("ttft_ms", c.ttft_ms), ("tbt_ms", c.tbt_ms)] {
+                if v.is_some_and(|v| !(v.is_finite() && v > 0.0)) {
+                    return bad(format!(
+                        "slo_classes `{}`: {what} must be a positive number of milliseconds",
+                        c.name
+                    ));
+                }
+            }
+        }
         if !(self.shutdown_grace_s.is_finite() && self.shutdown_grace_s >= 0.0) {
             return bad("shutdown_grace_s must be >= 0".into());
         }
@@ -289,6 +314,29 @@ mod tests {
         assert_eq!(c.slo.ttft_ms, Some(500.0));
         assert_eq!(c.port, 8000);
         assert_eq!(c.threads_per_instance, 1);
+    }
+
+    #[test]
+    fn slo_classes_come_from_toml_and_are_checked() {
+        let c: ServerConfig = toml::from_str(
+            "[[slo_classes]]\nname = \"live\"\nttft_ms = 300.0\ntbt_ms = 40.0\npriority = -1\n",
+        )
+        .unwrap();
+        assert_eq!(c.slo_classes.len(), 1);
+        assert_eq!(c.slo_classes[0].priority, -1);
+        assert!(c.validate().is_ok());
+        let names: Vec<_> = ServerConfig::default()
+            .slo_classes
+            .iter()
+            .map(|c| c.name.clone())
+            .collect();
+        assert_eq!(names, ["chat", "code", "summarisation", "batch"]);
+        let mut twice = ServerConfig::default();
+        twice.slo_classes.push(twice.slo_classes[0].clone());
+        assert!(twice.validate().is_err());
+        let mut zero = ServerConfig::default();
+        zero.slo_classes[1].ttft_ms = Some(0.0);
+        assert!(zero.validate().is_err());
     }
 
     #[test]

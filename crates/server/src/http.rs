@@ -13,6 +13,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use accellm_core::request::{RejectReason, Slo};
 use accellm_engine::SamplingParams;
+use accellm_workload::SloClass;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Request, State};
@@ -55,6 +56,8 @@ pub(crate) struct AppState {
     pub next_handle: AtomicU64,
     /// Default SLOs.
     pub default_slo: Slo,
+    /// SLO classes the objective header can name.
+    pub slo_classes: Vec<SloClass>,
     /// The setup the simulator needs to replay this server (`GET /accellm/config`).
     pub setup: Value,
     /// The last iterations run (`GET /accellm/iterations`).
@@ -206,6 +209,50 @@ fn header_slo(headers: &HeaderMap) -> Result<Slo, ApiError> {
     })
 }
 
+/// The headers that name a request's objective: llm-d's, then the Gateway API Inference
+/// Extension's older name for it.
+const OBJECTIVE_HEADERS: [&str; 2] = [
+    "x-llm-d-inference-objective",
+    "x-gateway-inference-objective",
+];
+
+/// The SLO class the request's objective header names, if it names one of `classes`. An
+/// objective the server has no class for is ignored: the gateway's objectives are the cluster
+/// operator's names, and they also steer the picker's own queueing.
+fn objective_class<'a>(classes: &'a [SloClass], headers: &HeaderMap) -> Option<&'a SloClass> {
+    let value = OBJECTIVE_HEADERS.iter().find_map(|h| headers.get(*h))?;
+    let name = value.to_str().ok()?.trim();
+    let class = classes.iter().find(|c| c.name == name);
+    if class.is_none() {
+        tracing::debug!(objective = name, "objective names no SLO class; ignored");
+    }
+    class
+}
+
+/// A request's SLO and priority. Each target, most specific first: the body's `slo`, the
+/// `x-slo-*` headers, llm-d's `x-llm-d-slo-*` headers, the class the objective header names,
+/// the server's defaults. The priority: the body's, else the class's, else 0.
+fn request_slo(
+    default_slo: Slo,
+    classes: &[SloClass],
+    headers: &HeaderMap,
+    gen: &Generation,
+    body_priority: bool,
+) -> Result<(Slo, i32), ApiError> {
+    let class = objective_class(classes, headers);
+    let class_slo = class.map_or(Slo::default(), |c| Slo {
+        ttft_ms: c.ttft_ms,
+        tbt_ms: c.tbt_ms,
+    });
+    let below_headers = merge_slo(class_slo, Slo::default(), default_slo);
+    let slo = merge_slo(gen.slo, header_slo(headers)?, below_headers);
+    let priority = match class {
+        Some(c) if !body_priority => c.priority,
+        _ => gen.priority,
+    };
+    Ok((slo, priority))
+}
+
 async fn chat(
     State(st): State<Shared>,
     headers: HeaderMap,
@@ -214,6 +261,7 @@ async fn chat(
     let run = async {
         let req: ChatRequest = parse_body(&st, body)?;
         check_model(&st, req.model.as_deref())?;
+        let body_priority = req.common.priority.is_some();
         let gen = req
             .common
             .validate(req.max_completion_tokens, Endpoint::Chat)?;
@@ -258,7 +306,7 @@ async fn chat(
             tokens: prompt,
             echo: None,
         }];
-        generate(&st, &headers, Kind::Chat, prompts, gen).await
+        generate(&st, &headers, Kind::Chat, prompts, gen, body_priority).await
     };
     run.await.unwrap_or_else(IntoResponse::into_response)
 }
@@ -271,6 +319,7 @@ async fn completions(
     let run = async {
         let req: CompletionRequest = parse_body(&st, body)?;
         check_model(&st, req.model.as_deref())?;
+        let body_priority = req.common.priority.is_some();
         let echo = req.echo == Some(true);
         let gen = req.common.validate(None, Endpoint::Completion { echo })?;
         if req.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
@@ -314,7 +363,7 @@ async fn completions(
                 Some("prompt"),
             ));
         }
-        generate(&st, &headers, Kind::Completion, prompts, gen).await
+        generate(&st, &headers, Kind::Completion, prompts, gen, body_priority).await
     };
     run.await.unwrap_or_else(IntoResponse::into_response)
 }
@@ -366,8 +415,15 @@ async fn generate(
     kind: Kind,
     prompts: Vec<PromptIn>,
     gen: Generation,
+    body_priority: bool,
 ) -> Result<Response, ApiError> {
-    let slo = merge_slo(gen.slo, header_slo(headers)?, st.default_slo);
+    let (slo, priority) = request_slo(
+        st.default_slo,
+        &st.slo_classes,
+        headers,
+        &gen,
+        body_priority,
+    )?;
     let param = if kind == Kind::Chat {
         "messages"
     } else {
@@ -427,7 +483,7 @@ async fn generate(
                 min_tokens: gen.min_tokens.min(max_tokens),
                 params,
                 slo,
-                priority: gen.priority,
+                priority,
                 starts_text: kind == Kind::Chat,
                 choice,
                 logprobs: gen.logprobs,
@@ -542,4 +598,94 @@ fn instances_header(mask: u64) -> String {
         .map(|i| i.to_string())
         .collect::<Vec<_>>()
         .join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::CommonParams;
+
+    fn gen(body: &str) -> (Generation, bool) {
+        let p: CommonParams = serde_json::from_str(body).expect("valid body");
+        let explicit = p.priority.is_some();
+        (
+            p.validate(None, Endpoint::Chat).expect("valid params"),
+            explicit,
+        )
+    }
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, v.parse().expect("header value"));
+        }
+        h
+    }
+
+    #[test]
+    fn the_objective_header_selects_a_class_below_explicit_targets() {
+        let classes = SloClass::defaults();
+        let defaults = Slo {
+            ttft_ms: Some(9_000.0),
+            tbt_ms: Some(900.0),
+        };
+        let run = |body: &str, h: &[(&'static str, &'static str)]| {
+            let (g, explicit) = gen(body);
+            request_slo(defaults, &classes, &headers(h), &g, explicit).expect("valid")
+        };
+        let slo = |ttft: f64, tbt: f64| Slo {
+            ttft_ms: Some(ttft),
+            tbt_ms: Some(tbt),
+        };
+        // No objective: the server's defaults, priority 0.
+        assert_eq!(run("{}", &[]), (defaults, 0));
+        // llm-d's header, and the extension's older name, pick the class's targets and priority.
+        let batch = (slo(30_000.0, 1_000.0), 3);
+        assert_eq!(
+            run("{}", &[("x-llm-d-inference-objective", "batch")]),
+            batch
+        );
+        assert_eq!(
+            run("{}", &[("x-gateway-inference-objective", "batch")]),
+            batch
+        );
+        // llm-d's name wins over the older one.
+        assert_eq!(
+            run(
+                "{}",
+                &[
+                    ("x-llm-d-inference-objective", "code"),
+                    ("x-gateway-inference-objective", "batch"),
+                ]
+            ),
+            (slo(2_000.0, 100.0), 1)
+        );
+        // An objective with no class of ours changes nothing.
+        assert_eq!(
+            run("{}", &[("x-llm-d-inference-objective", "premium")]),
+            (defaults, 0)
+        );
+        // Per target, the body and every SLO header are more specific than the class.
+        let objective = ("x-llm-d-inference-objective", "chat");
+        assert_eq!(
+            run(r#"{"slo": {"ttft_ms": 123}}"#, &[objective]),
+            (slo(123.0, 50.0), 0)
+        );
+        assert_eq!(
+            run("{}", &[objective, ("x-llm-d-slo-tpot-ms", "77")]),
+            (slo(1_000.0, 77.0), 0)
+        );
+        assert_eq!(
+            run("{}", &[objective, ("x-slo-ttft-ms", "55")]),
+            (slo(55.0, 50.0), 0)
+        );
+        // The body's priority, even 0, wins over the class's.
+        let batch_objective = ("x-llm-d-inference-objective", "batch");
+        assert_eq!(run(r#"{"priority": 0}"#, &[batch_objective]).1, 0);
+        assert_eq!(run(r#"{"priority": -2}"#, &[batch_objective]).1, -2);
+        // A malformed SLO header is still an error with an objective present.
+        let (g, explicit) = gen("{}");
+        let bad = headers(&[objective, ("x-llm-d-slo-ttft-ms", "soon")]);
+        assert!(request_slo(defaults, &classes, &bad, &g, explicit).is_err());
+    }
 }

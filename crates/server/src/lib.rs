@@ -303,6 +303,7 @@ async fn prepare(cfg: &ServerConfig) -> anyhow::Result<Prepared> {
         metrics,
         next_handle: AtomicU64::new(1),
         default_slo: cfg.slo,
+        slo_classes: cfg.slo_classes.clone(),
         setup: serde_json::to_value(&setup).context("describing the server setup")?,
         iteration_log,
         max_body_bytes: cfg.max_body_bytes,

@@ -1,6 +1,7 @@
 //! `/metrics` of a real server under the Prometheus text exposition format's strict rules, and
 //! every family, type and label that llm-d's endpoint picker reads through its vLLM mapping
-//! (the Gateway API Inference Extension's model server protocol).
+//! (the Gateway API Inference Extension's model server protocol); and the objective header the
+//! gateway forwards, mapped onto the server's SLO classes.
 //!
 //! The checker is written here rather than taken from a crate: the Rust parsers of this format
 //! (`prometheus-parse` and kin) are lenient by design (they accept samples without HELP or TYPE,
@@ -525,5 +526,62 @@ fn the_checker_refuses_what_the_format_forbids() {
     ];
     for b in bad {
         assert!(parse_strict(b).is_err(), "accepted:\n{b}");
+    }
+}
+
+/// llm-d's objective header puts a request in one of the server's SLO classes; the request's
+/// own SLO headers are more specific, and an objective without a class changes nothing. Seen
+/// through `accellm_slo_met_total`: a class whose TTFT no request can meet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_objective_header_puts_a_request_in_its_slo_class() {
+    let mut cfg = tiny_config();
+    cfg.slo_classes = vec![accellm_workload::SloClass {
+        name: "instant".into(),
+        weight: 1.0,
+        ttft_ms: Some(0.001),
+        tbt_ms: None,
+        priority: 0,
+    }];
+    let server = start(cfg);
+    let http = Http::new(server.addr());
+    let body = serde_json::to_vec(&json!({
+        "model": "tiny",
+        "prompt": "objective",
+        "max_tokens": 2,
+        "ignore_eos": true,
+    }))
+    .expect("JSON");
+    let cases: [(&[(&str, &str)], bool); 5] = [
+        (&[("x-llm-d-inference-objective", "instant")], false),
+        (&[("x-gateway-inference-objective", "instant")], false),
+        (&[], true),
+        (
+            &[
+                ("x-llm-d-inference-objective", "instant"),
+                ("x-llm-d-slo-ttft-ms", "600000"),
+            ],
+            true,
+        ),
+        (&[("x-llm-d-inference-objective", "premium")], true),
+    ];
+    let mut met = 0.0;
+    for (i, (headers, meets)) in cases.iter().enumerate() {
+        let r = http
+            .send("POST", "/v1/completions", body.clone(), headers)
+            .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        met += f64::from(u8::from(*meets));
+        // The verdict is counted when the scheduler thread publishes the request's end.
+        let mut seen = None;
+        for _ in 0..100 {
+            let text = http.get("/metrics").await.body;
+            let done = support::metric_in(&text, "vllm:e2e_request_latency_seconds_count{");
+            if done == Some(i as f64 + 1.0) {
+                seen = support::metric_in(&text, "accellm_slo_met_total{kind=\"strict\"}");
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(seen, Some(met), "case {i}: {headers:?}");
     }
 }

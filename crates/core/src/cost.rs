@@ -103,6 +103,41 @@ pub trait CostModel: Send + Sync {
     fn layer_us(&self, shape: &IterationShape) -> TimeUs {
         self.iteration_us(shape) / self.num_layers().max(1) as TimeUs
     }
+
+    /// Predicted wall time of the iteration on `width` times the instance's own cores (2: with
+    /// its idle partner's, see [`crate::SchedulerConfig::share_idle_cores`]). By default the
+    /// width is ignored: hardware whose instances cannot lend each other cores.
+    fn iteration_us_on(&self, shape: &IterationShape, width: u32) -> TimeUs {
+        let _ = width;
+        self.iteration_us(shape)
+    }
+}
+
+/// A cost model seen through an iteration that runs on `width` times the instance's cores: what
+/// a policy sizing that iteration must be given.
+pub struct OnWidth<'a> {
+    /// The instance's cost model.
+    pub inner: &'a dyn CostModel,
+    /// Width of the iteration (1: own cores).
+    pub width: u32,
+}
+
+impl CostModel for OnWidth<'_> {
+    fn iteration_us(&self, shape: &IterationShape) -> TimeUs {
+        self.inner.iteration_us_on(shape, self.width)
+    }
+
+    fn num_layers(&self) -> u32 {
+        self.inner.num_layers()
+    }
+
+    fn kv_bytes_per_token(&self) -> u64 {
+        self.inner.kv_bytes_per_token()
+    }
+
+    fn iteration_us_on(&self, shape: &IterationShape, width: u32) -> TimeUs {
+        self.inner.iteration_us_on(shape, width)
+    }
 }
 
 /// When a copy streamed layer by layer during an iteration completes.
@@ -152,6 +187,9 @@ pub struct LinearCostModel {
     pub layers: u32,
     /// KV bytes per token.
     pub kv_bytes_per_token: u64,
+    /// The same iterations on the instance's cores and its partner's (width 2), where measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wide: Option<Box<LinearCostModel>>,
 }
 
 impl LinearCostModel {
@@ -185,6 +223,13 @@ impl CostModel for LinearCostModel {
 
     fn kv_bytes_per_token(&self) -> u64 {
         self.kv_bytes_per_token
+    }
+
+    fn iteration_us_on(&self, shape: &IterationShape, width: u32) -> TimeUs {
+        match &self.wide {
+            Some(wide) if width >= 2 => wide.iteration_us(shape),
+            _ => self.iteration_us(shape),
+        }
     }
 }
 
@@ -224,6 +269,7 @@ mod tests {
             knots: Vec::new(),
             layers: 1,
             kv_bytes_per_token: 1,
+            wide: None,
         };
         let shape = |t: u32| {
             let mut s = IterationShape::default();

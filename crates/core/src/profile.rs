@@ -102,6 +102,67 @@ pub struct HardwareProfile {
     /// Measured iterations.
     #[serde(default, rename = "point", skip_serializing_if = "Vec::is_empty")]
     pub points: Vec<Point>,
+    /// The same model on the instance's threads and its idle partner's (twice as many), where
+    /// measured: what an iteration costs when it borrows them
+    /// ([`crate::SchedulerConfig::share_idle_cores`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wide: Option<WideFit>,
+}
+
+/// The iteration-time model of an instance running on twice its threads (its own and its idle
+/// partner's): the coefficients and knots of [`HardwareProfile`], fitted to its own points.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WideFit {
+    /// Fixed cost per iteration (ms).
+    #[serde(deserialize_with = "non_negative")]
+    pub a_ms: f64,
+    /// Cost per token (ms).
+    #[serde(deserialize_with = "non_negative")]
+    pub b_ms_per_token: f64,
+    /// Cost per (token, key) pair (ms).
+    #[serde(deserialize_with = "non_negative")]
+    pub c_ms_per_context: f64,
+    /// Cost per logit row (ms).
+    #[serde(deserialize_with = "non_negative")]
+    pub d_ms_per_logit_row: f64,
+    /// Mean absolute relative error of the fit over the points.
+    #[serde(default)]
+    pub mean_rel_err: f64,
+    /// Where the cost per token changes.
+    #[serde(default, rename = "knot", skip_serializing_if = "Vec::is_empty")]
+    pub knots: Vec<Knot>,
+    /// Measured iterations.
+    #[serde(default, rename = "point", skip_serializing_if = "Vec::is_empty")]
+    pub points: Vec<Point>,
+}
+
+impl WideFit {
+    /// Fits `points` (measured on the wide pool) with [`fit`].
+    pub fn from_points(points: Vec<Point>, knots: &[u32]) -> Result<Self, ProfileError> {
+        let f = fit(&points, knots)?;
+        let [a, b, c, d] = f.coef;
+        Ok(Self {
+            a_ms: a,
+            b_ms_per_token: b,
+            c_ms_per_context: c,
+            d_ms_per_logit_row: d,
+            mean_rel_err: f.mean_rel_err,
+            knots: f.knots,
+            points,
+        })
+    }
+
+    /// Multiplies every coefficient by `k` (a probe's speed ratio to the reference machine).
+    pub fn scale(&mut self, k: f64) {
+        self.a_ms *= k;
+        self.b_ms_per_token *= k;
+        self.c_ms_per_context *= k;
+        self.d_ms_per_logit_row *= k;
+        for knot in &mut self.knots {
+            knot.ms_per_token *= k;
+        }
+    }
 }
 
 /// From `tokens` on, each further token costs `ms_per_token` more (negative: less) than before.
@@ -415,6 +476,7 @@ impl HardwareProfile {
             instance: PoolShape::default(),
             knots: Vec::new(),
             points,
+            wide: None,
         };
         p.refit(knots)?;
         Ok(p)
@@ -474,15 +536,27 @@ impl HardwareProfile {
             Some(c) => (c, self.knots.clone()),
             None => (fit(&self.points, &[])?.coef, Vec::new()),
         };
-        Ok(LinearCostModel {
+        let linear = |[a, b, c, d]: [f64; 4], knots: &[Knot]| LinearCostModel {
             base_us: (a + self.overhead_ms) * 1e3,
             per_token_us: b * 1e3,
             per_kv_token_us: c * 1e3,
             per_logit_row_us: d * 1e3,
-            knots: knots.into_iter().map(TokenKnot::from).collect(),
+            knots: knots.iter().copied().map(TokenKnot::from).collect(),
             layers: self.geometry.layers,
             kv_bytes_per_token: self.geometry.kv_bytes_per_token,
-        })
+            wide: None,
+        };
+        let mut m = linear([a, b, c, d], &knots);
+        m.wide = self.wide.as_ref().map(|w| {
+            let coef = [
+                w.a_ms,
+                w.b_ms_per_token,
+                w.c_ms_per_context,
+                w.d_ms_per_logit_row,
+            ];
+            Box::new(linear(coef, &w.knots))
+        });
+        Ok(m)
     }
 
     /// The link between two instances: one layer's copy costs `latency_us` plus its bytes at
@@ -564,6 +638,15 @@ impl ServeSetup {
             },
             knots: c.knots.iter().copied().map(Knot::from).collect(),
             points: Vec::new(),
+            wide: c.wide.as_ref().map(|w| WideFit {
+                a_ms: w.base_us / 1e3,
+                b_ms_per_token: w.per_token_us / 1e3,
+                c_ms_per_context: w.per_kv_token_us / 1e3,
+                d_ms_per_logit_row: w.per_logit_row_us / 1e3,
+                mean_rel_err: 0.0,
+                knots: w.knots.iter().copied().map(Knot::from).collect(),
+                points: Vec::new(),
+            }),
         }
     }
 }

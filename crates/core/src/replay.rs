@@ -212,13 +212,15 @@ pub fn run_keyed_failing(
                 Action::Run {
                     instance,
                     iteration,
+                    ..
                 } => {
-                    let batch = &sched.instance(instance).batch;
+                    let inst = sched.instance(instance);
                     let dur = match hardware {
-                        Some(h) => h.cost.iteration_us(&batch.shape),
-                        None => sched.cost().iteration_us(&batch.shape),
+                        Some(h) => inst.iteration_us(h.cost),
+                        None => inst.iteration_us(sched.cost()),
                     }
                     .max(1);
+                    let batch = &inst.batch;
                     push(
                         &mut queue,
                         &mut taken,

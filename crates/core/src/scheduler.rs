@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     batch::{BatchKind, Work},
     cluster::{CatchUp, ClusterCtx, ClusterPolicy, Migration},
-    cost::{CostModel, Link},
+    cost::{CostModel, Link, OnWidth},
     instance::{Instance, InstancePolicy, PhaseConstraint, ScheduleCtx},
     kv::{BlockKeys, BlockManager, Ownership},
     metrics::Metrics,
@@ -36,6 +36,9 @@ pub enum Action {
         instance: InstanceId,
         /// The iteration's sequence number on that instance.
         iteration: u64,
+        /// The idle partner whose cores this iteration borrows (it also runs on them), if any
+        /// ([`SchedulerConfig::share_idle_cores`]).
+        borrowed: Option<InstanceId>,
     },
     /// Copy `tokens` tokens of `request`'s KV (positions `from_token..from_token+tokens`) from
     /// instance `from` to instance `to`, then call [`Scheduler::transfer_done`] with `id`.
@@ -202,6 +205,12 @@ pub struct SchedulerConfig {
     /// Reuse cached KV blocks of equal prompt prefixes (requests submitted with block keys).
     #[serde(default = "default_prefix_cache")]
     pub prefix_cache: bool,
+    /// Instances `2k` and `2k + 1` run on cores of one machine and lend each other those cores:
+    /// an instance whose partner has nothing to run (and is not itself borrowing) runs its next
+    /// iteration on both instances' cores, priced by [`CostModel::iteration_us_on`] at width 2;
+    /// the partner starts its own next iteration once that one ends.
+    #[serde(default)]
+    pub share_idle_cores: bool,
 }
 
 fn default_prefix_cache() -> bool {
@@ -228,11 +237,35 @@ pub struct State {
     pub(crate) prefix_cache: bool,
     /// Instances declared down ([`Scheduler::instance_down`]).
     pub(crate) down: Vec<bool>,
+    /// [`SchedulerConfig::share_idle_cores`].
+    pub(crate) share_idle_cores: bool,
 }
 
 impl State {
     pub(crate) fn waiting_total(&self) -> usize {
         self.instances.iter().map(|i| i.waiting.len()).sum()
+    }
+
+    /// The partner whose cores `i` may borrow: `i ^ 1`, when lending is on and it exists.
+    pub(crate) fn partner_cores(&self, i: InstanceId) -> Option<InstanceId> {
+        let p = i ^ 1;
+        (self.share_idle_cores && (p as usize) < self.instances.len()).then_some(p)
+    }
+
+    /// Whether `i` can lend its cores now: up, idle, not lent, and nothing to run.
+    fn can_lend(&self, i: InstanceId) -> bool {
+        let inst = &self.instances[i as usize];
+        !self.is_down(i)
+            && !inst.busy
+            && inst.lent_to.is_none()
+            && inst.waiting.is_empty()
+            && inst.running.is_empty()
+    }
+
+    /// `p`'s cores come back from the iteration that borrowed them; it may schedule again.
+    pub(crate) fn give_back(&mut self, p: InstanceId) {
+        self.instances[p as usize].lent_to = None;
+        self.mark_dirty(p);
     }
 
     pub(crate) fn mark_dirty(&mut self, i: InstanceId) {
@@ -414,6 +447,7 @@ impl Scheduler {
                 catch_up: cluster.catch_up(),
                 prefix_cache: cfg.prefix_cache,
                 down: vec![false; n],
+                share_idle_cores: cfg.share_idle_cores,
             },
             cluster,
             instance_policies,
@@ -566,6 +600,10 @@ impl Scheduler {
         }
         inst.busy = false;
         inst.account_kv(now);
+        if let Some(p) = inst.borrowed.take() {
+            s.give_back(p);
+        }
+        let inst = &mut s.instances[instance as usize];
         let took = now.saturating_sub(inst.started_us);
         inst.stats.iterations += 1;
         match inst.batch.kind() {
@@ -757,7 +795,8 @@ impl Scheduler {
     fn schedule_idle(&mut self) {
         while let Some(i) = self.state.dirty.pop() {
             self.state.is_dirty[i as usize] = false;
-            if self.state.instances[i as usize].busy || self.state.is_down(i) {
+            let inst = &self.state.instances[i as usize];
+            if inst.busy || inst.lent_to.is_some() || self.state.is_down(i) {
                 continue;
             }
             let mut cctx = ClusterCtx { s: &mut self.state };
@@ -779,11 +818,18 @@ impl Scheduler {
             return;
         }
         inst.account_kv(now);
+        // An idle partner's cores, when it has nothing to run: the policy sizes the batch for them.
+        let borrow = s.partner_cores(i).filter(|&p| s.can_lend(p));
+        let wide = OnWidth {
+            inner: &*s.cost,
+            width: 2,
+        };
+        let inst = &mut s.instances[i as usize];
         let mut ctx = ScheduleCtx {
             now,
             inst,
             requests: &mut s.requests,
-            cost: &*s.cost,
+            cost: if borrow.is_some() { &wide } else { &*s.cost },
             constraint,
             evicted: std::mem::take(&mut self.scratch_evicted),
             preempted: 0,
@@ -892,9 +938,15 @@ impl Scheduler {
         inst.busy = true;
         inst.started_us = now;
         inst.iteration += 1;
+        inst.borrowed = borrow;
+        let iteration = inst.iteration;
+        if let Some(p) = borrow {
+            s.instances[p as usize].lent_to = Some(i);
+        }
         s.actions.push(Action::Run {
             instance: i,
-            iteration: inst.iteration,
+            iteration,
+            borrowed: borrow,
         });
     }
 

@@ -29,6 +29,7 @@ fn linear(per_kv_token_us: f64) -> LinearCostModel {
         per_logit_row_us: 1.0,
         layers: 4,
         kv_bytes_per_token: 1024,
+        wide: None,
     }
 }
 
@@ -43,6 +44,7 @@ fn sched(cost: LinearCostModel, kv_blocks: u32, icfg: &InstanceConfig) -> Schedu
         max_waiting: 0,
         record_timelines: false,
         prefix_cache: true,
+        share_idle_cores: false,
     };
     let policies = vec![instance::build("accelgen", icfg).unwrap()];
     Scheduler::new(

@@ -176,6 +176,7 @@ fn drive(s: &mut Scheduler, mut now: TimeUs, until: &dyn Fn(&Scheduler) -> bool)
                 Action::Run {
                     instance,
                     iteration,
+                    ..
                 } => Some((instance, iteration)),
                 _ => None,
             })

@@ -2,14 +2,14 @@
 //! tokens, and decode iterations at batch 1, 4, 16 and 64 (context 128), per weight format.
 //!
 //! The model is found through `ACCELLM_MODEL` or the model cache; the bench does nothing (and
-//! says so) when it is missing. Thread count: `CANDLE_NUM_THREADS` (default 2), e.g.
-//! `CANDLE_NUM_THREADS=1 cargo bench -p accellm-engine`. Formats: `ACCELLM_BENCH_FORMATS`
+//! says so) when it is missing. Thread count: `ACCELLM_BENCH_THREADS` (default 2), e.g.
+//! `ACCELLM_BENCH_THREADS=1 cargo bench -p accellm-engine`. Formats: `ACCELLM_BENCH_FORMATS`
 //! (default `q8-padded`; e.g. `q8-padded,native,f32`).
 
 use std::path::PathBuf;
 
 use accellm_engine::bench::{decode_batch, pool_for, synthetic_tokens};
-use accellm_engine::{set_matmul_threads, ForwardBatch, Model, SeqInput, Threads, WeightFormat};
+use accellm_engine::{inline_candle_matmuls, ForwardBatch, Model, SeqInput, Threads, WeightFormat};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
 fn model_path() -> Option<PathBuf> {
@@ -24,7 +24,11 @@ fn bench(c: &mut Criterion) {
         eprintln!("engine bench skipped: model not found (run scripts/fetch-model.sh)");
         return;
     };
-    let n = set_matmul_threads(2);
+    inline_candle_matmuls().expect("CANDLE_NUM_THREADS unset or 1");
+    let n = std::env::var("ACCELLM_BENCH_THREADS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2);
     let threads = Threads::new(n, "bench").expect("thread pool");
     let formats: Vec<WeightFormat> = std::env::var("ACCELLM_BENCH_FORMATS")
         .unwrap_or_else(|_| "q8-padded".into())

@@ -153,7 +153,7 @@ impl BlockMatrix {
         let mut w = vec![0f32; n * k];
         let w_ptr = w.as_mut_ptr() as usize;
         const ROWS_PER_ITEM: usize = 16;
-        candle_core::utils::barrier_pool().execute_chunked(n.div_ceil(ROWS_PER_ITEM), |items| {
+        crate::threads::for_each_range(n.div_ceil(ROWS_PER_ITEM), |items| {
             let rows = items.start * ROWS_PER_ITEM..(items.end * ROWS_PER_ITEM).min(n);
             // SAFETY: rows `rows` of `w` (in bounds) belong to this work item alone.
             let dst = unsafe {
@@ -184,8 +184,8 @@ impl BlockMatrix {
         w
     }
 
-    /// The block kernel: `y = x · Wᵀ` for `m` rows. The output columns are split over candle's
-    /// barrier pool, the thread pool of the quantized matmuls.
+    /// The block kernel: `y = x · Wᵀ` for `m` rows. The output columns are split over the current
+    /// rayon pool (the iteration's threads).
     fn gemv(&self, x: &[f32], m: usize, y: &mut [f32]) {
         let (k, n) = (self.k, self.n);
         assert_eq!(x.len(), m * k, "activation size");
@@ -203,7 +203,7 @@ impl BlockMatrix {
         let y_ptr = y.as_mut_ptr() as usize;
         // Columns per work item: big enough to amortise the scheduling, small enough to balance.
         const COLS: usize = 16;
-        candle_core::utils::barrier_pool().execute_chunked(n.div_ceil(COLS), |items| {
+        crate::threads::for_each_range(n.div_ceil(COLS), |items| {
             let cols = items.start * COLS..(items.end * COLS).min(n);
             for j in cols {
                 for r0 in (0..m).step_by(ROWS) {

@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use anyhow::Context;
 
-use accellm_core::profile::{Geometry, HardwareProfile, KvCopy, Point, PoolShape, ENGINE_KNOTS};
+use accellm_core::profile::{
+    Geometry, HardwareProfile, KvCopy, Point, PoolShape, WideFit, ENGINE_KNOTS,
+};
 
 use crate::bench::{
     blocks_for, median, median_timing, pool_for, process_cpu_ms, time_decode, time_prefill,
@@ -14,7 +16,7 @@ use crate::bench::{
 use crate::kv::{copy_kv, KvPool, KvSpan};
 use crate::linear::WeightFormat;
 use crate::model::Model;
-use crate::threads::{set_matmul_threads, Threads};
+use crate::threads::{inline_candle_matmuls, Threads};
 
 /// Arguments of `accellm engine-bench`.
 #[derive(Debug, Clone, clap::Args)]
@@ -26,8 +28,7 @@ pub struct EngineBenchArgs {
     /// picks on this CPU.
     #[arg(long, value_delimiter = ',', default_values_t = [WeightFormat::for_this_cpu()])]
     pub formats: Vec<WeightFormat>,
-    /// Thread counts to measure; each runs in its own process (candle's matmul threads are
-    /// fixed per process).
+    /// Thread counts to measure; each runs in its own process (a clean cache and allocator).
     #[arg(long, value_delimiter = ',', default_value = "1,2")]
     pub threads: Vec<usize>,
     /// Prompt lengths for the prefill measurement.
@@ -114,7 +115,7 @@ pub fn run_bench(args: EngineBenchArgs) -> anyhow::Result<()> {
                 .arg(args.steps.to_string())
                 .arg("--reps")
                 .arg(args.reps.to_string())
-                .env("CANDLE_NUM_THREADS", n.to_string())
+                .env("CANDLE_NUM_THREADS", "1")
                 .env("RAYON_NUM_THREADS", n.to_string())
                 .stderr(std::process::Stdio::inherit());
             let out = cmd
@@ -156,11 +157,7 @@ fn bench_in_process(
     model_path: &Path,
     n: usize,
 ) -> anyhow::Result<Vec<BenchRow>> {
-    let in_force = set_matmul_threads(n);
-    anyhow::ensure!(
-        in_force == n,
-        "CANDLE_NUM_THREADS={in_force} in the environment conflicts with --threads {n}"
-    );
+    inline_candle_matmuls()?;
     let threads = Threads::new(n, "bench")?;
     let mut rows = Vec::new();
     for &format in &args.formats {
@@ -315,6 +312,20 @@ pub struct CalibrateArgs {
     /// loaded: they compete for the cores' shared caches and memory bandwidth.
     #[arg(long, default_value_t = 0)]
     pub background: usize,
+    /// Also measure every shape on twice the threads (an instance running on its idle
+    /// partner's cores too, as `accellm serve --share-idle-cores on` does) and fit the profile's
+    /// `[wide]` model [default: on when the process may use that many CPUs].
+    #[arg(long, value_name = "on|off", value_parser = on_off)]
+    pub wide: Option<bool>,
+}
+
+/// Parses `on`/`off` (also `true`/`false`, `1`/`0`).
+pub fn on_off(s: &str) -> Result<bool, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "on" | "true" | "1" | "yes" => Ok(true),
+        "off" | "false" | "0" | "no" => Ok(false),
+        _ => Err(format!("expected on or off, got `{s}`")),
+    }
 }
 
 /// Which clock `accellm calibrate` measures iterations with.
@@ -335,12 +346,7 @@ pub enum Clock {
 /// `accellm simulate --hardware-profile` read.
 pub fn run_calibrate(args: CalibrateArgs) -> anyhow::Result<()> {
     let model_path = resolve_model(&args.model)?;
-    let in_force = set_matmul_threads(args.threads);
-    anyhow::ensure!(
-        in_force == args.threads,
-        "CANDLE_NUM_THREADS={in_force} in the environment conflicts with --threads {}",
-        args.threads
-    );
+    inline_candle_matmuls()?;
     let threads = Threads::new(args.threads, "calibrate")?;
     let model = Model::load(&model_path, args.format)
         .with_context(|| format!("loading {}", model_path.display()))?;
@@ -367,8 +373,28 @@ pub fn run_calibrate(args: CalibrateArgs) -> anyhow::Result<()> {
         &measure,
         true,
     )?;
+    let wide_threads = 2 * args.threads.max(1);
+    let wide = args
+        .wide
+        .unwrap_or_else(|| crate::threads::allowed_cpus().len() >= wide_threads);
+    let wide_points = if wide {
+        eprintln!("calibrate: the same shapes on {wide_threads} threads (the [wide] fit) ...");
+        let threads = Threads::new(wide_threads, "calibrate-wide")?;
+        // The partner whose cores are borrowed is idle by definition: no background.
+        Some(measure_shapes(
+            &model,
+            &pool,
+            &threads,
+            &calibration_shapes(),
+            0,
+            &measure,
+            false,
+        )?)
+    } else {
+        None
+    };
     let kv_copy = measure_kv_copy(&model, &measure)?;
-    write_profile(&args, &model, &model_path, points, kv_copy)
+    write_profile(&args, &model, &model_path, points, wide_points, kv_copy)
 }
 
 /// Shapes of the start-up probe: a decode step, a small decode batch, two small prompt chunks
@@ -428,6 +454,10 @@ pub fn probed_profile(
     }
     for k in &mut p.knots {
         k.ms_per_token *= scale;
+    }
+    if let Some(w) = &mut p.wide {
+        w.scale(scale);
+        w.points.clear();
     }
     p.name = format!("{} × {scale:.2} (start-up probe)", p.name);
     p.points = points;
@@ -522,6 +552,7 @@ fn write_profile(
     model: &Model,
     model_path: &Path,
     points: Vec<Point>,
+    wide_points: Option<Vec<Point>>,
     kv_copy: KvCopy,
 ) -> anyhow::Result<()> {
     let mc = model.config();
@@ -560,6 +591,19 @@ fn write_profile(
     };
     profile.overhead_ms = args.overhead_ms.max(0.0);
     profile.request_overhead_ms = args.request_overhead_ms.max(0.0);
+    if let Some(points) = wide_points {
+        let w = WideFit::from_points(points, &ENGINE_KNOTS).context("fitting the [wide] model")?;
+        println!(
+            "[wide] on {} threads: iteration_ms = {:.3} + {:.4}*tokens + {:.6}*sum_context + {:.3}*logit_rows (mean |rel err| {:.1}%)",
+            2 * args.threads.max(1),
+            w.a_ms,
+            w.b_ms_per_token,
+            w.c_ms_per_context,
+            w.d_ms_per_logit_row,
+            w.mean_rel_err * 100.0
+        );
+        profile.wide = Some(w);
+    }
     let [a, b, c, d] = profile.coefficients().unwrap_or_default();
     let knots: String = profile
         .knots

@@ -32,7 +32,7 @@ pub use model::Model;
 pub use sampling::{
     argmax, FinishReason, Sampler, SamplingParams, StopMatcher, StopStatus, TokenLogprob,
 };
-pub use threads::{matmul_threads, set_matmul_threads, Threads};
+pub use threads::{inline_candle_matmuls, Threads};
 
 /// Compile-time check that the shared types can cross threads.
 #[allow(dead_code)]

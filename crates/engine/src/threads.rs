@@ -1,21 +1,18 @@
-//! Per-instance thread pools, and how candle's own threads fit in.
+//! Per-instance thread pools: every parallel loop of the engine runs on the rayon pool current on
+//! the calling thread, so the pool an iteration is installed in decides how many cores it gets.
 //!
-//! What candle 0.11 does on the CPU (read from its source):
-//! - Quantized matmuls (the `Native` and `Q8Padded` formats) run on one **process-wide**
-//!   "barrier pool" of `CANDLE_NUM_THREADS - 1` worker threads (default: `RAYON_NUM_THREADS`, else
-//!   the number of physical cores), created on first use and fixed afterwards. The calling thread
-//!   takes part as the last worker. Concurrent callers are serialised by a lock, and idle workers
-//!   spin for a while before parking. With `CANDLE_NUM_THREADS=1` the pool has no workers and every
-//!   matmul runs inline on the calling thread, without the lock — so two instances with one thread
-//!   each really run in parallel.
-//! - Dense f32 matmuls (the `F32` format) use `gemm` with rayon, i.e. the rayon pool that is
-//!   current on the calling thread (so [`Threads::install`] controls them).
-//! - The engine's own parallel loops (attention) use the current rayon pool as well.
+//! - Quantized matmuls (`Native`, `Q8Padded`) are split by output rows into slices at load time
+//!   ([`crate::linear`]) and the slices run in parallel on the current pool; candle's own
+//!   process-wide "barrier pool" is kept at one thread (`CANDLE_NUM_THREADS=1`,
+//!   [`inline_candle_matmuls`]), so each slice runs inline on the thread that takes it. (Candle's
+//!   pool is fixed per process and serialises concurrent callers with a lock: it cannot give one
+//!   instance two cores for one iteration and one core for the next.)
+//! - The `Blocks` kernel and its dequantization split their columns over the current pool.
+//! - Dense f32 matmuls use `gemm` with rayon, i.e. the current pool; so does attention.
 //!
-//! So: an instance owns a [`Threads`] (a rayon pool of its size) and runs its forward passes inside
-//! [`Threads::install`]; the process sets the quantized-matmul thread count once, before loading
-//! anything, with [`set_matmul_threads`] — 1 when several single-threaded instances share the
-//! machine, N for one instance with N threads.
+//! So: an instance owns a [`Threads`] of its size, and, where it may borrow an idle partner's
+//! cores, a second one spanning both instances' CPUs; each iteration runs inside
+//! [`Threads::install`] of the pool the scheduler chose for it.
 
 use crate::error::{EngineError, Result};
 
@@ -46,8 +43,7 @@ impl Threads {
 
     /// Creates a pool of `n` threads named `{name}-{i}`, thread `i` pinned to CPU
     /// `cpus[i % cpus.len()]` (Linux `sched_setaffinity`; where that fails or elsewhere, the
-    /// thread runs unpinned). With one matmul thread per instance ([`set_matmul_threads`]) the
-    /// forward pass runs on these threads, so two instances stop sharing a core by chance.
+    /// thread runs unpinned). The forward pass runs on these threads, so two instances stop sharing a core by chance.
     pub fn pinned(n: usize, name: &str, cpus: Vec<usize>) -> Result<Self> {
         let name = name.to_string();
         let pool = rayon::ThreadPoolBuilder::new()
@@ -116,30 +112,37 @@ pub fn pin_current_thread(cpu: usize) -> bool {
     }
 }
 
-/// Sets the number of threads candle uses for quantized matmuls, process-wide. Call it once at
-/// start-up, before any model is loaded or run and before other threads are spawned; an explicit
-/// `CANDLE_NUM_THREADS` in the environment wins. Returns the count in force.
-pub fn set_matmul_threads(n: usize) -> usize {
-    if let Some(v) = std::env::var("CANDLE_NUM_THREADS")
-        .ok()
-        .and_then(|s| s.parse::<usize>().ok())
-        .filter(|&v| v > 0)
-    {
-        return v;
+/// Keeps candle's quantized-matmul pool at one thread (the engine parallelises on rayon instead:
+/// see the module docs). Call it once at start-up, before any model is loaded or run. An explicit
+/// `CANDLE_NUM_THREADS` other than 1 in the environment is an error: it would run a second set of
+/// threads under each instance's own.
+pub fn inline_candle_matmuls() -> Result<()> {
+    match std::env::var("CANDLE_NUM_THREADS") {
+        Ok(v) if v.trim() != "1" => Err(EngineError::Threads(format!(
+            "CANDLE_NUM_THREADS={v} in the environment: accellm runs candle's matmuls inline and \
+             sets threads with its own flags (--threads, --threads-per-instance); unset it"
+        ))),
+        Ok(_) => Ok(()),
+        Err(_) => {
+            std::env::set_var("CANDLE_NUM_THREADS", "1");
+            Ok(())
+        }
     }
-    let n = n.max(1);
-    std::env::set_var("CANDLE_NUM_THREADS", n.to_string());
-    n
 }
 
-/// The quantized-matmul thread count candle will use (or is using).
-pub fn matmul_threads() -> usize {
-    std::env::var("CANDLE_NUM_THREADS")
-        .ok()
-        .or_else(|| std::env::var("RAYON_NUM_THREADS").ok())
-        .and_then(|s| s.parse::<usize>().ok())
-        .filter(|&v| v > 0)
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+/// Calls `f` on consecutive ranges that cover `0..n`, in parallel on the current rayon pool (a
+/// few ranges per thread, to balance), or once with `0..n` on a one-thread pool.
+pub(crate) fn for_each_range(n: usize, f: impl Fn(std::ops::Range<usize>) + Sync) {
+    use rayon::prelude::*;
+    let threads = rayon::current_num_threads();
+    if threads <= 1 || n <= 1 {
+        f(0..n);
+        return;
+    }
+    let pieces = (threads * 4).min(n);
+    (0..pieces).into_par_iter().for_each(|p| {
+        f(p * n / pieces..(p + 1) * n / pieces);
+    });
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use accellm_core::profile::{Knot, KvCopy};
+use accellm_core::profile::{Knot, KvCopy, WideFit};
 use accellm_engine::WeightFormat;
 use anyhow::Context as _;
 
@@ -56,6 +56,10 @@ pub struct ServeArgs {
     /// instances × threads CPUs [default: on].
     #[arg(long, value_name = "on|off", value_parser = on_off)]
     pub pin_threads: Option<bool>,
+    /// Let an instance run an iteration on its partner's cores too (instances 2k and 2k+1)
+    /// while the partner has nothing to run: a lone request gets the whole machine [default: on].
+    #[arg(long, value_name = "on|off", value_parser = on_off)]
+    pub share_idle_cores: Option<bool>,
     /// Most requests waiting before new ones get HTTP 429 (0: unbounded) [default: 256].
     #[arg(long)]
     pub max_waiting: Option<usize>,
@@ -99,6 +103,7 @@ impl ServeArgs {
             block_size,
             prefix_cache,
             pin_threads,
+            share_idle_cores,
             max_waiting,
             weight_format
         );
@@ -129,14 +134,7 @@ impl ServeArgs {
     }
 }
 
-/// Parses `on` / `off` (also `true` / `false`).
-pub fn on_off(s: &str) -> Result<bool, String> {
-    match s {
-        "on" | "true" => Ok(true),
-        "off" | "false" => Ok(false),
-        _ => Err(format!("expected on or off, got `{s}`")),
-    }
-}
+pub use accellm_engine::cli::on_off;
 
 /// Reads cost coefficients from a TOML file: the hardware profile `accellm calibrate --out`
 /// writes (`a_ms`, `b_ms_per_token`, `c_ms_per_context`, `d_ms_per_logit_row`, plus
@@ -175,6 +173,17 @@ fn read_cost(path: &std::path::Path) -> anyhow::Result<CostConfig> {
             .with_context(|| format!("{}: invalid [[knot]]", path.display()))?,
         None => Vec::new(),
     };
+    let wide = match table.get("wide") {
+        Some(t) => {
+            let mut w = t
+                .clone()
+                .try_into::<WideFit>()
+                .with_context(|| format!("{}: invalid [wide]", path.display()))?;
+            w.a_ms += overhead;
+            Some(w)
+        }
+        None => None,
+    };
     Ok(CostConfig {
         base_ms: get(["base_ms", "a_ms"])? + overhead,
         per_token_ms: get(["per_token_ms", "b_ms_per_token"])?,
@@ -182,6 +191,7 @@ fn read_cost(path: &std::path::Path) -> anyhow::Result<CostConfig> {
         per_logit_row_ms: get(["per_logit_row_ms", "d_ms_per_logit_row"])?,
         kv_copy,
         knots,
+        wide,
     })
 }
 
@@ -209,7 +219,7 @@ async fn shutdown_signal() {
 /// Runs `accellm serve`.
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let cfg = args.to_config()?;
-    accellm_engine::set_matmul_threads(cfg.threads_per_instance);
+    accellm_engine::inline_candle_matmuls()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name("accellm-http")

@@ -7,7 +7,7 @@ use accellm_core::{
     cluster::ClusterConfig,
     cost::{LinearCostModel, Link, TokenKnot},
     instance::InstanceConfig,
-    profile::{HardwareProfile, Knot, KvCopy},
+    profile::{HardwareProfile, Knot, KvCopy, WideFit},
     request::Slo,
 };
 use accellm_engine::WeightFormat;
@@ -72,6 +72,9 @@ pub struct ServerConfig {
     /// Pin each instance's threads to CPUs of their own when there are enough (instances ×
     /// threads per instance ≤ CPUs this process may use): less noise from the OS moving them.
     pub pin_threads: bool,
+    /// Instances `2k` and `2k + 1` lend each other their cores while one has nothing to run
+    /// (`accellm_core::SchedulerConfig::share_idle_cores`); local instances only.
+    pub share_idle_cores: bool,
     /// Most requests waiting for prefill before new ones get 429 (0: unbounded).
     pub max_waiting: usize,
     /// Largest accepted request body in bytes (413 beyond).
@@ -122,6 +125,10 @@ pub struct CostConfig {
     /// Where the cost per token changes (a hardware profile's `[[knot]]` rows).
     #[serde(default, rename = "knot", skip_serializing_if = "Vec::is_empty")]
     pub knots: Vec<Knot>,
+    /// The model on twice the threads (a hardware profile's `[wide]`), executor overhead included
+    /// in its `a_ms`: what an iteration on an idle partner's cores costs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wide: Option<WideFit>,
 }
 
 impl CostConfig {
@@ -137,6 +144,7 @@ impl CostConfig {
             per_logit_row_ms: 0.4 * scale,
             kv_copy: None,
             knots: Vec::new(),
+            wide: None,
         }
     }
 
@@ -153,6 +161,10 @@ impl CostConfig {
             per_logit_row_ms: d,
             kv_copy: Some(p.kv_copy),
             knots: p.knots.clone(),
+            wide: p.wide.clone().map(|mut w| {
+                w.a_ms += p.overhead_ms;
+                w
+            }),
         })
     }
 
@@ -176,6 +188,18 @@ impl CostConfig {
             knots: self.knots.iter().copied().map(TokenKnot::from).collect(),
             layers,
             kv_bytes_per_token,
+            wide: self.wide.as_ref().map(|w| {
+                Box::new(LinearCostModel {
+                    base_us: w.a_ms * 1000.0,
+                    per_token_us: w.b_ms_per_token * 1000.0,
+                    per_kv_token_us: w.c_ms_per_context * 1000.0,
+                    per_logit_row_us: w.d_ms_per_logit_row * 1000.0,
+                    knots: w.knots.iter().copied().map(TokenKnot::from).collect(),
+                    layers,
+                    kv_bytes_per_token,
+                    wide: None,
+                })
+            }),
         }
     }
 }
@@ -196,6 +220,7 @@ impl Default for ServerConfig {
             block_size: 16,
             prefix_cache: true,
             pin_threads: true,
+            share_idle_cores: true,
             max_waiting: 256,
             max_body_bytes: 4 << 20,
             api_key: None,

@@ -487,7 +487,8 @@ impl Executor {
                     Action::Run {
                         instance,
                         iteration,
-                    } => self.dispatch_run(instance, iteration),
+                        borrowed,
+                    } => self.dispatch_run(instance, iteration, borrowed.is_some()),
                     Action::Transfer {
                         id,
                         request,
@@ -598,7 +599,7 @@ impl Executor {
         }
     }
 
-    fn dispatch_run(&mut self, instance: InstanceId, iteration: u64) {
+    fn dispatch_run(&mut self, instance: InstanceId, iteration: u64, wide: bool) {
         let i = instance as usize;
         let entries = self.sched.instance(instance).batch.entries.clone();
         let mut seqs = Vec::with_capacity(entries.len());
@@ -726,7 +727,11 @@ impl Executor {
             })
             .collect();
         let shape = self.sched.instance(instance).batch.shape;
-        let predicted_s = self.sched.cost().iteration_us(&shape) as f64 / 1e6;
+        let predicted_s = self
+            .sched
+            .instance(instance)
+            .iteration_us(self.sched.cost()) as f64
+            / 1e6;
         self.inflight[i] = Some(InFlight {
             iteration,
             rows,
@@ -744,6 +749,7 @@ impl Executor {
             prompt_rows: prompt_jobs,
             copies,
             predicted_s,
+            wide,
         };
         if self.conflicts(
             i,

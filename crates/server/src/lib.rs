@@ -173,6 +173,14 @@ async fn prepare(cfg: &ServerConfig) -> anyhow::Result<Prepared> {
     let (layers, kv_bytes_per_token, context_length) = geometry;
     let cost_config = probed.unwrap_or_else(|| cfg.cost_config());
     let cost = cost_config.to_model(layers, kv_bytes_per_token);
+    // Instances in this process lend each other cores; remote workers are separate machines.
+    let sharing = cfg.share_idle_cores && cfg.workers.is_empty() && cfg.instances >= 2;
+    if sharing && cost.wide.is_none() {
+        tracing::warn!(
+            "the cost model has no [wide] fit: iterations on an idle partner's cores are predicted \
+             at one instance's speed (recalibrate with `accellm calibrate` for a [wide] fit)"
+        );
+    }
     let link = cost_config.link();
     let cluster = accellm_core::cluster::build(&cfg.cluster_policy, cfg.instances, &cfg.cluster)?;
     let policies = (0..cfg.instances)
@@ -188,6 +196,7 @@ async fn prepare(cfg: &ServerConfig) -> anyhow::Result<Prepared> {
             max_waiting: cfg.max_waiting,
             record_timelines: false,
             prefix_cache: cfg.prefix_cache,
+            share_idle_cores: sharing,
         },
         Arc::new(cost.clone()),
         cluster,
@@ -236,14 +245,24 @@ async fn prepare(cfg: &ServerConfig) -> anyhow::Result<Prepared> {
                     "instance threads pinned: instance i on CPUs i·threads.."
                 );
             }
-            for i in 0..cfg.instances as usize {
-                let own = if pin {
+            let n = cfg.instances as usize;
+            let cpus_of = |i: usize| {
+                if pin {
                     cpus[i * per..(i + 1) * per].to_vec()
                 } else {
                     Vec::new()
+                }
+            };
+            for i in 0..n {
+                // With core sharing, a second pool over this instance's CPUs and its partner's.
+                let wide = (sharing && (i ^ 1) < n).then(|| [cpus_of(i), cpus_of(i ^ 1)].concat());
+                let cores = worker::Cores {
+                    own: cpus_of(i),
+                    wide,
+                    threads: per,
                 };
                 threads.push(
-                    worker::spawn_instance(i, &engine, own, per, exec_tx.clone(), counters.clone())
+                    worker::spawn_instance(i, &engine, cores, exec_tx.clone(), counters.clone())
                         .context("starting instance threads")?,
                 );
             }

@@ -89,6 +89,8 @@ pub(crate) struct RunJob {
     pub copies: Vec<CopyPlan>,
     /// The cost model's prediction of its wall time (a remote worker's deadline grows with it).
     pub predicted_s: f64,
+    /// Run on the instance's cores and its idle partner's (the core's `Action::Run::borrowed`).
+    pub wide: bool,
 }
 
 /// A worker's answer.
@@ -158,23 +160,45 @@ pub(crate) struct InstanceThreads {
     pub conn: Option<std::net::TcpStream>,
 }
 
-/// Starts the worker and link threads of instance `i`; its compute threads are pinned one to each
-/// of `cpus`, or, with `cpus` empty, one unpinned thread per `threads`.
+/// The cores an instance computes on.
+pub(crate) struct Cores {
+    /// Its own CPUs (one pinned thread each), or empty: `threads` unpinned threads.
+    pub own: Vec<usize>,
+    /// Its own CPUs and its partner's, for iterations that borrow the partner's
+    /// ([`RunJob::wide`]); `Some(empty)`: twice `threads`, unpinned. None: never borrows.
+    pub wide: Option<Vec<usize>>,
+    /// Threads per instance.
+    pub threads: usize,
+}
+
+impl Cores {
+    fn pool(cpus: Vec<usize>, threads: usize, name: &str) -> std::io::Result<Threads> {
+        if cpus.is_empty() {
+            Threads::new(threads, name)
+        } else {
+            Threads::pinned(cpus.len(), name, cpus)
+        }
+        .map_err(|e| std::io::Error::other(e.to_string()))
+    }
+}
+
+/// Starts the worker and link threads of instance `i` on `cores`.
 pub(crate) fn spawn_instance(
     i: usize,
     engine: &Engine,
-    cpus: Vec<usize>,
-    threads: usize,
+    cores: Cores,
     out: Sender<Input>,
     counters: Arc<LinkCounters>,
 ) -> std::io::Result<InstanceThreads> {
-    let name = format!("accellm-i{i}");
-    let pool = if cpus.is_empty() {
-        Threads::new(threads, &name)
-    } else {
-        Threads::pinned(cpus.len(), &name, cpus)
-    }
-    .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let pool = Cores::pool(cores.own, cores.threads, &format!("accellm-i{i}"))?;
+    let wide = match cores.wide {
+        Some(cpus) => Some(Cores::pool(
+            cpus,
+            2 * cores.threads,
+            &format!("accellm-w{i}"),
+        )?),
+        None => None,
+    };
     let (run_tx, run_rx) = mpsc::channel::<RunJob>();
     let (link_tx, link_rx) = mpsc::channel::<LinkJob>();
     let pools = engine.pools.clone();
@@ -190,7 +214,11 @@ pub(crate) fn spawn_instance(
         .name(format!("accellm-worker{i}"))
         .spawn(move || {
             for job in run_rx {
-                let report = run_one(i, &model, &pools, &pool, &eos, &link_for_worker, job);
+                let threads = match &wide {
+                    Some(w) if job.wide => w,
+                    _ => &pool,
+                };
+                let report = run_one(i, &model, &pools, threads, &eos, &link_for_worker, job);
                 if out.send(Input::Worker(Box::new(report))).is_err() {
                     break;
                 }
@@ -221,6 +249,7 @@ pub(crate) fn run_one(
         prompt_rows,
         copies,
         predicted_s: _,
+        wide: _,
     } = job;
     let mut error = None;
     let forward = threads.install(|| {

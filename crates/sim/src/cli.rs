@@ -70,6 +70,10 @@ pub struct SimulateArgs {
     /// (chat, system-prompts, few-shot, Mooncake traces with hash_ids). Default: on.
     #[arg(long, value_name = "on|off", value_parser = on_off)]
     pub prefix_cache: Option<bool>,
+    /// Instances 2k and 2k+1 lend each other cores while one has nothing to run, as `accellm
+    /// serve` does (on, off). Default: on when the hardware profile has a [wide] fit.
+    #[arg(long, value_name = "on|off", value_parser = on_off)]
+    pub share_idle_cores: Option<bool>,
     /// Cache-aware routing: weight of a candidate's expected prefix hit against its load
     /// (0: routing ignores cached prefixes).
     #[arg(long, value_name = "W")]
@@ -284,6 +288,9 @@ pub fn config(args: &SimulateArgs) -> anyhow::Result<SimConfig> {
     );
     if !args.fail.is_empty() {
         c.failures = args.fail.clone();
+    }
+    if args.share_idle_cores.is_some() {
+        c.share_idle_cores = args.share_idle_cores;
     }
     if let Some(p) = &args.hardware_profile {
         c.hardware_profile = Some(p.clone());

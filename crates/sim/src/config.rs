@@ -96,6 +96,10 @@ pub struct SimConfig {
     pub scheduler_link: Option<Link>,
     /// Instances that fail, as `(instance, seconds after the start)` (`--fail I@S`).
     pub failures: Vec<(u32, f64)>,
+    /// Instances `2k` and `2k + 1` lend each other cores while one has nothing to run
+    /// (`accellm_core::SchedulerConfig::share_idle_cores`); default: when the profile has a
+    /// `[wide]` fit (CPU instances side by side, as `accellm serve` runs them).
+    pub share_idle_cores: Option<bool>,
 }
 
 impl Default for SimConfig {
@@ -122,6 +126,7 @@ impl Default for SimConfig {
             scheduler_cost: None,
             scheduler_link: None,
             failures: Vec::new(),
+            share_idle_cores: None,
         }
     }
 }
@@ -169,6 +174,12 @@ impl SimConfig {
     /// Total devices.
     pub fn gpus(&self) -> u32 {
         self.instances * self.tp
+    }
+
+    /// Whether instances lend each other idle cores ([`SimConfig::share_idle_cores`]).
+    pub fn shares_idle_cores(&self) -> bool {
+        self.share_idle_cores
+            .unwrap_or_else(|| self.profile.as_ref().is_some_and(|p| p.wide.is_some()))
     }
 
     /// Reads `hardware_profile` into `profile` if that is not loaded yet.

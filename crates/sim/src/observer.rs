@@ -212,7 +212,7 @@ impl Observer for TimeSeriesObserver {
                     BatchKind::Decode => SegmentKind::Decode,
                     BatchKind::Mixed | BatchKind::Empty => SegmentKind::Mixed,
                 };
-                let dur = sched.cost().iteration_us(&batch.shape).max(1);
+                let dur = sched.instance(instance).iteration_us(sched.cost()).max(1);
                 self.push_segment(
                     instance as usize,
                     Segment {

@@ -170,6 +170,7 @@ fn scheduler(
         max_waiting: cfg.max_waiting,
         record_timelines,
         prefix_cache: cfg.prefix_cache,
+        share_idle_cores: cfg.shares_idle_cores(),
     };
     let cluster = cluster::build(&cfg.cluster_policy, cfg.instances, &cfg.cluster)?;
     let policies = (0..cfg.instances)

@@ -479,11 +479,16 @@ impl Accellm {
         }
     }
 
-    /// When `x`'s iteration in flight is predicted to end; now if it is idle.
+    /// When `x`'s iteration in flight is predicted to end (or, while `x` lends its cores, the
+    /// borrowing iteration's); now if it is idle.
     fn boundary(ctx: &ClusterCtx<'_>, x: InstanceId) -> TimeUs {
         let inst = ctx.instance(x);
+        let inst = match inst.lent_to {
+            Some(b) if !inst.busy => ctx.instance(b),
+            _ => inst,
+        };
         if inst.busy {
-            inst.started_us + ctx.cost().iteration_us(&inst.batch.shape)
+            inst.started_us + inst.iteration_us(ctx.cost())
         } else {
             ctx.now()
         }
@@ -523,7 +528,7 @@ impl Accellm {
     fn handover_eta(ctx: &ClusterCtx<'_>, p: InstanceId, to: InstanceId) -> TimeUs {
         let inst = ctx.instance(p);
         let cost = ctx.cost();
-        let dur = cost.iteration_us(&inst.batch.shape).max(1);
+        let dur = inst.iteration_us(cost).max(1);
         let layers = cost.num_layers().max(1);
         let bytes = inst.batch.copy_bytes_to(to, cost.kv_bytes_per_token());
         let copy = if bytes == 0 {
@@ -639,7 +644,7 @@ impl Accellm {
         let pi = ctx.instance(p);
         let mut start = Self::boundary(ctx, p);
         if pi.busy && start < handover {
-            start += cost.iteration_us(&pi.batch.shape);
+            start += pi.iteration_us(cost);
         }
         start.max(handover) + cost.iteration_us(&shape) > mine.due
     }

@@ -99,6 +99,12 @@ pub struct Instance {
     pub kv_since_us: TimeUs,
     /// Outstanding work of the requests whose primary is here (Σ [`RequestState::load`]).
     pub load_tokens: u64,
+    /// The partner whose cores the iteration in flight also runs on
+    /// ([`crate::SchedulerConfig::share_idle_cores`]).
+    pub borrowed: Option<InstanceId>,
+    /// The partner whose iteration in flight runs on this instance's cores; this instance starts
+    /// nothing until it ends.
+    pub lent_to: Option<InstanceId>,
 }
 
 impl Instance {
@@ -117,7 +123,15 @@ impl Instance {
             stats: InstanceStats::default(),
             kv_since_us: 0,
             load_tokens: 0,
+            borrowed: None,
+            lent_to: None,
         }
+    }
+
+    /// Predicted time of the iteration in flight, on the cores it runs on.
+    pub fn iteration_us(&self, cost: &dyn CostModel) -> TimeUs {
+        let width = if self.borrowed.is_some() { 2 } else { 1 };
+        cost.iteration_us_on(&self.batch.shape, width)
     }
 
     /// Integrates KV usage up to `now` into the stats.

@@ -53,6 +53,10 @@ impl Scheduler {
         let inst = &mut s.instances[iu];
         inst.busy = false;
         inst.account_kv(now);
+        if let Some(p) = inst.borrowed.take() {
+            s.give_back(p);
+        }
+        let inst = &mut s.instances[iu];
         for e in &inst.batch.entries {
             if let Some(r) = s
                 .requests

@@ -20,6 +20,7 @@ pub fn cost() -> Arc<LinearCostModel> {
         per_logit_row_us: 1.0,
         layers: 4,
         kv_bytes_per_token: 1024,
+        wide: None,
     })
 }
 
@@ -36,6 +37,7 @@ pub fn config(kv_blocks: u32) -> SchedulerConfig {
         max_waiting: 0,
         record_timelines: true,
         prefix_cache: true,
+        share_idle_cores: false,
     }
 }
 

@@ -58,7 +58,7 @@ struct WorkerState {
 
 /// Runs `accellm worker` until killed.
 pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
-    accellm_engine::set_matmul_threads(args.threads);
+    accellm_engine::inline_candle_matmuls()?;
     // Bind first: a busy port fails at once, not after loading the model.
     let listener = TcpListener::bind(&args.listen)
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -324,6 +324,8 @@ fn front_session(
                         .collect(),
                     // The front keeps the deadline.
                     predicted_s: 0.0,
+                    // Iterations on a remote worker never borrow a partner's cores.
+                    wide: false,
                 };
                 if run_tx.send(job).is_err() {
                     return Err(WireError::Frame("compute thread stopped".into()));

@@ -180,7 +180,7 @@ pub fn tiny_config() -> ServerConfig {
 
 /// Starts a server with `cfg`.
 pub fn start(cfg: ServerConfig) -> Server {
-    accellm_engine::set_matmul_threads(1);
+    accellm_engine::inline_candle_matmuls().expect("CANDLE_NUM_THREADS unset or 1");
     Server::start(cfg).expect("server starts")
 }
 

@@ -86,6 +86,7 @@ mod tests {
             per_logit_row_us: 0.0,
             layers: 1,
             kv_bytes_per_token: 1,
+            wide: None,
         }
     }
 

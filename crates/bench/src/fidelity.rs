@@ -228,6 +228,7 @@ pub fn sim_config(setup: &ServeSetup, profile: &HardwareProfile) -> SimConfig {
         // The server's scheduler predicts with its own configured cost model and link.
         scheduler_cost: Some(setup.cost.clone()),
         scheduler_link: Some(setup.link),
+        share_idle_cores: Some(setup.share_idle_cores),
         ..SimConfig::default()
     }
 }

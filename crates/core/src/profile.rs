@@ -587,6 +587,10 @@ pub struct ServeSetup {
     pub block_size: u32,
     /// Most requests waiting before 429 (0: unbounded).
     pub max_waiting: usize,
+    /// Whether paired instances lend each other idle cores
+    /// ([`crate::SchedulerConfig::share_idle_cores`]).
+    #[serde(default)]
+    pub share_idle_cores: bool,
     /// SLOs given to requests that bring none.
     pub slo: Slo,
     /// The scheduler's iteration-time predictor.

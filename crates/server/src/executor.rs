@@ -219,6 +219,8 @@ struct InFlight {
     /// What the core planned, and when it was handed to the worker (for the iteration log).
     shape: IterationShape,
     dispatched_us: TimeUs,
+    /// Ran on the partner's cores too.
+    wide: bool,
 }
 
 /// The last iterations run, as `(shape, time from dispatch to the report being handled)`:
@@ -741,6 +743,7 @@ impl Executor {
             copy_to,
             shape,
             dispatched_us: self.now(),
+            wide,
         });
         let job = RunJob {
             iteration,
@@ -870,7 +873,9 @@ impl Executor {
             .iter_mut()
             .for_each(|v| v.retain(|&(src, _)| src != i));
         let now = self.now();
-        if let Ok(mut log) = self.iteration_log.lock() {
+        // The log fits one instance's own cores (`bench --calibrate-out`): iterations on a
+        // partner's cores too are another model (the profile's [wide]).
+        if let (false, Ok(mut log)) = (flight.wide, self.iteration_log.lock()) {
             let sh = &flight.shape;
             log.push(Point {
                 tokens: sh.tokens(),
@@ -924,6 +929,7 @@ impl Executor {
         if let Ok(mut m) = self.metrics.lock() {
             if let Some(g) = m.instances.get_mut(i) {
                 g.iterations += 1;
+                g.wide_iterations += flight.wide as u64;
                 g.busy_s += r.elapsed_s;
             }
         }

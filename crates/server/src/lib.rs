@@ -215,6 +215,7 @@ async fn prepare(cfg: &ServerConfig) -> anyhow::Result<Prepared> {
         kv_blocks: cfg.kv_blocks,
         block_size: cfg.block_size,
         max_waiting: cfg.max_waiting,
+        share_idle_cores: sharing,
         slo: cfg.slo,
         cost,
         link,

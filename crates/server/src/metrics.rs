@@ -214,6 +214,8 @@ pub struct InstanceGauges {
     pub running: u32,
     /// Iterations run.
     pub iterations: u64,
+    /// Of those, iterations that also ran on the idle partner's cores.
+    pub wide_iterations: u64,
     /// Seconds spent running iterations.
     pub busy_s: f64,
     /// Declared down (a remote worker that failed).
@@ -517,6 +519,13 @@ impl Metrics {
             "counter",
             "Iterations run per instance.",
             &|g| g.iterations as f64,
+        );
+        per_instance(
+            &mut o,
+            "accellm_instance_borrowed_iterations_total",
+            "counter",
+            "Iterations run per instance on its own cores and its idle partner's (--share-idle-cores).",
+            &|g| g.wide_iterations as f64,
         );
         per_instance(
             &mut o,

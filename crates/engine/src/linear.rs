@@ -110,6 +110,16 @@ impl std::str::FromStr for WeightFormat {
     }
 }
 
+/// Whether candle 0.11 multiplies weights of `dtype` with scalar code on x86 (no AVX kernel: the
+/// legacy types with an offset or a fifth bit); [`WeightFormat::Native`] is refused for them
+/// ([`crate::Model::check_servable`]).
+pub fn scalar_in_candle(dtype: GgmlDType) -> bool {
+    matches!(
+        dtype,
+        GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1 | GgmlDType::Q8_1
+    )
+}
+
 /// Multiple of the input dimension that candle's repacked x86 kernels need.
 const PAD_TO: usize = 256;
 

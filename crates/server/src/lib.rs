@@ -100,6 +100,7 @@ async fn prepare(cfg: &ServerConfig) -> anyhow::Result<Prepared> {
                 .context("model loader panicked")?
                 .with_context(|| format!("loading model {}", path.display()))?
         };
+        model.check_servable()?;
         let model = Arc::new(model);
         if cfg.cost.is_none() {
             let (m, format) = (model.clone(), cfg.weight_format);

@@ -49,7 +49,10 @@ async fn a_lone_request_borrows_the_idle_partners_cores_and_gets_the_same_tokens
     let (text_off, borrowed_off, all_off) = lone_request(false).await;
     // 12 tokens: a prefill and 11 decode steps, each with the partner idle.
     assert!(all_on >= 12.0 && all_off >= 12.0, "{all_on} {all_off}");
-    assert_eq!(borrowed_on, all_on, "every iteration of a lone request borrows");
+    assert_eq!(
+        borrowed_on, all_on,
+        "every iteration of a lone request borrows"
+    );
     assert_eq!(borrowed_off, 0.0);
     assert_eq!(text_on, text_off, "two threads compute what one does");
 }

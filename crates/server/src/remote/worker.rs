@@ -69,6 +69,7 @@ pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
     };
     let model = Model::load(&path, args.weight_format.unwrap_or_default())
         .with_context(|| format!("loading model {}", path.display()))?;
+    model.check_servable()?;
     let mc = model.config().clone();
     let pool = KvPool::new(&mc, args.kv_blocks as usize, args.block_size as usize)
         .context("allocating the KV pool")?;

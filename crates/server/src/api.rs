@@ -231,10 +231,16 @@ pub struct Generation {
     pub format: Option<OutputFormat>,
 }
 
+/// The longest SLO a request may ask for: a day. Longer ones mean nothing to a scheduler and,
+/// as microseconds past the arrival time, could overflow its deadlines.
+pub const MAX_SLO_MS: f64 = 86_400_000.0;
+
 fn positive_ms(v: Option<f64>, param: &str) -> Result<Option<f64>, ApiError> {
     match v {
-        Some(x) if !(x.is_finite() && x > 0.0) => Err(ApiError::invalid(
-            format!("`{param}` must be a positive number of milliseconds, got {x}"),
+        Some(x) if !(x.is_finite() && x > 0.0 && x <= MAX_SLO_MS) => Err(ApiError::invalid(
+            format!(
+                "`{param}` must be a positive number of milliseconds up to {MAX_SLO_MS} (a day), got {x}"
+            ),
             Some(param),
         )),
         _ => Ok(v),
@@ -456,6 +462,66 @@ impl ResponseFormatIn {
     }
 }
 
+/// Parses a request body; an error names the parameter at fault (`messages[0].content`) and
+/// the types a client knows (`an integer`, `a string, an array of strings, ...`), not this
+/// crate's Rust types.
+pub fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    let parsed = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
+        let path = e.path().to_string();
+        let message = plain_serde_message(&e.inner().to_string());
+        let param = (path != "." && !path.contains('?')).then_some(path);
+        let at = param
+            .as_deref()
+            .map(|p| format!(" at `{p}`"))
+            .unwrap_or_default();
+        ApiError {
+            code: Some("invalid_json"),
+            ..ApiError::invalid(
+                format!("Invalid JSON body{at}: {message}"),
+                param.as_deref(),
+            )
+        }
+    })?;
+    de.end()
+        .map_err(|e| ApiError::malformed(format!("Invalid JSON body: {e}")))?;
+    Ok(parsed)
+}
+
+/// A serde message in the API's words: the request types' Rust names replaced by what they
+/// accept.
+fn plain_serde_message(m: &str) -> String {
+    const WORDS: &[(&str, &str)] = &[
+        (
+            "data did not match any variant of untagged enum Prompt",
+            "prompt must be a string, an array of strings, an array of token ids or an array of token-id arrays",
+        ),
+        (
+            "data did not match any variant of untagged enum Content",
+            "content must be a string, an array of content parts or null",
+        ),
+        (
+            "data did not match any variant of untagged enum Stop",
+            "stop must be a string or an array of strings",
+        ),
+        ("struct ChatRequest", "a chat completion request (a JSON object)"),
+        ("struct CompletionRequest", "a completion request (a JSON object)"),
+        ("struct ChatMessageIn", "a message ({\"role\", \"content\"})"),
+        ("struct ContentPart", "a content part ({\"type\", \"text\"})"),
+        ("struct StreamOptions", "an object"),
+        ("struct SloIn", "an object"),
+        ("struct ResponseFormatIn", "an object"),
+        ("struct JsonSchemaIn", "an object"),
+        ("expected i64", "expected an integer"),
+        ("expected u32", "expected an integer from 0 to 4294967295"),
+        ("expected f32", "expected a number"),
+        ("expected f64", "expected a number"),
+    ];
+    WORDS
+        .iter()
+        .fold(m.to_string(), |m, (rust, plain)| m.replace(rust, plain))
+}
+
 /// Merges SLOs: the body wins over headers, headers over the server defaults.
 pub fn merge_slo(body: Slo, headers: Slo, defaults: Slo) -> Slo {
     Slo {
@@ -513,6 +579,9 @@ mod tests {
             (r#"{"top_k": -5}"#, "top_k"),
             (r#"{"min_tokens": 9, "max_tokens": 3}"#, "min_tokens"),
             (r#"{"slo": {"ttft_ms": -1}}"#, "slo.ttft_ms"),
+            // Past a day: as µs after the arrival, 1e39 ms overflowed the scheduler's deadline.
+            (r#"{"slo": {"ttft_ms": 1e39}}"#, "slo.ttft_ms"),
+            (r#"{"slo": {"tbt_ms": 86400001}}"#, "slo.tbt_ms"),
             (
                 r#"{"stream_options": {"include_usage": true}}"#,
                 "stream_options",
@@ -568,6 +637,42 @@ mod tests {
     }
 
     #[test]
+    fn json_errors_name_the_parameter_in_api_words() {
+        let cases = [
+            (
+                r#"{"messages": 5}"#,
+                Some("messages"),
+                "expected a sequence",
+            ),
+            (
+                r#"{"messages": [{"role": "user", "content": 5}]}"#,
+                Some("messages[0].content"),
+                "content must be a string",
+            ),
+            (r#"{"messages": [7]}"#, Some("messages[0]"), "a message"),
+            (r#"[]"#, None, "a chat completion request"),
+            (r#"{"messages": []} x"#, None, "trailing characters"),
+        ];
+        for (body, param, words) in cases {
+            let e = parse_json::<ChatRequest>(body.as_bytes()).unwrap_err();
+            assert_eq!(e.param.as_deref(), param, "{body}: {}", e.message);
+            assert!(e.message.contains(words), "{body}: {}", e.message);
+            assert!(!e.message.contains("struct "), "{}", e.message);
+            assert!(!e.message.contains("enum "), "{}", e.message);
+            assert_eq!(e.code, Some("invalid_json"));
+        }
+        let e = parse_json::<CompletionRequest>(br#"{"prompt": {"a": 1}}"#).unwrap_err();
+        assert!(
+            e.message.contains("prompt must be a string"),
+            "{}",
+            e.message
+        );
+        assert_eq!(e.param.as_deref(), Some("prompt"));
+        let e = parse_json::<CompletionRequest>(br#"{"prompt": "x", "n": 1.5}"#).unwrap_err();
+        assert!(e.message.contains("an integer"), "{}", e.message);
+    }
+
+    #[test]
     fn slo_precedence() {
         let body = Slo {
             ttft_ms: Some(1.0),
@@ -584,6 +689,7 @@ mod tests {
         let m = merge_slo(body, hdr, def);
         assert_eq!((m.ttft_ms, m.tbt_ms), (Some(1.0), Some(3.0)));
         assert!(parse_slo_header("x-slo-ttft-ms", Some("abc")).is_err());
+        assert!(parse_slo_header("x-llm-d-slo-ttft-ms", Some("1e300")).is_err());
         assert_eq!(
             parse_slo_header("x-slo-ttft-ms", Some(" 250 ")).unwrap(),
             Some(250.0)

@@ -125,6 +125,17 @@ impl ApiError {
         }
     }
 
+    /// 405: the route exists but not for this method.
+    pub fn method_not_allowed(method: &str, path: &str) -> Self {
+        Self {
+            status: StatusCode::METHOD_NOT_ALLOWED,
+            message: format!("Method {method} is not allowed for {path}."),
+            kind: "invalid_request_error",
+            param: None,
+            code: Some("method_not_allowed"),
+        }
+    }
+
     /// The JSON body.
     pub fn body(&self) -> serde_json::Value {
         json!({

@@ -125,6 +125,9 @@ pub(crate) enum ToClient {
     },
     /// The engine failed while running it.
     Failed(String),
+    /// The output's grammar (`response_format`) allowed no continuation: the choice ends
+    /// here, a normal `Done` follows with the tokens so far.
+    GrammarFailed(String),
 }
 
 /// Events for the scheduler thread.
@@ -919,7 +922,11 @@ impl Executor {
                     live.constraint = s.constraint;
                 }
                 if let Some(e) = s.error {
-                    self.fail(req, e);
+                    // The choice's end, not the server's failure: its client hears why.
+                    if let Some(live) = self.lives[req.index()].as_mut() {
+                        live.stopped = true;
+                        live.send(ToClient::GrammarFailed(e));
+                    }
                     stopped.push(req);
                 } else if self.on_token(req, s.token, s.logprob, s.grammar_done) {
                     stopped.push(req);

@@ -110,6 +110,9 @@ pub(crate) fn router(state: Shared) -> Router {
         .route("/health", get(|| async { "" }))
         .route("/metrics", get(metrics))
         .fallback(|req: Request| async move { ApiError::not_found(req.uri().path()) })
+        .method_not_allowed_fallback(|req: Request| async move {
+            ApiError::method_not_allowed(req.method().as_str(), req.uri().path())
+        })
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
 }
@@ -184,8 +187,7 @@ fn parse_body<T: serde::de::DeserializeOwned>(
             ApiError::malformed(format!("Cannot read the request body: {e}"))
         }
     })?;
-    serde_json::from_slice(&bytes)
-        .map_err(|e| ApiError::malformed(format!("Invalid JSON body: {e}")))
+    crate::api::parse_json(&bytes)
 }
 
 fn check_model(st: &AppState, model: Option<&str>) -> Result<(), ApiError> {

@@ -65,6 +65,8 @@ struct ChoiceAcc {
     logprobs: Vec<TokenLogprob>,
     prompt_logprobs: Option<Vec<Option<TokenLogprob>>>,
     finish: Option<Finish>,
+    /// Why the output's grammar ended it (its `finish_reason` is then `error`).
+    grammar_error: Option<String>,
     completion_tokens: u32,
     instances: u64,
 }
@@ -85,6 +87,7 @@ impl Choices {
                     logprobs: Vec::new(),
                     prompt_logprobs: None,
                     finish: None,
+                    grammar_error: None,
                     completion_tokens: 0,
                     instances: 0,
                 })
@@ -105,6 +108,7 @@ impl Choices {
                 }
             }
             ToClient::PromptLogprobs(v) => a.prompt_logprobs = Some(v),
+            ToClient::GrammarFailed(msg) => a.grammar_error = Some(msg),
             ToClient::Done {
                 finish,
                 completion_tokens,
@@ -147,6 +151,22 @@ impl Choices {
                 c + a.completion_tokens,
             )
         })
+    }
+}
+
+/// `finish_reason` of a choice ended by its grammar (vLLM's word for a request that failed).
+const GRAMMAR_FINISH: &str = "error";
+
+/// A choice's `finish_reason`, and the OpenAI-shaped `error` a choice ended by its grammar
+/// carries beside it.
+fn finish_of(a: &ChoiceAcc) -> (Option<&'static str>, Option<Value>) {
+    match (&a.grammar_error, a.finish) {
+        (Some(msg), Some(_)) => {
+            let mut e = ApiError::invalid(msg.as_str(), Some("response_format"));
+            e.code = Some("grammar_dead_end");
+            (Some(GRAMMAR_FINISH), Some(e.body()["error"].take()))
+        }
+        (_, finish) => (finish.map(Finish::as_str), None),
     }
 }
 
@@ -270,8 +290,8 @@ impl Format {
             .iter()
             .enumerate()
             .map(|(i, a)| {
-                let finish = a.finish.map(Finish::as_str);
-                match self.kind {
+                let (finish, error) = finish_of(a);
+                let mut choice = match self.kind {
                     Kind::Chat => json!({
                         "index": i,
                         "message": {"role": "assistant", "content": a.text},
@@ -304,7 +324,11 @@ impl Format {
                             "finish_reason": finish,
                         })
                     }
+                };
+                if let Some(e) = error {
+                    choice["error"] = e;
                 }
+                choice
             })
             .collect();
         json!({
@@ -324,7 +348,7 @@ impl Format {
         index: usize,
         text: &str,
         role: bool,
-        finish: Option<Finish>,
+        finish: Option<&str>,
         logprobs: Value,
         with_usage: bool,
     ) -> Value {
@@ -341,14 +365,14 @@ impl Format {
                     "index": index,
                     "delta": delta,
                     "logprobs": logprobs,
-                    "finish_reason": finish.map(Finish::as_str),
+                    "finish_reason": finish,
                 })
             }
             Kind::Completion => json!({
                 "index": index,
                 "text": text,
                 "logprobs": logprobs,
-                "finish_reason": finish.map(Finish::as_str),
+                "finish_reason": finish,
             }),
         };
         let mut v = json!({
@@ -505,18 +529,16 @@ impl SseStream {
                 if let Some(g) = self.guards.get_mut(c) {
                     g.done = true;
                 }
-                let finish = match &ev {
-                    ToClient::Done { finish, .. } => *finish,
-                    _ => Finish::Stop,
-                };
                 self.choices.apply(c, ev);
+                let (finish, error) = finish_of(&self.choices.acc[c]);
                 let role = self.fmt.kind == Kind::Chat && !self.state[c].sent_role;
-                sse(
-                    &self
-                        .fmt
-                        .chunk(c, "", role, Some(finish), Value::Null, self.include_usage),
-                    out,
-                );
+                let mut chunk =
+                    self.fmt
+                        .chunk(c, "", role, finish, Value::Null, self.include_usage);
+                if let Some(e) = error {
+                    chunk["choices"][0]["error"] = e;
+                }
+                sse(&chunk, out);
                 if self.choices.all_done() {
                     self.close();
                     if self.include_usage {
@@ -532,6 +554,10 @@ impl SseStream {
                 sse(&ApiError::internal(msg).body(), out);
                 out.extend_from_slice(b"data: [DONE]\n\n");
                 true
+            }
+            ev @ ToClient::GrammarFailed(_) => {
+                self.choices.apply(c, ev);
+                false
             }
             ToClient::Accepted | ToClient::Rejected(_) | ToClient::ShuttingDown => false,
         }

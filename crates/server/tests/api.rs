@@ -661,3 +661,91 @@ async fn echo_computes_every_prompt_position_with_the_prefix_cache_on() {
     }
     server.shutdown().unwrap();
 }
+
+/// A schema whose first token is fine but which dead-ends later (a required property whose
+/// value refers only to itself): the grammar fails during decoding. The request ends with
+/// `finish_reason: "error"` and a message a user can act on, its KV freed, never a 5xx nor
+/// the grammar engine's internals; streaming ends with a final chunk and `[DONE]`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grammar_failure_while_decoding_finishes_the_choice_with_an_error() {
+    let server = start(tiny_config());
+    let http = Http::new(server.addr());
+    let dead_end = json!({
+        "type": "object",
+        "properties": {"a": {"$ref": "#/$defs/x"}},
+        "required": ["a"],
+        "additionalProperties": false,
+        "$defs": {"x": {"$ref": "#/$defs/x"}},
+    });
+    let internal = ["Parser", "Tokens:", "NoExtension", "panicked", "{\""];
+    for (path, stream, n) in [
+        ("/v1/chat/completions", false, 1),
+        ("/v1/chat/completions", true, 1),
+        ("/v1/completions", false, 2),
+        ("/v1/completions", true, 2),
+    ] {
+        let mut body = json!({
+            "model": "tiny", "max_tokens": 40, "stream": stream, "n": n, "seed": 1,
+            "response_format": {"type": "json_schema",
+                                "json_schema": {"name": "dead_end", "schema": dead_end}},
+        });
+        if path.contains("chat") {
+            body["messages"] = json!([{"role": "user", "content": "x"}]);
+        } else {
+            body["prompt"] = json!("x");
+        }
+        let r = http.post(path, &body).await;
+        assert_eq!(r.status, 200, "{path} stream {stream}: {}", r.body);
+        let mut finishes = Vec::new();
+        let mut messages = Vec::new();
+        if stream {
+            assert!(r.body.trim_end().ends_with("data: [DONE]"), "{}", r.body);
+            for e in r.body.split("\n\n").filter(|e| !e.trim().is_empty()) {
+                let data = e.strip_prefix("data: ").expect("SSE data");
+                if data == "[DONE]" {
+                    continue;
+                }
+                let v: Value = serde_json::from_str(data).expect("JSON event");
+                assert!(v.get("error").is_none(), "{v}");
+                for c in v["choices"].as_array().expect("choices") {
+                    if let Some(f) = c["finish_reason"].as_str() {
+                        finishes.push(f.to_string());
+                        messages.push(c["error"]["message"].as_str().unwrap_or("").to_string());
+                    }
+                }
+            }
+        } else {
+            let v = r.json();
+            for c in v["choices"].as_array().expect("choices") {
+                // The output up to the dead end is kept.
+                let text = c["text"].as_str().or(c["message"]["content"].as_str());
+                assert_eq!(text, Some("{\"a\":"), "{v}");
+                assert_eq!(c["error"]["param"], "response_format", "{v}");
+                finishes.push(c["finish_reason"].as_str().unwrap_or("").to_string());
+                messages.push(c["error"]["message"].as_str().unwrap_or("").to_string());
+            }
+            assert_eq!(v["choices"].as_array().unwrap().len(), n, "{v}");
+        }
+        assert_eq!(finishes, vec!["error".to_string(); n], "{}", r.body);
+        for m in &messages {
+            assert!(m.contains("response_format"), "{m:?}");
+            for i in internal {
+                assert!(!m.contains(i), "{i} in {m}");
+            }
+        }
+        for i in internal.iter().take(4) {
+            assert!(!r.body.contains(i), "{i} in {}", r.body);
+        }
+    }
+    // Every block is free again and the server still answers.
+    let used = http.metric("vllm:kv_cache_usage_perc").await;
+    assert_eq!(used, 0.0);
+    let ok = http
+        .post(
+            "/v1/completions",
+            &json!({"model": "tiny", "prompt": "x", "max_tokens": 2}),
+        )
+        .await;
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    server.shutdown().unwrap();
+}

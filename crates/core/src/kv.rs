@@ -83,19 +83,26 @@ pub fn chain_key(parent: BlockKey, value: u64) -> BlockKey {
 /// chains block `i - 1`'s key with its token ids, so equal keys mean equal prefixes. `salt`
 /// separates everything else that changes the KV (the model, for instance).
 pub fn chain_keys(tokens: &[u32], block_size: u32, salt: u64) -> Vec<BlockKey> {
+    let mut keys = Vec::new();
+    extend_chain_keys(&mut keys, tokens, block_size, salt);
+    keys
+}
+
+/// Appends to `keys` (the [`chain_keys`] of a prefix of `tokens`) the keys of the full blocks of
+/// `tokens` it lacks, continuing the chain from its last key: the keys of a stream that grew (a
+/// request's generated tokens after its prompt) without hashing the known blocks again.
+pub fn extend_chain_keys(keys: &mut Vec<BlockKey>, tokens: &[u32], block_size: u32, salt: u64) {
     let bs = block_size.max(1) as usize;
-    let mut parent = mix(salt);
-    tokens
-        .chunks_exact(bs)
-        .map(|block| {
-            let mut k = parent;
-            for &t in block {
-                k = mix(k ^ t as u64);
-            }
-            parent = k.max(1);
-            parent
-        })
-        .collect()
+    let mut parent = keys.last().copied().unwrap_or_else(|| mix(salt));
+    let known = (keys.len() * bs).min(tokens.len());
+    for block in tokens[known..].chunks_exact(bs) {
+        let mut k = parent;
+        for &t in block {
+            k = mix(k ^ t as u64);
+        }
+        parent = k.max(1);
+        keys.push(parent);
+    }
 }
 
 /// The content keys of the full blocks of a token stream described by runs `(stream, offset,
@@ -843,6 +850,19 @@ mod tests {
         assert_eq!(kv.cached_blocks(), 1);
         assert_eq!(kv.lookup(&keys), 1, "the first block still hits");
         kv.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn extended_chain_keys_equal_the_keys_of_the_whole_stream() {
+        let tokens: Vec<u32> = (0..100).map(|t| t * 7 % 13).collect();
+        let mut keys = chain_keys(&tokens[..40], 16, 3);
+        assert_eq!(keys.len(), 2);
+        // The stream grows a token at a time: keys appear as blocks fill, never twice.
+        for n in 41..=tokens.len() {
+            extend_chain_keys(&mut keys, &tokens[..n], 16, 3);
+            assert_eq!(keys, chain_keys(&tokens[..n], 16, 3));
+        }
+        assert_eq!(keys.len(), 6);
     }
 
     #[test]

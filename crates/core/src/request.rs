@@ -105,7 +105,9 @@ pub struct RequestState {
     /// Gaps between consecutive tokens that exceeded the TBT SLO.
     pub tbt_misses: u32,
     /// Content keys of the full blocks of its token stream, as far as the executor knows it
-    /// (the prompt; in the simulator also the output), for prefix caching. `None`: not cached.
+    /// (the prompt, then generated blocks as they fill: `Scheduler::extend_block_keys`; the
+    /// simulator's workloads give the output's content up front), for prefix caching. `None`:
+    /// not cached.
     pub block_keys: Option<BlockKeys>,
     /// Of [`Self::prefilled`], the tokens found in the prefix cache of its instance.
     pub cached_tokens: u32,

@@ -19,7 +19,7 @@ use crate::{
     cluster::{CatchUp, ClusterCtx, ClusterPolicy, Migration},
     cost::{CostModel, Link, OnWidth},
     instance::{Instance, InstancePolicy, PhaseConstraint, ScheduleCtx},
-    kv::{BlockKeys, BlockManager, Ownership},
+    kv::{BlockKey, BlockKeys, BlockManager, Ownership},
     metrics::Metrics,
     request::{FinishReason, Phase, RejectReason, RequestId, RequestSpec, RequestState},
     InstanceId, TimeUs,
@@ -309,13 +309,35 @@ impl State {
 
     /// Completes the migration of `id` to `to`, whose KV there is now complete.
     pub(crate) fn land_migration(&mut self, id: RequestId, to: InstanceId, keep_source: bool) {
+        let ctx = self.requests.get(id).kv_tokens;
+        self.land_migration_with(id, to, keep_source, ctx);
+    }
+
+    /// [`Self::land_migration`] when `to` holds only the first `valid` tokens of the KV yet (the
+    /// rest is recomputed there). Its blocks holding them get their keys at once, so they stay
+    /// cached if the request ends before it runs on `to` (a client gone after its first token).
+    fn land_migration_with(
+        &mut self,
+        id: RequestId,
+        to: InstanceId,
+        keep_source: bool,
+        valid: u32,
+    ) {
         let r = self.requests.get_mut(id);
         let from = r.instance;
         r.instance = to;
         r.phase = Phase::Decoding;
         r.moving_to = None;
-        r.published = 0;
         let ctx = r.kv_tokens;
+        let dst_kv = &mut self.instances[to as usize].kv;
+        r.published = match r.block_keys.as_deref() {
+            Some(keys) => {
+                let full = (valid.min(ctx) / dst_kv.block_size()).min(keys.len() as u32);
+                dst_kv.publish(id, keys, 0, full);
+                full
+            }
+            None => 0,
+        };
         let load = r.load();
         let cancelled = r.cancelled;
         // The source may itself have lacked tokens it was about to recompute.
@@ -370,7 +392,7 @@ impl State {
         if self.catch_up == CatchUp::Recompute && have > 0 {
             self.counters.migrations_recompute += 1;
             self.counters.recompute_tokens += missing as u64;
-            self.land_migration(id, to, keep_source);
+            self.land_migration_with(id, to, keep_source, have);
             if let Some(r) = self
                 .requests
                 .slots
@@ -549,7 +571,9 @@ impl Scheduler {
         self.state.now = now;
         let mut state = RequestState::new(spec, 0);
         if self.state.prefix_cache {
-            state.block_keys = keys.filter(|k| !k.is_empty());
+            // Kept even when empty (a prompt shorter than a block): generated tokens may add
+            // keys ([`Self::extend_block_keys`]).
+            state.block_keys = keys;
         }
         let id = self.state.requests.insert(state);
         let s = &mut self.state;
@@ -587,6 +611,31 @@ impl Scheduler {
         s.mark_dirty(target);
         self.schedule_idle();
         id
+    }
+
+    /// Appends `more` to the content keys of `id`'s token stream (submitted with
+    /// [`Self::submit_keyed`]): the keys of blocks of generated tokens, as the executor learns
+    /// them ([`crate::kv::extend_chain_keys`]). A block is offered to later requests once its
+    /// tokens' KV is computed (the last sampled token's KV is computed by the next iteration),
+    /// and stays cached when the request ends, so a follow-up that resends the answer hits it.
+    /// Ignored for requests that ended or were submitted without keys (or with caching off).
+    pub fn extend_block_keys(&mut self, id: RequestId, more: &[BlockKey]) {
+        if more.is_empty() {
+            return;
+        }
+        let Some(r) = self
+            .state
+            .requests
+            .slots
+            .get_mut(id.index())
+            .and_then(|x| x.as_mut())
+        else {
+            return;
+        };
+        if let Some(old) = r.block_keys.as_deref() {
+            let keys: BlockKeys = old.iter().chain(more).copied().collect();
+            r.block_keys = Some(keys);
+        }
     }
 
     /// The iteration in flight on `instance` ended at `now`. `stopped` lists requests the executor
@@ -733,9 +782,20 @@ impl Scheduler {
                 continue;
             }
             r.copies_pending = r.copies_pending.saturating_sub(1);
-            s.instances[c.to as usize].kv.unpin(c.request);
+            let dst_kv = &mut s.instances[c.to as usize].kv;
+            dst_kv.unpin(c.request);
             if r.replica_on == Some(c.to) {
+                let before = r.replica_tokens;
                 r.replica_tokens = r.replica_tokens.max(c.tokens);
+                // The replica's blocks the copies completed get their keys: they are prefix
+                // cache on the partner too, also if the request ends before it runs there.
+                if let Some(keys) = r.block_keys.as_deref() {
+                    let bs = dst_kv.block_size();
+                    let full = (r.replica_tokens / bs).min(keys.len() as u32);
+                    if full > before / bs {
+                        dst_kv.publish(c.request, keys, before / bs, full);
+                    }
+                }
             }
             // A move that waited for copies into its replica completes with the last copy of
             // the request to land, whichever direction that one went. (A move whose destination

@@ -18,6 +18,7 @@ use accellm_core::{
     batch::Work,
     cost::IterationShape,
     instance::PhaseConstraint,
+    kv::{BlockKey, BlockKeys},
     profile::Point,
     request::{FinishReason, RejectReason, RequestId, RequestSpec, Slo},
     scheduler::{Action, Recovery, Scheduler},
@@ -159,6 +160,9 @@ struct Live {
     /// Prompt followed by generated tokens (recompute after preemption reads from here).
     tokens: Vec<u32>,
     prompt_len: usize,
+    /// Content keys of the full blocks of `tokens` known to the core (prefix caching); `None`
+    /// when the request is not cached (echo with prompt logprobs).
+    block_keys: Option<Vec<BlockKey>>,
     min_tokens: u32,
     ignore_eos: bool,
     /// `None` while the sampler travels with an iteration.
@@ -428,10 +432,21 @@ impl Executor {
             .prompt_logprobs
             .map(|k| (k, vec![None; s.prompt.len().saturating_sub(1)]));
         let stop = StopMatcher::new(&s.params.stop);
+        // Prefix caching: the content keys of the prompt's full blocks (the core ignores them when
+        // caching is off). One server serves one model (workers check theirs at connect), so the
+        // keys need no model salt.
+        // A request that wants its prompt's logprobs (echo) must compute every position, so it
+        // neither starts after a cached prefix nor offers its blocks (no keys). The keys of
+        // generated blocks follow as they fill (`on_token`).
+        let bs = self.sched.instance(0).kv.block_size();
+        let block_keys = prompt_logprobs
+            .is_none()
+            .then(|| accellm_core::kv::chain_keys(&s.prompt, bs, 0));
         let live = Live {
             handle: s.handle,
             prompt_len: s.prompt.len(),
             tokens: s.prompt,
+            block_keys,
             min_tokens: s.min_tokens,
             ignore_eos,
             sampler: Some(Box::new(Sampler::new(s.params))),
@@ -453,16 +468,7 @@ impl Executor {
         };
         let prompt_tokens = live.prompt_len as u64;
         let handle = live.handle;
-        // Prefix caching: the content keys of the prompt's full blocks (the core ignores them when
-        // caching is off). One server serves one model (workers check theirs at connect), so the
-        // keys need no model salt.
-        // A request that wants its prompt's logprobs (echo) must compute every position, so it
-        // neither starts after a cached prefix nor offers its blocks (no keys).
-        let bs = self.sched.instance(0).kv.block_size();
-        let keys = live
-            .prompt_logprobs
-            .is_none()
-            .then(|| accellm_core::kv::chain_keys(&live.tokens[..live.prompt_len], bs, 0).into());
+        let keys = live.block_keys.as_deref().map(BlockKeys::from);
         let id = self.sched.submit_keyed(now, spec, keys);
         let i = id.index();
         if self.lives.len() <= i {
@@ -1019,6 +1025,15 @@ impl Executor {
             }
         }
         live.tokens.push(token);
+        if let Some(keys) = live.block_keys.as_mut() {
+            // A block of generated tokens filled: its key joins the request's in the core,
+            // which offers the block once its KV is computed (the next iteration, for the
+            // token just sampled).
+            let known = keys.len();
+            let bs = self.sched.instance(0).kv.block_size();
+            accellm_core::kv::extend_chain_keys(keys, &live.tokens, bs, 0);
+            self.sched.extend_block_keys(req, &keys[known..]);
+        }
         if live.stopped || live.failed {
             return true;
         }

@@ -157,6 +157,15 @@ impl Scheduler {
                     dst.account_kv(now);
                     dst.kv.set_ownership(id, Ownership::Primary);
                     dst.kv.touch(id);
+                    // The current replica holds all its KV: its blocks are prefix cache now.
+                    r.published = match r.block_keys.as_deref() {
+                        Some(keys) => {
+                            let full = (r.kv_tokens / dst.kv.block_size()).min(keys.len() as u32);
+                            dst.kv.publish(id, keys, 0, full);
+                            full
+                        }
+                        None => 0,
+                    };
                     dst.running.push(id);
                     dst.load_tokens += load;
                     s.mark_dirty(p);

@@ -224,7 +224,7 @@ pub fn run_keyed_failing(
                     push(
                         &mut queue,
                         &mut taken,
-                        now + dur,
+                        now.saturating_add(dur),
                         Ev::IterationDone(instance),
                     );
                     // Layer-wise copies: one pipeline per destination, each on its own link.
@@ -236,14 +236,17 @@ pub fn run_keyed_failing(
                             }
                         }
                     }
-                    let mut done_at = now + dur;
+                    let mut done_at = now.saturating_add(dur);
                     for (to, _) in &copy_ends {
                         let bytes = batch.copy_bytes_to(*to, kvb);
                         let per_layer = link.transfer_us(bytes.div_ceil(layers.max(1) as u64));
                         let slot = instance as usize * n + *to as usize;
                         let start = now.max(link_free[slot]);
-                        let end = start
-                            + layerwise_copy_end(layers, dur / layers.max(1) as u64, per_layer);
+                        let end = start.saturating_add(layerwise_copy_end(
+                            layers,
+                            dur / layers.max(1) as u64,
+                            per_layer,
+                        ));
                         link_free[slot] = end;
                         done_at = done_at.max(end);
                     }
@@ -265,7 +268,7 @@ pub fn run_keyed_failing(
                 } => {
                     let slot = from as usize * n + to as usize;
                     let start = now.max(link_free[slot]);
-                    let end = start + link.transfer_us(tokens as u64 * kvb);
+                    let end = start.saturating_add(link.transfer_us(tokens as u64 * kvb));
                     link_free[slot] = end;
                     push(&mut queue, &mut taken, end, Ev::TransferDone(id));
                 }

@@ -39,9 +39,18 @@ pub enum ProfileLoadError {
 
 /// Reads and resolves a profile file (coefficients fitted from `[[point]]` rows if absent).
 pub fn load(path: &Path) -> Result<HardwareProfile, ProfileLoadError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ProfileLoadError::Io {
+    let bytes = std::fs::read(path).map_err(|source| ProfileLoadError::Io {
         path: path.display().to_string(),
         source,
+    })?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        let good = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+        let line = good.iter().filter(|&&b| b == b'\n').count() + 1;
+        let col = good.len() - good.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1) + 1;
+        ProfileLoadError::Invalid {
+            path: path.display().to_string(),
+            message: format!("line {line}, column {col}: not UTF-8 text (a profile is TOML)"),
+        }
     })?;
     parse(&text, &path.display().to_string())
 }
@@ -52,10 +61,144 @@ pub fn parse(text: &str, origin: &str) -> Result<HardwareProfile, ProfileLoadErr
         path: origin.to_string(),
         message: describe(text, &e),
     })?;
-    p.resolved().map_err(|source| ProfileLoadError::Fit {
+    let p = p.resolved().map_err(|source| ProfileLoadError::Fit {
         path: origin.to_string(),
         source,
-    })
+    })?;
+    check_ranges(&p, text).map_err(|message| ProfileLoadError::Invalid {
+        path: origin.to_string(),
+        message,
+    })?;
+    Ok(p)
+}
+
+/// Largest fixed cost of an iteration a profile may give: an hour, in ms.
+pub const MAX_BASE_MS: f64 = 3.6e6;
+/// Largest cost per token, context token or logit row (or change of it at a knot): a second,
+/// in ms (a 135M model on one CPU core takes about 3 ms a token).
+pub const MAX_PER_UNIT_MS: f64 = 1e3;
+/// Slowest KV link a profile may give, bytes per second.
+pub const MIN_LINK_BYTES_PER_S: f64 = 1e3;
+/// Largest KV copy latency, µs (an hour).
+pub const MAX_LINK_LATENCY_US: f64 = 3.6e9;
+
+/// Checks that the numbers a simulation multiplies and sums are within what hardware can take:
+/// past them a profile is not a measurement, and a simulated clock (µs in a `u64`) overflows.
+/// Errors name the line of the key at fault.
+fn check_ranges(p: &HardwareProfile, text: &str) -> Result<(), String> {
+    let mut checks: Vec<(&str, &str, usize, f64, f64)> = vec![
+        ("", "overhead_ms", 0, p.overhead_ms, MAX_BASE_MS),
+        (
+            "",
+            "request_overhead_ms",
+            0,
+            p.request_overhead_ms,
+            MAX_BASE_MS,
+        ),
+    ];
+    if let Some([a, b, c, d]) = p.coefficients() {
+        checks.extend([
+            ("", "a_ms", 0, a, MAX_BASE_MS),
+            ("", "b_ms_per_token", 0, b, MAX_PER_UNIT_MS),
+            ("", "c_ms_per_context", 0, c, MAX_PER_UNIT_MS),
+            ("", "d_ms_per_logit_row", 0, d, MAX_PER_UNIT_MS),
+        ]);
+    }
+    for (i, k) in p.knots.iter().enumerate() {
+        checks.push(("knot", "ms_per_token", i, k.ms_per_token, MAX_PER_UNIT_MS));
+    }
+    if let Some(w) = &p.wide {
+        checks.extend([
+            ("wide", "a_ms", 0, w.a_ms, MAX_BASE_MS),
+            (
+                "wide",
+                "b_ms_per_token",
+                0,
+                w.b_ms_per_token,
+                MAX_PER_UNIT_MS,
+            ),
+            (
+                "wide",
+                "c_ms_per_context",
+                0,
+                w.c_ms_per_context,
+                MAX_PER_UNIT_MS,
+            ),
+            (
+                "wide",
+                "d_ms_per_logit_row",
+                0,
+                w.d_ms_per_logit_row,
+                MAX_PER_UNIT_MS,
+            ),
+        ]);
+        for (i, k) in w.knots.iter().enumerate() {
+            checks.push((
+                "wide.knot",
+                "ms_per_token",
+                i,
+                k.ms_per_token,
+                MAX_PER_UNIT_MS,
+            ));
+        }
+    }
+    let at = |section: &str, key: &str, nth: usize| match key_line(text, section, key, nth) {
+        Some(l) => format!("line {l}: "),
+        None => String::new(),
+    };
+    for (section, key, nth, v, max) in checks {
+        if !(v.is_finite() && v.abs() <= max) {
+            let name = if section.is_empty() {
+                key.to_string()
+            } else {
+                format!("{section}.{key}")
+            };
+            return Err(format!(
+                "{}`{name}` = {v} is out of range: at most {max} ms either way",
+                at(section, key, nth)
+            ));
+        }
+    }
+    let link = &p.kv_copy;
+    if link.bytes_per_s < MIN_LINK_BYTES_PER_S {
+        return Err(format!(
+            "{}`kv_copy.bytes_per_s` = {} is below {MIN_LINK_BYTES_PER_S} bytes/s",
+            at("kv_copy", "bytes_per_s", 0),
+            link.bytes_per_s
+        ));
+    }
+    if link.latency_us > MAX_LINK_LATENCY_US {
+        return Err(format!(
+            "{}`kv_copy.latency_us` = {} is above {MAX_LINK_LATENCY_US} µs (an hour)",
+            at("kv_copy", "latency_us", 0),
+            link.latency_us
+        ));
+    }
+    Ok(())
+}
+
+/// The 1-based line of the `nth` `key = ...` in table `section` (`""`: the top level, `knot`
+/// for `[[knot]]` entries), if written that way.
+fn key_line(text: &str, section: &str, key: &str, nth: usize) -> Option<usize> {
+    let mut current = "";
+    let mut seen = 0;
+    for (i, line) in text.lines().enumerate() {
+        let t = line.trim();
+        if t.starts_with('[') {
+            current = t.trim_matches(|c| c == '[' || c == ']').trim();
+            continue;
+        }
+        let is_key = t
+            .strip_prefix(key)
+            .is_some_and(|rest| rest.trim_start().starts_with('='));
+        if current == section && is_key {
+            if seen == nth {
+                return Some(i + 1);
+            }
+            seen += 1;
+        }
+    }
+    None
 }
 
 /// `line L, column C: message` for a TOML error.
@@ -153,5 +296,38 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("line 9"), "{e}");
+    }
+
+    #[test]
+    fn coefficients_past_what_hardware_takes_name_the_line() {
+        let geometry = "[geometry]\nlayers = 1\nkv_bytes_per_token = 1\ncontext_length = 1\n";
+        let coefs = "b_ms_per_token = 0\nc_ms_per_context = 0\nd_ms_per_logit_row = 0\n";
+        // a_ms = 1e300 overflowed the simulated clock (a panic in a debug build).
+        for (a, ok) in [
+            ("1e300", false),
+            ("nan", false),
+            ("-inf", false),
+            ("3.0", true),
+        ] {
+            let text = format!("name = \"x\"\na_ms = {a}\n{coefs}{geometry}");
+            match parse(&text, "f.toml") {
+                Ok(_) => assert!(ok, "{a} accepted"),
+                Err(e) => {
+                    let e = e.to_string();
+                    assert!(!ok && e.contains("line 2"), "{e}");
+                }
+            }
+        }
+        let text = format!(
+            "a_ms = 1\n{coefs}{geometry}\n[[knot]]\ntokens = 8\nms_per_token = 1\n\n[[knot]]\ntokens = 16\nms_per_token = 5e3\n"
+        );
+        let e = parse(&text, "f.toml").unwrap_err().to_string();
+        assert!(
+            e.contains("line 16") && e.contains("knot.ms_per_token"),
+            "{e}"
+        );
+        let text = format!("a_ms = 1\n{coefs}{geometry}[kv_copy]\nbytes_per_s = 1e-3\n");
+        let e = parse(&text, "f.toml").unwrap_err().to_string();
+        assert!(e.contains("line 10") && e.contains("bytes_per_s"), "{e}");
     }
 }

@@ -61,9 +61,20 @@ impl TraceFile {
     /// Reads a trace; the format is chosen by extension (`.jsonl`/`.json` → JSONL, anything
     /// else → CSV with a header).
     pub fn load(path: &Path) -> Result<Self, WorkloadError> {
-        let text = std::fs::read_to_string(path).map_err(|source| WorkloadError::Io {
+        let bytes = std::fs::read(path).map_err(|source| WorkloadError::Io {
             path: path.to_path_buf(),
             source,
+        })?;
+        let text = String::from_utf8(bytes).map_err(|e| {
+            let good = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+            let line = good.iter().filter(|&&b| b == b'\n').count() + 1;
+            let column =
+                good.len() - good.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1) + 1;
+            parse_err(
+                path,
+                line,
+                format!("not UTF-8 text (byte {column} of the line); traces are CSV or JSONL text"),
+            )
         })?;
         let ext = path
             .extension()
@@ -528,6 +539,19 @@ mod tests {
         assert_eq!(b, c);
         assert_eq!(parse_timestamp("1970-01-01 00:00:00").unwrap(), (0, 0.0));
         assert_eq!(parse_timestamp("12.5").unwrap(), (12, 0.5));
+    }
+
+    #[test]
+    fn a_file_that_is_not_text_names_the_line() {
+        let dir = std::env::temp_dir().join(format!("accellm-trace-utf8-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("t.csv");
+        std::fs::write(&path, b"ContextTokens,GeneratedTokens\n1,2\n3,\xff4\n").unwrap();
+        let e = TraceFile::load(&path).unwrap_err();
+        let _ = std::fs::remove_dir_all(&dir);
+        let (line, msg) = line_of(e);
+        assert_eq!(line, 3);
+        assert!(msg.contains("UTF-8") && msg.contains("byte 3"), "{msg}");
     }
 
     #[test]

@@ -468,24 +468,39 @@ impl ResponseFormatIn {
 pub fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     let parsed = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
-        let path = e.path().to_string();
-        let message = plain_serde_message(&e.inner().to_string());
-        let param = (path != "." && !path.contains('?')).then_some(path);
-        let at = param
-            .as_deref()
-            .map(|p| format!(" at `{p}`"))
-            .unwrap_or_default();
-        ApiError {
-            code: Some("invalid_json"),
-            ..ApiError::invalid(
-                format!("Invalid JSON body{at}: {message}"),
-                param.as_deref(),
-            )
+        let named = json_error(&e);
+        if named.param.is_some() {
+            return named;
+        }
+        // The options both endpoints share are flattened into the request, where serde loses
+        // the field's name; parsed alone (other fields ignored) they give it back.
+        let de = &mut serde_json::Deserializer::from_slice(bytes);
+        match serde_path_to_error::deserialize::<_, CommonParams>(de) {
+            Err(e) if e.path().to_string() != "." => json_error(&e),
+            _ => named,
         }
     })?;
     de.end()
         .map_err(|e| ApiError::malformed(format!("Invalid JSON body: {e}")))?;
     Ok(parsed)
+}
+
+/// A 400 `invalid_json` naming the parameter at fault when the path is known.
+fn json_error(e: &serde_path_to_error::Error<serde_json::Error>) -> ApiError {
+    let path = e.path().to_string();
+    let message = plain_serde_message(&e.inner().to_string());
+    let param = (path != "." && !path.contains('?')).then_some(path);
+    let at = param
+        .as_deref()
+        .map(|p| format!(" at `{p}`"))
+        .unwrap_or_default();
+    ApiError {
+        code: Some("invalid_json"),
+        ..ApiError::invalid(
+            format!("Invalid JSON body{at}: {message}"),
+            param.as_deref(),
+        )
+    }
 }
 
 /// A serde message in the API's words: the request types' Rust names replaced by what they
@@ -668,8 +683,17 @@ mod tests {
             e.message
         );
         assert_eq!(e.param.as_deref(), Some("prompt"));
+        // Shared options are flattened into the request; their errors still name them.
         let e = parse_json::<CompletionRequest>(br#"{"prompt": "x", "n": 1.5}"#).unwrap_err();
         assert!(e.message.contains("an integer"), "{}", e.message);
+        assert_eq!(e.param.as_deref(), Some("n"), "{}", e.message);
+        let e = parse_json::<ChatRequest>(br#"{"messages": [], "stop": [1]}"#).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("stop"), "{}", e.message);
+        let e = parse_json::<ChatRequest>(br#"{"messages": [], "slo": {"ttft": 1}}"#).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("slo.ttft"), "{}", e.message);
+        let e =
+            parse_json::<ChatRequest>(br#"{"messages": [], "response_format": {}}"#).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("response_format"), "{}", e.message);
     }
 
     #[test]

@@ -468,16 +468,15 @@ impl ResponseFormatIn {
 pub fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     let parsed = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
-        let named = json_error(&e);
-        if named.param.is_some() {
-            return named;
+        if known_path(&e) {
+            return json_error(&e);
         }
         // The options both endpoints share are flattened into the request, where serde loses
         // the field's name; parsed alone (other fields ignored) they give it back.
         let de = &mut serde_json::Deserializer::from_slice(bytes);
         match serde_path_to_error::deserialize::<_, CommonParams>(de) {
-            Err(e) if e.path().to_string() != "." => json_error(&e),
-            _ => named,
+            Err(c) if known_path(&c) => json_error(&c),
+            _ => json_error(&e),
         }
     })?;
     de.end()
@@ -485,11 +484,26 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Api
     Ok(parsed)
 }
 
+/// Whether serde could tell where in the body the error is.
+fn known_path(e: &serde_path_to_error::Error<serde_json::Error>) -> bool {
+    let path = e.path().to_string();
+    path != "." && !path.contains('?')
+}
+
 /// A 400 `invalid_json` naming the parameter at fault when the path is known.
 fn json_error(e: &serde_path_to_error::Error<serde_json::Error>) -> ApiError {
-    let path = e.path().to_string();
     let message = plain_serde_message(&e.inner().to_string());
-    let param = (path != "." && !path.contains('?')).then_some(path);
+    let mut param = known_path(e).then(|| e.path().to_string());
+    // A missing field is at fault itself, not the object that lacks it.
+    let missing = message
+        .strip_prefix("missing field `")
+        .and_then(|m| m.split('`').next());
+    if let Some(field) = missing {
+        param = Some(match param {
+            Some(p) => format!("{p}.{field}"),
+            None => field.to_string(),
+        });
+    }
     let at = param
         .as_deref()
         .map(|p| format!(" at `{p}`"))
@@ -665,6 +679,16 @@ mod tests {
                 "content must be a string",
             ),
             (r#"{"messages": [7]}"#, Some("messages[0]"), "a message"),
+            (
+                r#"{"model": "m"}"#,
+                Some("messages"),
+                "missing field `messages`",
+            ),
+            (
+                r#"{"messages": [{"content": "x"}]}"#,
+                Some("messages[0].role"),
+                "missing field `role`",
+            ),
             (r#"[]"#, None, "a chat completion request"),
             (r#"{"messages": []} x"#, None, "trailing characters"),
         ];
@@ -693,7 +717,12 @@ mod tests {
         assert_eq!(e.param.as_deref(), Some("slo.ttft"), "{}", e.message);
         let e =
             parse_json::<ChatRequest>(br#"{"messages": [], "response_format": {}}"#).unwrap_err();
-        assert_eq!(e.param.as_deref(), Some("response_format"), "{}", e.message);
+        assert_eq!(
+            e.param.as_deref(),
+            Some("response_format.type"),
+            "{}",
+            e.message
+        );
     }
 
     #[test]

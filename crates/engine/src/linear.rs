@@ -126,8 +126,12 @@ const PAD_TO: usize = 256;
 /// Row slices per quantized matrix: the units several threads share out in a small batch.
 const SLICES: usize = 4;
 
-/// Rows of a slice are a multiple of this (candle's repacked x86 kernels take 16-row tiles).
+/// Rows of a slice are a multiple of this (a multiple of [`KERNEL_TILE`]).
 const SLICE_ALIGN: usize = 64;
+
+/// Weight rows candle's repacked x86 kernels take together (`TILE_N`); a matrix of other row
+/// counts runs its generic kernel.
+const KERNEL_TILE: usize = 16;
 
 /// Up to this many activation rows, several threads split a quantized matmul by weight rows
 /// (slices: each thread streams its share of the weights, which is what bounds a small batch);
@@ -135,6 +139,10 @@ const SLICE_ALIGN: usize = 64;
 /// and candle quantizes each call's activations, so slicing a large batch would repeat that work
 /// per slice: 159 → 268 ms for a 128-token prefill on one thread, measured).
 const SLICE_MAX_ROWS: usize = 8;
+
+/// Activation rows candle's repacked x86 kernels take together (`MAX_MT`); a row's result
+/// depends on which rows share its tile, so a split keeps them together.
+const ROW_TILE: usize = 4;
 
 /// The same weights as `parts`, cut by output rows into up to [`SLICES`] matrices per part (rows
 /// are independent runs of blocks, so a slice is a byte range of the part).
@@ -145,6 +153,11 @@ fn row_slices(parts: &[(QMatMul, usize)]) -> Result<Vec<(QMatMul, usize)>> {
             return Ok(Vec::new());
         };
         let (n, k) = q.shape().dims2()?;
+        // candle picks its kernel by the matrix's row count (16-row tiles or not): cutting a
+        // matrix whose rows are not whole tiles would change the kernel, so the numbers.
+        if n % KERNEL_TILE != 0 {
+            return Ok(Vec::new());
+        }
         let pieces = SLICES.min(n / SLICE_ALIGN).max(1);
         let data = q.data()?;
         let row_bytes = data.len() / n;
@@ -167,8 +180,11 @@ fn row_slices(parts: &[(QMatMul, usize)]) -> Result<Vec<(QMatMul, usize)>> {
 pub(crate) struct Linear {
     /// Stacked parts; each produces `n` consecutive output columns. Empty with `blocks`.
     parts: Vec<(QMatMul, usize)>,
-    /// `parts` cut into slices for small batches on several threads; empty unless quantized.
+    /// `parts` cut into slices for small batches on several threads; empty unless quantized
+    /// with whole kernel tiles.
     slices: Vec<(QMatMul, usize)>,
+    /// Quantized parts (candle's matmul on one thread): several threads split the rows.
+    split_rows: bool,
     /// The weights for [`WeightFormat::Blocks`].
     blocks: Option<BlockMatrix>,
     /// Logical input size.
@@ -207,6 +223,7 @@ impl Linear {
             WeightFormat::Blocks => Ok(Self {
                 parts: Vec::new(),
                 slices: Vec::new(),
+                split_rows: false,
                 blocks: Some(BlockMatrix::new(&tensors, k)?),
                 k,
                 k_pad: k,
@@ -221,6 +238,7 @@ impl Linear {
                 Ok(Self {
                     parts: vec![(QMatMul::Tensor(w), n_total)],
                     slices: Vec::new(),
+                    split_rows: false,
                     k,
                     k_pad: k,
                     n: n_total,
@@ -245,6 +263,7 @@ impl Linear {
                 let parts = vec![(QMatMul::from_qtensor(q)?, n_total)];
                 Ok(Self {
                     slices: row_slices(&parts)?,
+                    split_rows: true,
                     parts,
                     k,
                     k_pad,
@@ -280,6 +299,7 @@ impl Linear {
                     } else {
                         Vec::new()
                     },
+                    split_rows: quantized,
                     parts,
                     k,
                     k_pad: k,
@@ -317,8 +337,8 @@ impl Linear {
             padded
         };
         let threads = rayon::current_num_threads();
-        if threads > 1 && !self.slices.is_empty() {
-            if rows <= SLICE_MAX_ROWS {
+        if threads > 1 && self.split_rows {
+            if rows <= SLICE_MAX_ROWS && !self.slices.is_empty() {
                 // The slices in parallel, each thread streaming its share of the weights.
                 let ys: Vec<Result<Vec<f32>>> = self
                     .slices
@@ -327,8 +347,12 @@ impl Linear {
                     .collect();
                 return self.stack_columns(&self.slices, ys, rows);
             }
-            // Activation rows split over the threads; each runs the whole matrix.
-            let chunk = rows.div_ceil(threads);
+            // Activation rows split over the threads; each runs the whole matrix. Chunks are whole
+            // groups of [`ROW_TILE`] rows, so every row meets the same kernel tile as unsplit.
+            if rows <= ROW_TILE {
+                return self.run_parts(&self.parts, &input, rows);
+            }
+            let chunk = rows.div_ceil(threads).div_ceil(ROW_TILE) * ROW_TILE;
             let ys: Vec<Result<Vec<f32>>> = input
                 .par_chunks(chunk * self.k_pad)
                 .map(|x| self.run_parts(&self.parts, x, x.len() / self.k_pad))

@@ -1,6 +1,7 @@
-//! An iteration on more threads (an instance borrowing its idle partner's cores) computes what it
-//! computes on one: the parallel matmul paths (weight-row slices for small batches, split
-//! activation rows for large ones, the blocks kernel's columns) agree with the one-thread path.
+//! An iteration on more threads (an instance borrowing its idle partner's cores) computes exactly
+//! what it computes on one: the parallel matmul paths (weight-row slices for small batches, split
+//! activation rows for large ones, the blocks kernel's columns) take the same kernels on the same
+//! rows, so seeded sampling and logprobs do not depend on whether a partner was idle.
 
 mod support;
 
@@ -10,10 +11,11 @@ use support::{rel_err, table, write_tiny_model, TinySpec};
 
 const BS: usize = 16;
 
-/// Big enough that every matrix is cut into several slices (outputs ≥ 256 rows).
+/// Big enough that every matrix is cut into several slices (outputs ≥ 256 rows), with a
+/// vocabulary that is not whole 16-row kernel tiles (candle runs another kernel for it).
 fn spec(dtype: GgmlDType) -> TinySpec {
     TinySpec {
-        vocab: 512,
+        vocab: 500,
         hidden: 256,
         heads: 4,
         kv_heads: 2,
@@ -97,7 +99,7 @@ fn two_threads_compute_what_one_does() {
             for (x, y) in a.iter().zip(&b) {
                 let e = rel_err(x, y);
                 assert!(
-                    e < 1e-4,
+                    e == 0.0,
                     "{format}: chunk {chunk}, {decodes} decodes: rel err {e}"
                 );
             }

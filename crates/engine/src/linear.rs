@@ -123,8 +123,12 @@ pub fn scalar_in_candle(dtype: GgmlDType) -> bool {
 /// Multiple of the input dimension that candle's repacked x86 kernels need.
 const PAD_TO: usize = 256;
 
-/// Row slices per quantized matrix: the units several threads share out in a small batch.
-const SLICES: usize = 4;
+/// Row slices per quantized matrix, the units an iteration's threads share out in a small batch:
+/// one per CPU this process may use (2–8). Each slice is a candle call with its own activation
+/// quantization and output copy, so slices beyond the threads cost time.
+fn slice_count() -> usize {
+    crate::threads::allowed_cpus().len().clamp(2, 8)
+}
 
 /// Rows of a slice are a multiple of this (a multiple of [`KERNEL_TILE`]).
 const SLICE_ALIGN: usize = 64;
@@ -144,7 +148,7 @@ const SLICE_MAX_ROWS: usize = 8;
 /// depends on which rows share its tile, so a split keeps them together.
 const ROW_TILE: usize = 4;
 
-/// The same weights as `parts`, cut by output rows into up to [`SLICES`] matrices per part (rows
+/// The same weights as `parts`, cut by output rows into up to [`slice_count`] matrices per part (rows
 /// are independent runs of blocks, so a slice is a byte range of the part).
 fn row_slices(parts: &[(QMatMul, usize)]) -> Result<Vec<(QMatMul, usize)>> {
     let mut slices = Vec::new();
@@ -158,7 +162,7 @@ fn row_slices(parts: &[(QMatMul, usize)]) -> Result<Vec<(QMatMul, usize)>> {
         if n % KERNEL_TILE != 0 {
             return Ok(Vec::new());
         }
-        let pieces = SLICES.min(n / SLICE_ALIGN).max(1);
+        let pieces = slice_count().min(n / SLICE_ALIGN).max(1);
         let data = q.data()?;
         let row_bytes = data.len() / n;
         let per = (n / pieces).div_ceil(SLICE_ALIGN) * SLICE_ALIGN;

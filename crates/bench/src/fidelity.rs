@@ -366,29 +366,45 @@ pub fn live_profile(
     after: &[u8],
     name: String,
 ) -> anyhow::Result<HardwareProfile> {
+    use accellm_core::profile::{Point, WideFit, ENGINE_KNOTS};
     #[derive(serde::Deserialize)]
     struct Log {
         total: u64,
         #[serde(default)]
         scheduler_ms: f64,
-        points: Vec<accellm_core::profile::Point>,
+        points: Vec<Point>,
+        #[serde(default)]
+        wide_total: u64,
+        #[serde(default)]
+        wide_points: Vec<Point>,
     }
     let parse = |b: &[u8]| -> anyhow::Result<Log> {
         serde_json::from_slice(b).map_err(|e| anyhow::anyhow!("GET /accellm/iterations: {e}"))
     };
     let (b, a) = (parse(before)?, parse(after)?);
-    let n = (a.total.saturating_sub(b.total) as usize).min(a.points.len());
+    let new = |total: u64, before: u64, points: &[Point]| -> Vec<Point> {
+        let n = (total.saturating_sub(before) as usize).min(points.len());
+        points[points.len() - n..].to_vec()
+    };
     let mut p = base.clone();
-    p.points = a.points[a.points.len() - n..].to_vec();
-    p.refit(&accellm_core::profile::ENGINE_KNOTS)
+    p.points = new(a.total, b.total, &a.points);
+    let n = p.points.len();
+    p.refit(&ENGINE_KNOTS)
         .map_err(|e| anyhow::anyhow!("fitting the run's {n} iterations: {e}"))?;
+    // Iterations on a partner's cores too: their own fit, where they determine one (else the
+    // base profile's stays).
+    let wide = new(a.wide_total, b.wide_total, &a.wide_points);
+    let n_wide = wide.len();
+    if let Ok(w) = WideFit::from_points(wide, &ENGINE_KNOTS) {
+        p.wide = Some(w);
+    }
     p.name = name;
     p.clock = "server".into();
     // What the scheduler thread spends per report delays the instance's next iteration.
-    p.overhead_ms = if n == 0 {
+    p.overhead_ms = if n + n_wide == 0 {
         0.0
     } else {
-        (a.scheduler_ms - b.scheduler_ms).max(0.0) / n as f64
+        (a.scheduler_ms - b.scheduler_ms).max(0.0) / (n + n_wide) as f64
     };
     Ok(p)
 }

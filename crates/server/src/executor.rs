@@ -238,6 +238,10 @@ pub(crate) struct IterationLog {
     pub total: u64,
     /// The most recent ones, oldest first.
     pub points: std::collections::VecDeque<Point>,
+    /// The same for iterations that also ran on the idle partner's cores (a profile's `[wide]`).
+    pub wide_total: u64,
+    /// The most recent of those, oldest first.
+    pub wide_points: std::collections::VecDeque<Point>,
     /// Time the scheduler thread spent handling iteration reports (detokenising, stop checks,
     /// the core's decisions, preparing the next batch), in ms, summed since the start.
     pub scheduler_ms: f64,
@@ -247,12 +251,17 @@ impl IterationLog {
     /// Iterations kept.
     pub const CAPACITY: usize = 50_000;
 
-    fn push(&mut self, p: Point) {
-        if self.points.len() == Self::CAPACITY {
-            self.points.pop_front();
+    fn push(&mut self, p: Point, wide: bool) {
+        let (points, total) = if wide {
+            (&mut self.wide_points, &mut self.wide_total)
+        } else {
+            (&mut self.points, &mut self.total)
+        };
+        if points.len() == Self::CAPACITY {
+            points.pop_front();
         }
-        self.points.push_back(p);
-        self.total += 1;
+        points.push_back(p);
+        *total += 1;
     }
 }
 
@@ -882,16 +891,15 @@ impl Executor {
             .iter_mut()
             .for_each(|v| v.retain(|&(src, _)| src != i));
         let now = self.now();
-        // The log fits one instance's own cores (`bench --calibrate-out`): iterations on a
-        // partner's cores too are another model (the profile's [wide]).
-        if let (false, Ok(mut log)) = (flight.wide, self.iteration_log.lock()) {
+        if let Ok(mut log) = self.iteration_log.lock() {
             let sh = &flight.shape;
-            log.push(Point {
+            let point = Point {
                 tokens: sh.tokens(),
                 sum_context: sh.prefill_attn_pairs + sh.decode_kv_tokens,
                 logit_rows: sh.logit_rows,
                 ms: (now.saturating_sub(flight.dispatched_us).max(1)) as f64 / 1e3,
-            });
+            };
+            log.push(point, flight.wide);
         }
         let mut stopped = flight.broken.clone();
         let mut r = r;

@@ -132,16 +132,19 @@ async fn auth(State(st): State<Shared>, req: Request, next: Next) -> Response {
     next.run(req).await
 }
 
-/// `{"total": N, "scheduler_ms": S, "points": [{tokens, sum_context, logit_rows, ms}, ...]}`:
-/// the iterations run (`total` since the start, `points` the most recent ones, oldest first, each
-/// timed from dispatch to its report being handled) and the scheduler thread's time handling
-/// their reports.
+/// `{"total": N, "scheduler_ms": S, "points": [{tokens, sum_context, logit_rows, ms}, ...],
+/// "wide_total": W, "wide_points": [...]}`: the iterations run on an instance's own cores
+/// (`total` since the start, `points` the most recent ones, oldest first, each timed from
+/// dispatch to its report being handled), the same for those that also ran on the idle partner's
+/// cores, and the scheduler thread's time handling all their reports.
 async fn iterations(State(st): State<Shared>) -> Response {
     match st.iteration_log.lock() {
         Ok(log) => Json(json!({
             "total": log.total,
             "scheduler_ms": log.scheduler_ms,
-            "points": log.points
+            "points": log.points,
+            "wide_total": log.wide_total,
+            "wide_points": log.wide_points
         }))
         .into_response(),
         Err(_) => ApiError::internal("iteration log lock poisoned").into_response(),

@@ -153,6 +153,25 @@ impl WideFit {
         })
     }
 
+    /// Its iteration-time model, `overhead_ms` added to every iteration.
+    pub fn cost_model(
+        &self,
+        overhead_ms: f64,
+        layers: u32,
+        kv_bytes_per_token: u64,
+    ) -> LinearCostModel {
+        LinearCostModel {
+            base_us: (self.a_ms + overhead_ms) * 1e3,
+            per_token_us: self.b_ms_per_token * 1e3,
+            per_kv_token_us: self.c_ms_per_context * 1e3,
+            per_logit_row_us: self.d_ms_per_logit_row * 1e3,
+            knots: self.knots.iter().copied().map(TokenKnot::from).collect(),
+            layers,
+            kv_bytes_per_token,
+            wide: None,
+        }
+    }
+
     /// Multiplies every coefficient by `k` (a probe's speed ratio to the reference machine).
     pub fn scale(&mut self, k: f64) {
         self.a_ms *= k;
@@ -536,27 +555,20 @@ impl HardwareProfile {
             Some(c) => (c, self.knots.clone()),
             None => (fit(&self.points, &[])?.coef, Vec::new()),
         };
-        let linear = |[a, b, c, d]: [f64; 4], knots: &[Knot]| LinearCostModel {
+        let (layers, kv_bytes) = (self.geometry.layers, self.geometry.kv_bytes_per_token);
+        Ok(LinearCostModel {
             base_us: (a + self.overhead_ms) * 1e3,
             per_token_us: b * 1e3,
             per_kv_token_us: c * 1e3,
             per_logit_row_us: d * 1e3,
-            knots: knots.iter().copied().map(TokenKnot::from).collect(),
-            layers: self.geometry.layers,
-            kv_bytes_per_token: self.geometry.kv_bytes_per_token,
-            wide: None,
-        };
-        let mut m = linear([a, b, c, d], &knots);
-        m.wide = self.wide.as_ref().map(|w| {
-            let coef = [
-                w.a_ms,
-                w.b_ms_per_token,
-                w.c_ms_per_context,
-                w.d_ms_per_logit_row,
-            ];
-            Box::new(linear(coef, &w.knots))
-        });
-        Ok(m)
+            knots: knots.into_iter().map(TokenKnot::from).collect(),
+            layers,
+            kv_bytes_per_token: kv_bytes,
+            wide: self
+                .wide
+                .as_ref()
+                .map(|w| Box::new(w.cost_model(self.overhead_ms, layers, kv_bytes))),
+        })
     }
 
     /// The link between two instances: one layer's copy costs `latency_us` plus its bytes at

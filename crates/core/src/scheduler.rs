@@ -100,6 +100,11 @@ impl Requests {
         self.slots.get(id.index()).and_then(Option::as_ref)
     }
 
+    /// `id`'s state, mutable, if it is live.
+    pub(crate) fn try_get_mut(&mut self, id: RequestId) -> Option<&mut RequestState> {
+        self.slots.get_mut(id.index()).and_then(Option::as_mut)
+    }
+
     /// Live requests.
     pub fn len(&self) -> usize {
         self.slots.len() - self.free.len()
@@ -393,12 +398,7 @@ impl State {
             self.counters.migrations_recompute += 1;
             self.counters.recompute_tokens += missing as u64;
             self.land_migration_with(id, to, keep_source, have);
-            if let Some(r) = self
-                .requests
-                .slots
-                .get_mut(id.index())
-                .and_then(|x| x.as_mut())
-            {
+            if let Some(r) = self.requests.try_get_mut(id) {
                 r.recompute_tokens = missing;
             }
             return Migration::Recompute;
@@ -623,13 +623,7 @@ impl Scheduler {
         if more.is_empty() {
             return;
         }
-        let Some(r) = self
-            .state
-            .requests
-            .slots
-            .get_mut(id.index())
-            .and_then(|x| x.as_mut())
-        else {
+        let Some(r) = self.state.requests.try_get_mut(id) else {
             return;
         };
         if let Some(old) = r.block_keys.as_deref() {
@@ -770,12 +764,7 @@ impl Scheduler {
                 break;
             }
             s.pending_copies[instance as usize].pop_front();
-            let Some(r) = s
-                .requests
-                .slots
-                .get_mut(c.request.index())
-                .and_then(|x| x.as_mut())
-            else {
+            let Some(r) = s.requests.try_get_mut(c.request) else {
                 continue;
             };
             if r.serial != c.serial {
@@ -835,12 +824,7 @@ impl Scheduler {
     pub fn cancel(&mut self, now: TimeUs, id: RequestId) {
         self.state.now = now;
         let s = &mut self.state;
-        let Some(r) = s
-            .requests
-            .slots
-            .get_mut(id.index())
-            .and_then(|x| x.as_mut())
-        else {
+        let Some(r) = s.requests.try_get_mut(id) else {
             return;
         };
         if r.in_flight || r.phase == Phase::Moving {

@@ -188,18 +188,11 @@ impl CostConfig {
             knots: self.knots.iter().copied().map(TokenKnot::from).collect(),
             layers,
             kv_bytes_per_token,
-            wide: self.wide.as_ref().map(|w| {
-                Box::new(LinearCostModel {
-                    base_us: w.a_ms * 1000.0,
-                    per_token_us: w.b_ms_per_token * 1000.0,
-                    per_kv_token_us: w.c_ms_per_context * 1000.0,
-                    per_logit_row_us: w.d_ms_per_logit_row * 1000.0,
-                    knots: w.knots.iter().copied().map(TokenKnot::from).collect(),
-                    layers,
-                    kv_bytes_per_token,
-                    wide: None,
-                })
-            }),
+            // Its `a_ms` already carries the executor overhead.
+            wide: self
+                .wide
+                .as_ref()
+                .map(|w| Box::new(w.cost_model(0.0, layers, kv_bytes_per_token))),
         }
     }
 }

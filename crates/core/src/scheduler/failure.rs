@@ -58,24 +58,14 @@ impl Scheduler {
         }
         let inst = &mut s.instances[iu];
         for e in &inst.batch.entries {
-            if let Some(r) = s
-                .requests
-                .slots
-                .get_mut(e.request.index())
-                .and_then(|x| x.as_mut())
-            {
+            if let Some(r) = s.requests.try_get_mut(e.request) {
                 r.in_flight = false;
             }
         }
         inst.batch.clear();
         // Copies from `i` will never land: unpin their destinations.
         for c in std::mem::take(&mut s.pending_copies[iu]) {
-            if let Some(r) = s
-                .requests
-                .slots
-                .get_mut(c.request.index())
-                .and_then(|x| x.as_mut())
-            {
+            if let Some(r) = s.requests.try_get_mut(c.request) {
                 if r.serial == c.serial {
                     r.copies_pending = r.copies_pending.saturating_sub(1);
                     s.instances[c.to as usize].kv.unpin(c.request);

@@ -64,9 +64,44 @@ impl Threads {
         self.pool.current_num_threads()
     }
 
-    /// Runs `f` on this pool; parallel loops inside it use this pool's threads.
+    /// Runs `f` on this pool; parallel loops inside it use this pool's threads. With more than
+    /// one thread, the others spin for the whole of `f`, taking each parallel loop's work the
+    /// moment it is split off: a forward pass splits ~150 loops per token, and waking a parked
+    /// rayon worker for each cost a batch-1 decode step more than the split gained (candle's
+    /// own pool spins for the same reason). The cores are the iteration's anyway; a spinner with
+    /// nothing to take yields the core to any other runnable thread.
     pub fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
-        self.pool.install(f)
+        let n = self.pool.current_num_threads();
+        if n <= 1 || self.pool.current_thread_index().is_some() {
+            return self.pool.install(f);
+        }
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        self.pool.install(|| {
+            let done = AtomicBool::new(false);
+            let spinning = AtomicUsize::new(0);
+            rayon::scope(|s| {
+                for _ in 1..n {
+                    s.spawn(|_| {
+                        spinning.fetch_add(1, Ordering::AcqRel);
+                        while !done.load(Ordering::Acquire) {
+                            // Nothing to take: give the core to any other runnable thread (on an
+                            // idle core this returns at once, so the spinner stays hot).
+                            if rayon::yield_now() != Some(rayon::Yield::Executed) {
+                                std::thread::yield_now();
+                            }
+                        }
+                    });
+                }
+                // Start only once every spinner runs on another worker: this thread must not
+                // pick one up itself while `f` waits in a parallel loop.
+                while spinning.load(Ordering::Acquire) < n - 1 {
+                    std::thread::yield_now();
+                }
+                let r = f();
+                done.store(true, Ordering::Release);
+                r
+            })
+        })
     }
 }
 

@@ -997,8 +997,26 @@ impl Scheduler {
     /// Checks every instance's block-manager invariants and that no request holds blocks on an
     /// instance it has no business on. For tests.
     pub fn check_invariants(&self) -> Result<(), String> {
-        for inst in &self.state.instances {
+        let insts = &self.state.instances;
+        for inst in insts {
             inst.kv.check_invariants()?;
+            // Lent cores: the borrower runs on them, and the lender runs nothing meanwhile.
+            if let Some(p) = inst.borrowed {
+                if !inst.busy || insts[p as usize].lent_to != Some(inst.id) {
+                    return Err(format!(
+                        "instance {} borrows {p}, which does not lend",
+                        inst.id
+                    ));
+                }
+            }
+            if let Some(b) = inst.lent_to {
+                if inst.busy || insts[b as usize].borrowed != Some(inst.id) {
+                    return Err(format!(
+                        "instance {} lent to {b}, which does not borrow",
+                        inst.id
+                    ));
+                }
+            }
         }
         Ok(())
     }

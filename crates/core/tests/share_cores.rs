@@ -50,6 +50,7 @@ fn sched(cluster: &str, inst: &str, share: bool) -> Scheduler {
 struct Launches(Vec<(u32, Option<u32>, bool)>);
 impl Observer for Launches {
     fn on_action(&mut self, _now: TimeUs, a: &Action, s: &Scheduler) {
+        s.check_invariants().unwrap();
         if let Action::Run {
             instance, borrowed, ..
         } = *a

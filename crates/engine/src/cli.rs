@@ -76,6 +76,9 @@ pub struct BenchRow {
     pub matmul_share: f64,
     /// Share of the iteration spent storing K/V and in attention.
     pub attention_share: f64,
+    /// Megabytes of weights the format streams per iteration (every projection once).
+    #[serde(default)]
+    pub weight_mb: f64,
 }
 
 fn resolve_model(model: &Option<PathBuf>) -> anyhow::Result<PathBuf> {
@@ -195,6 +198,7 @@ fn bench_in_process(
                     cpu_ms_per_iter: 0.0,
                     matmul_share: 0.0,
                     attention_share: 0.0,
+                    weight_mb: model.weight_bytes() as f64 / 1e6,
                 });
             }
             for &len in &args.prompt_lens {
@@ -216,6 +220,7 @@ fn bench_in_process(
                     cpu_ms_per_iter: cpu,
                     matmul_share: t.matmul_ms / ms,
                     attention_share: t.attention_ms / ms,
+                    weight_mb: model.weight_bytes() as f64 / 1e6,
                 });
             }
             for &b in &args.batches {
@@ -234,6 +239,7 @@ fn bench_in_process(
                     cpu_ms_per_iter: cpu,
                     matmul_share: t.matmul_ms / ms,
                     attention_share: t.attention_ms / ms,
+                    weight_mb: model.weight_bytes() as f64 / 1e6,
                 });
             }
             Ok(())
@@ -244,15 +250,31 @@ fn bench_in_process(
 
 fn print_table(rows: &[BenchRow]) {
     println!(
-        "{:<10} {:>7} {:<8} {:>6} {:>10} {:>10} {:>10} {:>7} {:>7}",
-        "format", "threads", "kind", "size", "ms/iter", "tokens/s", "cpu-ms/it", "matmul", "attn"
+        "{:<10} {:>7} {:<8} {:>6} {:>10} {:>10} {:>10} {:>7} {:>7} {:>10}",
+        "format",
+        "threads",
+        "kind",
+        "size",
+        "ms/iter",
+        "tokens/s",
+        "cpu-ms/it",
+        "matmul",
+        "attn",
+        "weights/s"
     );
     for r in rows
         .iter()
         .filter(|r| r.kind == "prefill" || r.kind == "decode")
     {
+        // A decode step reads every weight once: the rate it streams them at, beside the
+        // measured read bandwidth printed below.
+        let weights = if r.kind == "decode" && r.weight_mb > 0.0 {
+            format!("{:.1} GB/s", r.weight_mb / r.ms_per_iter)
+        } else {
+            "-".into()
+        };
         println!(
-            "{:<10} {:>7} {:<8} {:>6} {:>10.2} {:>10.1} {:>10.2} {:>6.0}% {:>6.0}%",
+            "{:<10} {:>7} {:<8} {:>6} {:>10.2} {:>10.1} {:>10.2} {:>6.0}% {:>6.0}% {:>10}",
             r.format.name(),
             r.threads,
             r.kind,
@@ -261,7 +283,8 @@ fn print_table(rows: &[BenchRow]) {
             r.tokens_per_s,
             r.cpu_ms_per_iter,
             r.matmul_share * 100.0,
-            r.attention_share * 100.0
+            r.attention_share * 100.0,
+            weights
         );
     }
     for r in rows.iter().filter(|r| r.kind == "read-bandwidth-gbs") {

@@ -2,7 +2,7 @@
 //! cached (never leaked), replicas count as cache, and cache-aware routing follows the prefix.
 
 mod common;
-use common::{assert_all_done, config, cost, requests};
+use common::{assert_all_done, config, cost, drive, requests};
 
 use accellm_core::{
     cluster::{self, accellm::AccellmConfig, ClusterConfig},
@@ -164,37 +164,6 @@ fn accellm_replicas_are_cache_on_either_partner() {
     assert!(with_bytes <= without_bytes);
 }
 
-/// Drives `s` by hand: every `Run` ends 1 ms later with its copies landed. Stops when `until`
-/// says so (checked after each event) or nothing is left to run; returns the time reached.
-fn drive(s: &mut Scheduler, mut now: TimeUs, until: &dyn Fn(&Scheduler) -> bool) -> TimeUs {
-    let mut actions = Vec::new();
-    loop {
-        s.take_actions(&mut actions);
-        let runs: Vec<(u32, u64)> = actions
-            .drain(..)
-            .filter_map(|a| match a {
-                Action::Run {
-                    instance,
-                    iteration,
-                    ..
-                } => Some((instance, iteration)),
-                _ => None,
-            })
-            .collect();
-        if runs.is_empty() {
-            return now;
-        }
-        for (i, it) in runs {
-            now += 1_000;
-            s.iteration_done(now, i, &[]);
-            s.copy_done(now, i, it);
-            if until(s) {
-                return now;
-            }
-        }
-    }
-}
-
 #[test]
 fn a_request_cancelled_after_its_first_token_leaves_its_prompt_cached() {
     // A streaming client that stops reading after the first token, on the default AcceLLM pair:
@@ -206,17 +175,17 @@ fn a_request_cancelled_after_its_first_token_leaves_its_prompt_cached() {
     };
     let k = keys(1, 480, 100, 500);
     let first = s.submit_keyed(0, spec(0), k.clone());
-    let now = drive(&mut s, 0, &|s| {
+    let now = drive(&mut s, 0, &mut |_| {}, &|s| {
         s.request(first).is_some_and(|r| r.generated >= 1)
     });
     assert!(s.request(first).is_some(), "still running when cancelled");
     // Cancelled while its next step is in flight: it ends when that step does.
     s.cancel(now, first);
-    let now = drive(&mut s, now, &|s| s.request(first).is_none());
+    let now = drive(&mut s, now, &mut |_| {}, &|s| s.request(first).is_none());
     assert!(s.request(first).is_none());
     let hits = s.counters().prefix_hit_tokens;
     let second = s.submit_keyed(now + 1, spec(now + 1), k);
-    drive(&mut s, now + 1, &|s| {
+    drive(&mut s, now + 1, &mut |_| {}, &|s| {
         s.request(second).is_some_and(|r| r.generated >= 1)
     });
     // 500 tokens = 31 full blocks of 16 (496 tokens); the last prompt token is always computed.

@@ -3,14 +3,14 @@
 //! holding them however it ends (cancelled right after its first token, its instance lost).
 
 mod common;
-use common::{config, cost, requests};
+use common::{config, cost, drive, requests};
 
 use accellm_core::{
     cluster::{self, ClusterConfig},
     instance::{self, InstanceConfig},
     kv::{run_keys, BlockKeys},
     request::{RequestId, RequestSpec},
-    scheduler::{Action, Scheduler},
+    scheduler::Scheduler,
     TimeUs,
 };
 
@@ -37,44 +37,6 @@ fn spec(at: TimeUs, prompt: u32, output: u32) -> RequestSpec {
 
 fn keys(runs: &[(u64, u32, u32)]) -> Vec<u64> {
     run_keys(runs, BS)
-}
-
-/// Drives `s` by hand: every `Run` ends 1 ms later with its copies landed; after each event
-/// `each` sees the scheduler. Stops when `until` says so or nothing is left to run.
-fn drive(
-    s: &mut Scheduler,
-    mut now: TimeUs,
-    each: &mut dyn FnMut(&mut Scheduler),
-    until: &dyn Fn(&Scheduler) -> bool,
-) -> TimeUs {
-    let mut actions = Vec::new();
-    loop {
-        s.take_actions(&mut actions);
-        let runs: Vec<(u32, u64)> = actions
-            .drain(..)
-            .filter_map(|a| match a {
-                Action::Run {
-                    instance,
-                    iteration,
-                    ..
-                } => Some((instance, iteration)),
-                _ => None,
-            })
-            .collect();
-        if runs.is_empty() {
-            return now;
-        }
-        for (i, it) in runs {
-            now += 1_000;
-            s.iteration_done(now, i, &[]);
-            each(s);
-            s.copy_done(now, i, it);
-            each(s);
-            if until(s) {
-                return now;
-            }
-        }
-    }
 }
 
 /// The executor's side of generated keys: after each event, the keys of `id`'s stream (stream

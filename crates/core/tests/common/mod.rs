@@ -6,7 +6,7 @@ use std::sync::Arc;
 use accellm_core::{
     cost::{LinearCostModel, Link},
     request::{RequestSpec, Slo},
-    scheduler::{Scheduler, SchedulerConfig},
+    scheduler::{Action, Scheduler, SchedulerConfig},
     TimeUs,
 };
 
@@ -92,4 +92,42 @@ pub fn assert_all_done(s: &Scheduler, reqs: &[RequestSpec]) {
         );
     }
     s.check_invariants().unwrap();
+}
+
+/// Drives `s` by hand: every `Run` ends 1 ms later with its copies landed; after each event
+/// `each` sees the scheduler. Stops when `until` says so or nothing is left to run.
+pub fn drive(
+    s: &mut Scheduler,
+    mut now: TimeUs,
+    each: &mut dyn FnMut(&mut Scheduler),
+    until: &dyn Fn(&Scheduler) -> bool,
+) -> TimeUs {
+    let mut actions = Vec::new();
+    loop {
+        s.take_actions(&mut actions);
+        let runs: Vec<(u32, u64)> = actions
+            .drain(..)
+            .filter_map(|a| match a {
+                Action::Run {
+                    instance,
+                    iteration,
+                    ..
+                } => Some((instance, iteration)),
+                _ => None,
+            })
+            .collect();
+        if runs.is_empty() {
+            return now;
+        }
+        for (i, it) in runs {
+            now += 1_000;
+            s.iteration_done(now, i, &[]);
+            each(s);
+            s.copy_done(now, i, it);
+            each(s);
+            if until(s) {
+                return now;
+            }
+        }
+    }
 }

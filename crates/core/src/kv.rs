@@ -13,6 +13,11 @@
 //! and each block counts its holders. A keyed block that no table holds any more stays *cached*:
 //! it is handed out again on a hit, or reclaimed (least recently used first) when memory runs out,
 //! before any replica is evicted. Blocks without a key return to the free list.
+//!
+//! **Events.** With [`BlockManager::set_record_events`] on, the manager notes every key that
+//! enters or leaves its index ([`KvEvent`]), in order, for the executor to drain (vLLM's KV
+//! events: [`crate::kv_events`] folds the instances' notes into one stream). Off (the default)
+//! it records nothing and costs nothing; on or off, its decisions are the same.
 
 use std::collections::{BTreeSet, HashMap};
 use std::hash::BuildHasherDefault;
@@ -30,6 +35,29 @@ pub type BlockKey = u64;
 
 /// The keys of one request's blocks, shared between the executor and the core.
 pub type BlockKeys = std::sync::Arc<[BlockKey]>;
+
+/// A change of the keys an instance's prefix cache holds, noted when recording is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KvEvent {
+    /// Block `index` of `request`'s table was given content key `key` and can now be hit;
+    /// `parent` is the key of the block before it in the request's chain (0: the first block).
+    Stored {
+        /// The request whose block it is (its tokens are the block's content).
+        request: RequestId,
+        /// Position of the block in the request's table (its tokens start at
+        /// `index × block_size`).
+        index: u32,
+        /// The block's key.
+        key: BlockKey,
+        /// The previous block's key in the chain (0 for the first block).
+        parent: BlockKey,
+    },
+    /// `key` left the cache: its block was reclaimed for other content, or freed.
+    Removed {
+        /// The key.
+        key: BlockKey,
+    },
+}
 
 /// Whose copy a table is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -210,6 +238,9 @@ pub struct BlockManager {
     tick: u64,
     eviction: EvictionPolicy,
     replicas_as_cache: bool,
+    /// Key changes since the last [`Self::take_events`], when recording.
+    events: Vec<KvEvent>,
+    record_events: bool,
 }
 
 impl BlockManager {
@@ -233,7 +264,59 @@ impl BlockManager {
             tick: 0,
             eviction: EvictionPolicy::Lru,
             replicas_as_cache: true,
+            events: Vec::new(),
+            record_events: false,
         }
+    }
+
+    /// Whether to note every key that enters or leaves the cache ([`KvEvent`]; off by default).
+    pub fn set_record_events(&mut self, on: bool) {
+        self.record_events = on;
+        if !on {
+            self.events = Vec::new();
+        }
+    }
+
+    /// Whether key changes are noted.
+    pub fn record_events(&self) -> bool {
+        self.record_events
+    }
+
+    /// Moves the key changes noted since the last call, oldest first, to the end of `out`.
+    pub fn take_events(&mut self, out: &mut Vec<KvEvent>) {
+        out.append(&mut self.events);
+    }
+
+    /// Empties the pool, as a restarted worker's memory is: every table, key and cached block
+    /// goes (each key noted as removed when recording). Settings and recording are kept; the
+    /// state is that of a new manager with the same settings.
+    pub fn clear(&mut self) {
+        if self.record_events {
+            for (b, &key) in self.keys.iter().enumerate() {
+                if key != 0 && self.index.get(&key) == Some(&(b as BlockId)) {
+                    self.events.push(KvEvent::Removed { key });
+                }
+            }
+        }
+        let mut fresh = Self::new(self.num_blocks, self.block_size);
+        fresh.eviction = self.eviction;
+        fresh.replicas_as_cache = self.replicas_as_cache;
+        fresh.record_events = self.record_events;
+        fresh.events = std::mem::take(&mut self.events);
+        *self = fresh;
+    }
+
+    /// Forgets every cached prefix (vLLM's `reset_prefix_cache`): possible only while no table
+    /// holds a block; returns whether it was done. Nothing is noted per key: the caller reports
+    /// the whole cache cleared.
+    pub fn reset_prefix_cache(&mut self) -> bool {
+        if self.primary_blocks + self.replica_blocks > 0 {
+            return false;
+        }
+        let record = std::mem::replace(&mut self.record_events, false);
+        self.clear();
+        self.record_events = record;
+        true
     }
 
     /// Sets which replica is evicted first when a primary needs room.
@@ -399,6 +482,9 @@ impl BlockManager {
         let k = std::mem::take(&mut self.keys[b as usize]);
         if k != 0 && self.index.get(&k) == Some(&b) {
             self.index.remove(&k);
+            if self.record_events {
+                self.events.push(KvEvent::Removed { key: k });
+            }
         }
     }
 
@@ -474,13 +560,23 @@ impl BlockManager {
         };
         let end = keys.len().min(t.blocks.len()).min(to as usize);
         let from = (from as usize).min(end);
-        for (&b, &k) in t.blocks[from..end].iter().zip(&keys[from..end]) {
+        for (i, (&b, &k)) in t.blocks[from..end].iter().zip(&keys[from..end]).enumerate() {
             let k = k.max(1);
             if self.keys[b as usize] != 0 || self.index.contains_key(&k) {
                 continue;
             }
             self.keys[b as usize] = k;
             self.index.insert(k, b);
+            if self.record_events {
+                let index = from + i;
+                let parent = index.checked_sub(1).map_or(0, |p| keys[p].max(1));
+                self.events.push(KvEvent::Stored {
+                    request: req,
+                    index: index as u32,
+                    key: k,
+                    parent,
+                });
+            }
         }
     }
 
@@ -955,8 +1051,13 @@ mod tests {
             ops in proptest::collection::vec(op(), 1..200),
             largest_first in any::<bool>(),
             replicas_as_cache in any::<bool>(),
+            record in any::<bool>(),
         ) {
             let mut kv = BlockManager::new(24, 8);
+            kv.set_record_events(record);
+            // The keys the events say are cached, replayed: always the index's keys.
+            let mut told = std::collections::BTreeSet::new();
+            let mut events = Vec::new();
             if largest_first {
                 kv.set_eviction(EvictionPolicy::LargestFirst);
             }
@@ -1033,6 +1134,17 @@ mod tests {
                 }
                 prop_assert!(kv.primary_blocks() + kv.replica_blocks() + kv.free_blocks() == kv.num_blocks());
                 if let Err(e) = kv.check_invariants() { prop_assert!(false, "{}", e); }
+                kv.take_events(&mut events);
+                for e in events.drain(..) {
+                    match e {
+                        KvEvent::Stored { key, .. } => prop_assert!(told.insert(key), "stored twice"),
+                        KvEvent::Removed { key } => prop_assert!(told.remove(&key), "removed unstored"),
+                    }
+                }
+                if record {
+                    let index: std::collections::BTreeSet<BlockKey> = kv.index.keys().copied().collect();
+                    prop_assert_eq!(&told, &index);
+                }
             }
             for r in 0..12 { kv.release(RequestId(r)); }
             prop_assert_eq!(kv.free_blocks(), kv.num_blocks());

@@ -26,6 +26,7 @@ pub mod cluster;
 pub mod cost;
 pub mod instance;
 pub mod kv;
+pub mod kv_events;
 pub mod metrics;
 pub mod profile;
 pub mod replay;

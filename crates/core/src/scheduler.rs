@@ -436,6 +436,8 @@ pub struct Scheduler {
     instance_policies: Vec<Box<dyn InstancePolicy>>,
     scratch_done: Vec<RequestId>,
     scratch_evicted: Vec<RequestId>,
+    /// The front's KV events, when turned on ([`Self::set_kv_events`]).
+    kv_events: Option<crate::kv_events::CacheEvents>,
 }
 
 impl Scheduler {
@@ -475,6 +477,7 @@ impl Scheduler {
             instance_policies,
             scratch_done: Vec::new(),
             scratch_evicted: Vec::new(),
+            kv_events: None,
         };
         let mut ctx = ClusterCtx { s: &mut s.state };
         s.cluster.init(&mut ctx);
@@ -544,6 +547,53 @@ impl Scheduler {
         } else {
             out.append(&mut self.state.actions);
         }
+    }
+
+    /// Turns vLLM-style KV events on or off ([`crate::kv_events`]; off by default). They
+    /// change no decision: the block managers only note what their caches already do.
+    pub fn set_kv_events(&mut self, on: bool) {
+        for i in &mut self.state.instances {
+            i.kv.set_record_events(on);
+        }
+        self.kv_events = on.then(Default::default);
+    }
+
+    /// Moves the KV events since the last call, oldest first, to the end of `out` (nothing when
+    /// they are off). Drain after every call into the core, before carrying out its actions:
+    /// a stored event names a request whose tokens the executor must still have.
+    pub fn take_kv_events(&mut self, out: &mut Vec<crate::kv_events::CacheEvent>) {
+        let Some(ev) = &mut self.kv_events else {
+            return;
+        };
+        for i in &mut self.state.instances {
+            ev.fold(&mut i.kv);
+        }
+        ev.take(out);
+    }
+
+    /// Forgets every cached prefix on every instance (vLLM's `reset_prefix_cache`): done only
+    /// while no request holds KV blocks anywhere; returns whether it was. A KV event
+    /// `AllCleared` follows the events before it.
+    pub fn reset_prefix_cache(&mut self) -> bool {
+        let insts = &mut self.state.instances;
+        if insts
+            .iter()
+            .any(|i| i.kv.primary_blocks() + i.kv.replica_blocks() > 0)
+        {
+            return false;
+        }
+        if let Some(ev) = &mut self.kv_events {
+            for i in insts.iter_mut() {
+                ev.fold(&mut i.kv);
+            }
+        }
+        for i in insts.iter_mut() {
+            i.kv.reset_prefix_cache();
+        }
+        if let Some(ev) = &mut self.kv_events {
+            ev.cleared();
+        }
+        true
     }
 
     /// Integrates KV usage of every instance up to `now` (call before reading stats).

@@ -15,7 +15,7 @@
 
 use crate::{
     cluster::ClusterCtx,
-    kv::{BlockManager, Ownership},
+    kv::Ownership,
     request::{Phase, RequestId},
     InstanceId, TimeUs,
 };
@@ -199,10 +199,7 @@ impl Scheduler {
             inst.kv.release(id);
         }
         // Its prefix cache is gone with its memory: a restarted worker starts empty.
-        let mut fresh = BlockManager::new(inst.kv.num_blocks(), inst.kv.block_size());
-        fresh.set_eviction(inst.kv.eviction());
-        fresh.set_replicas_as_cache(inst.kv.replicas_as_cache());
-        inst.kv = fresh;
+        inst.kv.clear();
         inst.running.clear();
         let keep: Vec<RequestId> = inst
             .waiting

@@ -52,6 +52,11 @@ pub struct ServeArgs {
     /// Prefix caching: reuse the KV of prompt prefixes already computed [default: on].
     #[arg(long, value_name = "on|off", value_parser = on_off)]
     pub prefix_cache: Option<bool>,
+    /// KV events as vLLM publishes them, for llm-d's precise prefix scorer: vLLM's
+    /// KVEventsConfig as JSON, e.g. `{"enable_kv_cache_events": true, "publisher": "zmq",
+    /// "endpoint": "tcp://*:5557", "topic": "kv@POD_IP@MODEL"}` [default: off].
+    #[arg(long, value_name = "JSON")]
+    pub kv_events_config: Option<String>,
     /// Pin each instance's threads to CPUs of their own when the process may use at least
     /// instances × threads CPUs [default: on].
     #[arg(long, value_name = "on|off", value_parser = on_off)]
@@ -118,6 +123,9 @@ impl ServeArgs {
         }
         if let Some(v) = self.slo_ttft_ms {
             c.slo.ttft_ms = Some(v);
+        }
+        if let Some(j) = &self.kv_events_config {
+            c.kv_events = serde_json::from_str(j).context("--kv-events-config")?;
         }
         if let Some(v) = self.slo_tbt_ms {
             c.slo.tbt_ms = Some(v);

@@ -69,6 +69,9 @@ pub struct ServerConfig {
     /// Reuse the KV blocks of prompt prefixes already computed (vLLM's automatic prefix caching,
     /// in the scheduling core: see docs/prefix-cache.md).
     pub prefix_cache: bool,
+    /// vLLM's KV events (`--kv-events-config`): what the prefix cache stores and evicts,
+    /// published on ZMQ for llm-d's precise prefix scorer (see docs/prefix-cache.md).
+    pub kv_events: crate::kv_events::KvEventsConfig,
     /// Pin each instance's threads to CPUs of their own when there are enough (instances ×
     /// threads per instance ≤ CPUs this process may use): less noise from the OS moving them.
     pub pin_threads: bool,
@@ -214,6 +217,7 @@ impl Default for ServerConfig {
             prefix_cache: true,
             pin_threads: true,
             share_idle_cores: true,
+            kv_events: Default::default(),
             max_waiting: 256,
             max_body_bytes: 4 << 20,
             api_key: None,
@@ -265,6 +269,10 @@ impl ServerConfig {
         if !accellm_core::cluster::NAMES.contains(&self.cluster_policy.as_str()) {
             return bad(format!(
                 "unknown cluster policy `{}`; valid: {}",
+        self.kv_events.validate().map_err(ConfigError::Invalid)?;
+        if self.kv_events.enabled() && !self.prefix_cache {
+            return bad("KV events report the prefix cache: they need prefix_cache on".into());
+        }
                 self.cluster_policy,
                 accellm_core::cluster::NAMES.join(", ")
             ));

@@ -152,6 +152,9 @@ pub(crate) enum Input {
     InstanceDown(usize),
     /// A restarted remote worker accepted the front again.
     InstanceUp(usize, Box<crate::remote::front::Connected>),
+    /// Forget every cached prefix (`POST /reset_prefix_cache`); answers whether it was done
+    /// (not while requests hold KV blocks).
+    ResetPrefixCache(tokio::sync::oneshot::Sender<bool>),
 }
 
 /// One live request's executor-side state.
@@ -294,6 +297,9 @@ pub(crate) struct Executor {
     iteration_log: Arc<Mutex<IterationLog>>,
     /// How to reconnect remote workers that failed (`None` for in-process instances).
     remote: Option<crate::remote::front::Reconnect>,
+    /// Where the core's KV events go (`--kv-events-config`), and the buffer they are read into.
+    kv_events: Option<crate::kv_events::Publisher>,
+    kv_scratch: Vec<accellm_core::kv_events::CacheEvent>,
 }
 
 impl Executor {
@@ -325,6 +331,68 @@ impl Executor {
             shutting_down: false,
             iteration_log,
             remote: None,
+            kv_events: None,
+            kv_scratch: Vec::new(),
+        }
+    }
+
+    /// Publishes the core's KV events (the caller turned them on in the scheduler).
+    pub(crate) fn with_kv_events(mut self, p: crate::kv_events::Publisher) -> Self {
+        self.kv_events = Some(p);
+        self
+    }
+
+    /// Sends the KV events of the last call into the core as one batch, with the token ids of
+    /// the stored blocks (read from the requests' token streams, which the core's keys were
+    /// computed from). Runs before the core's actions are carried out, while every request an
+    /// event names is still live.
+    fn publish_kv_events(&mut self) {
+        let Some(publisher) = &self.kv_events else {
+            return;
+        };
+        self.sched.take_kv_events(&mut self.kv_scratch);
+        if self.kv_scratch.is_empty() {
+            return;
+        }
+        use crate::kv_events::WireEvent;
+        use accellm_core::kv_events::CacheEvent;
+        let bs = self.sched.instance(0).kv.block_size();
+        let mut events = Vec::with_capacity(self.kv_scratch.len());
+        for e in self.kv_scratch.drain(..) {
+            events.push(match e {
+                CacheEvent::Stored {
+                    request,
+                    first_block,
+                    keys,
+                    parent,
+                } => {
+                    let from = first_block as usize * bs as usize;
+                    let to = from + keys.len() * bs as usize;
+                    let tokens = self
+                        .lives
+                        .get(request.index())
+                        .and_then(Option::as_ref)
+                        .and_then(|l| l.tokens.get(from..to));
+                    let Some(tokens) = tokens else {
+                        tracing::warn!(
+                            request = request.0,
+                            "KV event for blocks whose tokens are gone; not published"
+                        );
+                        continue;
+                    };
+                    WireEvent::Stored {
+                        hashes: keys,
+                        parent,
+                        token_ids: tokens.to_vec(),
+                        block_size: bs,
+                    }
+                }
+                CacheEvent::Removed { keys } => WireEvent::Removed { hashes: keys },
+                CacheEvent::AllCleared => WireEvent::AllCleared,
+            });
+        }
+        if !events.is_empty() {
+            publisher.publish(crate::kv_events::Batch::now(events));
         }
     }
 
@@ -403,6 +471,10 @@ impl Executor {
             }
             Input::InstanceDown(i) => self.instance_down(i, false),
             Input::InstanceUp(i, c) => self.instance_up(i, *c),
+            Input::ResetPrefixCache(reply) => {
+                let done = self.sched.reset_prefix_cache();
+                let _ = reply.send(done);
+            }
             Input::Shutdown => {
                 if !self.shutting_down {
                     tracing::info!(
@@ -497,6 +569,7 @@ impl Executor {
 
     fn drain_actions(&mut self) {
         loop {
+            self.publish_kv_events();
             self.sched.take_actions(&mut self.actions);
             if self.actions.is_empty() {
                 break;

@@ -104,6 +104,7 @@ pub(crate) fn router(state: Shared) -> Router {
             get(|State(st): State<Shared>| async move { Json(st.setup.clone()) }),
         )
         .route("/accellm/iterations", get(iterations))
+        .route("/reset_prefix_cache", post(reset_prefix_cache))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
         .merge(v1)
@@ -148,6 +149,30 @@ async fn iterations(State(st): State<Shared>) -> Response {
         }))
         .into_response(),
         Err(_) => ApiError::internal("iteration log lock poisoned").into_response(),
+    }
+}
+
+/// `POST /reset_prefix_cache` (vLLM's): forgets every cached prefix, which KV-event subscribers
+/// hear as `AllBlocksCleared`. 409 while requests hold KV blocks.
+async fn reset_prefix_cache(State(st): State<Shared>) -> Response {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let sent = st
+        .sender()
+        .and_then(|s| {
+            s.send(Input::ResetPrefixCache(tx))
+                .map_err(|_| ApiError::unavailable())
+        });
+    if let Err(e) = sent {
+        return e.into_response();
+    }
+    match rx.await {
+        Ok(true) => Json(json!({"reset": true})).into_response(),
+        Ok(false) => (
+            StatusCode::CONFLICT,
+            Json(json!({"reset": false, "reason": "requests hold KV blocks"})),
+        )
+            .into_response(),
+        Err(_) => ApiError::unavailable().into_response(),
     }
 }
 

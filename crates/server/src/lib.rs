@@ -23,6 +23,7 @@ pub(crate) mod constraint;
 pub mod error;
 pub(crate) mod executor;
 pub(crate) mod http;
+pub mod kv_events;
 pub mod metrics;
 pub mod remote;
 pub(crate) mod response;
@@ -187,7 +188,7 @@ async fn prepare(cfg: &ServerConfig) -> anyhow::Result<Prepared> {
     let policies = (0..cfg.instances)
         .map(|_| accellm_core::instance::build(&cfg.instance_policy, &cfg.instance))
         .collect::<Result<Vec<_>, _>>()?;
-    let sched = Scheduler::new(
+    let mut sched = Scheduler::new(
         &SchedulerConfig {
             kv_blocks: cfg.kv_blocks,
             block_size: cfg.block_size,
@@ -224,6 +225,8 @@ async fn prepare(cfg: &ServerConfig) -> anyhow::Result<Prepared> {
         cluster: cfg.cluster.clone(),
         model: name.clone(),
     };
+    // The core notes what its prefix caches store and evict only when someone listens.
+    sched.set_kv_events(cfg.kv_events.enabled());
     let mut m = Metrics::new(
         &name,
         cfg.instances as usize,
@@ -326,6 +329,12 @@ async fn prepare(cfg: &ServerConfig) -> anyhow::Result<Prepared> {
         default_slo: cfg.slo,
         slo_classes: cfg.slo_classes.clone(),
         setup: serde_json::to_value(&setup).context("describing the server setup")?,
+    if cfg.kv_events.enabled() {
+        let topic = cfg.kv_events.topic_for(&name);
+        let (publisher, at) = kv_events::start(&cfg.kv_events, topic.clone())?;
+        tracing::info!(endpoint = %at, %topic, "publishing KV events");
+        executor = executor.with_kv_events(publisher);
+    }
         iteration_log,
         max_body_bytes: cfg.max_body_bytes,
         created: SystemTime::now()

@@ -20,6 +20,7 @@ pub mod kv;
 pub mod kv_wire;
 pub mod linear;
 pub mod model;
+mod qdot;
 pub mod sampling;
 pub mod threads;
 

@@ -8,6 +8,7 @@ use rayon::prelude::*;
 
 use crate::blocks::BlockMatrix;
 use crate::error::{EngineError, Result};
+use crate::qdot::QDotMatrix;
 
 /// How the engine stores the projection weights after loading a GGUF file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -144,6 +145,19 @@ const KERNEL_TILE: usize = 16;
 /// per slice: 159 → 268 ms for a 128-token prefill on one thread, measured).
 const SLICE_MAX_ROWS: usize = 8;
 
+/// Up to this many activation rows, `Q8Padded` runs the decode kernel on the file's own 4-bit
+/// (or 8-bit) weights with int8 activations (`engine/src/qdot.rs`); more rows run candle's
+/// repacked Q8_0 kernel.
+fn qdot_max_rows() -> usize {
+    static MAX: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *MAX.get_or_init(|| {
+        std::env::var("ACCELLM_QDOT_MAX_ROWS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(8)
+    })
+}
+
 /// Activation rows candle's repacked x86 kernels take together (`MAX_MT`); a row's result
 /// depends on which rows share its tile, so a split keeps them together.
 const ROW_TILE: usize = 4;
@@ -191,6 +205,9 @@ pub(crate) struct Linear {
     split_rows: bool,
     /// The weights for [`WeightFormat::Blocks`].
     blocks: Option<BlockMatrix>,
+    /// With `Q8Padded`, the file's Q4_1 / Q8_0 weights as stored, for iterations of up to
+    /// [`QDOT_MAX_ROWS`] rows (`engine/src/qdot.rs`).
+    qdot: Option<QDotMatrix>,
     /// Logical input size.
     k: usize,
     /// Input size the weights were padded to (`k` unless `Q8Padded`).
@@ -229,6 +246,7 @@ impl Linear {
                 slices: Vec::new(),
                 split_rows: false,
                 blocks: Some(BlockMatrix::new(&tensors, k)?),
+                qdot: None,
                 k,
                 k_pad: k,
                 n: n_total,
@@ -247,9 +265,11 @@ impl Linear {
                     k_pad: k,
                     n: n_total,
                     blocks: None,
+                    qdot: None,
                 })
             }
             WeightFormat::Q8Padded => {
+                let qdot = QDotMatrix::new(&tensors)?;
                 let k_pad = k.div_ceil(PAD_TO) * PAD_TO;
                 let ws = tensors
                     .iter()
@@ -265,14 +285,21 @@ impl Linear {
                 let w = Tensor::cat(&ws, 0)?.contiguous()?;
                 let q = QTensor::quantize(&w, GgmlDType::Q8_0)?;
                 let parts = vec![(QMatMul::from_qtensor(q)?, n_total)];
+                // The slices serve only batches the decode kernel does not take.
+                let slices = if qdot.is_some() && qdot_max_rows() >= SLICE_MAX_ROWS {
+                    Vec::new()
+                } else {
+                    row_slices(&parts)?
+                };
                 Ok(Self {
-                    slices: row_slices(&parts)?,
+                    slices,
                     split_rows: true,
                     parts,
                     k,
                     k_pad,
                     n: n_total,
                     blocks: None,
+                    qdot,
                 })
             }
             WeightFormat::Native => {
@@ -309,6 +336,7 @@ impl Linear {
                     k_pad: k,
                     n: n_total,
                     blocks: None,
+                    qdot: None,
                 })
             }
         }
@@ -327,6 +355,9 @@ impl Linear {
         }
         if let Some(blocks) = &self.blocks {
             return blocks.matmul(x, rows);
+        }
+        if let Some(q) = self.qdot.as_ref().filter(|_| rows <= qdot_max_rows()) {
+            return Ok(q.matmul(x, rows));
         }
         let input = if self.k_pad == self.k {
             x.to_vec()
@@ -404,8 +435,12 @@ impl Linear {
         Ok(out)
     }
 
-    /// Bytes of weight storage (what one decode step must stream from memory).
+    /// Bytes of weight storage one decode step streams from memory (the decode kernel's copy
+    /// where there is one).
     pub(crate) fn weight_bytes(&self) -> usize {
+        if let Some(q) = &self.qdot {
+            return q.bytes();
+        }
         self.blocks.as_ref().map_or(0, BlockMatrix::bytes)
             + self
                 .parts

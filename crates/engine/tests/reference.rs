@@ -35,6 +35,19 @@ fn compare(
     steps: usize,
     min_distinct: usize,
 ) -> f32 {
+    compare_chunked(spec, format, tol, steps, min_distinct, usize::MAX)
+}
+
+/// [`compare`], with our side running the prompt in chunks of at most `chunk` tokens (the
+/// reference runs it whole).
+fn compare_chunked(
+    spec: TinySpec,
+    format: WeightFormat,
+    tol: f32,
+    steps: usize,
+    min_distinct: usize,
+    chunk: usize,
+) -> f32 {
     let path = write_tiny_model(spec);
     let model = Model::load(&path, format).unwrap();
     let mut oracle = reference(&path);
@@ -45,9 +58,22 @@ fn compare(
     let pool = KvPool::new(model.config(), blocks.len() + 4, bs).unwrap();
     let mut worst = 0f32;
 
+    let mut start = 0;
+    while prompt.len() - start > chunk {
+        let seq = SeqInput {
+            tokens: prompt[start..start + chunk].to_vec(),
+            start_pos: start,
+            block_table: blocks.clone(),
+            want_logits: false,
+        };
+        model
+            .forward(&pool, &ForwardBatch { seqs: vec![seq] })
+            .unwrap();
+        start += chunk;
+    }
     let mut seq = SeqInput {
-        tokens: prompt.clone(),
-        start_pos: 0,
+        tokens: prompt[start..].to_vec(),
+        start_pos: start,
         block_table: blocks.clone(),
         want_logits: true,
     };
@@ -118,4 +144,21 @@ fn native_q8_weights_match_reference() {
         ..TinySpec::default()
     };
     compare(spec, WeightFormat::Native, 1e-3, 10, 1);
+}
+
+#[test]
+fn q8_padded_decode_kernels_match_reference_on_q4_1_weights() {
+    // Iterations of up to 8 tokens run the decode kernels (`engine/src/qdot.rs`) on the stored
+    // Q4_1 weights with activations quantized as GGML's Q8_1, which is what the reference's Q4_1
+    // matmul computes; the prompt goes in chunks of 4 so that every iteration takes them.
+    // Tolerance as for the native Q8_0 weights above.
+    for tied in [false, true] {
+        let spec = TinySpec {
+            dtype: candle_core::quantized::GgmlDType::Q4_1,
+            seed: 11,
+            tied,
+            ..TinySpec::default()
+        };
+        compare_chunked(spec, WeightFormat::Q8Padded, 1e-3, 10, 1, 4);
+    }
 }

@@ -31,8 +31,11 @@ tc -n $B qdisc add dev $VB root tbf rate "$RATE_BIT" burst 64kb latency ${TBF_LA
 # Prefill copies of one size: whole prompts (vLLM's policy), at most 1024 tokens per iteration.
 printf '[instance]\nmax_num_batched_tokens = 1024\n' >"$DIR/serve.toml"
 SERVE_ARGS="${SERVE_ARGS:---instance-policy vllm --config $DIR/serve.toml}"
-RUST_LOG=info ip netns exec $A "$BIN" worker --listen 10.200.0.1:7001 2>"$DIR/w0.log" & pids+=($!)
-RUST_LOG=info ip netns exec $B "$BIN" worker --listen 10.200.0.2:7001 2>"$DIR/w1.log" & pids+=($!)
+# Plaintext by default (the namespaces' addresses are not loopback, hence --insecure); give
+# WORKER_ARGS and SERVE_ARGS the --tls-* flags to measure the link with TLS.
+WORKER_ARGS="${WORKER_ARGS:---insecure}"
+RUST_LOG=info ip netns exec $A "$BIN" worker --listen 10.200.0.1:7001 $WORKER_ARGS 2>"$DIR/w0.log" & pids+=($!)
+RUST_LOG=info ip netns exec $B "$BIN" worker --listen 10.200.0.2:7001 $WORKER_ARGS 2>"$DIR/w1.log" & pids+=($!)
 ip netns exec $A "$BIN" serve $SERVE_ARGS --port 18000 --workers 10.200.0.1:7001,10.200.0.2:7001 2>"$DIR/front.log" & pids+=($!)
 for _ in $(seq 1 60); do grep -q "listening on" "$DIR/front.log" && break; sleep 1; done
 ip netns exec $A "$BIN" bench --base-url http://127.0.0.1:18000 --num-prompts "${NUM:-12}" --rate 1 \

@@ -260,6 +260,9 @@ fn start_pair(
             model,
             "--kv-blocks",
             kv_blocks,
+            // The namespaces' private addresses are not loopback; this test measures the link,
+            // not TLS (tests/tls.rs covers that).
+            "--insecure",
         ];
         procs.push(start_in(ns, &args).0);
     }

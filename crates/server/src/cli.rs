@@ -85,6 +85,9 @@ pub struct ServeArgs {
     /// consecutive pairs form AcceLLM pairs) instead of running instances in this process.
     #[arg(long, value_delimiter = ',')]
     pub workers: Option<Vec<String>>,
+    /// Mutual TLS with the cluster CA on the links to `--workers`.
+    #[command(flatten)]
+    pub tls: crate::remote::tls::TlsArgs,
 }
 
 impl ServeArgs {
@@ -129,6 +132,9 @@ impl ServeArgs {
         }
         if let Some(v) = self.slo_tbt_ms {
             c.slo.tbt_ms = Some(v);
+        }
+        if let Some(files) = self.tls.files()? {
+            c.tls = Some(files);
         }
         if let Some(w) = &self.workers {
             c.workers = w.clone();

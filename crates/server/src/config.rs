@@ -106,6 +106,8 @@ pub struct ServerConfig {
     pub worker_connect_timeout_s: f64,
     /// Seconds a remote worker may take to report an iteration before it is declared down.
     pub worker_deadline_s: f64,
+    /// Mutual TLS with the workers (`--tls-cert`, `--tls-key`, `--tls-ca`; `[tls]` here).
+    pub tls: Option<crate::remote::tls::TlsFiles>,
 }
 
 /// Coefficients of the linear iteration-time model, in milliseconds (the form
@@ -230,6 +232,7 @@ impl Default for ServerConfig {
             workers: Vec::new(),
             worker_connect_timeout_s: 120.0,
             worker_deadline_s: 30.0,
+            tls: None,
         }
     }
 }

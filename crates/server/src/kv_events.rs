@@ -234,7 +234,7 @@ pub(crate) fn start(cfg: &KvEventsConfig, topic: String) -> anyhow::Result<(Publ
                         let _ = ready_tx.send(Ok(endpoint.clone()));
                         let mut tries = 0u32;
                         while let Err(e) = socket.connect(&endpoint).await {
-                            if tries % 30 == 0 {
+                            if tries.is_multiple_of(30) {
                                 tracing::warn!(%endpoint, error = %e, "KV event subscriber not reachable; retrying");
                             }
                             tries += 1;

@@ -93,6 +93,25 @@ async fn prepare(cfg: &ServerConfig) -> anyhow::Result<Prepared> {
     // Without `--cost-model`, a local server scales the engine's built-in cost model to this
     // machine by a start-up probe (remote workers keep the default fit).
     let mut probed = None;
+    // Mutual TLS with the workers: loaded before anything else so bad material fails at once.
+    let tls = match &cfg.tls {
+        Some(files) if !cfg.workers.is_empty() => Some(Arc::new(
+            remote::tls::Tls::load(files).context("loading the TLS material for worker links")?,
+        )),
+        Some(_) => {
+            tracing::warn!("--tls-* secure the links to `accellm worker` processes; without --workers they have no effect");
+            None
+        }
+        None => {
+            if let Some(w) = cfg.workers.iter().find(|w| !remote::tls::is_loopback(w)) {
+                tracing::warn!(
+                    worker = %w,
+                    "INSECURE: prompts, generated text and KV cross the network to {w} unencrypted and unauthenticated; give --tls-cert, --tls-key and --tls-ca (docs/distributed.md, \"Security\")"
+                );
+            }
+            None
+        }
+    };
     let (backend, geometry) = if cfg.workers.is_empty() {
         let model = {
             let (p, format) = (path.clone(), cfg.weight_format);
@@ -155,12 +174,14 @@ async fn prepare(cfg: &ServerConfig) -> anyhow::Result<Prepared> {
             cfg.kv_blocks,
         );
         let wait = Duration::from_secs_f64(cfg.worker_connect_timeout_s);
+        let tls = tls.clone();
         let conns = tokio::task::spawn_blocking(move || {
             let spec = remote::front::HelloSpec {
                 model: &id,
                 block_size,
                 kv_blocks,
                 eos: &eos2,
+                tls: tls.as_deref(),
             };
             remote::front::connect(&addrs, &spec, wait)
         })
@@ -286,6 +307,7 @@ async fn prepare(cfg: &ServerConfig) -> anyhow::Result<Prepared> {
                 block_size: cfg.block_size,
                 kv_blocks: cfg.kv_blocks,
                 eos: eos.to_vec(),
+                tls: tls.clone(),
                 out: exec_tx.clone(),
                 counters: counters.clone(),
                 deadline,

@@ -8,6 +8,9 @@
 //! within the deadline (a watchdog then closes the connection), the scheduler hears
 //! `InstanceDown`; its core recovers the worker's requests, and [`Reconnect`] keeps trying the
 //! worker's address until a restarted worker accepts the front again (`InstanceUp`).
+//!
+//! With TLS configured every connection is mutual TLS with the cluster CA ([`super::tls`]): a
+//! worker whose certificate the CA did not sign is refused before the hello is sent.
 
 use std::io::BufReader;
 use std::net::{TcpStream, ToSocketAddrs};
@@ -18,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 
+use super::tls::{self, Link, LinkReader, Tls};
 use super::wire::{self, Geometry, ModelId, Msg, WirePromptRow, WireSample, WireSeq};
 use crate::constraint::Constraint;
 use crate::executor::Input;
@@ -26,7 +30,7 @@ use crate::worker::{InstanceThreads, LinkCounters, LinkJob, RunJob, RunReport, S
 /// A worker that accepted the front's hello.
 pub(crate) struct Connected {
     addr: String,
-    stream: TcpStream,
+    link: Link,
     /// The worker's model and pool shape.
     pub geometry: Geometry,
 }
@@ -37,6 +41,8 @@ pub(crate) struct HelloSpec<'a> {
     pub block_size: u32,
     pub kv_blocks: u32,
     pub eos: &'a [u32],
+    /// Mutual TLS, when configured.
+    pub tls: Option<&'a Tls>,
 }
 
 /// Connects to every worker (retrying refused connections until `wait` has passed, since
@@ -60,7 +66,7 @@ fn connect_one(
 ) -> anyhow::Result<Connected> {
     let deadline = Instant::now() + wait;
     let addr = &addrs[i];
-    let mut stream = loop {
+    let stream = loop {
         let tried = addr
             .to_socket_addrs()
             .map_err(anyhow::Error::from)
@@ -78,8 +84,11 @@ fn connect_one(
     stream.set_nodelay(true)?;
     // A worker still loading its model answers once it accepts the connection.
     stream.set_read_timeout(Some(wait.max(Duration::from_secs(1))))?;
+    let mut link = tls::connect(stream, spec.tls, addr)
+        .with_context(|| format!("TLS handshake with worker {addr}"))?;
+    let (mut reader, mut writer) = link.parts();
     wire::write_msg(
-        &mut stream,
+        &mut writer,
         &Msg::Hello {
             version: wire::version(),
             model: spec.model.clone(),
@@ -92,7 +101,7 @@ fn connect_one(
     )
     .with_context(|| format!("handshake with worker {addr}"))?;
     let reply =
-        wire::read_msg(&mut stream).with_context(|| format!("handshake with worker {addr}"))?;
+        wire::read_msg(&mut reader).with_context(|| format!("handshake with worker {addr}"))?;
     let (version, model, geometry) = match reply {
         Msg::Welcome {
             version,
@@ -117,11 +126,11 @@ fn connect_one(
             spec.model.bytes
         );
     }
-    stream.set_read_timeout(None)?;
-    tracing::info!(worker = %addr, instance = i, "worker connected");
+    link.socket().set_read_timeout(None)?;
+    tracing::info!(worker = %addr, instance = i, tls = link.is_tls(), "worker connected");
     Ok(Connected {
         addr: addr.clone(),
-        stream,
+        link,
         geometry,
     })
 }
@@ -133,6 +142,7 @@ pub(crate) struct Reconnect {
     pub block_size: u32,
     pub kv_blocks: u32,
     pub eos: Vec<u32>,
+    pub tls: Option<Arc<Tls>>,
     pub out: Sender<Input>,
     pub counters: Arc<LinkCounters>,
     pub deadline: Duration,
@@ -182,6 +192,7 @@ impl Reconnect {
         let (model, eos) = (self.model.clone(), self.eos.clone());
         let (block_size, kv_blocks) = (self.block_size, self.kv_blocks);
         let (out, stop) = (self.out.clone(), self.stop.clone());
+        let tls = self.tls.clone();
         let _ = std::thread::Builder::new()
             .name(format!("accellm-reconnect{i}"))
             .spawn(move || {
@@ -190,6 +201,7 @@ impl Reconnect {
                     block_size,
                     kv_blocks,
                     eos: &eos,
+                    tls: tls.as_deref(),
                 };
                 let until = std::time::Instant::now() + wait;
                 while !stop.load(Ordering::Relaxed) && std::time::Instant::now() < until {
@@ -259,9 +271,10 @@ pub(crate) fn spawn_remote(
     deadline: Duration,
 ) -> std::io::Result<InstanceThreads> {
     let shared = Arc::new(Mutex::new(Shared::default()));
-    let writer = Arc::new(Mutex::new(c.stream.try_clone()?));
-    let closer = c.stream.try_clone()?;
-    let reader = BufReader::new(c.stream);
+    let closer = c.link.socket().try_clone()?;
+    let (reader, writer) = c.link.split();
+    let writer = Arc::new(Mutex::new(writer));
+    let reader = BufReader::new(reader);
     let (run_tx, run_rx) = mpsc::channel::<RunJob>();
     let (link_tx, link_rx) = mpsc::channel::<LinkJob>();
     let addr = c.addr;
@@ -445,7 +458,7 @@ fn sampled(w: wire::WireSampled, grammars: &mut Grammars) -> Sampled {
 
 fn read_loop(
     i: usize,
-    mut reader: BufReader<TcpStream>,
+    mut reader: BufReader<LinkReader>,
     shared: &Mutex<Shared>,
     out: &Sender<Input>,
     counters: &LinkCounters,

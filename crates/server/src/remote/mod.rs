@@ -3,6 +3,8 @@
 //!
 //! - [`wire`]: the frames and messages (length-delimited; JSON control, raw `f32` KV);
 //! - [`worker`]: the worker process (one engine instance, its KV pool, links to peers);
+//! - [`tls`]: mutual TLS with a cluster CA on every link (plaintext only on loopback or
+//!   `--insecure`);
 //! - `front`: the front's proxies that make a remote worker look like a local instance to the
 //!   scheduler thread.
 //!
@@ -12,6 +14,7 @@
 //! code generation and an HTTP/2 stack to the build for a dozen message types).
 
 pub(crate) mod front;
+pub mod tls;
 pub mod wire;
 pub mod worker;
 

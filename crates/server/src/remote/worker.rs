@@ -7,9 +7,13 @@
 //! new KV straight to the partner worker while later layers compute, then flushes and waits for
 //! the partner's ack before the iteration is reported. A **peer** (`Msg::PeerHello`) gets a
 //! receiver that writes KV frames into this worker's pool and acks flushes.
+//!
+//! With `--tls-cert/--tls-key/--tls-ca` every connection, in and out, is mutual TLS with the
+//! cluster CA ([`super::tls`]): a peer without a certificate the CA signed is dropped during the
+//! TLS handshake, before its hello is read.
 
 use std::collections::HashMap;
-use std::io::BufReader;
+use std::io::{BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream, ToSocketAddrs};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,6 +24,7 @@ use std::time::Duration;
 use accellm_engine::{ForwardBatch, KvPool, Model, SeqInput, Threads, WeightFormat};
 use anyhow::Context as _;
 
+use super::tls::{self, LinkReader, LinkWriter, Tls, TlsArgs};
 use super::wire::{self, Frame, Geometry, ModelId, Msg, WireError, WireLogprob, WireSampled};
 use crate::worker::{run_one, CopyPlan, LinkJob, PromptRow, RunJob, SampleJob};
 
@@ -45,6 +50,13 @@ pub struct WorkerArgs {
     /// Tokens per KV block (the front must use the same).
     #[arg(long, default_value_t = 16)]
     pub block_size: u32,
+    /// Mutual TLS with the cluster CA on every connection, in and out.
+    #[command(flatten)]
+    pub tls: TlsArgs,
+    /// Allow listening on a non-loopback address without TLS (logged loudly at start): any
+    /// peer that reaches the port can then drive this worker and read or write its KV.
+    #[arg(long)]
+    pub insecure: bool,
 }
 
 /// What every session of this worker shares.
@@ -54,11 +66,22 @@ struct WorkerState {
     id: ModelId,
     geometry: Geometry,
     threads: usize,
+    /// Mutual TLS on every link, when configured.
+    tls: Option<Arc<Tls>>,
 }
 
 /// Runs `accellm worker` until killed.
 pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
     accellm_engine::inline_candle_matmuls()?;
+    // Security first: a worker that would start open to the network, or with TLS material it
+    // cannot use, fails before loading anything.
+    let tls = match args.tls.files()? {
+        Some(files) => Some(Arc::new(Tls::load(&files)?)),
+        None => {
+            tls::check_plaintext_listen(&args.listen, args.insecure)?;
+            None
+        }
+    };
     // Bind first: a busy port fails at once, not after loading the model.
     let listener = TcpListener::bind(&args.listen)
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -85,9 +108,16 @@ pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
             block_size: args.block_size,
         },
         threads: args.threads,
+        tls,
     });
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, model = %path.display(), kv_blocks = args.kv_blocks, "worker ready");
+    tracing::info!(
+        %addr,
+        model = %path.display(),
+        kv_blocks = args.kv_blocks,
+        tls = state.tls.is_some(),
+        "worker ready"
+    );
     eprintln!("accellm worker: listening on {addr}");
     for conn in listener.incoming() {
         let stream = match conn {
@@ -132,8 +162,9 @@ fn check_hello(state: &WorkerState, version: &str, model: &ModelId) -> Option<St
 
 fn connection(state: &Arc<WorkerState>, stream: TcpStream) -> Result<(), WireError> {
     stream.set_nodelay(true)?;
-    let mut reader = BufReader::new(stream.try_clone()?);
-    let mut writer = stream;
+    // With TLS, a peer the cluster CA did not vouch for ends here.
+    let (reader, mut writer) = tls::accept(stream, state.tls.as_deref())?.split();
+    let mut reader = BufReader::new(reader);
     match wire::read_msg(&mut reader)? {
         Msg::Hello {
             version,
@@ -196,10 +227,21 @@ fn connection(state: &Arc<WorkerState>, stream: TcpStream) -> Result<(), WireErr
 /// Receives KV from a peer: writes every frame into the pool, acks flushes.
 fn peer_session(
     state: &WorkerState,
-    mut reader: BufReader<TcpStream>,
-    mut writer: TcpStream,
+    reader: BufReader<LinkReader>,
+    writer: LinkWriter,
 ) -> Result<(), WireError> {
-    let pool = &state.pools[0];
+    serve_kv_link(&state.pools[0], reader, writer)
+}
+
+/// The receiving end of a worker-to-worker KV link after its handshake: writes every KV frame
+/// into `pool` (a frame naming slots outside the pool is refused and reported at the next
+/// flush), answers each flush with an ack, and returns on the first frame that is not one of
+/// these or when the connection ends.
+pub fn serve_kv_link(
+    pool: &KvPool,
+    mut reader: impl Read,
+    mut writer: impl Write,
+) -> Result<(), WireError> {
     let mut error: Option<String> = None;
     loop {
         match wire::read_frame(&mut reader)? {
@@ -222,8 +264,8 @@ fn peer_session(
 /// Serves one front until it disconnects.
 fn front_session(
     state: &Arc<WorkerState>,
-    mut reader: BufReader<TcpStream>,
-    writer: TcpStream,
+    mut reader: BufReader<LinkReader>,
+    writer: LinkWriter,
     instance: usize,
     peers: Vec<String>,
     eos: Vec<u32>,
@@ -349,8 +391,8 @@ fn front_session(
 
 /// An open KV link to one peer worker.
 struct PeerLink {
-    writer: TcpStream,
-    reader: BufReader<TcpStream>,
+    writer: LinkWriter,
+    reader: BufReader<LinkReader>,
     next_flush: u64,
 }
 
@@ -360,17 +402,19 @@ impl PeerLink {
             .to_socket_addrs()?
             .next()
             .ok_or_else(|| WireError::Frame(format!("{addr} resolves to no address")))?;
-        let mut writer = TcpStream::connect_timeout(&sock, Duration::from_secs(10))?;
-        writer.set_nodelay(true)?;
-        let mut reader = BufReader::new(writer.try_clone()?);
+        let socket = TcpStream::connect_timeout(&sock, Duration::from_secs(10))?;
+        socket.set_nodelay(true)?;
         // A partitioned peer must not hang this worker's iterations forever: neither waiting
         // for an ack nor writing a layer once the socket's send buffer is full (without the
         // write timeout, a partition during a prefill's copy blocked here for TCP's whole
         // retransmission time).
-        reader
-            .get_ref()
-            .set_read_timeout(Some(Duration::from_secs(10)))?;
-        writer.set_write_timeout(Some(Duration::from_secs(10)))?;
+        socket.set_read_timeout(Some(Duration::from_secs(10)))?;
+        socket.set_write_timeout(Some(Duration::from_secs(10)))?;
+        // With TLS, a peer whose certificate the cluster CA did not sign gets no KV.
+        let (reader, mut writer) = tls::connect(socket, state.tls.as_deref(), addr)
+            .map_err(|e| WireError::Frame(format!("TLS with peer {addr}: {e}")))?
+            .split();
+        let mut reader = BufReader::new(reader);
         wire::write_msg(
             &mut writer,
             &Msg::PeerHello {
@@ -417,7 +461,7 @@ fn link_loop(
     instance: usize,
     peers: &[String],
     rx: Receiver<LinkJob>,
-    front: &Mutex<TcpStream>,
+    front: &Mutex<LinkWriter>,
     copied: &AtomicU64,
 ) {
     let pool = &state.pools[0];

@@ -1,0 +1,447 @@
+//! Mutual TLS between `accellm serve --workers` and `accellm worker` processes, and between
+//! workers, on loopback with the real default model (skipped with a message when it is absent;
+//! `ACCELLM_REQUIRE_MODEL=1` makes that a failure). Certificates are made here with `rcgen`: a
+//! cluster CA, and another CA whose certificates must get nowhere.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use accellm_server::remote::tls::{self, Tls, TlsFiles};
+use accellm_server::remote::wire::{self, ModelId, Msg, WireSeq};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    KeyUsagePurpose,
+};
+use serde_json::{json, Value};
+
+/// A child process killed when dropped.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn model() -> Option<PathBuf> {
+    let path = accellm_tokenizer::default_model_path();
+    if path.exists() {
+        return Some(path);
+    }
+    assert!(
+        std::env::var_os("ACCELLM_REQUIRE_MODEL").is_none(),
+        "ACCELLM_REQUIRE_MODEL is set but {} is missing",
+        path.display()
+    );
+    eprintln!(
+        "skipped: {} not present (run `accellm serve` once to fetch it)",
+        path.display()
+    );
+    None
+}
+
+/// Starts `accellm ARGS` and waits (at most 120 s) for the line announcing its address on
+/// stderr; returns the process, the address and the lines printed before it.
+fn start(args: &[&str]) -> (Proc, String, Vec<String>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_accellm"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("accellm starts");
+    let stderr = child.stderr.take().expect("stderr piped");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut before = Vec::new();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(addr) = line.split("listening on ").nth(1) {
+                let addr = addr.trim_start_matches("http://");
+                let addr = addr.split_whitespace().next().unwrap_or("").to_string();
+                let _ = tx.send(Ok((addr, std::mem::take(&mut before))));
+            } else if line.contains("Error") {
+                let _ = tx.send(Err(line));
+            } else {
+                before.push(line);
+            }
+        }
+    });
+    let proc = Proc(child);
+    match rx.recv_timeout(Duration::from_secs(120)) {
+        Ok(Ok((addr, before))) => (proc, addr, before),
+        Ok(Err(line)) => panic!("accellm {args:?} failed: {line}"),
+        Err(_) => panic!("accellm {args:?} did not start listening"),
+    }
+}
+
+/// Runs `accellm ARGS` to completion (killed after 120 s); returns its exit success and stderr.
+fn run(args: &[&str]) -> (bool, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_accellm"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("accellm runs");
+    let mut stderr = child.stderr.take().expect("stderr piped");
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let t0 = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        if t0.elapsed() > Duration::from_secs(120) {
+            let _ = child.kill();
+            panic!("accellm {args:?} did not exit");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    (status.success(), reader.join().expect("stderr reader"))
+}
+
+/// A directory of PEM files: CAs and the certificates they sign.
+struct Pki {
+    dir: PathBuf,
+}
+
+impl Pki {
+    fn new(test: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("accellm-tls-{}-{test}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        Self { dir }
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.join(name).to_string_lossy().into_owned()
+    }
+
+    /// A CA, its certificate written to `NAME.pem`. Every CA here has the same name, so a
+    /// rogue certificate names our CA as its issuer and only the signature tells them apart.
+    fn ca(&self, name: &str) -> CertifiedIssuer<'static, KeyPair> {
+        let mut p = CertificateParams::new(Vec::<String>::new()).expect("params");
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, "accellm cluster CA");
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let ca = CertifiedIssuer::self_signed(p, KeyPair::generate().expect("key")).expect("CA");
+        std::fs::write(self.dir.join(format!("{name}.pem")), ca.pem()).expect("write CA");
+        ca
+    }
+
+    /// A process certificate signed by `ca`, as `NAME.crt` and `NAME.key`; returns the TLS
+    /// flags naming them with `trust` (a CA written by [`Pki::ca`]) as the cluster CA.
+    fn issue(&self, ca: &CertifiedIssuer<'_, KeyPair>, name: &str, trust: &str) -> Vec<String> {
+        let mut p = CertificateParams::new(vec![name.to_string()]).expect("params");
+        p.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let key = KeyPair::generate().expect("key");
+        let cert = p.signed_by(&key, ca).expect("signed");
+        std::fs::write(self.dir.join(format!("{name}.crt")), cert.pem()).expect("write cert");
+        std::fs::write(self.dir.join(format!("{name}.key")), key.serialize_pem())
+            .expect("write key");
+        vec![
+            "--tls-cert".into(),
+            self.path(&format!("{name}.crt")),
+            "--tls-key".into(),
+            self.path(&format!("{name}.key")),
+            "--tls-ca".into(),
+            self.path(&format!("{trust}.pem")),
+        ]
+    }
+
+    /// The TLS identity that [`Pki::issue`] wrote as `name`, trusting `trust`.
+    fn identity(&self, name: &str, trust: &str) -> Tls {
+        Tls::load(&TlsFiles {
+            cert: self.dir.join(format!("{name}.crt")),
+            key: self.dir.join(format!("{name}.key")),
+            ca: self.dir.join(format!("{trust}.pem")),
+        })
+        .expect("TLS material loads")
+    }
+}
+
+impl Drop for Pki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn with<'a>(base: &[&'a str], extra: &'a [String]) -> Vec<&'a str> {
+    base.iter()
+        .copied()
+        .chain(extra.iter().map(String::as_str))
+        .collect()
+}
+
+/// A worker with a 256-block pool on an ephemeral loopback port, with `extra` flags.
+fn worker(model: &str, extra: &[String]) -> (Proc, String) {
+    let base = [
+        "worker",
+        "--listen",
+        "127.0.0.1:0",
+        "--model",
+        model,
+        "--kv-blocks",
+        "256",
+    ];
+    let (p, addr, _) = start(&with(&base, extra));
+    (p, addr)
+}
+
+fn http(addr: &str, method: &str, path: &str, body: Option<&Value>) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(600)))
+        .expect("timeout");
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("request");
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).expect("response");
+    let status = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
+    (status, body)
+}
+
+fn metric(addr: &str, name: &str) -> f64 {
+    let (_, text) = http(addr, "GET", "/metrics", None);
+    text.lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no metric {name}"))
+}
+
+#[test]
+fn a_worker_off_loopback_without_tls_refuses_to_start_unless_insecure() {
+    // Refused before the model is even looked for.
+    let (ok, stderr) = run(&[
+        "worker",
+        "--listen",
+        "0.0.0.0:0",
+        "--model",
+        "/nonexistent/model.gguf",
+    ]);
+    assert!(!ok, "a plaintext worker on 0.0.0.0 started");
+    assert!(
+        stderr.contains("refusing to listen on 0.0.0.0:0 without TLS"),
+        "{stderr}"
+    );
+    // Half of the TLS flags is refused by the argument parser.
+    let (ok, stderr) = run(&["worker", "--listen", "127.0.0.1:0", "--tls-cert", "a.crt"]);
+    assert!(!ok && stderr.contains("--tls-key"), "{stderr}");
+
+    let Some(model) = model() else { return };
+    let model = model.to_str().expect("UTF-8 path");
+    let (_w, _, before) = start(&[
+        "worker",
+        "--listen",
+        "0.0.0.0:0",
+        "--insecure",
+        "--model",
+        model,
+        "--kv-blocks",
+        "16",
+    ]);
+    assert!(
+        before.iter().any(|l| l.contains("WARNING: --insecure")),
+        "no loud warning: {before:?}"
+    );
+}
+
+#[test]
+fn tls_front_and_workers_serve_and_stream_kv_between_workers() {
+    let Some(model) = model() else { return };
+    let model = model.to_str().expect("UTF-8 path");
+    let pki = Pki::new("serve");
+    let ca = pki.ca("ca");
+    let (_w0, a0) = worker(model, &pki.issue(&ca, "worker-0", "ca"));
+    let (_w1, a1) = worker(model, &pki.issue(&ca, "worker-1", "ca"));
+    let workers = format!("{a0},{a1}");
+    let front_tls = pki.issue(&ca, "front", "ca");
+    let base = [
+        "serve",
+        "--port",
+        "0",
+        "--model",
+        model,
+        "--kv-blocks",
+        "256",
+        "--workers",
+        &workers,
+    ];
+    let (_front, front, _) = start(&with(&base, &front_tls));
+    let handles: Vec<_> = (0..8)
+        .map(|k| {
+            let front = front.clone();
+            std::thread::spawn(move || {
+                let body = json!({
+                    "prompt": format!("Request {k}: tell me about the number {}.", k * 5 + 2),
+                    "max_tokens": 12,
+                    "temperature": 0,
+                    "ignore_eos": true,
+                });
+                let (status, text) = http(&front, "POST", "/v1/completions", Some(&body));
+                assert_eq!(status, 200, "request {k}: {text}");
+                let v: Value = serde_json::from_str(&text).expect("JSON answer");
+                assert_eq!(v["usage"]["completion_tokens"], 12, "request {k}: {text}");
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().expect("request thread");
+    }
+    // Replicas went worker to worker, through the workers' own TLS link.
+    let copied = metric(&front, "accellm_kv_copied_bytes_total{kind=\"replica\"}");
+    assert!(copied > 0.0, "no KV crossed the worker-to-worker link");
+}
+
+/// A connection to `addr`, TLS with `tls` or plain.
+fn dial(addr: &str, tls: Option<&Tls>) -> std::io::Result<tls::Link> {
+    let s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    tls::connect(s, tls, addr)
+}
+
+/// Sends a worker-to-worker hello on a fresh connection; returns the answer.
+fn peer_hello(addr: &str, tls: Option<&Tls>, model: &Path) -> Result<Msg, String> {
+    let link = dial(addr, tls).map_err(|e| format!("connect: {e}"))?;
+    let (r, mut w) = link.split();
+    let hello = Msg::PeerHello {
+        version: wire::version(),
+        model: ModelId::of(model).expect("model id"),
+        from: 7,
+    };
+    wire::write_msg(&mut w, &hello).map_err(|e| format!("send: {e}"))?;
+    wire::read_msg(&mut BufReader::new(r)).map_err(|e| format!("read: {e}"))
+}
+
+#[test]
+fn peers_without_a_certificate_from_the_cluster_ca_get_nothing() {
+    let Some(model_path) = model() else { return };
+    let model = model_path.to_str().expect("UTF-8 path");
+    let pki = Pki::new("refuse");
+    let ca = pki.ca("ca");
+    let other = pki.ca("other");
+    let (_w, addr) = worker(model, &pki.issue(&ca, "worker-0", "ca"));
+    pki.issue(&ca, "good", "ca");
+    let rogue_flags = pki.issue(&other, "rogue", "ca");
+
+    // Control: a cluster certificate is welcome.
+    let good = pki.identity("good", "ca");
+    let answer = peer_hello(&addr, Some(&good), &model_path);
+    assert!(matches!(answer, Ok(Msg::Welcome { .. })), "{answer:?}");
+
+    // A certificate from another CA (its holder trusts ours): no answer at all.
+    let answer = peer_hello(&addr, Some(&pki.identity("rogue", "ca")), &model_path);
+    assert!(answer.is_err(), "another CA's certificate got {answer:?}");
+    // No TLS at all: the hello is never read as one.
+    let answer = peer_hello(&addr, None, &model_path);
+    assert!(answer.is_err(), "a plaintext peer got {answer:?}");
+
+    // A front with another CA's certificate, or none, cannot drive the worker.
+    let base = [
+        "serve",
+        "--port",
+        "0",
+        "--model",
+        model,
+        "--kv-blocks",
+        "256",
+        "--workers",
+        &addr,
+    ];
+    let (ok, stderr) = run(&with(&base, &rogue_flags));
+    assert!(!ok, "a front with another CA's certificate started");
+    assert!(
+        stderr.contains("handshake with worker") && stderr.contains("alert"),
+        "{stderr}"
+    );
+    let (ok, stderr) = run(&base);
+    assert!(!ok, "a plaintext front drove a TLS worker: {stderr}");
+
+    // Worker to worker: a "peer" whose certificate another CA signed gets no KV. The test
+    // drives the worker as a front and names a rogue listener as its partner.
+    let rogue = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let rogue_addr = rogue.local_addr().expect("addr").to_string();
+    let rogue_tls = pki.identity("rogue", "other");
+    let rogue_side = std::thread::spawn(move || -> Result<Msg, String> {
+        let (s, _) = rogue.accept().map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(Duration::from_secs(30)))
+            .map_err(|e| e.to_string())?;
+        let (r, _w) = tls::accept(s, Some(&rogue_tls))
+            .map_err(|e| format!("handshake: {e}"))?
+            .split();
+        wire::read_msg(&mut BufReader::new(r)).map_err(|e| format!("read: {e}"))
+    });
+    let (r, mut w) = dial(&addr, Some(&good)).expect("front link").split();
+    let mut r = BufReader::new(r);
+    wire::write_msg(
+        &mut w,
+        &Msg::Hello {
+            version: wire::version(),
+            model: ModelId::of(&model_path).expect("model id"),
+            block_size: 16,
+            kv_blocks: 256,
+            instance: 0,
+            peers: vec![addr.clone(), rogue_addr],
+            eos: Vec::new(),
+        },
+    )
+    .expect("hello");
+    assert!(matches!(wire::read_msg(&mut r), Ok(Msg::Welcome { .. })));
+    wire::write_msg(
+        &mut w,
+        &Msg::Run {
+            iteration: 1,
+            seqs: vec![WireSeq {
+                tokens: vec![1, 2, 3, 4, 5],
+                start_pos: 0,
+                block_table: vec![0],
+                want_logits: false,
+            }],
+            samples: Vec::new(),
+            prompt_rows: Vec::new(),
+            copies: vec![(1, vec![(0, 0, 0, 5)])],
+        },
+    )
+    .expect("run");
+    match wire::read_msg(&mut r) {
+        Ok(Msg::Report {
+            copy_error: Some(e),
+            copied_bytes,
+            ..
+        }) => {
+            assert!(e.contains("certificate"), "{e}");
+            assert_eq!(copied_bytes, 0);
+        }
+        other => panic!("expected a failed copy, got {other:?}"),
+    }
+    let rogue_got = rogue_side.join().expect("rogue thread");
+    assert!(rogue_got.is_err(), "the rogue peer received {rogue_got:?}");
+
+    // The worker is still up for its cluster.
+    let answer = peer_hello(&addr, Some(&good), &model_path);
+    assert!(matches!(answer, Ok(Msg::Welcome { .. })), "{answer:?}");
+}

@@ -19,6 +19,7 @@
 //! events: [`crate::kv_events`] folds the instances' notes into one stream). Off (the default)
 //! it records nothing and costs nothing; on or off, its decisions are the same.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeSet, HashMap};
 use std::hash::BuildHasherDefault;
 
@@ -211,9 +212,104 @@ pub fn capacity_blocks(
     (usable / per_block).max(0.0).floor().min(u32::MAX as f64) as u32
 }
 
-/// Deterministic hashing for the key index (keys are hashes already).
-type KeyIndex =
-    HashMap<BlockKey, BlockId, BuildHasherDefault<std::collections::hash_map::DefaultHasher>>;
+/// Hashes a block key to itself: keys are well-mixed 64-bit hashes already ([`mix`]), so the
+/// index needs no second hash (SipHash was a fifth of a prefix-cached simulation's time), and
+/// the identity is as deterministic as a content address must be.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct KeyHasher(u64);
+
+impl std::hash::Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u64` is used for keys; anything else is folded in, still deterministic.
+        for &b in bytes {
+            self.0 = mix(self.0 ^ u64::from(b));
+        }
+    }
+
+    fn write_u64(&mut self, k: u64) {
+        self.0 = k;
+    }
+}
+
+/// The key index: block key to the block carrying it.
+type KeyIndex = HashMap<BlockKey, BlockId, BuildHasherDefault<KeyHasher>>;
+
+/// No block (the ends of the cached list).
+const NIL: BlockId = BlockId::MAX;
+
+/// The cached blocks in the order they were cached (least recently first), as a list threaded
+/// through per-block links: appending, unlinking a hit and taking the oldest are O(1), where an
+/// ordered set cost a tree operation per block.
+#[derive(Debug, Clone)]
+struct CachedList {
+    prev: Vec<BlockId>,
+    next: Vec<BlockId>,
+    head: BlockId,
+    tail: BlockId,
+    len: u32,
+}
+
+impl CachedList {
+    fn new(n: u32) -> Self {
+        Self {
+            prev: vec![NIL; n as usize],
+            next: vec![NIL; n as usize],
+            head: NIL,
+            tail: NIL,
+            len: 0,
+        }
+    }
+
+    /// Appends `b` (not in the list) as the most recently cached.
+    fn push_back(&mut self, b: BlockId) {
+        self.prev[b as usize] = self.tail;
+        self.next[b as usize] = NIL;
+        match self.tail {
+            NIL => self.head = b,
+            t => self.next[t as usize] = b,
+        }
+        self.tail = b;
+        self.len += 1;
+    }
+
+    /// Takes `b` (in the list) out.
+    fn unlink(&mut self, b: BlockId) {
+        let (p, n) = (self.prev[b as usize], self.next[b as usize]);
+        match p {
+            NIL => self.head = n,
+            p => self.next[p as usize] = n,
+        }
+        match n {
+            NIL => self.tail = p,
+            n => self.prev[n as usize] = p,
+        }
+        self.prev[b as usize] = NIL;
+        self.next[b as usize] = NIL;
+        self.len -= 1;
+    }
+
+    /// Takes out the least recently cached block.
+    fn pop_front(&mut self) -> Option<BlockId> {
+        let b = self.head;
+        if b == NIL {
+            return None;
+        }
+        self.unlink(b);
+        Some(b)
+    }
+
+    /// The blocks, least recently cached first.
+    fn iter(&self) -> impl Iterator<Item = BlockId> + '_ {
+        std::iter::successors((self.head != NIL).then_some(self.head), |&b| {
+            let n = self.next[b as usize];
+            (n != NIL).then_some(n)
+        })
+    }
+}
 
 /// Paged KV blocks of one instance.
 #[derive(Debug, Clone)]
@@ -227,7 +323,8 @@ pub struct BlockManager {
     keys: Vec<BlockKey>,
     index: KeyIndex,
     /// Keyed blocks no table holds, least recently released first.
-    cached: BTreeSet<(u64, BlockId)>,
+    cached: CachedList,
+    /// When each cached block was cached (for the invariant check: the list is in this order).
     cached_at: Vec<u64>,
     primary_blocks: u32,
     replica_blocks: u32,
@@ -255,7 +352,7 @@ impl BlockManager {
             holders: vec![Holders::default(); num_blocks as usize],
             keys: vec![0; num_blocks as usize],
             index: KeyIndex::default(),
-            cached: BTreeSet::new(),
+            cached: CachedList::new(num_blocks),
             cached_at: vec![0; num_blocks as usize],
             primary_blocks: 0,
             replica_blocks: 0,
@@ -372,12 +469,12 @@ impl BlockManager {
 
     /// Blocks no table holds: free ones plus cached ones (reclaimable at no cost).
     pub fn free_blocks(&self) -> u32 {
-        (self.free.len() + self.cached.len()) as u32
+        self.free.len() as u32 + self.cached.len
     }
 
     /// Of [`Self::free_blocks`], the cached ones (keyed, kept for prefix hits).
     pub fn cached_blocks(&self) -> u32 {
-        self.cached.len() as u32
+        self.cached.len
     }
 
     /// Blocks held by at least one primary.
@@ -469,7 +566,7 @@ impl BlockManager {
             if keep {
                 self.tick += 1;
                 self.cached_at[i] = self.tick;
-                self.cached.insert((self.tick, b));
+                self.cached.push_back(b);
             } else {
                 self.forget(b);
                 self.free.push(b);
@@ -480,8 +577,15 @@ impl BlockManager {
     /// Drops block `b`'s key.
     fn forget(&mut self, b: BlockId) {
         let k = std::mem::take(&mut self.keys[b as usize]);
-        if k != 0 && self.index.get(&k) == Some(&b) {
-            self.index.remove(&k);
+        if k == 0 {
+            return;
+        }
+        // One probe: the entry, removed only if it names this block.
+        if let Entry::Occupied(e) = self.index.entry(k) {
+            if *e.get() != b {
+                return;
+            }
+            e.remove();
             if self.record_events {
                 self.events.push(KvEvent::Removed { key: k });
             }
@@ -494,7 +598,7 @@ impl BlockManager {
         if let Some(b) = self.free.pop() {
             return Some(b);
         }
-        let (_, b) = self.cached.pop_first()?;
+        let b = self.cached.pop_front()?;
         self.forget(b);
         Some(b)
     }
@@ -538,7 +642,7 @@ impl BlockManager {
         for k in &keys[..n as usize] {
             let Some(&b) = self.index.get(k) else { break };
             if self.holders[b as usize].refs == 0 {
-                self.cached.remove(&(self.cached_at[b as usize], b));
+                self.cached.unlink(b);
             }
             self.adjust(b, 1, primary);
             if let Some(Some(t)) = self.tables.get_mut(req.index()) {
@@ -562,11 +666,14 @@ impl BlockManager {
         let from = (from as usize).min(end);
         for (i, (&b, &k)) in t.blocks[from..end].iter().zip(&keys[from..end]).enumerate() {
             let k = k.max(1);
-            if self.keys[b as usize] != 0 || self.index.contains_key(&k) {
+            if self.keys[b as usize] != 0 {
                 continue;
             }
+            let Entry::Vacant(slot) = self.index.entry(k) else {
+                continue;
+            };
+            slot.insert(b);
             self.keys[b as usize] = k;
-            self.index.insert(k, b);
             if self.record_events {
                 let index = from + i;
                 let parent = index.checked_sub(1).map_or(0, |p| keys[p].max(1));
@@ -789,7 +896,15 @@ impl BlockManager {
                 return Err(format!("free block {b} carries a key"));
             }
         }
-        for &(at, b) in &self.cached {
+        let mut last_at = 0;
+        let mut listed = 0u32;
+        for b in self.cached.iter().take(n + 1) {
+            listed += 1;
+            let at = self.cached_at.get(b as usize).copied().unwrap_or(0);
+            if at <= last_at {
+                return Err(format!("cached block {b} out of order"));
+            }
+            last_at = at;
             let s = state
                 .get_mut(b as usize)
                 .ok_or_else(|| format!("cached block {b} out of range"))?;
@@ -802,6 +917,12 @@ impl BlockManager {
                     "cached block {b} without a key or with a stale time"
                 ));
             }
+        }
+        if listed != self.cached.len {
+            return Err(format!(
+                "cached list holds {listed} blocks, counted {}",
+                self.cached.len
+            ));
         }
         let (mut primary, mut replica) = (0u32, 0u32);
         for (b, h) in holders.iter().enumerate() {

@@ -113,7 +113,8 @@ impl Sampler {
 
     /// Chooses the next token from `logits`.
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
-        self.generated += 1;
+        // Saturating: a sampler deserialised from a peer may carry any count.
+        self.generated = self.generated.saturating_add(1);
         let p = &self.params;
         if p.temperature <= 0.0 || p.top_k == 1 || logits.len() <= 1 {
             return argmax(logits);

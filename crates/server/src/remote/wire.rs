@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Largest frame accepted (a garbage length must not allocate gigabytes).
-const MAX_FRAME_BYTES: usize = 256 << 20;
+pub const MAX_FRAME_BYTES: usize = 256 << 20;
 
 /// What both sides compare at connect: the program version and the wire protocol.
 pub fn version() -> String {
@@ -395,7 +395,39 @@ fn u32_at(b: &[u8], at: usize) -> Result<u32, WireError> {
         .ok_or_else(|| WireError::Frame("truncated KV frame".into()))
 }
 
+/// Reads exactly `n` bytes, growing the buffer as they arrive: a length announced by a peer is
+/// never allocated before the bytes are there (a lying header costs nothing).
+fn read_bytes(r: &mut impl Read, n: usize) -> Result<Vec<u8>, WireError> {
+    let mut buf = Vec::new();
+    r.take(n as u64).read_to_end(&mut buf)?;
+    if buf.len() < n {
+        return Err(WireError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+    }
+    Ok(buf)
+}
+
+/// Reads `n` little-endian `f32`s straight into their buffer (see `write_kv`), growing it by
+/// doubling from 8 Ki values (32 KiB) as they arrive, for the reason [`read_bytes`] gives.
+fn read_f32s(r: &mut impl Read, n: usize) -> Result<Vec<f32>, WireError> {
+    let mut data: Vec<f32> = Vec::new();
+    while data.len() < n {
+        let at = data.len();
+        let step = at.max(8 << 10).min(n - at);
+        data.resize(at + step, 0.0);
+        r.read_exact(bytemuck::cast_slice_mut(&mut data[at..]))?;
+    }
+    if cfg!(target_endian = "big") {
+        for x in &mut data {
+            *x = f32::from_le_bytes(x.to_ne_bytes());
+        }
+    }
+    Ok(data)
+}
+
 /// Reads the next frame.
+///
+/// Never panics, whatever the bytes; allocates in proportion to the bytes received, never more
+/// than twice the frame's length (`tests/wire_fuzz.rs` checks both).
 pub fn read_frame(r: &mut impl Read) -> Result<Frame, WireError> {
     let mut len = [0u8; 4];
     r.read_exact(&mut len)?;
@@ -407,8 +439,7 @@ pub fn read_frame(r: &mut impl Read) -> Result<Frame, WireError> {
     r.read_exact(&mut tag)?;
     match tag[0] {
         0 => {
-            let mut body = vec![0u8; len - 1];
-            r.read_exact(&mut body)?;
+            let body = read_bytes(r, len - 1)?;
             Ok(Frame::Msg(serde_json::from_slice(&body)?))
         }
         1 => {
@@ -424,8 +455,7 @@ pub fn read_frame(r: &mut impl Read) -> Result<Frame, WireError> {
                 .and_then(|b| b.checked_add(9))
                 .filter(|&d| d <= len && (len - d).is_multiple_of(4))
                 .ok_or_else(|| WireError::Frame("KV frame with a bad length".into()))?;
-            let mut raw = vec![0u8; 12 * n];
-            r.read_exact(&mut raw)?;
+            let raw = read_bytes(r, 12 * n)?;
             let spans = raw
                 .chunks_exact(12)
                 .map(|c| {
@@ -437,14 +467,7 @@ pub fn read_frame(r: &mut impl Read) -> Result<Frame, WireError> {
                     })
                 })
                 .collect::<Result<Vec<_>, WireError>>()?;
-            // Read the floats straight into their buffer (see `write_kv`).
-            let mut data = vec![0f32; (len - data_at) / 4];
-            r.read_exact(bytemuck::cast_slice_mut(&mut data))?;
-            if cfg!(target_endian = "big") {
-                for x in &mut data {
-                    *x = f32::from_le_bytes(x.to_ne_bytes());
-                }
-            }
+            let data = read_f32s(r, (len - data_at) / 4)?;
             Ok(Frame::Kv(KvFrame { layer, spans, data }))
         }
         t => Err(WireError::Frame(format!("unknown frame tag {t}"))),

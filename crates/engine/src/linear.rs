@@ -145,19 +145,6 @@ const KERNEL_TILE: usize = 16;
 /// per slice: 159 → 268 ms for a 128-token prefill on one thread, measured).
 const SLICE_MAX_ROWS: usize = 8;
 
-/// Up to this many activation rows, `Q8Padded` runs the decode kernel on the file's own 4-bit
-/// (or 8-bit) weights with int8 activations (`engine/src/qdot.rs`); more rows run candle's
-/// repacked Q8_0 kernel.
-fn qdot_max_rows() -> usize {
-    static MAX: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *MAX.get_or_init(|| {
-        std::env::var("ACCELLM_QDOT_MAX_ROWS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(8)
-    })
-}
-
 /// Activation rows candle's repacked x86 kernels take together (`MAX_MT`); a row's result
 /// depends on which rows share its tile, so a split keeps them together.
 const ROW_TILE: usize = 4;
@@ -205,8 +192,8 @@ pub(crate) struct Linear {
     split_rows: bool,
     /// The weights for [`WeightFormat::Blocks`].
     blocks: Option<BlockMatrix>,
-    /// With `Q8Padded`, the file's Q4_1 / Q8_0 weights as stored, for iterations of up to
-    /// [`QDOT_MAX_ROWS`] rows (`engine/src/qdot.rs`).
+    /// With `Q8Padded`, the file's Q4_1 / Q8_0 weights as stored, for decode iterations
+    /// ([`Linear::forward_decode`], `engine/src/qdot.rs`).
     qdot: Option<QDotMatrix>,
     /// Logical input size.
     k: usize,
@@ -285,8 +272,9 @@ impl Linear {
                 let w = Tensor::cat(&ws, 0)?.contiguous()?;
                 let q = QTensor::quantize(&w, GgmlDType::Q8_0)?;
                 let parts = vec![(QMatMul::from_qtensor(q)?, n_total)];
-                // The slices serve only batches the decode kernel does not take.
-                let slices = if qdot.is_some() && qdot_max_rows() >= SLICE_MAX_ROWS {
+                // Small batches that are not decode steps (a short prompt) run on one thread
+                // rather than keep a second copy of the weights for them.
+                let slices = if qdot.is_some() {
                     Vec::new()
                 } else {
                     row_slices(&parts)?
@@ -347,6 +335,22 @@ impl Linear {
         self.n
     }
 
+    /// [`Self::forward`] for an iteration of decode steps only (one token per sequence): with
+    /// `Q8Padded`, the decode kernels on the stored 4-/8-bit weights with int8 activations
+    /// (`engine/src/qdot.rs`), which stream half the bytes of the padded Q8_0 copy; measured
+    /// faster at every decode batch size (docs/engine.md). Prompt chunks keep the Q8_0 kernel,
+    /// whose 8-bit activations give the dense path's first token on the chat prompt the tests
+    /// use (Q4_1 × Q8_1 flips that near-tie, as candle's and llama.cpp's Q4_1 kernels do).
+    pub(crate) fn forward_decode(&self, x: &[f32], rows: usize) -> Result<Vec<f32>> {
+        match &self.qdot {
+            Some(q) => {
+                debug_assert_eq!(x.len(), rows * self.k);
+                Ok(q.matmul(x, rows))
+            }
+            None => self.forward(x, rows),
+        }
+    }
+
     /// Computes `x · Wᵀ` for `rows` rows of `x` (row-major `[rows, k]`); returns `[rows, n]`.
     pub(crate) fn forward(&self, x: &[f32], rows: usize) -> Result<Vec<f32>> {
         debug_assert_eq!(x.len(), rows * self.k);
@@ -355,9 +359,6 @@ impl Linear {
         }
         if let Some(blocks) = &self.blocks {
             return blocks.matmul(x, rows);
-        }
-        if let Some(q) = self.qdot.as_ref().filter(|_| rows <= qdot_max_rows()) {
-            return Ok(q.matmul(x, rows));
         }
         let input = if self.k_pad == self.k {
             x.to_vec()

@@ -408,6 +408,17 @@ impl Model {
             .collect();
         let rope_style = family.rope_style();
 
+        // The kernel is chosen per iteration by its shape: decode steps only (one token per
+        // sequence) take the decode kernels (`Linear::forward_decode`), anything with a prompt
+        // chunk the prefill ones.
+        let decode = batch.seqs.iter().all(|s| s.tokens.len() <= 1);
+        let matmul = |lin: &Linear, x: &[f32], rows: usize| {
+            if decode {
+                lin.forward_decode(x, rows)
+            } else {
+                lin.forward(x, rows)
+            }
+        };
         let bs = pool.block_size();
         let mut xn = vec![0f32; t * hidden];
         let mut attn = vec![0f32; t * q_dim];
@@ -420,7 +431,7 @@ impl Model {
             };
             rms_norm(&h, &layer.attn_norm, c.rms_eps, &mut xn);
             let t0 = Instant::now();
-            let mut qkv = layer.qkv.forward(&xn, t)?;
+            let mut qkv = matmul(&layer.qkv, &xn, t)?;
             mm += ms(t0);
             let (cos, sin) = &tables[layer.rope];
             for (r, row) in qkv.chunks_exact_mut(qkv_dim).enumerate() {
@@ -473,7 +484,7 @@ impl Model {
             at += ms(t0);
             on_layer_done(l);
             let t0 = Instant::now();
-            let mut o = layer.o.forward(&attn, t)?;
+            let mut o = matmul(&layer.o, &attn, t)?;
             mm += ms(t0);
             if let Some(w) = &layer.post_attn_norm {
                 o.chunks_exact_mut(hidden)
@@ -482,7 +493,7 @@ impl Model {
             add_in_place(&mut h, &o);
             rms_norm(&h, &layer.ffn_norm, c.rms_eps, &mut xn);
             let t0 = Instant::now();
-            let gu = layer.gate_up.forward(&xn, t)?;
+            let gu = matmul(&layer.gate_up, &xn, t)?;
             mm += ms(t0);
             let ff = c.ffn_hidden;
             let mut act = vec![0f32; t * ff];
@@ -494,7 +505,7 @@ impl Model {
                 }
             }
             let t0 = Instant::now();
-            let mut d = layer.down.forward(&act, t)?;
+            let mut d = matmul(&layer.down, &act, t)?;
             mm += ms(t0);
             if let Some(w) = &layer.post_ffn_norm {
                 d.chunks_exact_mut(hidden)
@@ -520,7 +531,7 @@ impl Model {
             let mut hn = vec![0f32; n * hidden];
             rms_norm(&picked, &self.norm, c.rms_eps, &mut hn);
             let t0 = Instant::now();
-            let mut out = self.lm_head.forward(&hn, n)?;
+            let mut out = matmul(&self.lm_head, &hn, n)?;
             mm += ms(t0);
             let vocab = self.lm_head.out_dim();
             if let Some(cap) = c.arch.final_logit_softcap {

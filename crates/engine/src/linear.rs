@@ -192,8 +192,8 @@ pub(crate) struct Linear {
     split_rows: bool,
     /// The weights for [`WeightFormat::Blocks`].
     blocks: Option<BlockMatrix>,
-    /// With `Q8Padded`, the file's Q4_1 / Q8_0 weights as stored, for decode iterations
-    /// ([`Linear::forward_decode`], `engine/src/qdot.rs`).
+    /// With `Q8Padded` and `Blocks`, the file's Q4_1 / Q8_0 weights as stored, for decode
+    /// iterations ([`Linear::forward_decode`], `engine/src/qdot.rs`).
     qdot: Option<QDotMatrix>,
     /// Logical input size.
     k: usize,
@@ -233,7 +233,7 @@ impl Linear {
                 slices: Vec::new(),
                 split_rows: false,
                 blocks: Some(BlockMatrix::new(&tensors, k)?),
-                qdot: None,
+                qdot: QDotMatrix::new(&tensors)?,
                 k,
                 k_pad: k,
                 n: n_total,

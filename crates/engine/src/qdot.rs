@@ -82,6 +82,21 @@ impl Isa {
         Self::Scalar
     }
 
+    /// [`Self::detect`], unless `ACCELLM_QDOT_ISA` names another kernel this CPU runs
+    /// (`avx2`, `scalar`): to measure on an AVX-512 machine what an AVX2-only one would run.
+    pub(crate) fn chosen() -> Self {
+        let wanted = match std::env::var("ACCELLM_QDOT_ISA").as_deref() {
+            Ok("avx2") => Self::Avx2,
+            Ok("scalar") => Self::Scalar,
+            _ => return Self::detect(),
+        };
+        if wanted.available() {
+            wanted
+        } else {
+            Self::detect()
+        }
+    }
+
     /// Whether this CPU runs `self`.
     pub(crate) fn available(self) -> bool {
         match (self, Self::detect()) {
@@ -127,7 +142,7 @@ impl QDotMatrix {
     /// Stacks `[n_i, k]` tensors along the output dimension, or `None` when they are not all
     /// Q4_1 or all Q8_0, or `k` is not whole blocks.
     pub(crate) fn new(tensors: &[QTensor]) -> Result<Option<Self>> {
-        Self::with_isa(tensors, Isa::detect())
+        Self::with_isa(tensors, Isa::chosen())
     }
 
     /// [`Self::new`] with a given kernel (tests compare them).
@@ -556,13 +571,16 @@ mod avx2 {
         let k = kb * QK;
         let mask = _mm256_set1_epi8(0x0F);
         let ones = _mm256_set1_epi16(1);
-        let mut acc = [[_mm256_setzero_ps(); 2]; ROWS];
-        for b in 0..kb {
-            // SAFETY: tile `b` is inside `tiles`; activation reads stay inside row `r`'s block.
-            unsafe {
-                let t = tiles.as_ptr().add(b * Q4_TILE);
-                for h in 0..2 {
-                    // Rows 8h..8h + 8 of the group: the h-th 32 bytes of each 64-byte load.
+        // Rows 8h..8h + 8 of the group (the h-th 32 bytes of each 64-byte load) one half at a
+        // time, so that one half's accumulators and weights fit the 16 registers; the second
+        // pass reads the group's tiles from L1.
+        for h in 0..2 {
+            let mut acc = [_mm256_setzero_ps(); ROWS];
+            for b in 0..kb {
+                // SAFETY: tile `b` is inside `tiles`; activation reads stay inside row `r`'s
+                // block.
+                unsafe {
+                    let t = tiles.as_ptr().add(b * Q4_TILE);
                     let dw = _mm256_cvtph_ps(_mm_loadu_si128(t.add(16 * h) as *const __m128i));
                     let mw = _mm256_cvtph_ps(_mm_loadu_si128(t.add(32 + 16 * h) as *const __m128i));
                     let mut w = [_mm256_setzero_si256(); 8];
@@ -583,17 +601,14 @@ mod avx2 {
                         }
                         let sum = _mm256_cvtepi32_ps(_mm256_madd_epi16(s16, ones));
                         let scale = _mm256_mul_ps(dw, _mm256_set1_ps(d[r * kb + b]));
-                        acc[r][h] = _mm256_fmadd_ps(scale, sum, acc[r][h]);
-                        acc[r][h] = _mm256_fmadd_ps(mw, _mm256_set1_ps(s[r * kb + b]), acc[r][h]);
+                        acc[r] = _mm256_fmadd_ps(scale, sum, acc[r]);
+                        acc[r] = _mm256_fmadd_ps(mw, _mm256_set1_ps(s[r * kb + b]), acc[r]);
                     }
                 }
             }
-        }
-        for r in 0..rows {
-            // SAFETY: `out[r]` is 16 floats.
-            unsafe {
-                _mm256_storeu_ps(out[r].as_mut_ptr(), acc[r][0]);
-                _mm256_storeu_ps(out[r].as_mut_ptr().add(8), acc[r][1]);
+            for r in 0..rows {
+                // SAFETY: `out[r]` is 16 floats.
+                unsafe { _mm256_storeu_ps(out[r].as_mut_ptr().add(8 * h), acc[r]) };
             }
         }
     }
@@ -613,39 +628,32 @@ mod avx2 {
         debug_assert!(d.len() >= rows * kb && rows <= ROWS);
         let k = kb * QK;
         let ones = _mm256_set1_epi16(1);
-        let mut acc = [[_mm256_setzero_ps(); 2]; ROWS];
-        for b in 0..kb {
-            // SAFETY: as in `q4`, with Q8 tiles.
-            unsafe {
-                let t = tiles.as_ptr().add(b * Q8_TILE);
-                for h in 0..2 {
+        for h in 0..2 {
+            let mut acc = [_mm256_setzero_ps(); ROWS];
+            for b in 0..kb {
+                // SAFETY: as in `q4`, with Q8 tiles.
+                unsafe {
+                    let t = tiles.as_ptr().add(b * Q8_TILE);
                     let dw = _mm256_cvtph_ps(_mm_loadu_si128(t.add(16 * h) as *const __m128i));
-                    let mut w = [_mm256_setzero_si256(); 8];
-                    let mut aw = [_mm256_setzero_si256(); 8];
-                    for l in 0..8 {
-                        w[l] = _mm256_loadu_si256(t.add(32 + 64 * l + 32 * h) as *const __m256i);
-                        aw[l] = _mm256_sign_epi8(w[l], w[l]);
-                    }
                     for r in 0..rows {
                         let x = q.as_ptr().add(r * k + b * QK);
                         // |w| × (x with w's sign): unsigned × signed bytes, pairs ≤ 2·128·127.
                         let mut sum = _mm256_setzero_si256();
                         for l in 0..8 {
-                            let xs = _mm256_sign_epi8(_mm256_set1_epi32(lane(x, l)), w[l]);
-                            let p = _mm256_maddubs_epi16(aw[l], xs);
+                            let w =
+                                _mm256_loadu_si256(t.add(32 + 64 * l + 32 * h) as *const __m256i);
+                            let xs = _mm256_sign_epi8(_mm256_set1_epi32(lane(x, l)), w);
+                            let p = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), xs);
                             sum = _mm256_add_epi32(sum, _mm256_madd_epi16(p, ones));
                         }
                         let scale = _mm256_mul_ps(dw, _mm256_set1_ps(d[r * kb + b]));
-                        acc[r][h] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(sum), acc[r][h]);
+                        acc[r] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(sum), acc[r]);
                     }
                 }
             }
-        }
-        for r in 0..rows {
-            // SAFETY: `out[r]` is 16 floats.
-            unsafe {
-                _mm256_storeu_ps(out[r].as_mut_ptr(), acc[r][0]);
-                _mm256_storeu_ps(out[r].as_mut_ptr().add(8), acc[r][1]);
+            for r in 0..rows {
+                // SAFETY: `out[r]` is 16 floats.
+                unsafe { _mm256_storeu_ps(out[r].as_mut_ptr().add(8 * h), acc[r]) };
             }
         }
     }
@@ -851,5 +859,62 @@ mod tests {
         let three = pool(3).install(|| m.matmul(&x, 3));
         assert_eq!(one, two);
         assert_eq!(one, three);
+    }
+
+    /// Times each kernel this CPU runs on SmolLM2-135M's matrices (one thread; the
+    /// weights of one decode step, 97 MB, so mostly not from cache):
+    /// `cargo test --release -p accellm-engine --lib qdot::tests::kernel_speed -- --ignored --nocapture`
+    #[test]
+    #[ignore = "timing, run by hand"]
+    fn kernel_speed() {
+        let shapes = [
+            (960, 576, GgmlDType::Q4_1),
+            (576, 576, GgmlDType::Q4_1),
+            (3072, 576, GgmlDType::Q4_1),
+            (576, 1536, GgmlDType::Q4_1),
+        ];
+        let mut mats: Vec<Vec<QTensor>> = Vec::new();
+        for _ in 0..30 {
+            mats.extend(
+                shapes
+                    .iter()
+                    .map(|&(n, k, d)| vec![weights(n, k, d, n as u64)]),
+            );
+        }
+        mats.push(vec![weights(49152, 576, GgmlDType::Q8_0, 1)]);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
+        for isa in [Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni] {
+            if !isa.available() {
+                continue;
+            }
+            let ms: Vec<QDotMatrix> = mats
+                .iter()
+                .map(|t| QDotMatrix::with_isa(t, isa).unwrap().unwrap())
+                .collect();
+            let bytes: usize = ms.iter().map(QDotMatrix::bytes).sum();
+            for rows in [1, 4, 16] {
+                let xs: Vec<Vec<f32>> = ms.iter().map(|m| activations(rows, m.k, 3)).collect();
+                let reps = if isa == Isa::Scalar { 1 } else { 5 };
+                let mut best = f64::MAX;
+                for _ in 0..reps {
+                    let t = std::time::Instant::now();
+                    pool.install(|| {
+                        for (m, x) in ms.iter().zip(&xs) {
+                            std::hint::black_box(m.matmul(x, rows));
+                        }
+                    });
+                    best = best.min(t.elapsed().as_secs_f64());
+                }
+                eprintln!(
+                    "{isa:?}: {rows} row(s): {:.2} ms per step over {:.0} MB ({:.1} GB/s)",
+                    best * 1e3,
+                    bytes as f64 / 1e6,
+                    bytes as f64 / best / 1e9
+                );
+            }
+        }
     }
 }

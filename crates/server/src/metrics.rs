@@ -8,11 +8,17 @@
 //! completing; a cancelled or failed one misses both. Its rate is goodput; divided by finished
 //! plus rejected requests, SLO attainment.
 
-use std::fmt::Write;
+use std::fmt;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use accellm_core::metrics::{Latencies, SloCounts, SloVerdict};
 use accellm_core::request::Slo;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    prometheus_text, DescriptorEncoder, EncodeGaugeValue, NoLabelSet,
+};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
 
 /// What a new token of a request measured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,20 +91,6 @@ impl TokenTimes {
     }
 }
 
-/// A label value as the text format writes it: backslash, double quote and newline escaped.
-fn escape_label(v: &str) -> String {
-    let mut out = String::with_capacity(v.len());
-    for c in v.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
 /// A cumulative histogram with fixed upper bounds (seconds, or tokens).
 #[derive(Debug, Clone)]
 pub struct Histogram {
@@ -131,23 +123,6 @@ impl Histogram {
     /// Values recorded.
     pub fn count(&self) -> u64 {
         self.count
-    }
-
-    fn render(&self, out: &mut String, name: &str, help: &str, labels: &str) {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-        self.render_series(out, name, labels);
-    }
-
-    /// The series without the family's HELP and TYPE lines (a second label set).
-    fn render_series(&self, out: &mut String, name: &str, labels: &str) {
-        let mut acc = 0;
-        for (b, c) in self.bounds.iter().zip(&self.counts) {
-            acc += c;
-            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{b}\"}} {acc}");
-        }
-        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", self.count);
-        let _ = writeln!(out, "{name}_sum{{{labels}}} {}", self.sum);
-        let _ = writeln!(out, "{name}_count{{{labels}}} {}", self.count);
     }
 }
 
@@ -272,7 +247,7 @@ impl Metrics {
     /// Empty metrics for `instances` instances serving `model`.
     pub fn new(model: &str, instances: usize, policies: (String, String)) -> Self {
         Self {
-            model: escape_label(model),
+            model: model.to_string(),
             running: 0,
             waiting: 0,
             kv_usage: 0.0,
@@ -303,310 +278,467 @@ impl Metrics {
         self.recovery[usize::from(!by_replica)].observe(seconds);
     }
 
-    /// The Prometheus text exposition.
+    /// The Prometheus text exposition (format 0.0.4, as vLLM's `prometheus_client` writes it:
+    /// counter families named with their `_total`), written by `prometheus-client` from a
+    /// snapshot of these values.
     pub fn render(&self) -> String {
-        let mut o = String::with_capacity(8192);
-        let m = format!("model_name=\"{}\"", self.model);
-        let gauge = |o: &mut String, name: &str, help: &str, v: f64| {
-            let _ = writeln!(
-                o,
-                "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{{m}}} {v}"
-            );
-        };
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(Snapshot(self.clone())));
+        let mut out = String::with_capacity(8192);
+        if let Err(e) = prometheus_text::encode(&mut out, &registry) {
+            tracing::error!(error = %e, "encoding /metrics");
+        }
+        out
+    }
+
+    /// Every family, in exposition order.
+    fn encode(&self, enc: &mut DescriptorEncoder) -> fmt::Result {
+        let model = [("model_name", self.model.as_str())];
         gauge(
-            &mut o,
+            enc,
             "vllm:num_requests_running",
             "Requests being prefilled or decoded.",
-            self.running as f64,
-        );
+            &model,
+            self.running,
+        )?;
         gauge(
-            &mut o,
+            enc,
             "vllm:num_requests_waiting",
             "Requests waiting for prefill.",
-            self.waiting as f64,
-        );
+            &model,
+            self.waiting,
+        )?;
         gauge(
-            &mut o,
+            enc,
             "vllm:kv_cache_usage_perc",
             "Fraction of KV blocks in use (1 = full).",
+            &model,
             self.kv_usage,
-        );
+        )?;
         gauge(
-            &mut o,
+            enc,
             "vllm:gpu_cache_usage_perc",
             "Fraction of KV blocks in use (1 = full); same as vllm:kv_cache_usage_perc.",
+            &model,
             self.kv_usage,
-        );
+        )?;
         // vLLM's info gauge: the configuration in labels, value 1 (gateways read the block size).
-        let _ = writeln!(
-            o,
-            "# HELP vllm:cache_config_info Information of the KV cache configuration.\n\
-             # TYPE vllm:cache_config_info gauge\n\
-             vllm:cache_config_info{{{m},block_size=\"{}\",num_gpu_blocks=\"{}\"}} 1",
-            self.block_size, self.kv_blocks
-        );
+        let (block_size, blocks) = (self.block_size.to_string(), self.kv_blocks.to_string());
+        enc.encode_descriptor(
+            "vllm:cache_config",
+            "Information of the KV cache configuration.",
+            None,
+            MetricType::Info,
+        )?
+        .encode_info(&[
+            ("model_name", self.model.as_str()),
+            ("block_size", &block_size),
+            ("num_gpu_blocks", &blocks),
+        ])?;
         // vLLM's LoRA gauge, which the endpoint picker reads by default (it logs an error at every
         // scrape when the family is missing): no adapters are served, so none run or wait and
         // none fit. The value is the wall-clock time, as vLLM's (the picker keeps the latest).
         let now_s = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());
-        let _ = writeln!(
-            o,
-            "# HELP vllm:lora_requests_info LoRA adapters running and waiting, and the most that fit (accellm serves none).\n\
-             # TYPE vllm:lora_requests_info gauge\n\
-             vllm:lora_requests_info{{max_lora=\"0\",running_lora_adapters=\"\",waiting_lora_adapters=\"\"}} {now_s}"
-        );
-        let counter = |o: &mut String, name: &str, help: &str, v: u64| {
-            let _ = writeln!(
-                o,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name}{{{m}}} {v}"
-            );
-        };
+        gauge(
+            enc,
+            "vllm:lora_requests_info",
+            "LoRA adapters running and waiting, and the most that fit (accellm serves none).",
+            &[
+                ("max_lora", "0"),
+                ("running_lora_adapters", ""),
+                ("waiting_lora_adapters", ""),
+            ],
+            now_s,
+        )?;
         counter(
-            &mut o,
-            "vllm:prompt_tokens_total",
+            enc,
+            "vllm:prompt_tokens",
             "Prompt tokens of admitted requests.",
+            &model,
             self.prompt_tokens,
-        );
+        )?;
         counter(
-            &mut o,
-            "vllm:generation_tokens_total",
+            enc,
+            "vllm:generation_tokens",
             "Generated tokens.",
+            &model,
             self.generation_tokens,
-        );
+        )?;
         counter(
-            &mut o,
-            "vllm:prefix_cache_queries_total",
+            enc,
+            "vllm:prefix_cache_queries",
             "Prompt tokens looked up in the prefix cache when their prefill started.",
+            &model,
             self.counters.prefix_query_tokens,
-        );
+        )?;
         counter(
-            &mut o,
-            "vllm:prefix_cache_hits_total",
+            enc,
+            "vllm:prefix_cache_hits",
             "Of those, tokens found cached (prefill skipped).",
+            &model,
             self.counters.prefix_hit_tokens,
-        );
-        let _ = writeln!(
-            o,
-            "# HELP vllm:request_success_total Finished requests by reason.\n# TYPE vllm:request_success_total counter"
-        );
-        for (i, r) in ["stop", "length", "abort"].iter().enumerate() {
-            let _ = writeln!(
-                o,
-                "vllm:request_success_total{{{m},finished_reason=\"{r}\"}} {}",
-                self.finished[i]
-            );
+        )?;
+        let mut m = enc.encode_descriptor(
+            "vllm:request_success",
+            "Finished requests by reason.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (r, v) in ["stop", "length", "abort"].iter().zip(self.finished) {
+            let labels = [("model_name", self.model.as_str()), ("finished_reason", r)];
+            m.encode_family(&labels)?
+                .encode_counter::<NoLabelSet, _, u64>(&v, None)?;
         }
-        self.ttft.render(
-            &mut o,
+        histogram(
+            enc,
             "vllm:time_to_first_token_seconds",
             "Time to first token.",
-            &m,
-        );
-        self.itl.render(
-            &mut o,
+            &[(&model[..], &self.ttft)],
+        )?;
+        histogram(
+            enc,
             "vllm:inter_token_latency_seconds",
             "Time between consecutive output tokens.",
-            &m,
-        );
-        self.itl.render(
-            &mut o,
+            &[(&model[..], &self.itl)],
+        )?;
+        histogram(
+            enc,
             "vllm:time_per_output_token_seconds",
             "Time between consecutive output tokens (older name).",
-            &m,
-        );
-        self.e2e.render(
-            &mut o,
+            &[(&model[..], &self.itl)],
+        )?;
+        histogram(
+            enc,
             "vllm:e2e_request_latency_seconds",
             "Arrival to last token.",
-            &m,
-        );
-        let _ = writeln!(
-            o,
-            "# HELP accellm_slo_met_total Finished requests that met their SLO (strict: TTFT and every gap between tokens; mean: TTFT and mean TPOT).\n# TYPE accellm_slo_met_total counter\naccellm_slo_met_total{{kind=\"strict\"}} {}\naccellm_slo_met_total{{kind=\"mean\"}} {}",
-            self.slo_met.strict, self.slo_met.mean
-        );
-        let _ = writeln!(
-            o,
-            "# HELP accellm_requests_rejected_total Requests refused at admission by reason.\n# TYPE accellm_requests_rejected_total counter"
-        );
-        for (i, r) in ["queue_full", "too_long", "shutting_down"]
-            .iter()
-            .enumerate()
-        {
-            let _ = writeln!(
-                o,
-                "accellm_requests_rejected_total{{reason=\"{r}\"}} {}",
-                self.rejected[i]
-            );
-        }
-        let _ = writeln!(
-            o,
-            "# HELP accellm_info Policies in use.\n# TYPE accellm_info gauge\naccellm_info{{{m},cluster_policy=\"{}\",instance_policy=\"{}\"}} 1",
-            escape_label(&self.policies.0),
-            escape_label(&self.policies.1)
-        );
-        let per_instance = |o: &mut String,
-                            name: &str,
-                            kind: &str,
-                            help: &str,
-                            f: &dyn Fn(&InstanceGauges) -> f64| {
-            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for (i, g) in self.instances.iter().enumerate() {
-                let _ = writeln!(o, "{name}{{instance=\"{i}\"}} {}", f(g));
-            }
-        };
-        let _ = writeln!(
-            o,
-            "# HELP accellm_instance_role Role of each instance in its current iteration (1 for the role it plays).\n# TYPE accellm_instance_role gauge"
-        );
+            &[(&model[..], &self.e2e)],
+        )?;
+        by_kind(
+            enc,
+            "accellm_slo_met",
+            "Finished requests that met their SLO (strict: TTFT and every gap between tokens; mean: TTFT and mean TPOT).",
+            "kind",
+            &[("strict", self.slo_met.strict), ("mean", self.slo_met.mean)],
+        )?;
+        by_kind(
+            enc,
+            "accellm_requests_rejected",
+            "Requests refused at admission by reason.",
+            "reason",
+            &[
+                ("queue_full", self.rejected[0]),
+                ("too_long", self.rejected[1]),
+                ("shutting_down", self.rejected[2]),
+            ],
+        )?;
+        enc.encode_descriptor("accellm", "Policies in use.", None, MetricType::Info)?
+            .encode_info(&[
+                ("model_name", self.model.as_str()),
+                ("cluster_policy", &self.policies.0),
+                ("instance_policy", &self.policies.1),
+            ])?;
+        let mut m = enc.encode_descriptor(
+            "accellm_instance_role",
+            "Role of each instance in its current iteration (1 for the role it plays).",
+            None,
+            MetricType::Gauge,
+        )?;
         for (i, g) in self.instances.iter().enumerate() {
+            let i = i.to_string();
             for r in Role::ALL {
-                let _ = writeln!(
-                    o,
-                    "accellm_instance_role{{instance=\"{i}\",role=\"{}\"}} {}",
-                    r.name(),
-                    (g.role == r) as u8
-                );
+                let labels = [("instance", i.as_str()), ("role", r.name())];
+                m.encode_family(&labels)?
+                    .encode_gauge(&u32::from(g.role == r))?;
             }
         }
+        let instances = &self.instances;
         per_instance(
-            &mut o,
+            enc,
             "accellm_kv_free_blocks",
-            "gauge",
+            MetricType::Gauge,
             "Free KV blocks per instance.",
-            &|g| g.free_blocks as f64,
-        );
+            instances,
+            |g| g.free_blocks.into(),
+        )?;
         per_instance(
-            &mut o,
+            enc,
             "accellm_kv_primary_blocks",
-            "gauge",
+            MetricType::Gauge,
             "KV blocks held by primaries per instance.",
-            &|g| g.primary_blocks as f64,
-        );
+            instances,
+            |g| g.primary_blocks.into(),
+        )?;
         per_instance(
-            &mut o,
+            enc,
             "accellm_kv_replica_blocks",
-            "gauge",
+            MetricType::Gauge,
             "KV blocks held by replicas per instance.",
-            &|g| g.replica_blocks as f64,
-        );
+            instances,
+            |g| g.replica_blocks.into(),
+        )?;
         per_instance(
-            &mut o,
+            enc,
             "accellm_kv_total_blocks",
-            "gauge",
+            MetricType::Gauge,
             "KV blocks in each instance's pool.",
-            &|g| g.total_blocks as f64,
-        );
+            instances,
+            |g| g.total_blocks.into(),
+        )?;
         per_instance(
-            &mut o,
+            enc,
             "accellm_instance_waiting",
-            "gauge",
+            MetricType::Gauge,
             "Requests waiting for prefill per instance.",
-            &|g| g.waiting as f64,
-        );
+            instances,
+            |g| g.waiting.into(),
+        )?;
         per_instance(
-            &mut o,
+            enc,
             "accellm_instance_running",
-            "gauge",
+            MetricType::Gauge,
             "Requests decoding per instance.",
-            &|g| g.running as f64,
-        );
+            instances,
+            |g| g.running.into(),
+        )?;
         per_instance(
-            &mut o,
-            "accellm_instance_iterations_total",
-            "counter",
+            enc,
+            "accellm_instance_iterations",
+            MetricType::Counter,
             "Iterations run per instance.",
-            &|g| g.iterations as f64,
-        );
+            instances,
+            |g| g.iterations.into(),
+        )?;
         per_instance(
-            &mut o,
-            "accellm_instance_borrowed_iterations_total",
-            "counter",
+            enc,
+            "accellm_instance_borrowed_iterations",
+            MetricType::Counter,
             "Iterations run per instance on its own cores and its idle partner's (--share-idle-cores).",
-            &|g| g.wide_iterations as f64,
-        );
+            instances,
+            |g| g.wide_iterations.into(),
+        )?;
         per_instance(
-            &mut o,
-            "accellm_instance_busy_seconds_total",
-            "counter",
+            enc,
+            "accellm_instance_busy_seconds",
+            MetricType::Counter,
             "Seconds spent running iterations per instance.",
-            &|g| g.busy_s,
-        );
+            instances,
+            |g| g.busy_s.into(),
+        )?;
         let c = &self.counters;
-        let plain = |o: &mut String, name: &str, help: &str, v: u64| {
-            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
-        };
-        plain(
-            &mut o,
-            "accellm_role_switches_total",
+        plain_counter(
+            enc,
+            "accellm_role_switches",
             "Role switches decided by the cluster policy.",
             c.role_switches,
-        );
-        plain(
-            &mut o,
-            "accellm_replica_bytes_total",
+        )?;
+        plain_counter(
+            enc,
+            "accellm_replica_bytes",
             "KV bytes streamed layer by layer to replicas (as planned by the core).",
             c.copy_bytes,
-        );
-        plain(
-            &mut o,
-            "accellm_transfer_bytes_total",
+        )?;
+        plain_counter(
+            enc,
+            "accellm_transfer_bytes",
             "KV bytes moved by explicit transfers (as planned by the core).",
             c.transfer_bytes,
-        );
-        let _ = writeln!(
-            o,
-            "# HELP accellm_kv_copied_bytes_total KV bytes really copied between instance pools.\n# TYPE accellm_kv_copied_bytes_total counter"
-        );
-        let _ = writeln!(
-            o,
-            "accellm_kv_copied_bytes_total{{kind=\"replica\"}} {}\naccellm_kv_copied_bytes_total{{kind=\"transfer\"}} {}",
-            self.copied_replica_bytes, self.copied_transfer_bytes
-        );
-        let _ = writeln!(
-            o,
-            "# HELP accellm_migrations_total Decodes moved between instances, by how.\n# TYPE accellm_migrations_total counter\naccellm_migrations_total{{kind=\"free\"}} {}\naccellm_migrations_total{{kind=\"transfer\"}} {}",
-            c.migrations_free, c.migrations_transfer
-        );
-        plain(
-            &mut o,
-            "accellm_replica_evictions_total",
+        )?;
+        by_kind(
+            enc,
+            "accellm_kv_copied_bytes",
+            "KV bytes really copied between instance pools.",
+            "kind",
+            &[
+                ("replica", self.copied_replica_bytes),
+                ("transfer", self.copied_transfer_bytes),
+            ],
+        )?;
+        by_kind(
+            enc,
+            "accellm_migrations",
+            "Decodes moved between instances, by how.",
+            "kind",
+            &[
+                ("free", c.migrations_free),
+                ("transfer", c.migrations_transfer),
+            ],
+        )?;
+        plain_counter(
+            enc,
+            "accellm_replica_evictions",
             "Replicas evicted to make room for primaries.",
             c.replica_evictions,
-        );
-        let _ = writeln!(
-            o,
-            "# HELP accellm_instance_up Whether each instance is up (0: a failed remote worker).\n# TYPE accellm_instance_up gauge"
-        );
-        for (i, g) in self.instances.iter().enumerate() {
-            let _ = writeln!(
-                o,
-                "accellm_instance_up{{instance=\"{i}\"}} {}",
-                u8::from(!g.down)
-            );
-        }
-        let _ = writeln!(
-            o,
-            "# HELP accellm_requests_recovered_total Requests of failed instances that went on, by how (replica: decoding on the partner's current replica; recompute: prefilled again).\n# TYPE accellm_requests_recovered_total counter\naccellm_requests_recovered_total{{kind=\"replica\"}} {}\naccellm_requests_recovered_total{{kind=\"recompute\"}} {}",
-            c.recovered_by_replica, c.recovered_by_recompute
-        );
-        self.recovery[0].render(
-            &mut o,
+        )?;
+        per_instance(
+            enc,
+            "accellm_instance_up",
+            MetricType::Gauge,
+            "Whether each instance is up (0: a failed remote worker).",
+            instances,
+            |g| u32::from(!g.down).into(),
+        )?;
+        by_kind(
+            enc,
+            "accellm_requests_recovered",
+            "Requests of failed instances that went on, by how (replica: decoding on the partner's current replica; recompute: prefilled again).",
+            "kind",
+            &[
+                ("replica", c.recovered_by_replica),
+                ("recompute", c.recovered_by_recompute),
+            ],
+        )?;
+        histogram(
+            enc,
             "accellm_recovery_seconds",
             "Failure detected to the next token of each recovered request.",
-            "kind=\"replica\"",
-        );
-        self.recovery[1].render_series(&mut o, "accellm_recovery_seconds", "kind=\"recompute\"");
-        plain(
-            &mut o,
-            "accellm_preemptions_total",
+            &[
+                (&[("kind", "replica")][..], &self.recovery[0]),
+                (&[("kind", "recompute")][..], &self.recovery[1]),
+            ],
+        )?;
+        plain_counter(
+            enc,
+            "accellm_preemptions",
             "Requests preempted (KV dropped, recomputed later).",
             c.preemptions,
-        );
-        o
+        )
     }
+}
+
+/// The metrics as one scrape sees them, handed to `prometheus-client`'s encoder.
+#[derive(Debug)]
+struct Snapshot(Metrics);
+
+impl Collector for Snapshot {
+    fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
+        self.0.encode(&mut enc)
+    }
+}
+
+/// A label set of `(name, value)` pairs, in the order written.
+type Labels<'a> = [(&'a str, &'a str)];
+
+/// One gauge family with one series.
+fn gauge<V: EncodeGaugeValue>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    labels: &Labels,
+    v: V,
+) -> fmt::Result {
+    enc.encode_descriptor(name, help, None, MetricType::Gauge)?
+        .encode_family(&labels)?
+        .encode_gauge(&v)
+}
+
+/// One counter family (`name` without `_total`, which the encoder adds) with one series.
+fn counter(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    labels: &Labels,
+    v: u64,
+) -> fmt::Result {
+    enc.encode_descriptor(name, help, None, MetricType::Counter)?
+        .encode_family(&labels)?
+        .encode_counter::<NoLabelSet, _, u64>(&v, None)
+}
+
+/// One counter family without labels.
+fn plain_counter(enc: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> fmt::Result {
+    enc.encode_descriptor(name, help, None, MetricType::Counter)?
+        .encode_counter::<NoLabelSet, _, u64>(&v, None)
+}
+
+/// A counter family with one series per value of the label `label`.
+fn by_kind(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    label: &str,
+    series: &[(&str, u64)],
+) -> fmt::Result {
+    let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (value, v) in series {
+        m.encode_family(&[(label, *value)])?
+            .encode_counter::<NoLabelSet, _, u64>(v, None)?;
+    }
+    Ok(())
+}
+
+/// A value per instance: whole numbers stay whole in the exposition.
+enum PerInstance {
+    Whole(u64),
+    Real(f64),
+}
+
+impl From<u32> for PerInstance {
+    fn from(v: u32) -> Self {
+        Self::Whole(v.into())
+    }
+}
+
+impl From<u64> for PerInstance {
+    fn from(v: u64) -> Self {
+        Self::Whole(v)
+    }
+}
+
+impl From<f64> for PerInstance {
+    fn from(v: f64) -> Self {
+        Self::Real(v)
+    }
+}
+
+/// A gauge or counter family with one series per instance (`instance="i"`).
+fn per_instance(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    kind: MetricType,
+    help: &str,
+    instances: &[InstanceGauges],
+    f: impl Fn(&InstanceGauges) -> PerInstance,
+) -> fmt::Result {
+    let mut m = enc.encode_descriptor(name, help, None, kind)?;
+    for (i, g) in instances.iter().enumerate() {
+        let i = i.to_string();
+        let labels = [("instance", i.as_str())];
+        let mut s = m.encode_family(&labels)?;
+        match (f(g), kind) {
+            (PerInstance::Whole(v), MetricType::Counter) => {
+                s.encode_counter::<NoLabelSet, _, u64>(&v, None)?
+            }
+            (PerInstance::Real(v), MetricType::Counter) => {
+                s.encode_counter::<NoLabelSet, _, u64>(&v, None)?
+            }
+            (PerInstance::Whole(v), _) => s.encode_gauge(&v)?,
+            (PerInstance::Real(v), _) => s.encode_gauge(&v)?,
+        }
+    }
+    Ok(())
+}
+
+/// A histogram family with one series per label set.
+fn histogram(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    series: &[(&Labels, &Histogram)],
+) -> fmt::Result {
+    let mut m = enc.encode_descriptor(name, help, None, MetricType::Histogram)?;
+    for (labels, h) in series {
+        let buckets: Vec<(f64, u64)> = h
+            .bounds
+            .iter()
+            .copied()
+            .zip(h.counts.iter().copied())
+            .collect();
+        m.encode_family(labels)?
+            .encode_histogram::<NoLabelSet>(h.sum, h.count, &buckets, None)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -615,16 +747,21 @@ mod tests {
 
     #[test]
     fn histogram_buckets_are_cumulative() {
-        let mut h = Histogram::new(&[1.0, 2.0]);
-        h.observe(0.5);
-        h.observe(1.5);
-        h.observe(9.0);
-        let mut s = String::new();
-        h.render(&mut s, "x", "help", "a=\"b\"");
-        assert!(s.contains("x_bucket{a=\"b\",le=\"1\"} 1"));
-        assert!(s.contains("x_bucket{a=\"b\",le=\"2\"} 2"));
-        assert!(s.contains("x_bucket{a=\"b\",le=\"+Inf\"} 3"));
-        assert!(s.contains("x_count{a=\"b\"} 3"));
+        let mut m = Metrics::new("b", 1, ("accellm".into(), "vllm".into()));
+        for v in [0.0005, 0.003, 9999.0] {
+            m.ttft.observe(v);
+        }
+        let text = m.render();
+        let name = "vllm:time_to_first_token_seconds";
+        for line in [
+            format!("{name}_bucket{{model_name=\"b\",le=\"0.001\"}} 1"),
+            format!("{name}_bucket{{model_name=\"b\",le=\"0.005\"}} 2"),
+            format!("{name}_bucket{{model_name=\"b\",le=\"2560\"}} 2"),
+            format!("{name}_bucket{{model_name=\"b\",le=\"+Inf\"}} 3"),
+            format!("{name}_count{{model_name=\"b\"}} 3"),
+        ] {
+            assert!(text.contains(&line), "{line} in\n{text}");
+        }
     }
 
     #[test]

@@ -3,7 +3,9 @@
 //! behind a headless Service, the front as a Deployment and Service, probes, Prometheus
 //! annotations and resource requests. The gateway overlay (`deploy/gateway/`): the base plus an
 //! InferencePool over the front pods, an HTTPRoute to it and llm-d's endpoint picker with its
-//! configuration (prefix, queue and KV-cache scorers) and the permissions it needs.
+//! configuration (prefix, queue and KV-cache scorers) and the permissions it needs. Security:
+//! mutual TLS from a mounted Secret on every link, and a NetworkPolicy that lets only fronts
+//! reach the workers' control port and only workers their KV port.
 //!
 //! `.ci/run` installs `kubectl` (Debian's `kubernetes-client`) when missing; without it this test
 //! checks the raw manifests instead and says so.
@@ -47,7 +49,11 @@ fn manifests(dir: &str, files: &[&str]) -> String {
     }
 }
 
-const BASE: [&str; 2] = ["base/worker.yaml", "base/front.yaml"];
+const BASE: [&str; 3] = [
+    "base/worker.yaml",
+    "base/front.yaml",
+    "base/networkpolicy.yaml",
+];
 
 /// The documents of a multi-document YAML stream.
 fn documents(all: &str) -> Vec<&str> {
@@ -141,6 +147,7 @@ fn gateway_overlay_pools_the_fronts_behind_the_endpoint_picker() {
         &[
             BASE[0],
             BASE[1],
+            BASE[2],
             "gateway/inferencepool.yaml",
             "gateway/epp.yaml",
             "gateway/httproute.yaml",
@@ -217,4 +224,60 @@ fn gateway_overlay_pools_the_fronts_behind_the_endpoint_picker() {
     let binding = find(&docs, "RoleBinding", "accellm-epp");
     assert!(has(binding, "kind: ServiceAccount") && has(binding, "name: accellm-epp"));
     find(&docs, "ServiceAccount", "accellm-epp");
+}
+
+#[test]
+fn only_fronts_reach_the_control_port_and_only_workers_the_kv_port_over_mutual_tls() {
+    let all = manifests(".", &BASE);
+    let docs = documents(&all);
+    let workers = find(&docs, "StatefulSet", "accellm-worker");
+    let front = find(&docs, "Deployment", "accellm-front");
+    let headless = find(&docs, "Service", "accellm-worker");
+
+    // Two ports: fronts on `worker` (7001), KV links on `kv` (7002), and the front knows it.
+    assert!(has(workers, "--listen=0.0.0.0:7001"));
+    assert!(has(workers, "--kv-listen=0.0.0.0:7002"));
+    assert!(has(workers, "containerPort: 7002") && has(workers, "name: kv"));
+    assert!(has(headless, "port: 7002"));
+    assert!(has(front, "--worker-kv-port=7002"));
+    assert!(!has(workers, "--insecure") && !has(front, "--insecure"));
+
+    // Mutual TLS on both sides, from the accellm-tls Secret mounted read-only.
+    for (what, doc) in [("workers", workers), ("front", front)] {
+        for flag in [
+            "--tls-cert=/etc/accellm/tls/tls.crt",
+            "--tls-key=/etc/accellm/tls/tls.key",
+            "--tls-ca=/etc/accellm/tls/ca.crt",
+        ] {
+            assert!(has(doc, flag), "{what}: {flag}");
+        }
+        assert!(has(doc, "mountPath: /etc/accellm/tls"), "{what}: mount");
+        assert!(has(doc, "secretName: accellm-tls"), "{what}: Secret");
+        assert!(has(doc, "readOnly: true"), "{what}: read-only mount");
+    }
+
+    // The policy selects the workers and admits exactly two kinds of traffic.
+    let policy = find(&docs, "NetworkPolicy", "accellm-worker");
+    assert!(has(policy, "apiVersion: networking.k8s.io/v1"));
+    assert!(has(policy, "Ingress"));
+    // A rule: the text from one `from:` to the next, with its peers' label and its ports.
+    let rule = |peer: &str, port: &str| {
+        policy.split("from:").skip(1).any(|r| {
+            has(r, &format!("app.kubernetes.io/name: {peer}")) && has(r, &format!("port: {port}"))
+        })
+    };
+    assert!(
+        rule("accellm-front", "worker"),
+        "fronts reach the control port"
+    );
+    assert!(rule("accellm-worker", "kv"), "workers reach the KV port");
+    assert_eq!(
+        policy.matches("from:").count(),
+        2,
+        "nothing else is admitted"
+    );
+    assert!(
+        !rule("accellm-front", "kv") && !rule("accellm-worker", "worker"),
+        "no crossing"
+    );
 }

@@ -270,14 +270,45 @@ fn a_worker_off_loopback_without_tls_refuses_to_start_unless_insecure() {
     );
 }
 
+/// A port free on both 127.0.0.2 and 127.0.0.3 (two "hosts" with the same KV port).
+fn kv_port() -> u16 {
+    for _ in 0..20 {
+        let a = TcpListener::bind("127.0.0.2:0").expect("bind");
+        let port = a.local_addr().expect("addr").port();
+        if TcpListener::bind(("127.0.0.3", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no port free on both 127.0.0.2 and 127.0.0.3");
+}
+
 #[test]
 fn tls_front_and_workers_serve_and_stream_kv_between_workers() {
     let Some(model) = model() else { return };
     let model = model.to_str().expect("UTF-8 path");
     let pki = Pki::new("serve");
     let ca = pki.ca("ca");
-    let (_w0, a0) = worker(model, &pki.issue(&ca, "worker-0", "ca"));
-    let (_w1, a1) = worker(model, &pki.issue(&ca, "worker-1", "ca"));
+    // Two "hosts" on loopback, each worker taking fronts on one port and KV links on another.
+    let kv = kv_port().to_string();
+    let host = |ip: &str, name: &str| {
+        let (w, addr, _) = start(&with(
+            &[
+                "worker",
+                "--listen",
+                &format!("{ip}:0"),
+                "--kv-listen",
+                &format!("{ip}:{kv}"),
+                "--model",
+                model,
+                "--kv-blocks",
+                "256",
+            ],
+            &pki.issue(&ca, name, "ca"),
+        ));
+        (w, addr)
+    };
+    let (_w0, a0) = host("127.0.0.2", "worker-0");
+    let (_w1, a1) = host("127.0.0.3", "worker-1");
     let workers = format!("{a0},{a1}");
     let front_tls = pki.issue(&ca, "front", "ca");
     let base = [
@@ -290,6 +321,8 @@ fn tls_front_and_workers_serve_and_stream_kv_between_workers() {
         "256",
         "--workers",
         &workers,
+        "--worker-kv-port",
+        &kv,
     ];
     let (_front, front, _) = start(&with(&base, &front_tls));
     let handles: Vec<_> = (0..8)
@@ -315,6 +348,33 @@ fn tls_front_and_workers_serve_and_stream_kv_between_workers() {
     // Replicas went worker to worker, through the workers' own TLS link.
     let copied = metric(&front, "accellm_kv_copied_bytes_total{kind=\"replica\"}");
     assert!(copied > 0.0, "no KV crossed the worker-to-worker link");
+
+    // Each port takes its own kind of peer only.
+    let model_path = Path::new(model);
+    let me = pki.identity("front", "ca");
+    match peer_hello(&a0, Some(&me), model_path) {
+        Ok(Msg::Refused { reason }) => assert!(reason.contains("--kv-listen"), "{reason}"),
+        other => panic!("a KV link on the front port got {other:?}"),
+    }
+    let kv0 = format!("127.0.0.2:{kv}");
+    let (r, mut w) = dial(&kv0, Some(&me)).expect("KV port").split();
+    wire::write_msg(
+        &mut w,
+        &Msg::Hello {
+            version: wire::version(),
+            model: ModelId::of(model_path).expect("model id"),
+            block_size: 16,
+            kv_blocks: 256,
+            instance: 0,
+            peers: Vec::new(),
+            eos: Vec::new(),
+        },
+    )
+    .expect("hello");
+    match wire::read_msg(&mut BufReader::new(r)) {
+        Ok(Msg::Refused { reason }) => assert!(reason.contains("KV port"), "{reason}"),
+        other => panic!("a front on the KV port got {other:?}"),
+    }
 }
 
 /// A connection to `addr`, TLS with `tls` or plain.

@@ -88,6 +88,10 @@ pub struct ServeArgs {
     /// Mutual TLS with the cluster CA on the links to `--workers`.
     #[command(flatten)]
     pub tls: crate::remote::tls::TlsArgs,
+    /// The port the workers take each other's KV links on, when they listen for them apart
+    /// from the front (`accellm worker --kv-listen`) [default: their --workers address].
+    #[arg(long)]
+    pub worker_kv_port: Option<u16>,
 }
 
 impl ServeArgs {
@@ -135,6 +139,9 @@ impl ServeArgs {
         }
         if let Some(files) = self.tls.files()? {
             c.tls = Some(files);
+        }
+        if let Some(p) = self.worker_kv_port {
+            c.worker_kv_port = Some(p);
         }
         if let Some(w) = &self.workers {
             c.workers = w.clone();

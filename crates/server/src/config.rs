@@ -108,6 +108,9 @@ pub struct ServerConfig {
     pub worker_deadline_s: f64,
     /// Mutual TLS with the workers (`--tls-cert`, `--tls-key`, `--tls-ca`; `[tls]` here).
     pub tls: Option<crate::remote::tls::TlsFiles>,
+    /// The port workers take each other's KV links on when they listen for them apart from the
+    /// front (`accellm worker --kv-listen`); by default their front address.
+    pub worker_kv_port: Option<u16>,
 }
 
 /// Coefficients of the linear iteration-time model, in milliseconds (the form
@@ -233,6 +236,7 @@ impl Default for ServerConfig {
             worker_connect_timeout_s: 120.0,
             worker_deadline_s: 30.0,
             tls: None,
+            worker_kv_port: None,
         }
     }
 }

@@ -174,7 +174,7 @@ async fn prepare(cfg: &ServerConfig) -> anyhow::Result<Prepared> {
             cfg.kv_blocks,
         );
         let wait = Duration::from_secs_f64(cfg.worker_connect_timeout_s);
-        let tls = tls.clone();
+        let (tls, kv_port) = (tls.clone(), cfg.worker_kv_port);
         let conns = tokio::task::spawn_blocking(move || {
             let spec = remote::front::HelloSpec {
                 model: &id,
@@ -182,6 +182,7 @@ async fn prepare(cfg: &ServerConfig) -> anyhow::Result<Prepared> {
                 kv_blocks,
                 eos: &eos2,
                 tls: tls.as_deref(),
+                kv_port,
             };
             remote::front::connect(&addrs, &spec, wait)
         })
@@ -308,6 +309,7 @@ async fn prepare(cfg: &ServerConfig) -> anyhow::Result<Prepared> {
                 kv_blocks: cfg.kv_blocks,
                 eos: eos.to_vec(),
                 tls: tls.clone(),
+                kv_port: cfg.worker_kv_port,
                 out: exec_tx.clone(),
                 counters: counters.clone(),
                 deadline,

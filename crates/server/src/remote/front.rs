@@ -43,6 +43,20 @@ pub(crate) struct HelloSpec<'a> {
     pub eos: &'a [u32],
     /// Mutual TLS, when configured.
     pub tls: Option<&'a Tls>,
+    /// The port workers take KV links on (`--worker-kv-port`), when not their front port.
+    pub kv_port: Option<u16>,
+}
+
+/// The addresses peers reach each worker's KV link on: the workers' own, or the same hosts on
+/// `kv_port`.
+fn peer_addrs(addrs: &[String], kv_port: Option<u16>) -> Vec<String> {
+    match kv_port {
+        None => addrs.to_vec(),
+        Some(p) => addrs
+            .iter()
+            .map(|a| format!("{}:{p}", a.rsplit_once(':').map_or(a.as_str(), |(h, _)| h)))
+            .collect(),
+    }
 }
 
 /// Connects to every worker (retrying refused connections until `wait` has passed, since
@@ -95,7 +109,7 @@ fn connect_one(
             block_size: spec.block_size,
             kv_blocks: spec.kv_blocks,
             instance: i,
-            peers: addrs.to_vec(),
+            peers: peer_addrs(addrs, spec.kv_port),
             eos: spec.eos.to_vec(),
         },
     )
@@ -143,6 +157,7 @@ pub(crate) struct Reconnect {
     pub kv_blocks: u32,
     pub eos: Vec<u32>,
     pub tls: Option<Arc<Tls>>,
+    pub kv_port: Option<u16>,
     pub out: Sender<Input>,
     pub counters: Arc<LinkCounters>,
     pub deadline: Duration,
@@ -192,7 +207,7 @@ impl Reconnect {
         let (model, eos) = (self.model.clone(), self.eos.clone());
         let (block_size, kv_blocks) = (self.block_size, self.kv_blocks);
         let (out, stop) = (self.out.clone(), self.stop.clone());
-        let tls = self.tls.clone();
+        let (tls, kv_port) = (self.tls.clone(), self.kv_port);
         let _ = std::thread::Builder::new()
             .name(format!("accellm-reconnect{i}"))
             .spawn(move || {
@@ -202,6 +217,7 @@ impl Reconnect {
                     kv_blocks,
                     eos: &eos,
                     tls: tls.as_deref(),
+                    kv_port,
                 };
                 let until = std::time::Instant::now() + wait;
                 while !stop.load(Ordering::Relaxed) && std::time::Instant::now() < until {
@@ -520,6 +536,16 @@ fn read_loop(
 #[cfg(test)]
 mod quarantine_tests {
     use super::*;
+
+    #[test]
+    fn peers_reach_kv_links_on_the_kv_port_when_there_is_one() {
+        let addrs = ["w-0.svc:7001".to_string(), "[::1]:7001".to_string()];
+        assert_eq!(peer_addrs(&addrs, None), addrs);
+        assert_eq!(
+            peer_addrs(&addrs, Some(7002)),
+            ["w-0.svc:7002", "[::1]:7002"]
+        );
+    }
 
     #[test]
     fn a_cut_off_worker_waits_longer_each_time_up_to_five_minutes() {

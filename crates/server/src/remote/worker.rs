@@ -31,9 +31,15 @@ use crate::worker::{run_one, CopyPlan, LinkJob, PromptRow, RunJob, SampleJob};
 /// Arguments of `accellm worker`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct WorkerArgs {
-    /// Address to accept the front and peer workers on (e.g. 0.0.0.0:7001).
+    /// Address to accept the front and peer workers on (e.g. 0.0.0.0:7001); with
+    /// `--kv-listen`, the front only.
     #[arg(long)]
     pub listen: String,
+    /// Accept peer workers' KV links on this address instead (e.g. 0.0.0.0:7002), so that a
+    /// network policy can let only fronts reach `--listen` and only workers reach this port;
+    /// the front then names the port with `--worker-kv-port`.
+    #[arg(long)]
+    pub kv_listen: Option<String>,
     /// GGUF model file [default: SmolLM2-135M-Instruct Q4_1, fetched into ~/.cache/accellm/models].
     #[arg(long)]
     pub model: Option<PathBuf>,
@@ -79,12 +85,19 @@ pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
         Some(files) => Some(Arc::new(Tls::load(&files)?)),
         None => {
             tls::check_plaintext_listen(&args.listen, args.insecure)?;
+            if let Some(kv) = &args.kv_listen {
+                tls::check_plaintext_listen(kv, args.insecure)?;
+            }
             None
         }
     };
     // Bind first: a busy port fails at once, not after loading the model.
     let listener = TcpListener::bind(&args.listen)
         .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let kv_listener = match &args.kv_listen {
+        Some(a) => Some(TcpListener::bind(a).with_context(|| format!("cannot listen on {a}"))?),
+        None => None,
+    };
     let path = match &args.model {
         Some(p) => p.clone(),
         None => accellm_tokenizer::ensure_default_model()
@@ -118,7 +131,37 @@ pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
         tls = state.tls.is_some(),
         "worker ready"
     );
+    let accepts = match kv_listener {
+        Some(kv) => {
+            let kv_addr = kv.local_addr()?;
+            tracing::info!(%kv_addr, "KV links on their own port");
+            eprintln!("accellm worker: KV links from peers on {kv_addr}");
+            let state = state.clone();
+            std::thread::Builder::new()
+                .name("accellm-kv-accept".into())
+                .spawn(move || accept_loop(&kv, &state, Accepts::Peers))?;
+            Accepts::Fronts
+        }
+        None => Accepts::Both,
+    };
     eprintln!("accellm worker: listening on {addr}");
+    accept_loop(&listener, &state, accepts);
+    Ok(())
+}
+
+/// Which hellos a listening port takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Accepts {
+    /// Fronts and peer workers (no `--kv-listen`).
+    Both,
+    /// Fronts only (`--listen` beside a `--kv-listen`).
+    Fronts,
+    /// Peer workers' KV links only (`--kv-listen`).
+    Peers,
+}
+
+/// Serves every connection to `listener` on a thread of its own.
+fn accept_loop(listener: &TcpListener, state: &Arc<WorkerState>, accepts: Accepts) {
     for conn in listener.incoming() {
         let stream = match conn {
             Ok(s) => s,
@@ -135,12 +178,11 @@ pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
                     .peer_addr()
                     .map(|a| a.to_string())
                     .unwrap_or_default();
-                if let Err(e) = connection(&state, stream) {
+                if let Err(e) = connection(&state, stream, accepts) {
                     tracing::info!(%peer, error = %e, "connection ended");
                 }
             });
     }
-    Ok(())
 }
 
 /// Why a hello is refused, if it is.
@@ -160,7 +202,11 @@ fn check_hello(state: &WorkerState, version: &str, model: &ModelId) -> Option<St
     None
 }
 
-fn connection(state: &Arc<WorkerState>, stream: TcpStream) -> Result<(), WireError> {
+fn connection(
+    state: &Arc<WorkerState>,
+    stream: TcpStream,
+    accepts: Accepts,
+) -> Result<(), WireError> {
     stream.set_nodelay(true)?;
     // With TLS, a peer the cluster CA did not vouch for ends here.
     let (reader, mut writer) = tls::accept(stream, state.tls.as_deref())?.split();
@@ -176,7 +222,11 @@ fn connection(state: &Arc<WorkerState>, stream: TcpStream) -> Result<(), WireErr
             eos,
         } => {
             let g = state.geometry;
-            let refusal = check_hello(state, &version, &model).or_else(|| {
+            let wrong_port = (accepts == Accepts::Peers).then(|| {
+                "this is the worker's KV port (--kv-listen): fronts connect to its --listen address"
+                    .to_string()
+            });
+            let refusal = wrong_port.or_else(|| check_hello(state, &version, &model)).or_else(|| {
                 (block_size != g.block_size || kv_blocks > g.kv_blocks).then(|| {
                     format!(
                         "KV geometry mismatch: worker has {} blocks of {} tokens, front schedules {kv_blocks} blocks of {block_size}",
@@ -205,7 +255,11 @@ fn connection(state: &Arc<WorkerState>, stream: TcpStream) -> Result<(), WireErr
             model,
             from,
         } => {
-            if let Some(reason) = check_hello(state, &version, &model) {
+            let wrong_port = (accepts == Accepts::Fronts).then(|| {
+                "KV links go to this worker's --kv-listen port (the front's --worker-kv-port)"
+                    .to_string()
+            });
+            if let Some(reason) = wrong_port.or_else(|| check_hello(state, &version, &model)) {
                 wire::write_msg(&mut writer, &Msg::Refused { reason })?;
                 return Ok(());
             }

@@ -1,0 +1,184 @@
+//! KV over a worker-to-worker link, plain and with mutual TLS, on loopback: the sending side as
+//! a worker's link thread does it (`read_spans`, one `write_kv` frame per layer, a flush and its
+//! ack per copy), the receiving side as a worker's peer session ([`serve_kv_link`] into a pool).
+//!
+//! `kv_lands_intact_through_tls` runs in CI. `kv_link_throughput` is the measurement quoted in
+//! docs/distributed.md ("Security"); run it optimised:
+//! `cargo test --release -p accellm-server --test kv_link_tls -- --ignored --nocapture`.
+
+use std::io::BufReader;
+use std::net::{TcpListener, TcpStream};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use accellm_engine::{ArchParams, KvPool, KvSpan, ModelConfig};
+use accellm_server::remote::tls::{self, Tls};
+use accellm_server::remote::wire::{self, Msg};
+use accellm_server::remote::worker::serve_kv_link;
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    KeyUsagePurpose,
+};
+use rustls::pki_types::PrivateKeyDer;
+use rustls::RootCertStore;
+
+/// SmolLM2-135M's KV shape: 30 layers, 3 KV heads of 64 (46 KB per token in f32).
+fn pool(blocks: usize) -> KvPool {
+    let c = ModelConfig {
+        architecture: "llama".into(),
+        layers: 30,
+        hidden: 576,
+        heads: 9,
+        kv_heads: 3,
+        head_dim: 64,
+        ffn_hidden: 1536,
+        vocab: 49152,
+        context_length: 8192,
+        rms_eps: 1e-5,
+        rope_theta: 100_000.0,
+        kv_bytes_per_token: 2 * 30 * 3 * 64 * 4,
+        arch: ArchParams::default(),
+    };
+    KvPool::new(&c, blocks, 16).expect("pool")
+}
+
+/// Two identities signed by one fresh CA (the sender's and the receiver's).
+fn identities() -> (Tls, Tls) {
+    let mut p = CertificateParams::new(Vec::<String>::new()).expect("params");
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+    let ca = CertifiedIssuer::self_signed(p, KeyPair::generate().expect("key")).expect("CA");
+    let one = |name: &str| {
+        let mut p = CertificateParams::new(vec![name.to_string()]).expect("params");
+        p.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let key = KeyPair::generate().expect("key");
+        let cert = p.signed_by(&key, &ca).expect("signed");
+        let mut roots = RootCertStore::empty();
+        roots.add(ca.der().clone()).expect("CA parses");
+        let key = PrivateKeyDer::try_from(key.serialize_der()).expect("key DER");
+        Tls::new(vec![cert.der().clone()], key, roots).expect("TLS")
+    };
+    (one("worker-0"), one("worker-1"))
+}
+
+/// Sends `copies` copies of the KV of `spans` (every layer) from `src` into `dst` over one link;
+/// returns the KV bytes sent and the time from the first layer to the last ack.
+fn stream(
+    src: &KvPool,
+    dst: Arc<KvPool>,
+    spans: &[KvSpan],
+    copies: usize,
+    tls: Option<(Tls, Tls)>,
+) -> (u64, Duration) {
+    let (tx_tls, rx_tls) = match tls {
+        Some((a, b)) => (Some(a), Some(b)),
+        None => (None, None),
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let receiver = std::thread::spawn(move || {
+        let (s, _) = listener.accept().expect("accept");
+        s.set_nodelay(true).expect("nodelay");
+        let (r, w) = tls::accept(s, rx_tls.as_ref())
+            .expect("receiver handshake")
+            .split();
+        // Ends when the sender closes the link.
+        let _ = serve_kv_link(&dst, BufReader::new(r), w);
+    });
+    let s = TcpStream::connect(&addr).expect("connect");
+    s.set_nodelay(true).expect("nodelay");
+    let (r, mut w) = tls::connect(s, tx_tls.as_ref(), &addr)
+        .expect("sender handshake")
+        .split();
+    let mut r = BufReader::new(r);
+    let mut bytes = 0u64;
+    let t0 = Instant::now();
+    for seq in 0..copies as u64 {
+        for layer in 0..src.num_layers() {
+            let data = src.read_spans(layer, spans).expect("read");
+            wire::write_kv(&mut w, layer as u32, spans, &data).expect("send");
+            bytes += 4 * data.len() as u64;
+        }
+        wire::write_msg(&mut w, &Msg::Flush { seq }).expect("flush");
+        match wire::read_msg(&mut r) {
+            Ok(Msg::Ack { seq: s, error: None }) if s == seq => {}
+            other => panic!("expected ack {seq}, got {other:?}"),
+        }
+    }
+    let took = t0.elapsed();
+    drop(w);
+    drop(r);
+    receiver.join().expect("receiver");
+    (bytes, took)
+}
+
+/// Spans of `tokens` tokens from block 0 on.
+fn spans(tokens: u32) -> Vec<KvSpan> {
+    (0..tokens.div_ceil(16))
+        .map(|b| KvSpan {
+            src_block: b,
+            dst_block: b,
+            slots: 0..(tokens - 16 * b).min(16),
+        })
+        .collect()
+}
+
+fn filled(blocks: usize) -> KvPool {
+    let p = pool(blocks);
+    let all = spans(16 * blocks as u32);
+    for layer in 0..p.num_layers() {
+        let n = p.read_spans(layer, &all).expect("read").len();
+        let data: Vec<f32> = (0..n).map(|i| (i * 31 + layer) as f32 * 0.25).collect();
+        p.write_spans(layer, &all, &data).expect("write");
+    }
+    p
+}
+
+#[test]
+fn kv_lands_intact_through_tls() {
+    let src = filled(8);
+    let dst = Arc::new(pool(8));
+    let s = spans(100);
+    let (bytes, _) = stream(&src, dst.clone(), &s, 3, Some(identities()));
+    assert_eq!(bytes, 3 * 100 * 30 * 2 * 3 * 64 * 4);
+    for layer in 0..src.num_layers() {
+        assert_eq!(
+            src.read_spans(layer, &s).expect("read"),
+            dst.read_spans(layer, &s).expect("read"),
+            "layer {layer}"
+        );
+    }
+}
+
+#[test]
+#[ignore = "a measurement: run with --release --ignored --nocapture"]
+fn kv_link_throughput() {
+    let tokens = 512;
+    let copies = 40;
+    let src = filled(32);
+    let dst = Arc::new(pool(32));
+    let s = spans(tokens);
+    let mut rates: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    // Alternated, five of each, after one warm-up of each.
+    for round in 0..6 {
+        for (k, tls) in [None, Some(identities())].into_iter().enumerate() {
+            let (bytes, took) = stream(&src, dst.clone(), &s, copies, tls);
+            if round > 0 {
+                rates[k].push(bytes as f64 / took.as_secs_f64());
+            }
+        }
+    }
+    for (name, r) in ["plain", "TLS"].iter().zip(&mut rates) {
+        r.sort_by(f64::total_cmp);
+        eprintln!(
+            "{name:5}: {copies} copies of {tokens} tokens ({:.1} MB each), median {:.0} MB/s (min {:.0}, max {:.0})",
+            (tokens as usize * 30 * 2 * 3 * 64 * 4) as f64 / 1e6,
+            r[r.len() / 2] / 1e6,
+            r[0] / 1e6,
+            r[r.len() - 1] / 1e6
+        );
+    }
+}

@@ -128,11 +128,11 @@ impl ServeArgs {
         if let Some(k) = &self.api_key {
             c.api_key = Some(k.clone());
         }
-        if let Some(v) = self.slo_ttft_ms {
-            c.slo.ttft_ms = Some(v);
-        }
         if let Some(j) = &self.kv_events_config {
             c.kv_events = serde_json::from_str(j).context("--kv-events-config")?;
+        }
+        if let Some(v) = self.slo_ttft_ms {
+            c.slo.ttft_ms = Some(v);
         }
         if let Some(v) = self.slo_tbt_ms {
             c.slo.tbt_ms = Some(v);

@@ -220,9 +220,9 @@ impl Default for ServerConfig {
             kv_blocks: 1024,
             block_size: 16,
             prefix_cache: true,
+            kv_events: Default::default(),
             pin_threads: true,
             share_idle_cores: true,
-            kv_events: Default::default(),
             max_waiting: 256,
             max_body_bytes: 4 << 20,
             api_key: None,
@@ -273,13 +273,13 @@ impl ServerConfig {
         if self.kv_blocks == 0 || self.block_size == 0 {
             return bad("kv_blocks and block_size must be at least 1".into());
         }
-        if !accellm_core::cluster::NAMES.contains(&self.cluster_policy.as_str()) {
-            return bad(format!(
-                "unknown cluster policy `{}`; valid: {}",
         self.kv_events.validate().map_err(ConfigError::Invalid)?;
         if self.kv_events.enabled() && !self.prefix_cache {
             return bad("KV events report the prefix cache: they need prefix_cache on".into());
         }
+        if !accellm_core::cluster::NAMES.contains(&self.cluster_policy.as_str()) {
+            return bad(format!(
+                "unknown cluster policy `{}`; valid: {}",
                 self.cluster_policy,
                 accellm_core::cluster::NAMES.join(", ")
             ));

@@ -226,6 +226,8 @@ async fn prepare(cfg: &ServerConfig) -> anyhow::Result<Prepared> {
         cluster,
         policies,
     );
+    // The core notes what its prefix caches store and evict only when someone listens.
+    sched.set_kv_events(cfg.kv_events.enabled());
     let name = cfg.served_model_name.clone().unwrap_or_else(|| {
         path.file_name()
             .map(|f| f.to_string_lossy().trim_end_matches(".gguf").to_string())
@@ -247,8 +249,6 @@ async fn prepare(cfg: &ServerConfig) -> anyhow::Result<Prepared> {
         cluster: cfg.cluster.clone(),
         model: name.clone(),
     };
-    // The core notes what its prefix caches store and evict only when someone listens.
-    sched.set_kv_events(cfg.kv_events.enabled());
     let mut m = Metrics::new(
         &name,
         cfg.instances as usize,
@@ -331,6 +331,12 @@ async fn prepare(cfg: &ServerConfig) -> anyhow::Result<Prepared> {
     if let Some(r) = reconnect {
         executor = executor.with_reconnect(r);
     }
+    if cfg.kv_events.enabled() {
+        let topic = cfg.kv_events.topic_for(&name);
+        let (publisher, at) = kv_events::start(&cfg.kv_events, topic.clone())?;
+        tracing::info!(endpoint = %at, %topic, "publishing KV events");
+        executor = executor.with_kv_events(publisher);
+    }
     let exec_join = std::thread::Builder::new()
         .name("accellm-sched".into())
         .spawn(move || executor.run(exec_rx))
@@ -353,12 +359,6 @@ async fn prepare(cfg: &ServerConfig) -> anyhow::Result<Prepared> {
         default_slo: cfg.slo,
         slo_classes: cfg.slo_classes.clone(),
         setup: serde_json::to_value(&setup).context("describing the server setup")?,
-    if cfg.kv_events.enabled() {
-        let topic = cfg.kv_events.topic_for(&name);
-        let (publisher, at) = kv_events::start(&cfg.kv_events, topic.clone())?;
-        tracing::info!(endpoint = %at, %topic, "publishing KV events");
-        executor = executor.with_kv_events(publisher);
-    }
         iteration_log,
         max_body_bytes: cfg.max_body_bytes,
         created: SystemTime::now()

@@ -6,6 +6,7 @@
 # Each replica copy's last layer is flushed at once, so its send-to-ack time is that layer's
 # copy alone (earlier layers went while later ones computed). Root only.
 # Usage: bash docs/bench/netns.sh [ACCELLM_BINARY]   NUM=12 PROMPT=512 RATE=1gbit SERVE_ARGS=...
+#        TLS_ARGS="--tls-cert C --tls-key K --tls-ca CA" (mutual TLS on every link)
 set -euo pipefail
 BIN="$(realpath "${1:-target/release/accellm}")"
 [ "$(id -u)" = 0 ] || { echo "needs root (network namespaces)"; exit 1; }
@@ -31,12 +32,13 @@ tc -n $B qdisc add dev $VB root tbf rate "$RATE_BIT" burst 64kb latency ${TBF_LA
 # Prefill copies of one size: whole prompts (vLLM's policy), at most 1024 tokens per iteration.
 printf '[instance]\nmax_num_batched_tokens = 1024\n' >"$DIR/serve.toml"
 SERVE_ARGS="${SERVE_ARGS:---instance-policy vllm --config $DIR/serve.toml}"
-# Plaintext by default (the namespaces' addresses are not loopback, hence --insecure); give
-# WORKER_ARGS and SERVE_ARGS the --tls-* flags to measure the link with TLS.
-WORKER_ARGS="${WORKER_ARGS:---insecure}"
+# Plaintext by default (the namespaces' addresses are not loopback, hence --insecure);
+# TLS_ARGS="--tls-cert C --tls-key K --tls-ca CA" runs every link over mutual TLS instead.
+TLS_ARGS="${TLS_ARGS:-}"
+if [ -n "$TLS_ARGS" ]; then WORKER_ARGS="${WORKER_ARGS:-$TLS_ARGS}"; else WORKER_ARGS="${WORKER_ARGS:---insecure}"; fi
 RUST_LOG=info ip netns exec $A "$BIN" worker --listen 10.200.0.1:7001 $WORKER_ARGS 2>"$DIR/w0.log" & pids+=($!)
 RUST_LOG=info ip netns exec $B "$BIN" worker --listen 10.200.0.2:7001 $WORKER_ARGS 2>"$DIR/w1.log" & pids+=($!)
-ip netns exec $A "$BIN" serve $SERVE_ARGS --port 18000 --workers 10.200.0.1:7001,10.200.0.2:7001 2>"$DIR/front.log" & pids+=($!)
+ip netns exec $A "$BIN" serve $SERVE_ARGS $TLS_ARGS --port 18000 --workers 10.200.0.1:7001,10.200.0.2:7001 2>"$DIR/front.log" & pids+=($!)
 for _ in $(seq 1 60); do grep -q "listening on" "$DIR/front.log" && break; sleep 1; done
 ip netns exec $A "$BIN" bench --base-url http://127.0.0.1:18000 --num-prompts "${NUM:-12}" --rate 1 \
   --workload "synthetic:prompt=${PROMPT:-512},output=16" --no-progress --seed 1 >/dev/null 2>&1

@@ -64,15 +64,24 @@ fn identities() -> (Tls, Tls) {
     (one("worker-0"), one("worker-1"))
 }
 
+/// CPU time of the calling thread (Linux: `/proc/thread-self/schedstat`), 0 where unknown.
+fn thread_cpu() -> Duration {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .map_or(Duration::ZERO, Duration::from_nanos)
+}
+
 /// Sends `copies` copies of the KV of `spans` (every layer) from `src` into `dst` over one link;
-/// returns the KV bytes sent and the time from the first layer to the last ack.
+/// returns the KV bytes sent, the time from the first layer to the last ack, and the CPU time
+/// the sending and the receiving thread spent after the handshake.
 fn stream(
     src: &KvPool,
     dst: Arc<KvPool>,
     spans: &[KvSpan],
     copies: usize,
     tls: Option<(Tls, Tls)>,
-) -> (u64, Duration) {
+) -> (u64, Duration, Duration) {
     let (tx_tls, rx_tls) = match tls {
         Some((a, b)) => (Some(a), Some(b)),
         None => (None, None),
@@ -85,8 +94,10 @@ fn stream(
         let (r, w) = tls::accept(s, rx_tls.as_ref())
             .expect("receiver handshake")
             .split();
+        let cpu = thread_cpu();
         // Ends when the sender closes the link.
         let _ = serve_kv_link(&dst, BufReader::new(r), w);
+        thread_cpu().saturating_sub(cpu)
     });
     let s = TcpStream::connect(&addr).expect("connect");
     s.set_nodelay(true).expect("nodelay");
@@ -95,7 +106,7 @@ fn stream(
         .split();
     let mut r = BufReader::new(r);
     let mut bytes = 0u64;
-    let t0 = Instant::now();
+    let (t0, cpu) = (Instant::now(), thread_cpu());
     for seq in 0..copies as u64 {
         for layer in 0..src.num_layers() {
             let data = src.read_spans(layer, spans).expect("read");
@@ -104,15 +115,18 @@ fn stream(
         }
         wire::write_msg(&mut w, &Msg::Flush { seq }).expect("flush");
         match wire::read_msg(&mut r) {
-            Ok(Msg::Ack { seq: s, error: None }) if s == seq => {}
+            Ok(Msg::Ack {
+                seq: s,
+                error: None,
+            }) if s == seq => {}
             other => panic!("expected ack {seq}, got {other:?}"),
         }
     }
-    let took = t0.elapsed();
+    let (took, cpu) = (t0.elapsed(), thread_cpu().saturating_sub(cpu));
     drop(w);
     drop(r);
-    receiver.join().expect("receiver");
-    (bytes, took)
+    let rx_cpu = receiver.join().expect("receiver");
+    (bytes, took, cpu + rx_cpu)
 }
 
 /// Spans of `tokens` tokens from block 0 on.
@@ -142,7 +156,7 @@ fn kv_lands_intact_through_tls() {
     let src = filled(8);
     let dst = Arc::new(pool(8));
     let s = spans(100);
-    let (bytes, _) = stream(&src, dst.clone(), &s, 3, Some(identities()));
+    let (bytes, _, _) = stream(&src, dst.clone(), &s, 3, Some(identities()));
     assert_eq!(bytes, 3 * 100 * 30 * 2 * 3 * 64 * 4);
     for layer in 0..src.num_layers() {
         assert_eq!(
@@ -161,24 +175,36 @@ fn kv_link_throughput() {
     let src = filled(32);
     let dst = Arc::new(pool(32));
     let s = spans(tokens);
+    // Per run: bytes per second, and CPU ms (sender + receiver) per MB.
     let mut rates: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    let mut cpu: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
     // Alternated, five of each, after one warm-up of each.
     for round in 0..6 {
         for (k, tls) in [None, Some(identities())].into_iter().enumerate() {
-            let (bytes, took) = stream(&src, dst.clone(), &s, copies, tls);
+            let (bytes, took, used) = stream(&src, dst.clone(), &s, copies, tls);
             if round > 0 {
                 rates[k].push(bytes as f64 / took.as_secs_f64());
+                cpu[k].push(used.as_secs_f64() * 1e3 / (bytes as f64 / 1e6));
             }
         }
     }
-    for (name, r) in ["plain", "TLS"].iter().zip(&mut rates) {
-        r.sort_by(f64::total_cmp);
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        (v[v.len() / 2], v[0], v[v.len() - 1])
+    };
+    for k in 0..2 {
+        let (r, r_min, r_max) = median(&mut rates[k]);
+        let (c, c_min, c_max) = median(&mut cpu[k]);
         eprintln!(
-            "{name:5}: {copies} copies of {tokens} tokens ({:.1} MB each), median {:.0} MB/s (min {:.0}, max {:.0})",
+            "{:5}: {copies} copies of {tokens} tokens ({:.1} MB each): median {:.0} MB/s (min {:.0}, max {:.0}); CPU {:.3} ms/MB (min {:.3}, max {:.3}), sender + receiver",
+            ["plain", "TLS"][k],
             (tokens as usize * 30 * 2 * 3 * 64 * 4) as f64 / 1e6,
-            r[r.len() / 2] / 1e6,
-            r[0] / 1e6,
-            r[r.len() - 1] / 1e6
+            r / 1e6,
+            r_min / 1e6,
+            r_max / 1e6,
+            c,
+            c_min,
+            c_max
         );
     }
 }

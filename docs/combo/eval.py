@@ -2,11 +2,13 @@
 """AcceLLM + AccelGen against every baseline in the simulator (docs/combination.md).
 
 Usage: python3 docs/combo/eval.py [ACCELLM_BINARY] [CONFIG ...]
+EXTRA="--config knobs.toml" appends arguments to every simulation (e.g. AcceLLM knobs).
 Runs each named configuration (default: all) as one rate sweep per policy on the identical
 request sequence and prints, per configuration, strict goodput by rate, the best baseline, the
 ratio, and each policy's knee (highest swept rate with strict SLO attainment >= 90%).
 """
 import json
+import os
 import subprocess
 import sys
 
@@ -28,7 +30,7 @@ BASELINES = ["least-load/vllm", "least-load/sarathi", "accellm/vllm", "least-loa
 
 def sweep(args, rates, policies, extra=""):
     cmd = (f"{BIN} simulate {args} --slo-classes default --compare {','.join(policies)} "
-           f"--sweep-rate {','.join(map(str, rates))} --json {extra}")
+           f"--sweep-rate {','.join(map(str, rates))} --json {extra} {os.environ.get('EXTRA', '')}")
     out = subprocess.run(cmd.split(), check=True, capture_output=True, text=True).stdout
     rows = {}
     for r in json.loads(out):

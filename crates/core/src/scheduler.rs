@@ -821,8 +821,15 @@ impl Scheduler {
                 continue;
             }
             r.copies_pending = r.copies_pending.saturating_sub(1);
-            let dst_kv = &mut s.instances[c.to as usize].kv;
-            dst_kv.unpin(c.request);
+            let to = c.to as usize;
+            s.instances[to].kv.unpin(c.request);
+            // An unpinned replica is evictable again: a prompt that found no room may fit now
+            // (`mark_dirty` would borrow all of `s` while `r` is held).
+            if !s.instances[to].waiting.is_empty() && !s.is_dirty[to] {
+                s.is_dirty[to] = true;
+                s.dirty.push(c.to);
+            }
+            let dst_kv = &mut s.instances[to].kv;
             if r.replica_on == Some(c.to) {
                 let before = r.replica_tokens;
                 r.replica_tokens = r.replica_tokens.max(c.tokens);

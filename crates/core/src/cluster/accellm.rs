@@ -81,6 +81,21 @@ pub enum SyncMode {
     Recompute,
 }
 
+/// When a pair gives up the prefill/decode split and both partners run mixed iterations
+/// (prefill chunks beside decodes, sized by the instance policy: AccelGen keeps them within the
+/// decodes' TBT SLOs), as `least-load` with the same instance policy would.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Colocate {
+    /// Always split (the paper's design).
+    Never,
+    /// Colocated while the split would be overloaded ([`AccellmConfig::colocate`]), split
+    /// otherwise.
+    Adaptive,
+    /// Always colocated: `least-load` within the pair, with replicas where the partner has room.
+    Always,
+}
+
 /// How the scheduling manager ranks the pairs that have KV room for a new request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -137,6 +152,28 @@ pub struct AccellmConfig {
     /// Replicas are prefix cache: blocks only a replica holds can be hit, and stay cached when it
     /// ends, so a prompt prefix is found on either partner. Off: only primaries' blocks are.
     pub replicas_as_cache: bool,
+    /// When the pair runs colocated instead of split. `adaptive` colocates while one partner
+    /// could not hold the pair's work, if mixing can: the pair's primaries would take more than
+    /// `colocate_kv` of one instance's KV blocks, or the prompts arriving at the pair (averaged
+    /// over `colocate_window_ms`) would take more than `colocate_prefill` of one instance's
+    /// time to prefill, and mixing pays: half the pair's decodes leave `colocate_room` of the
+    /// tightest TBT SLO among them free, or all of them take `colocate_gain` times as long. It splits again once both loads are a quarter below their limits
+    /// or the decodes leave too little room.
+    pub colocate: Colocate,
+    /// Share of one instance's KV blocks the pair's primaries may hold in the split
+    /// ([`AccellmConfig::colocate`]).
+    pub colocate_kv: f64,
+    /// Share of the tightest TBT SLO that half the pair's decodes must leave free for prompts
+    /// for the pair to colocate at all.
+    pub colocate_room: f64,
+    /// ... or how much longer one iteration of all the pair's decodes must be than one of half
+    /// of them.
+    pub colocate_gain: f64,
+    /// Share of one instance's time the pair's arriving prompts may take to prefill in the
+    /// split ([`AccellmConfig::colocate`]).
+    pub colocate_prefill: f64,
+    /// Time constant of the arriving prompt load's moving average, in ms.
+    pub colocate_window_ms: u64,
 }
 
 impl Default for AccellmConfig {
@@ -156,6 +193,12 @@ impl Default for AccellmConfig {
             decode_prefill: true,
             decode_prefill_slack: 0.25,
             replicas_as_cache: true,
+            colocate: Colocate::Adaptive,
+            colocate_kv: 0.75,
+            colocate_room: 0.5,
+            colocate_gain: 1.5,
+            colocate_prefill: 0.8,
+            colocate_window_ms: 10_000,
         }
     }
 }
@@ -216,6 +259,12 @@ pub struct Accellm {
     /// Requests handed over to each instance whose copies are still landing.
     moving_in: Vec<Vec<RequestId>>,
     scratch: Vec<RequestId>,
+    /// Whether each pair runs colocated ([`AccellmConfig::colocate`]).
+    colocated: Vec<bool>,
+    /// Per pair, the prompt tokens routed to it, exponentially decayed, and when last updated.
+    arriving: Vec<(f64, TimeUs)>,
+    /// When the first request arrived (the moving average's start).
+    first_arrival: Option<TimeUs>,
     /// Cache-aware routing weight ([`super::ClusterConfig::prefix_weight`]).
     prefix_weight: f64,
 }
@@ -250,6 +299,7 @@ impl Accellm {
             pair_of[a as usize] = k;
             pair_of[b as usize] = k;
         }
+        let colocated = vec![cfg.colocate == Colocate::Always; pairs.len()];
         Self {
             cfg: cfg.clone(),
             last_prefiller: pairs.iter().map(|&(a, _)| a).collect(),
@@ -262,6 +312,9 @@ impl Accellm {
             delayed: vec![false; n],
             moving_in: vec![Vec::new(); n],
             scratch: Vec::new(),
+            arriving: vec![(0.0, 0); colocated.len()],
+            first_arrival: None,
+            colocated,
             prefix_weight: 0.0,
         }
     }
@@ -719,6 +772,125 @@ impl Accellm {
                 <= d.tightest as f64 * (1.0 - share.clamp(0.0, 1.0))
     }
 
+    /// Whether pair `k` runs colocated, decided anew ([`AccellmConfig::colocate`]). A change
+    /// leaves both partners in the decode role: a colocated pair has no roles, and a split pair
+    /// picks its prefilling partner when a prompt is queued.
+    fn update_mode(&mut self, ctx: &mut ClusterCtx<'_>, k: usize) -> bool {
+        let (a, b) = self.pairs[k];
+        // Static roles and Splitwise-like pairs (no replicas) always split.
+        if a == b || !self.cfg.role_switching || !self.cfg.replication {
+            return false;
+        }
+        let want = match self.cfg.colocate {
+            Colocate::Never => false,
+            Colocate::Always => true,
+            Colocate::Adaptive => self.split_overloaded(ctx, k),
+        };
+        if want != self.colocated[k] {
+            self.colocated[k] = want;
+            for x in [a, b] {
+                self.set_role(ctx, x, Role::Decode);
+                self.last_was_prefill[x as usize] = false;
+                self.delayed[x as usize] = false;
+                self.expect_until[x as usize] = 0;
+                ctx.wake(x);
+            }
+        }
+        want
+    }
+
+    /// Whether one partner of pair `k` could not hold the pair's work (so a split pair
+    /// colocates) or, for a colocated pair, could not yet hold it with a margin (so it stays).
+    fn split_overloaded(&self, ctx: &ClusterCtx<'_>, k: usize) -> bool {
+        let (a, b) = self.pairs[k];
+        let colocated = self.colocated[k];
+        // Mixing pays where half the pair's decodes leave room for prompts within the tightest
+        // TBT SLO, or where splitting the decodes over both partners shortens their iterations
+        // (compute-bound decode, as on a CPU). Otherwise AccelGen's chunks would be slivers
+        // beside decodes that batch for free, and the split prefills faster (70B on H100 under
+        // a 50 ms class).
+        let (da, db) = (Self::decodes(ctx, a), Self::decodes(ctx, b));
+        let tightest = da.tightest.min(db.tightest);
+        if tightest != TimeUs::MAX {
+            let mut half = IterationShape::default();
+            let decoding = ctx
+                .instance(a)
+                .running
+                .iter()
+                .chain(&ctx.instance(b).running);
+            for &r in decoding.step_by(2) {
+                half.add_decode(ctx.request(r).kv_tokens + 1);
+            }
+            let mut all = da.shape;
+            all.add(&db.shape);
+            let (half, all) = (
+                ctx.cost().iteration_us(&half) as f64,
+                ctx.cost().iteration_us(&all) as f64,
+            );
+            let room = half <= tightest as f64 * (1.0 - self.cfg.colocate_room.clamp(0.0, 1.0));
+            if !room && all < half * self.cfg.colocate_gain {
+                return false;
+            }
+        }
+        // One decoding partner holds every primary of the pair.
+        let (ka, kb) = (&ctx.instance(a).kv, &ctx.instance(b).kv);
+        let cap = ka.num_blocks().min(kb.num_blocks()) as f64;
+        let limit = if colocated {
+            self.cfg.colocate_kv - 0.25
+        } else {
+            self.cfg.colocate_kv
+        };
+        if (ka.primary_blocks() + kb.primary_blocks()) as f64 > limit.max(0.0) * cap {
+            return true;
+        }
+        // One prefilling partner prefills every arriving prompt.
+        let limit = if colocated {
+            self.cfg.colocate_prefill - 0.25
+        } else {
+            self.cfg.colocate_prefill
+        };
+        self.prefill_load(ctx, k) > limit.max(0.0)
+    }
+
+    /// Decays pair `k`'s arriving prompt tokens to now.
+    fn arriving_now(&self, ctx: &ClusterCtx<'_>, k: usize) -> f64 {
+        let (tokens, at) = self.arriving[k];
+        let tau = (self.cfg.colocate_window_ms.max(1) * 1000) as f64;
+        tokens * (-(ctx.now().saturating_sub(at) as f64) / tau).exp()
+    }
+
+    /// The share of one instance's time that prefilling the prompts arriving at pair `k` takes,
+    /// at their moving-average rate. Early in a run the average covers the time since the first
+    /// arrival (at least a second), not a whole window.
+    fn prefill_load(&self, ctx: &ClusterCtx<'_>, k: usize) -> f64 {
+        let tau = (self.cfg.colocate_window_ms.max(1) * 1000) as f64;
+        let since = ctx.now().saturating_sub(self.first_arrival.unwrap_or(0)) as f64;
+        let span = (tau * (1.0 - (-since / tau).exp())).max(tau.min(1e6));
+        self.arriving_now(ctx, k) / span * Self::prefill_us_per_token(ctx)
+    }
+
+    /// The cost model's time per prompt token in a long prefill chunk.
+    fn prefill_us_per_token(ctx: &ClusterCtx<'_>) -> f64 {
+        const REF_TOKENS: u32 = 2048;
+        let mut reference = IterationShape::default();
+        reference.add_prefill(0, REF_TOKENS, true);
+        ctx.cost().iteration_us(&reference) as f64 / REF_TOKENS as f64
+    }
+
+    /// The least loaded partner of colocated pair `k` for request `id` (cache-aware).
+    fn colocated_target(&self, ctx: &ClusterCtx<'_>, k: usize, id: RequestId) -> InstanceId {
+        let (a, b) = self.pairs[k];
+        let score = |x: InstanceId| {
+            let hit = ctx.cached_prefix_tokens(x, id);
+            (prefix_score(ctx.load(x), hit, self.prefix_weight), x)
+        };
+        if score(b) < score(a) {
+            b
+        } else {
+            a
+        }
+    }
+
     /// Moves to decoding instance `i` the prompts queued on its prefilling partner that are
     /// predicted to miss their TTFT deadline there ([`AccellmConfig::decode_prefill`]): in TTFT
     /// deadline order, a prompt's first token is due after the partner's iteration in flight
@@ -726,7 +898,6 @@ impl Accellm {
     /// Only if `i`'s decodes leave `decode_prefill_slack` of their tightest TBT SLO free.
     fn take_late_prompts(&mut self, ctx: &mut ClusterCtx<'_>, i: InstanceId) {
         let p = self.partner(i);
-        let cost = ctx.cost();
         // Not under memory pressure: prompts taken here would push out the replicas that make
         // decodes movable.
         let kv = &ctx.instance(i).kv;
@@ -735,10 +906,7 @@ impl Accellm {
         {
             return;
         }
-        const REF_TOKENS: u32 = 2048;
-        let mut reference = IterationShape::default();
-        reference.add_prefill(0, REF_TOKENS, true);
-        let per_token_us = cost.iteration_us(&reference) as f64 / REF_TOKENS as f64;
+        let per_token_us = Self::prefill_us_per_token(ctx);
         let start = Self::boundary(ctx, p);
         let pi = ctx.instance(p);
         // Started prompts finish first; then the rest in TTFT deadline order.
@@ -924,6 +1092,12 @@ impl ClusterPolicy for Accellm {
             }
         }
         let k = best.map_or(0, |b| b.3);
+        self.first_arrival.get_or_insert(ctx.now());
+        let tokens = self.arriving_now(ctx, k) + ctx.request(id).prefill_target as f64;
+        self.arriving[k] = (tokens, ctx.now());
+        if self.update_mode(ctx, k) {
+            return self.colocated_target(ctx, k, id);
+        }
         self.prefill_instance(ctx, k)
     }
 
@@ -932,6 +1106,12 @@ impl ClusterPolicy for Accellm {
             return self.before_schedule_static(ctx, i);
         }
         let p = self.partner(i);
+        if self.update_mode(ctx, self.pair_of[i as usize]) {
+            // Colocated: both partners run mixed iterations, each with the decodes it holds
+            // (moving decodes to balance the pair cost strict goodput in the simulator: a moved
+            // request's next gap spans two instances' iterations).
+            return PhaseConstraint::Any;
+        }
         if self.role[i as usize] == Role::Prefill {
             if !ctx.instance(i).waiting.is_empty() {
                 if self.delay_handover(ctx, i) {
@@ -994,6 +1174,11 @@ impl ClusterPolicy for Accellm {
             Work::Prefill { .. } if r.phase == Phase::Decoding => None,
             // A prompt's replica is built chunk by chunk; once a chunk could not be copied the
             // chain is broken and the request stays without replica.
+            // A colocated pair starts replicas only where the partner has room for them.
+            Work::Prefill { start: 0, .. } if self.colocated[self.pair_of[i as usize]] => {
+                let kv = &ctx.instance(p).kv;
+                (2 * kv.free_blocks() >= kv.num_blocks()).then_some(p)
+            }
             Work::Prefill { start, .. } => (start == 0 || r.replica_on == Some(p)).then_some(p),
             Work::Decode { .. } => (self.cfg.sync == SyncMode::Eager
                 && self.cfg.role_switching

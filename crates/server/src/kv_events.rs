@@ -295,6 +295,74 @@ mod tests {
     }
 
     #[test]
+    fn vllm_json_configures_it_and_unsupported_fields_are_refused() {
+        let c: KvEventsConfig = serde_json::from_str(
+            r#"{"enable_kv_cache_events": true, "publisher": "zmq",
+                "endpoint": "tcp://*:5557", "topic": "kv@10.0.0.7@m"}"#,
+        )
+        .unwrap();
+        assert!(c.enabled());
+        c.validate().unwrap();
+        assert_eq!(c.topic_for("other"), "kv@10.0.0.7@m");
+        let off: KvEventsConfig =
+            serde_json::from_str(r#"{"enable_kv_cache_events": true, "publisher": "null"}"#)
+                .unwrap();
+        assert!(!off.enabled());
+        assert!(!KvEventsConfig::default().enabled());
+        // vLLM's replay socket is not supported: an error, not silence.
+        let replay = r#"{"enable_kv_cache_events": true, "replay_endpoint": "tcp://*:5558"}"#;
+        assert!(serde_json::from_str::<KvEventsConfig>(replay).is_err());
+        let kafka = KvEventsConfig {
+            publisher: "kafka".into(),
+            ..Default::default()
+        };
+        assert!(kafka.validate().is_err());
+        let ipc = KvEventsConfig {
+            enable_kv_cache_events: true,
+            endpoint: "ipc:///tmp/kv".into(),
+            ..Default::default()
+        };
+        assert!(ipc.validate().is_err());
+        // An empty topic is llm-d's form, with the model name last.
+        let t = KvEventsConfig::default().topic_for("tiny");
+        assert!(t.starts_with("kv@") && t.ends_with("@tiny"), "{t}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_wildcard_endpoint_is_bound_and_subscribers_connect() {
+        use zeromq::SocketRecv as _;
+        let cfg = KvEventsConfig {
+            enable_kv_cache_events: true,
+            endpoint: "tcp://*:0".into(),
+            ..Default::default()
+        };
+        let (publisher, at) = start(&cfg, "kv@pod@m".into()).unwrap();
+        let port = at.rsplit(':').next().unwrap().to_string();
+        let mut sub = zeromq::SubSocket::new();
+        sub.connect(&format!("tcp://127.0.0.1:{port}"))
+            .await
+            .unwrap();
+        sub.subscribe("kv@").await.unwrap();
+        // PUB drops what it sends before the subscription arrives: send until one lands.
+        let mut got = None;
+        for _ in 0..100 {
+            publisher.publish(Batch::now(vec![WireEvent::AllCleared]));
+            let wait = std::time::Duration::from_millis(50);
+            if let Ok(Ok(m)) = tokio::time::timeout(wait, sub.recv()).await {
+                got = Some(m);
+                break;
+            }
+        }
+        let frames = got.expect("a message within 5 s").into_vec();
+        assert_eq!(frames.len(), 3);
+        assert_eq!(&frames[0][..], b"kv@pod@m");
+        assert_eq!(frames[1].len(), 8);
+        // [ts, [["AllBlocksCleared"]]]
+        assert_eq!(frames[2][0], 0x92);
+        assert!(frames[2].ends_with(b"\x91\x91\xb0AllBlocksCleared"));
+    }
+
+    #[test]
     fn a_batch_encodes_as_vllm_arrays() {
         let b = Batch {
             ts: 1.5,

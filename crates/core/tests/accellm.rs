@@ -1032,17 +1032,16 @@ fn a_pair_colocates_while_one_prefilling_partner_cannot_keep_up() {
 }
 
 #[test]
-fn a_pair_whose_decodes_leave_no_room_to_mix_stays_split() {
-    // Memory-bound decode (30 ms an iteration plus 10 µs per token) under a 50 ms TBT SLO: half
-    // the pair's decodes leave less than half the SLO for prompts and batching them all costs
-    // next to nothing more, so under a prompt load one prefiller cannot carry the adaptive pair
-    // stays split. The rule comes from the simulator on 70B/H100, where AccelGen's short chunks
-    // beside such decodes prefill at a fraction of the GPU's rate (azure-conv, 40 req/s: 7.8
-    // req/s strict goodput colocated, 25.1 split); this linear fake model has no such loss
-    // (colocating would do better here), so the test pins the rule, not its benefit.
+fn a_pair_whose_decodes_leave_no_room_to_mix_keeps_the_split() {
+    // Memory-bound decode (45 ms an iteration plus 10 µs per token) under a 50 ms TBT SLO: the
+    // chunks that fit beside half the pair's decodes (about 500 tokens) prefill slower on two
+    // partners than 2,048-token chunks on one, and batching all the decodes costs next to
+    // nothing more, so under a prompt load one prefiller cannot carry (about 0.9 of its time)
+    // the adaptive pair keeps the split while such decodes run. The rule comes from the simulator on 70B/H100 (azure-conv,
+    // 40 req/s: 7.8 req/s strict goodput colocated, 25.1 split); the test pins the rule.
     let mut slow = (*cost()).clone();
-    slow.base_us = 30_000.0;
-    let mut heavy = prompt_heavy(100, 40_000);
+    slow.base_us = 45_000.0;
+    let mut heavy = prompt_heavy(100, 14_000);
     for spec in &mut heavy {
         spec.slo = Slo {
             ttft_ms: Some(1_000.0),
@@ -1050,10 +1049,17 @@ fn a_pair_whose_decodes_leave_no_room_to_mix_stays_split() {
         };
     }
     let slow = Arc::new(slow);
-    let (split, split_both) = pair_run_on(slow.clone(), "accellm", Colocate::Never, &heavy);
-    let (adaptive, adaptive_both) = pair_run_on(slow, "accellm", Colocate::Adaptive, &heavy);
-    eprintln!("strict attainment split {split:.3}, adaptive {adaptive:.3}");
-    assert_eq!((adaptive, adaptive_both), (split, split_both));
+    let (split, _) = pair_run_on(slow.clone(), "accellm", Colocate::Never, &heavy);
+    let (adaptive, _) = pair_run_on(slow.clone(), "accellm", Colocate::Adaptive, &heavy);
+    let (colocated, _) = pair_run_on(slow, "accellm", Colocate::Always, &heavy);
+    eprintln!(
+        "strict attainment split {split:.3}, adaptive {adaptive:.3}, colocated {colocated:.3}"
+    );
+    assert!(adaptive >= split, "{split} -> {adaptive}");
+    assert!(
+        adaptive > colocated,
+        "{adaptive} against {colocated} colocated"
+    );
 }
 
 #[test]

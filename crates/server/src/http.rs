@@ -156,12 +156,10 @@ async fn iterations(State(st): State<Shared>) -> Response {
 /// hear as `AllBlocksCleared`. 409 while requests hold KV blocks.
 async fn reset_prefix_cache(State(st): State<Shared>) -> Response {
     let (tx, rx) = tokio::sync::oneshot::channel();
-    let sent = st
-        .sender()
-        .and_then(|s| {
-            s.send(Input::ResetPrefixCache(tx))
-                .map_err(|_| ApiError::unavailable())
-        });
+    let sent = st.sender().and_then(|s| {
+        s.send(Input::ResetPrefixCache(tx))
+            .map_err(|_| ApiError::unavailable())
+    });
     if let Err(e) = sent {
         return e.into_response();
     }

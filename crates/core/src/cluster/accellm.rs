@@ -843,7 +843,21 @@ impl Accellm {
     /// 25.1 split at 40 req/s on azure-conv).
     fn mixing_pays(ctx: &ClusterCtx<'_>, a: InstanceId, b: InstanceId) -> bool {
         let (da, db) = (Self::decodes(ctx, a), Self::decodes(ctx, b));
-        let tightest = da.tightest.min(db.tightest);
+        // The tightest TBT SLO among the pair's requests, also of those that already missed
+        // theirs (under overload most have; the prompts behind them have not).
+        let pair = ctx
+            .instance(a)
+            .running
+            .iter()
+            .chain(&ctx.instance(a).waiting);
+        let pair = pair
+            .chain(&ctx.instance(b).running)
+            .chain(&ctx.instance(b).waiting);
+        let tightest = pair
+            .filter_map(|&r| ctx.request(r).spec.slo.tbt_ms)
+            .map(crate::ms_to_us)
+            .min()
+            .unwrap_or(TimeUs::MAX);
         if tightest == TimeUs::MAX {
             return true;
         }

@@ -290,12 +290,12 @@ fn tls_front_and_workers_serve_and_stream_kv_between_workers() {
     let ca = pki.ca("ca");
     // Two "hosts" on loopback, each worker taking fronts on one port and KV links on another.
     let kv = kv_port().to_string();
-    let host = |ip: &str, name: &str| {
+    let host = |listen: &str, ip: &str, name: &str| {
         let (w, addr, _) = start(&with(
             &[
                 "worker",
                 "--listen",
-                &format!("{ip}:0"),
+                listen,
                 "--kv-listen",
                 &format!("{ip}:{kv}"),
                 "--model",
@@ -307,8 +307,8 @@ fn tls_front_and_workers_serve_and_stream_kv_between_workers() {
         ));
         (w, addr)
     };
-    let (_w0, a0) = host("127.0.0.2", "worker-0");
-    let (_w1, a1) = host("127.0.0.3", "worker-1");
+    let (_w0, a0) = host("127.0.0.2:0", "127.0.0.2", "worker-0");
+    let (w1, a1) = host("127.0.0.3:0", "127.0.0.3", "worker-1");
     let workers = format!("{a0},{a1}");
     let front_tls = pki.issue(&ca, "front", "ca");
     let base = [
@@ -374,6 +374,29 @@ fn tls_front_and_workers_serve_and_stream_kv_between_workers() {
     match wire::read_msg(&mut BufReader::new(r)) {
         Ok(Msg::Refused { reason }) => assert!(reason.contains("KV port"), "{reason}"),
         other => panic!("a front on the KV port got {other:?}"),
+    }
+
+    // A worker killed and restarted on the same addresses, with a new certificate from the same
+    // CA, is taken back over TLS (the front's reconnect shakes hands like its first connect).
+    let up = "accellm_instance_up{instance=\"1\"}";
+    drop(w1);
+    wait_for(&front, up, 0.0);
+    let (_w1b, _) = host(&a1, "127.0.0.3", "worker-1");
+    wait_for(&front, up, 1.0);
+    let body = json!({"prompt": "After the restart:", "max_tokens": 4, "temperature": 0});
+    let (status, text) = http(&front, "POST", "/v1/completions", Some(&body));
+    assert_eq!(status, 200, "{text}");
+}
+
+/// Waits (at most 60 s) until the front's metric `name` reads `value`.
+fn wait_for(front: &str, name: &str, value: f64) {
+    let t0 = std::time::Instant::now();
+    while metric(front, name) != value {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "{name} did not become {value}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
     }
 }
 

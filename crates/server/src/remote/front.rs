@@ -164,7 +164,7 @@ pub(crate) struct Reconnect {
     /// Set when the front stops: retry threads end.
     pub stop: Arc<AtomicBool>,
     /// Per worker: how many times it was cut off from its partner (the quarantine doubles).
-    pub cut_offs: std::sync::Mutex<Vec<u32>>,
+    pub cut_offs: Arc<std::sync::Mutex<Vec<u32>>>,
 }
 
 /// How long a worker cut off from its partner stays out before the front tries it again: 30 s,
@@ -173,6 +173,22 @@ pub(crate) struct Reconnect {
 /// copy and flap; meanwhile its partner serves alone.
 pub(crate) fn partition_quarantine(times: u32) -> Duration {
     Duration::from_secs(30u64.saturating_mul(1 << times.min(4)).min(300))
+}
+
+/// How often a quarantined worker's address is probed for a crash.
+const CRASH_PROBE: Duration = Duration::from_millis(500);
+
+/// Whether nothing listens at `addr` any more (the connection is refused): the worker process
+/// is gone, so what its partner saw was a crash, not a partition. A partitioned worker still
+/// accepts the front's connections; an unreachable or unresolvable address proves nothing.
+fn not_running(addr: &str) -> bool {
+    let Some(a) = addr.to_socket_addrs().ok().and_then(|mut a| a.next()) else {
+        return false;
+    };
+    matches!(
+        TcpStream::connect_timeout(&a, Duration::from_secs(1)),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused
+    )
 }
 
 impl Reconnect {
@@ -208,6 +224,7 @@ impl Reconnect {
         let (block_size, kv_blocks) = (self.block_size, self.kv_blocks);
         let (out, stop) = (self.out.clone(), self.stop.clone());
         let (tls, kv_port) = (self.tls.clone(), self.kv_port);
+        let cut_offs = self.cut_offs.clone();
         let _ = std::thread::Builder::new()
             .name(format!("accellm-reconnect{i}"))
             .spawn(move || {
@@ -219,8 +236,27 @@ impl Reconnect {
                     tls: tls.as_deref(),
                     kv_port,
                 };
-                let until = std::time::Instant::now() + wait;
-                while !stop.load(Ordering::Relaxed) && std::time::Instant::now() < until {
+                // The quarantine, unless the worker turns out to have crashed (its partner may
+                // notice a killed worker before the front does): then it is taken back as soon
+                // as it answers, like any restarted worker.
+                let until = Instant::now() + wait;
+                let mut probe = Instant::now();
+                while !stop.load(Ordering::Relaxed) && Instant::now() < until {
+                    if Instant::now() >= probe {
+                        if not_running(&addrs[i]) {
+                            tracing::warn!(
+                                instance = i,
+                                "not running (connection refused): a crash, not a partition; taken back as soon as it answers"
+                            );
+                            if let Ok(mut v) = cut_offs.lock() {
+                                if let Some(t) = v.get_mut(i) {
+                                    *t = t.saturating_sub(1);
+                                }
+                            }
+                            break;
+                        }
+                        probe = Instant::now() + CRASH_PROBE;
+                    }
                     std::thread::sleep(Duration::from_millis(100));
                 }
                 while !stop.load(Ordering::Relaxed) {
@@ -545,6 +581,99 @@ mod quarantine_tests {
             peer_addrs(&addrs, Some(7002)),
             ["w-0.svc:7002", "[::1]:7002"]
         );
+    }
+
+    /// A fake worker on `listener` that welcomes every front's hello (and shrugs off probes).
+    fn fake_worker(listener: std::net::TcpListener, model: ModelId) {
+        std::thread::spawn(move || {
+            for s in listener.incoming() {
+                let Ok(mut s) = s else { return };
+                let model = model.clone();
+                std::thread::spawn(move || {
+                    if let Ok(Msg::Hello { .. }) = wire::read_msg(&mut s) {
+                        let welcome = Msg::Welcome {
+                            version: wire::version(),
+                            model,
+                            geometry: Geometry {
+                                layers: 1,
+                                kv_bytes_per_token: 8,
+                                context_length: 64,
+                                kv_blocks: 8,
+                                block_size: 16,
+                            },
+                        };
+                        let _ = wire::write_msg(&mut s, &welcome);
+                        std::thread::sleep(Duration::from_secs(30));
+                    }
+                });
+            }
+        });
+    }
+
+    fn reconnect(addr: &str, model: &ModelId, out: Sender<Input>) -> Reconnect {
+        Reconnect {
+            addrs: vec![addr.to_string()],
+            model: model.clone(),
+            block_size: 16,
+            kv_blocks: 8,
+            eos: Vec::new(),
+            tls: None,
+            kv_port: None,
+            out,
+            counters: Default::default(),
+            deadline: Duration::from_secs(30),
+            stop: Default::default(),
+            cut_offs: Default::default(),
+        }
+    }
+
+    #[test]
+    fn a_crashed_worker_is_taken_back_without_waiting_out_a_partition_quarantine() {
+        let model = ModelId {
+            name: "m.gguf".into(),
+            bytes: 1,
+            fingerprint: 2,
+        };
+        // The worker was killed (nothing listens on its address) and its partner noticed first.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = l.local_addr().expect("addr").to_string();
+        drop(l);
+        let (tx, rx) = mpsc::channel();
+        let r = reconnect(&addr, &model, tx);
+        r.start_after_partition(0);
+        std::thread::sleep(Duration::from_millis(1500));
+        // It restarts on the same address: back within seconds, not after 30 s.
+        fake_worker(std::net::TcpListener::bind(&addr).expect("rebind"), model);
+        let t0 = Instant::now();
+        let up = rx.recv_timeout(Duration::from_secs(10));
+        assert!(
+            matches!(up, Ok(Input::InstanceUp(0, _))),
+            "not taken back within 10 s"
+        );
+        assert!(t0.elapsed() < Duration::from_secs(10));
+        assert_eq!(
+            *r.cut_offs.lock().expect("lock"),
+            [0],
+            "not counted as a partition"
+        );
+    }
+
+    #[test]
+    fn a_partitioned_worker_that_still_runs_stays_quarantined() {
+        let model = ModelId {
+            name: "m.gguf".into(),
+            bytes: 1,
+            fingerprint: 2,
+        };
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = l.local_addr().expect("addr").to_string();
+        fake_worker(l, model.clone());
+        let (tx, rx) = mpsc::channel();
+        let r = reconnect(&addr, &model, tx);
+        r.start_after_partition(0);
+        // It would answer at once, but it is alive: its 30 s quarantine holds.
+        assert!(rx.recv_timeout(Duration::from_secs(3)).is_err());
+        assert_eq!(*r.cut_offs.lock().expect("lock"), [1]);
     }
 
     #[test]

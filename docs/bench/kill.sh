@@ -4,6 +4,8 @@
 # recovery time (failure detected to the request's next token) p50/p99, from the front's log.
 # Usage: bash docs/bench/kill.sh [ACCELLM_BINARY]   NUM=200 KILL_AT=15 OUT=64 SERVE_ARGS=...
 # (SERVE_ARGS="--cluster-policy least-load": no replicas, so every recovery is a recompute.)
+# TLS_ARGS="--tls-cert C --tls-key K --tls-ca CA": every link (front and worker to worker) over
+# mutual TLS.
 set -euo pipefail
 BIN="${1:-target/release/accellm}"
 PORT=18930
@@ -16,9 +18,10 @@ cleanup() {
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
 }
 trap cleanup EXIT
-"$BIN" worker --listen 127.0.0.1:$((PORT + 1)) --kv-blocks 4096 2>"$DIR/w0.log" & pids+=($!)
-"$BIN" worker --listen 127.0.0.1:$((PORT + 2)) --kv-blocks 4096 2>"$DIR/w1.log" & w1=$!; pids+=($w1)
-RUST_LOG=info "$BIN" serve --port $PORT --kv-blocks 4096 --max-waiting 0 ${SERVE_ARGS:-} \
+TLS_ARGS="${TLS_ARGS:-}"
+"$BIN" worker --listen 127.0.0.1:$((PORT + 1)) --kv-blocks 4096 $TLS_ARGS 2>"$DIR/w0.log" & pids+=($!)
+"$BIN" worker --listen 127.0.0.1:$((PORT + 2)) --kv-blocks 4096 $TLS_ARGS 2>"$DIR/w1.log" & w1=$!; pids+=($w1)
+RUST_LOG=info "$BIN" serve --port $PORT --kv-blocks 4096 --max-waiting 0 ${SERVE_ARGS:-} $TLS_ARGS \
   --workers "127.0.0.1:$((PORT + 1)),127.0.0.1:$((PORT + 2))" 2>"$DIR/front.log" & pids+=($!)
 for _ in $(seq 1 60); do curl -sf "localhost:$PORT/v1/models" >/dev/null 2>&1 && break; sleep 1; done
 curl -sf "localhost:$PORT/v1/models" >/dev/null || { echo "the front did not come up:" >&2; tail -20 "$DIR"/*.log >&2; exit 1; }

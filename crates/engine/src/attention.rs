@@ -53,15 +53,34 @@ pub(crate) fn attend_row(
     out: &mut [f32],
     scores: &mut Vec<f32>,
 ) {
+    attend_heads(shape, kv, row, 0..shape.heads, q, out, scores);
+}
+
+/// [`attend_row`] for query heads `heads` only: `q` and `out` hold those heads
+/// (`[heads.len() * head_dim]`). A head's result does not depend on which others are computed
+/// with it, so a row may be split over threads by heads.
+pub(crate) fn attend_heads(
+    shape: &AttnShape,
+    kv: &LayerKv,
+    row: RowCtx<'_>,
+    heads: std::ops::Range<usize>,
+    q: &[f32],
+    out: &mut [f32],
+    scores: &mut Vec<f32>,
+) {
+    debug_assert!(heads.end <= shape.heads);
+    debug_assert!(
+        q.len() >= heads.len() * shape.head_dim && out.len() >= heads.len() * shape.head_dim
+    );
     #[cfg(target_arch = "x86_64")]
     {
         if simd::available() {
             // SAFETY: the CPU supports AVX2 and FMA (checked at run time just above).
-            unsafe { simd::attend_row_avx2(shape, kv, row, q, out, scores) };
+            unsafe { simd::attend_row_avx2(shape, kv, row, heads, q, out, scores) };
             return;
         }
     }
-    portable::attend_row(shape, kv, row, q, out, scores);
+    portable::attend_row(shape, kv, row, heads, q, out, scores);
 }
 
 /// `out[i] = silu(gate[i]) * up[i]`, the gated activation of the MLP.
@@ -78,7 +97,7 @@ pub(crate) fn silu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) {
 }
 
 macro_rules! attend_row_body {
-    ($shape:ident, $kv:ident, $row:ident, $q:ident, $out:ident, $scores:ident, $dot:path, $axpy:path, $softmax:path) => {{
+    ($shape:ident, $kv:ident, $row:ident, $heads:ident, $q:ident, $out:ident, $scores:ident, $dot:path, $axpy:path, $softmax:path) => {{
         let hd = $shape.head_dim;
         let bs = $shape.block_size;
         let group = $shape.heads / $shape.kv_heads;
@@ -88,9 +107,9 @@ macro_rules! attend_row_body {
         let n_blocks = n_ctx.div_ceil(bs);
         $scores.clear();
         $scores.resize(n_ctx - lo, 0.0);
-        for h in 0..$shape.heads {
+        for (i, h) in $heads.enumerate() {
             let kvh = h / group;
-            let qh = &$q[h * hd..(h + 1) * hd];
+            let qh = &$q[i * hd..(i + 1) * hd];
             // Scores against every visible key of the context.
             for b in lo / bs..n_blocks {
                 let blk = $row.table[b] as usize;
@@ -104,7 +123,7 @@ macro_rules! attend_row_body {
             }
             let sum = $softmax(&mut $scores[..]);
             let inv = 1.0 / sum;
-            let oh = &mut $out[h * hd..(h + 1) * hd];
+            let oh = &mut $out[i * hd..(i + 1) * hd];
             oh.fill(0.0);
             for b in lo / bs..n_blocks {
                 let blk = $row.table[b] as usize;
@@ -167,6 +186,7 @@ mod portable {
         shape: &AttnShape,
         kv: &LayerKv,
         row: RowCtx<'_>,
+        heads: std::ops::Range<usize>,
         q: &[f32],
         out: &mut [f32],
         scores: &mut Vec<f32>,
@@ -175,6 +195,7 @@ mod portable {
             shape,
             kv,
             row,
+            heads,
             q,
             out,
             scores,
@@ -357,6 +378,7 @@ mod simd {
         shape: &AttnShape,
         kv: &LayerKv,
         row: RowCtx<'_>,
+        heads: std::ops::Range<usize>,
         q: &[f32],
         out: &mut [f32],
         scores: &mut Vec<f32>,
@@ -365,6 +387,7 @@ mod simd {
             shape,
             kv,
             row,
+            heads,
             q,
             out,
             scores,

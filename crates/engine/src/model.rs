@@ -8,7 +8,7 @@ use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 
-use crate::attention::{attend_row, silu_mul, AttnShape, RowCtx};
+use crate::attention::{attend_heads, attend_row, silu_mul, AttnShape, RowCtx};
 use crate::batch::{ForwardBatch, ForwardOutput, PhaseTimings};
 use crate::config::{Activation, Family, ModelConfig, RopeStyle};
 use crate::error::{EngineError, Result};
@@ -473,13 +473,26 @@ impl Model {
                 }
                 let kv = &*kv;
                 let qkv = &qkv;
-                attn.par_chunks_mut(q_dim)
-                    .zip(rows.par_iter())
-                    .enumerate()
-                    .for_each_init(Vec::new, |scores, (r, (out, row))| {
-                        let q = &qkv[r * qkv_dim..r * qkv_dim + q_dim];
-                        attend_row(&shape, kv, *row, q, out, scores);
-                    });
+                if t < rayon::current_num_threads() {
+                    // Fewer rows than threads (a lone decode step): one work item per head.
+                    let heads = c.heads;
+                    attn.par_chunks_mut(hd).enumerate().for_each_init(
+                        Vec::new,
+                        |scores, (i, out)| {
+                            let (r, h) = (i / heads, i % heads);
+                            let q = &qkv[r * qkv_dim + h * hd..r * qkv_dim + (h + 1) * hd];
+                            attend_heads(&shape, kv, rows[r], h..h + 1, q, out, scores);
+                        },
+                    );
+                } else {
+                    attn.par_chunks_mut(q_dim)
+                        .zip(rows.par_iter())
+                        .enumerate()
+                        .for_each_init(Vec::new, |scores, (r, (out, row))| {
+                            let q = &qkv[r * qkv_dim..r * qkv_dim + q_dim];
+                            attend_row(&shape, kv, *row, q, out, scores);
+                        });
+                }
             }
             at += ms(t0);
             on_layer_done(l);

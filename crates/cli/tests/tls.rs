@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use accellm_server::remote::tls::{self, Tls, TlsFiles};
@@ -61,7 +61,9 @@ fn start(args: &[&str]) -> (Proc, String, Vec<String>) {
         let mut before = Vec::new();
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             if let Some(addr) = line.split("listening on ").nth(1) {
-                let addr = addr.trim_start_matches("http://");
+                let addr = addr
+                    .trim_start_matches("http://")
+                    .trim_start_matches("https://");
                 let addr = addr.split_whitespace().next().unwrap_or("").to_string();
                 let _ = tx.send(Ok((addr, std::mem::take(&mut before))));
             } else if line.contains("Error") {
@@ -527,4 +529,106 @@ fn peers_without_a_certificate_from_the_cluster_ca_get_nothing() {
     // The worker is still up for its cluster.
     let answer = peer_hello(&addr, Some(&good), &model_path);
     assert!(matches!(answer, Ok(Msg::Welcome { .. })), "{answer:?}");
+}
+
+/// One HTTP/1.1 request over TLS trusting `ca` (server name `name`); returns the raw answer.
+#[allow(deprecated)] // ring's provider (see crates/server/src/remote/tls.rs)
+fn https(addr: &str, ca: &Path, name: &str, request: &str) -> std::io::Result<String> {
+    use rustls::pki_types::pem::PemObject as _;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_file_iter(ca).map_err(std::io::Error::other)? {
+        roots
+            .add(c.map_err(std::io::Error::other)?)
+            .map_err(std::io::Error::other)?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(std::io::Error::other)?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let name =
+        rustls::pki_types::ServerName::try_from(name.to_string()).map_err(std::io::Error::other)?;
+    let conn =
+        rustls::ClientConnection::new(Arc::new(config), name).map_err(std::io::Error::other)?;
+    let tcp = TcpStream::connect(addr)?;
+    tcp.set_read_timeout(Some(Duration::from_secs(120)))?;
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    tls.write_all(request.as_bytes())?;
+    let mut answer = Vec::new();
+    match tls.read_to_end(&mut answer) {
+        Ok(_) => {}
+        // A server that closes without close_notify still answered.
+        Err(e) if !answer.is_empty() && e.kind() == std::io::ErrorKind::UnexpectedEof => {}
+        Err(e) => return Err(e),
+    }
+    Ok(String::from_utf8_lossy(&answer).into_owned())
+}
+
+#[test]
+fn the_api_serves_https_with_ssl_certfile_and_keyfile() {
+    let Some(model) = model() else { return };
+    let model = model.to_str().expect("UTF-8 path");
+    let pki = Pki::new("https");
+    let ca = pki.ca("ca");
+    pki.issue(&ca, "api.accellm.test", "ca");
+    let (cert, key) = (
+        pki.path("api.accellm.test.crt"),
+        pki.path("api.accellm.test.key"),
+    );
+    let (_front, addr, _) = start(&[
+        "serve",
+        "--port",
+        "0",
+        "--model",
+        model,
+        "--instances",
+        "1",
+        "--kv-blocks",
+        "64",
+        "--ssl-certfile",
+        &cert,
+        "--ssl-keyfile",
+        &key,
+    ]);
+    let ca_pem = pki.dir.join("ca.pem");
+    let health = https(
+        &addr,
+        &ca_pem,
+        "api.accellm.test",
+        "GET /health HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+    )
+    .expect("HTTPS health check");
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    let body = json!({"prompt": "Over HTTPS:", "max_tokens": 4, "temperature": 0}).to_string();
+    let answer = https(
+        &addr,
+        &ca_pem,
+        "api.accellm.test",
+        &format!(
+            "POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+    )
+    .expect("HTTPS completion");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("\"completion_tokens\":4"), "{answer}");
+
+    // Plain HTTP on the HTTPS port gets no HTTP answer.
+    let mut s = TcpStream::connect(&addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    s.write_all(b"GET /health HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .expect("send");
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    assert!(
+        !raw.starts_with(b"HTTP/"),
+        "plain HTTP answered on the HTTPS port"
+    );
+
+    // Half of the pair is refused by the argument parser.
+    let (ok, stderr) = run(&["serve", "--port", "0", "--ssl-certfile", &cert]);
+    assert!(!ok && stderr.contains("--ssl-keyfile"), "{stderr}");
 }

@@ -92,6 +92,13 @@ pub struct ServeArgs {
     /// from the front (`accellm worker --kv-listen`) [default: their --workers address].
     #[arg(long)]
     pub worker_kv_port: Option<u16>,
+    /// Serve the API over HTTPS with this PEM certificate (then any intermediates), as vLLM's
+    /// flag of the same name.
+    #[arg(long, requires = "ssl_keyfile")]
+    pub ssl_certfile: Option<PathBuf>,
+    /// The PEM private key of `--ssl-certfile`.
+    #[arg(long, requires = "ssl_certfile")]
+    pub ssl_keyfile: Option<PathBuf>,
 }
 
 impl ServeArgs {
@@ -142,6 +149,12 @@ impl ServeArgs {
         }
         if let Some(p) = self.worker_kv_port {
             c.worker_kv_port = Some(p);
+        }
+        if let Some(f) = &self.ssl_certfile {
+            c.ssl_certfile = Some(f.clone());
+        }
+        if let Some(f) = &self.ssl_keyfile {
+            c.ssl_keyfile = Some(f.clone());
         }
         if let Some(w) = &self.workers {
             c.workers = w.clone();
@@ -247,9 +260,14 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+    let scheme = if cfg.ssl_certfile.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     rt.block_on(crate::serve(&cfg, shutdown_signal(), |addr| {
-        tracing::info!("listening on http://{addr}");
-        eprintln!("accellm serve: listening on http://{addr} (Ctrl-C to stop)");
+        tracing::info!("listening on {scheme}://{addr}");
+        eprintln!("accellm serve: listening on {scheme}://{addr} (Ctrl-C to stop)");
     }))
 }
 

@@ -111,6 +111,10 @@ pub struct ServerConfig {
     /// The port workers take each other's KV links on when they listen for them apart from the
     /// front (`accellm worker --kv-listen`); by default their front address.
     pub worker_kv_port: Option<u16>,
+    /// HTTPS on the API: this PEM certificate chain (`--ssl-certfile`, as vLLM)...
+    pub ssl_certfile: Option<PathBuf>,
+    /// ... and its PEM private key (`--ssl-keyfile`).
+    pub ssl_keyfile: Option<PathBuf>,
 }
 
 /// Coefficients of the linear iteration-time model, in milliseconds (the form
@@ -237,6 +241,8 @@ impl Default for ServerConfig {
             worker_deadline_s: 30.0,
             tls: None,
             worker_kv_port: None,
+            ssl_certfile: None,
+            ssl_keyfile: None,
         }
     }
 }

@@ -23,6 +23,7 @@ pub(crate) mod constraint;
 pub mod error;
 pub(crate) mod executor;
 pub(crate) mod http;
+pub(crate) mod https;
 pub mod kv_events;
 pub mod metrics;
 pub mod remote;
@@ -392,6 +393,12 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
     on_ready: impl FnOnce(SocketAddr),
 ) -> anyhow::Result<()> {
+    // HTTPS material first: a bad file fails at once, not after loading the model.
+    let https = match (&cfg.ssl_certfile, &cfg.ssl_keyfile) {
+        (Some(cert), Some(key)) => Some(remote::tls::https_config(cert, key)?),
+        (None, None) => None,
+        _ => anyhow::bail!("--ssl-certfile and --ssl-keyfile go together"),
+    };
     let p = prepare(cfg).await?;
     let addr = p.listener.local_addr()?;
     on_ready(addr);
@@ -410,10 +417,20 @@ pub async fn serve(
             let _ = exec_tx.send(Input::Shutdown);
         });
     };
-    axum::serve(p.listener, app)
-        .with_graceful_shutdown(signalled)
-        .await
-        .context("HTTP server failed")?;
+    match https {
+        Some(tls) => {
+            let listener = https::TlsListener::new(p.listener, tls)?;
+            axum::serve(listener, app)
+                .with_graceful_shutdown(signalled)
+                .await
+        }
+        None => {
+            axum::serve(p.listener, app)
+                .with_graceful_shutdown(signalled)
+                .await
+        }
+    }
+    .context("HTTP server failed")?;
     let _ = p.exec_tx.send(Input::Shutdown);
     drop(p.state);
     let join = p.exec_join;

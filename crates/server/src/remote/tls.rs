@@ -204,6 +204,20 @@ impl Tls {
     }
 }
 
+/// A TLS server configuration for the front's HTTP API (`--ssl-certfile`, `--ssl-keyfile`):
+/// the server's certificate chain and key, no client certificates, TLS 1.3 with AES-GCM as on
+/// the worker links, ALPN `http/1.1`.
+pub fn https_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
+    let chain = certs("--ssl-certfile", cert)?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| pem_error("--ssl-keyfile", key, e))?;
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
 /// Accepts a worker's certificate when the cluster CA signed it for server use; its names are
 /// not checked (see the module doc).
 #[derive(Debug)]

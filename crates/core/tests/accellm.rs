@@ -973,9 +973,20 @@ fn pair_run_on(
 ) -> (f64, u32) {
     let acfg = AccellmConfig {
         colocate,
+        colocate_on_prompts: true,
         colocate_window_ms: 100,
         ..Default::default()
     };
+    pair_run_with(cost, policy, acfg, reqs)
+}
+
+/// [`pair_run_on`] with every AcceLLM knob given.
+fn pair_run_with(
+    cost: Arc<LinearCostModel>,
+    policy: &str,
+    acfg: AccellmConfig,
+    reqs: &[RequestSpec],
+) -> (f64, u32) {
     let icfg = InstanceConfig::default();
     let policies = (0..2)
         .map(|_| instance::build("accelgen", &icfg).unwrap())
@@ -1021,6 +1032,13 @@ fn a_pair_colocates_while_one_prefilling_partner_cannot_keep_up() {
     );
     assert!(adaptive > split + 0.3, "{split} -> {adaptive}");
     assert!(adaptive >= 0.95 * alone, "{adaptive} against {alone}");
+    // By default only KV pressure colocates: the prompt load alone keeps the split.
+    let default = AccellmConfig {
+        colocate_window_ms: 100,
+        ..Default::default()
+    };
+    let by_default = pair_run_with(cost(), "accellm", default, &heavy);
+    assert_eq!(by_default, pair_run("accellm", Colocate::Never, &heavy));
     // A quarter of that rate: one prefilling partner keeps up, the pair stays split, and no
     // two prefills overlap.
     let light = prompt_heavy(100, 4 * 4_000);

@@ -154,17 +154,21 @@ pub struct AccellmConfig {
     pub replicas_as_cache: bool,
     /// When the pair runs colocated instead of split. `adaptive` colocates while one partner
     /// could not hold the pair's work: the pair's primaries would take more than `colocate_kv`
-    /// of one instance's KV blocks, or the prompts arriving at the pair (averaged over
-    /// `colocate_window_ms`) would take more than `colocate_prefill` of one instance's time to
-    /// prefill and mixing serves them better (the decodes are compute-bound, or two partners
-    /// mixing chunks within the tightest TBT SLO prefill faster than one prefilling alone). It
-    /// splits again once each load is a quarter below its limit.
+    /// of one instance's KV blocks, or (`colocate_on_prompts`) the prompts arriving at the pair
+    /// (averaged over `colocate_window_ms`) would take more than `colocate_prefill` of one
+    /// instance's time to prefill and mixing serves them better (the decodes are compute-bound,
+    /// or two partners mixing chunks within the tightest TBT SLO prefill faster than one
+    /// prefilling alone). It splits again once each load is a quarter below its limit.
     pub colocate: Colocate,
     /// Share of one instance's KV blocks the pair's primaries may hold in the split
     /// ([`AccellmConfig::colocate`]).
     pub colocate_kv: f64,
+    /// Colocate for the prompt load too, not only for KV ([`AccellmConfig::colocate`]). Off by
+    /// default: on the live CPU server the split served 1.3–2.0x the strict goodput of
+    /// colocated pairs at 5 req/s although the simulator rates them level (docs/combination.md).
+    pub colocate_on_prompts: bool,
     /// Share of one instance's time the pair's arriving prompts may take to prefill in the
-    /// split ([`AccellmConfig::colocate`]).
+    /// split ([`AccellmConfig::colocate`], `colocate_on_prompts`).
     pub colocate_prefill: f64,
     /// Time constant of the arriving prompt load's moving average, in ms.
     pub colocate_window_ms: u64,
@@ -189,6 +193,7 @@ impl Default for AccellmConfig {
             replicas_as_cache: true,
             colocate: Colocate::Adaptive,
             colocate_kv: 0.75,
+            colocate_on_prompts: false,
             colocate_prefill: 0.8,
             colocate_window_ms: 10_000,
         }
@@ -813,7 +818,9 @@ impl Accellm {
         } else {
             self.cfg.colocate_prefill
         };
-        self.prefill_load(ctx, k) > limit.max(0.0) && Self::mixing_pays(ctx, a, b)
+        self.cfg.colocate_on_prompts
+            && self.prefill_load(ctx, k) > limit.max(0.0)
+            && Self::mixing_pays(ctx, a, b)
     }
 
     /// Decays pair `k`'s arriving prompt tokens to now.

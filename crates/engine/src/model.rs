@@ -578,8 +578,14 @@ impl Model {
                     c.vocab
                 )));
             }
-            let end = s.start_pos + s.tokens.len();
-            if s.block_table.len() * bs < end {
+            // Checked: a batch from a remote front carries any position.
+            let end = s.start_pos.checked_add(s.tokens.len()).ok_or_else(|| {
+                EngineError::InvalidBatch(format!(
+                    "sequence {i}: start position {} overflows",
+                    s.start_pos
+                ))
+            })?;
+            if s.block_table.len().saturating_mul(bs) < end {
                 return Err(EngineError::InvalidBatch(format!(
                     "sequence {i}: block table of {} blocks cannot hold {end} tokens",
                     s.block_table.len()

@@ -172,7 +172,7 @@ fn a_worker_survives_random_iterations_and_transfers_after_the_handshake() {
     let seed: u64 = std::env::var("ACCELLM_WORKER_FUZZ_SEED")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(2026_12_07);
+        .unwrap_or(20_261_207);
     let mut child = Command::new(env!("CARGO_BIN_EXE_accellm"))
         .args(["worker", "--listen", "127.0.0.1:0", "--kv-blocks", "256"])
         .arg("--model")

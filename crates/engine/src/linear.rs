@@ -17,9 +17,11 @@ pub enum WeightFormat {
     /// Keep each tensor in the quantization it is stored in (for SmolLM2: Q4_1). Smallest, but
     /// candle's x86 kernels for most native formats are scalar and do not gain from batching.
     Native,
-    /// Requantize to Q8_0 and zero-pad the input dimension to a multiple of 256 (activations are
-    /// padded to match), which makes candle take its repacked AVX-512 VNNI kernel. The fast path
-    /// with AVX-512; candle quantizes the activations to 8 bits as well.
+    /// Q4_1 and Q8_0 tensors stay as stored and are multiplied with activations quantized to
+    /// int8 by our kernels (`engine/src/qdot.rs`: AVX-512 VNNI, AVX2, scalar) — the products
+    /// llama.cpp computes. Any other tensor is requantized to Q8_0 with the input dimension
+    /// zero-padded to a multiple of 256 (activations padded to match), which makes candle take
+    /// its repacked AVX-512 VNNI kernel (8-bit activations too). The fast path with AVX-512.
     Q8Padded,
     /// Keep Q4_1 and Q8_0 weights in their stored blocks (any other format is requantized to
     /// Q8_0) and multiply them with *f32* activations in accellm's own AVX2 kernel
@@ -192,8 +194,9 @@ pub(crate) struct Linear {
     split_rows: bool,
     /// The weights for [`WeightFormat::Blocks`].
     blocks: Option<BlockMatrix>,
-    /// With `Q8Padded` and `Blocks`, the file's Q4_1 / Q8_0 weights as stored, for decode
-    /// iterations ([`Linear::forward_decode`], `engine/src/qdot.rs`).
+    /// With `Q8Padded`, the file's Q4_1 / Q8_0 weights as stored, multiplied with int8
+    /// activations by our kernels (`engine/src/qdot.rs`) for every batch shape; `parts` and
+    /// `slices` are then empty.
     qdot: Option<QDotMatrix>,
     /// Logical input size.
     k: usize,
@@ -233,7 +236,7 @@ impl Linear {
                 slices: Vec::new(),
                 split_rows: false,
                 blocks: Some(BlockMatrix::new(&tensors, k)?),
-                qdot: QDotMatrix::new(&tensors)?,
+                qdot: None,
                 k,
                 k_pad: k,
                 n: n_total,
@@ -256,7 +259,20 @@ impl Linear {
                 })
             }
             WeightFormat::Q8Padded => {
-                let qdot = QDotMatrix::new(&tensors)?;
+                if let Some(qdot) = QDotMatrix::new(&tensors)? {
+                    // Q4_1 / Q8_0 weights stay as stored and run our int8 kernels for every
+                    // batch shape: no 8-bit copy.
+                    return Ok(Self {
+                        parts: Vec::new(),
+                        slices: Vec::new(),
+                        split_rows: false,
+                        k,
+                        k_pad: k,
+                        n: n_total,
+                        blocks: None,
+                        qdot: Some(qdot),
+                    });
+                }
                 let k_pad = k.div_ceil(PAD_TO) * PAD_TO;
                 let ws = tensors
                     .iter()
@@ -272,22 +288,15 @@ impl Linear {
                 let w = Tensor::cat(&ws, 0)?.contiguous()?;
                 let q = QTensor::quantize(&w, GgmlDType::Q8_0)?;
                 let parts = vec![(QMatMul::from_qtensor(q)?, n_total)];
-                // Small batches that are not decode steps (a short prompt) run on one thread
-                // rather than keep a second copy of the weights for them.
-                let slices = if qdot.is_some() {
-                    Vec::new()
-                } else {
-                    row_slices(&parts)?
-                };
                 Ok(Self {
-                    slices,
+                    slices: row_slices(&parts)?,
                     split_rows: true,
                     parts,
                     k,
                     k_pad,
                     n: n_total,
                     blocks: None,
-                    qdot,
+                    qdot: None,
                 })
             }
             WeightFormat::Native => {
@@ -335,22 +344,6 @@ impl Linear {
         self.n
     }
 
-    /// [`Self::forward`] for an iteration of decode steps only (one token per sequence): with
-    /// `Q8Padded`, the decode kernels on the stored 4-/8-bit weights with int8 activations
-    /// (`engine/src/qdot.rs`), which stream half the bytes of the padded Q8_0 copy; measured
-    /// faster at every decode batch size (docs/engine.md). Prompt chunks keep the Q8_0 kernel,
-    /// whose 8-bit activations give the dense path's first token on the chat prompt the tests
-    /// use (Q4_1 × Q8_1 flips that near-tie, as candle's and llama.cpp's Q4_1 kernels do).
-    pub(crate) fn forward_decode(&self, x: &[f32], rows: usize) -> Result<Vec<f32>> {
-        match &self.qdot {
-            Some(q) => {
-                debug_assert_eq!(x.len(), rows * self.k);
-                Ok(q.matmul(x, rows))
-            }
-            None => self.forward(x, rows),
-        }
-    }
-
     /// Computes `x · Wᵀ` for `rows` rows of `x` (row-major `[rows, k]`); returns `[rows, n]`.
     pub(crate) fn forward(&self, x: &[f32], rows: usize) -> Result<Vec<f32>> {
         debug_assert_eq!(x.len(), rows * self.k);
@@ -359,6 +352,9 @@ impl Linear {
         }
         if let Some(blocks) = &self.blocks {
             return blocks.matmul(x, rows);
+        }
+        if let Some(q) = &self.qdot {
+            return Ok(q.matmul(x, rows));
         }
         let input = if self.k_pad == self.k {
             x.to_vec()
@@ -436,13 +432,10 @@ impl Linear {
         Ok(out)
     }
 
-    /// Bytes of weight storage one decode step streams from memory (the decode kernel's copy
-    /// where there is one).
+    /// Bytes of weight storage (what one decode step must stream from memory).
     pub(crate) fn weight_bytes(&self) -> usize {
-        if let Some(q) = &self.qdot {
-            return q.bytes();
-        }
-        self.blocks.as_ref().map_or(0, BlockMatrix::bytes)
+        self.qdot.as_ref().map_or(0, QDotMatrix::bytes)
+            + self.blocks.as_ref().map_or(0, BlockMatrix::bytes)
             + self
                 .parts
                 .iter()

@@ -408,17 +408,6 @@ impl Model {
             .collect();
         let rope_style = family.rope_style();
 
-        // The kernel is chosen per iteration by its shape: decode steps only (one token per
-        // sequence) take the decode kernels (`Linear::forward_decode`), anything with a prompt
-        // chunk the prefill ones.
-        let decode = batch.seqs.iter().all(|s| s.tokens.len() <= 1);
-        let matmul = |lin: &Linear, x: &[f32], rows: usize| {
-            if decode {
-                lin.forward_decode(x, rows)
-            } else {
-                lin.forward(x, rows)
-            }
-        };
         let bs = pool.block_size();
         let mut xn = vec![0f32; t * hidden];
         let mut attn = vec![0f32; t * q_dim];
@@ -431,7 +420,7 @@ impl Model {
             };
             rms_norm(&h, &layer.attn_norm, c.rms_eps, &mut xn);
             let t0 = Instant::now();
-            let mut qkv = matmul(&layer.qkv, &xn, t)?;
+            let mut qkv = layer.qkv.forward(&xn, t)?;
             mm += ms(t0);
             let (cos, sin) = &tables[layer.rope];
             for (r, row) in qkv.chunks_exact_mut(qkv_dim).enumerate() {
@@ -497,7 +486,7 @@ impl Model {
             at += ms(t0);
             on_layer_done(l);
             let t0 = Instant::now();
-            let mut o = matmul(&layer.o, &attn, t)?;
+            let mut o = layer.o.forward(&attn, t)?;
             mm += ms(t0);
             if let Some(w) = &layer.post_attn_norm {
                 o.chunks_exact_mut(hidden)
@@ -506,7 +495,7 @@ impl Model {
             add_in_place(&mut h, &o);
             rms_norm(&h, &layer.ffn_norm, c.rms_eps, &mut xn);
             let t0 = Instant::now();
-            let gu = matmul(&layer.gate_up, &xn, t)?;
+            let gu = layer.gate_up.forward(&xn, t)?;
             mm += ms(t0);
             let ff = c.ffn_hidden;
             let mut act = vec![0f32; t * ff];
@@ -518,7 +507,7 @@ impl Model {
                 }
             }
             let t0 = Instant::now();
-            let mut d = matmul(&layer.down, &act, t)?;
+            let mut d = layer.down.forward(&act, t)?;
             mm += ms(t0);
             if let Some(w) = &layer.post_ffn_norm {
                 d.chunks_exact_mut(hidden)
@@ -544,7 +533,7 @@ impl Model {
             let mut hn = vec![0f32; n * hidden];
             rms_norm(&picked, &self.norm, c.rms_eps, &mut hn);
             let t0 = Instant::now();
-            let mut out = matmul(&self.lm_head, &hn, n)?;
+            let mut out = self.lm_head.forward(&hn, n)?;
             mm += ms(t0);
             let vocab = self.lm_head.out_dim();
             if let Some(cap) = c.arch.final_logit_softcap {

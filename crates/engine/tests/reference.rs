@@ -147,18 +147,23 @@ fn native_q8_weights_match_reference() {
 }
 
 #[test]
-fn q8_padded_decode_kernels_match_reference_on_q4_1_weights() {
-    // Decode iterations (one token per sequence) run the decode kernels (`engine/src/qdot.rs`)
-    // on the stored Q4_1 weights with activations quantized as GGML's Q8_1, which is what the
-    // reference's Q4_1 matmul computes; our side takes the prompt one token per iteration so
-    // that every iteration is one. Tolerance as for the native Q8_0 weights above.
-    for tied in [false, true] {
+fn q8_padded_int8_kernels_match_reference_on_q4_1_weights() {
+    // `q8-padded` keeps Q4_1 weights as stored and runs our int8 kernels (`engine/src/qdot.rs`)
+    // with activations quantized as GGML's Q8_1: the product the reference's Q4_1 matmul
+    // computes. The prompt runs whole (11 rows) and in chunks of 1 and 4, then greedy decode
+    // steps. Tolerance as for the native Q8_0 weights above.
+    for (tied, chunk) in [
+        (false, usize::MAX),
+        (true, usize::MAX),
+        (false, 1),
+        (true, 4),
+    ] {
         let spec = TinySpec {
             dtype: candle_core::quantized::GgmlDType::Q4_1,
             seed: 11,
             tied,
             ..TinySpec::default()
         };
-        compare_chunked(spec, WeightFormat::Q8Padded, 1e-3, 10, 1, 1);
+        compare_chunked(spec, WeightFormat::Q8Padded, 1e-3, 10, 1, chunk);
     }
 }

@@ -1032,13 +1032,14 @@ fn a_pair_colocates_while_one_prefilling_partner_cannot_keep_up() {
     );
     assert!(adaptive > split + 0.3, "{split} -> {adaptive}");
     assert!(adaptive >= 0.95 * alone, "{adaptive} against {alone}");
-    // By default only KV pressure colocates: the prompt load alone keeps the split.
-    let default = AccellmConfig {
+    // Without the prompt rule only KV pressure colocates: the prompt load keeps the split.
+    let kv_only = AccellmConfig {
+        colocate_on_prompts: false,
         colocate_window_ms: 100,
         ..Default::default()
     };
-    let by_default = pair_run_with(cost(), "accellm", default, &heavy);
-    assert_eq!(by_default, pair_run("accellm", Colocate::Never, &heavy));
+    let kv_only = pair_run_with(cost(), "accellm", kv_only, &heavy);
+    assert_eq!(kv_only, pair_run("accellm", Colocate::Never, &heavy));
     // A quarter of that rate: one prefilling partner keeps up, the pair stays split, and no
     // two prefills overlap.
     let light = prompt_heavy(100, 4 * 4_000);

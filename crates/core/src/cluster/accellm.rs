@@ -163,9 +163,7 @@ pub struct AccellmConfig {
     /// Share of one instance's KV blocks the pair's primaries may hold in the split
     /// ([`AccellmConfig::colocate`]).
     pub colocate_kv: f64,
-    /// Colocate for the prompt load too, not only for KV ([`AccellmConfig::colocate`]). Off by
-    /// default: on the live CPU server the split served 1.3–2.0x the strict goodput of
-    /// colocated pairs at 5 req/s although the simulator rates them level (docs/combination.md).
+    /// Colocate for the prompt load too, not only for KV ([`AccellmConfig::colocate`]).
     pub colocate_on_prompts: bool,
     /// Share of one instance's time the pair's arriving prompts may take to prefill in the
     /// split ([`AccellmConfig::colocate`], `colocate_on_prompts`).
@@ -193,7 +191,7 @@ impl Default for AccellmConfig {
             replicas_as_cache: true,
             colocate: Colocate::Adaptive,
             colocate_kv: 0.75,
-            colocate_on_prompts: false,
+            colocate_on_prompts: true,
             colocate_prefill: 0.8,
             colocate_window_ms: 10_000,
         }

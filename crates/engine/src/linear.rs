@@ -17,12 +17,17 @@ pub enum WeightFormat {
     /// Keep each tensor in the quantization it is stored in (for SmolLM2: Q4_1). Smallest, but
     /// candle's x86 kernels for most native formats are scalar and do not gain from batching.
     Native,
-    /// Q4_1 and Q8_0 tensors stay as stored and are multiplied with activations quantized to
-    /// int8 by our kernels (`engine/src/qdot.rs`: AVX-512 VNNI, AVX2, scalar) — the products
-    /// llama.cpp computes. Any other tensor is requantized to Q8_0 with the input dimension
-    /// zero-padded to a multiple of 256 (activations padded to match), which makes candle take
-    /// its repacked AVX-512 VNNI kernel (8-bit activations too). The fast path with AVX-512.
+    /// Requantize to Q8_0 and zero-pad the input dimension to a multiple of 256 (activations are
+    /// padded to match), which makes candle take its repacked AVX-512 VNNI kernel. The fast path
+    /// with AVX-512; candle quantizes the activations to 8 bits as well.
     Q8Padded,
+    /// Q4_1 and Q8_0 tensors stay as stored and are multiplied with activations quantized to
+    /// int8 (as GGML's Q8_1) by our kernels (`engine/src/qdot.rs`: AVX-512 VNNI, AVX2, scalar),
+    /// for every batch shape: the products llama.cpp computes, from 0.625 bytes per Q4_1 weight.
+    /// Any other tensor is handled as in [`Self::Q8Padded`]. Faster than `Q8Padded` at every
+    /// shape measured, but not the default: like llama.cpp it flips the chat prompt's near-tie
+    /// first token that `Q8Padded` and `Blocks` keep (docs/engine.md).
+    Int8,
     /// Keep Q4_1 and Q8_0 weights in their stored blocks (any other format is requantized to
     /// Q8_0) and multiply them with *f32* activations in accellm's own AVX2 kernel
     /// (`engine/src/blocks.rs`): the dense f32 result up to summation order, from 0.75 (Q4_1) or
@@ -60,13 +65,20 @@ impl WeightFormat {
     }
 
     /// All formats, in the order benchmarks report them.
-    pub const ALL: [WeightFormat; 4] = [Self::Native, Self::Q8Padded, Self::Blocks, Self::F32];
+    pub const ALL: [WeightFormat; 5] = [
+        Self::Native,
+        Self::Q8Padded,
+        Self::Int8,
+        Self::Blocks,
+        Self::F32,
+    ];
 
-    /// Short lowercase name (`native`, `q8-padded`, `blocks`, `f32`).
+    /// Short lowercase name (`native`, `q8-padded`, `int8`, `blocks`, `f32`).
     pub fn name(self) -> &'static str {
         match self {
             Self::Native => "native",
             Self::Q8Padded => "q8-padded",
+            Self::Int8 => "int8",
             Self::Blocks => "blocks",
             Self::F32 => "f32",
         }
@@ -104,10 +116,11 @@ impl std::str::FromStr for WeightFormat {
         match s.to_ascii_lowercase().replace('_', "-").as_str() {
             "native" => Ok(Self::Native),
             "q8-padded" | "q8padded" | "q8" => Ok(Self::Q8Padded),
+            "int8" => Ok(Self::Int8),
             "blocks" => Ok(Self::Blocks),
             "f32" | "dense" => Ok(Self::F32),
             other => Err(format!(
-                "unknown weight format `{other}` (expected native, q8-padded, blocks or f32)"
+                "unknown weight format `{other}` (expected native, q8-padded, int8, blocks or f32)"
             )),
         }
     }
@@ -194,7 +207,7 @@ pub(crate) struct Linear {
     split_rows: bool,
     /// The weights for [`WeightFormat::Blocks`].
     blocks: Option<BlockMatrix>,
-    /// With `Q8Padded`, the file's Q4_1 / Q8_0 weights as stored, multiplied with int8
+    /// With `Int8`, the file's Q4_1 / Q8_0 weights as stored, multiplied with int8
     /// activations by our kernels (`engine/src/qdot.rs`) for every batch shape; `parts` and
     /// `slices` are then empty.
     qdot: Option<QDotMatrix>,
@@ -258,8 +271,12 @@ impl Linear {
                     qdot: None,
                 })
             }
-            WeightFormat::Q8Padded => {
-                if let Some(qdot) = QDotMatrix::new(&tensors)? {
+            WeightFormat::Q8Padded | WeightFormat::Int8 => {
+                let qdot = match format {
+                    WeightFormat::Int8 => QDotMatrix::new(&tensors)?,
+                    _ => None,
+                };
+                if let Some(qdot) = qdot {
                     // Q4_1 / Q8_0 weights stay as stored and run our int8 kernels for every
                     // batch shape: no 8-bit copy.
                     return Ok(Self {

@@ -5,8 +5,8 @@
 //! A decode step of a small batch reads every weight once and does little arithmetic per weight,
 //! so what bounds it is how many bytes it streams and how few instructions each byte costs.
 //! [`crate::WeightFormat::Q8Padded`] streams 8-bit weights with padded rows (181 MB a step for
-//! SmolLM2-135M); this streams the file's 4-bit weights (0.625 bytes per weight with the f16
-//! scales, 97 MB a step with the Q8_0 output head).
+//! SmolLM2-135M); [`crate::WeightFormat::Int8`] runs these kernels, which stream the file's 4-bit
+//! weights (0.625 bytes per weight with the f16 scales, 97 MB a step with the Q8_0 output head).
 //!
 //! **Layout.** The rows of a matrix are interleaved 16 at a time ([`GROUP`]): for each group and
 //! each 32-value block, a *tile* holds the 16 rows' f16 scales, then their quantized values, cut

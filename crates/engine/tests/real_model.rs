@@ -103,8 +103,9 @@ fn smollm2_chat_answers_coherently_and_q8_stays_close_to_f32() {
     drop(f32_model);
 
     let mut q8_text = String::new();
-    let mut q8_logits = Vec::new();
+    let mut int8_logits = Vec::new();
     for format in [
+        WeightFormat::Int8,
         WeightFormat::Q8Padded,
         WeightFormat::Blocks,
         WeightFormat::Native,
@@ -130,31 +131,49 @@ fn smollm2_chat_answers_coherently_and_q8_stays_close_to_f32() {
             assert!(d.rms_rel < 1e-4, "{format} is not the dense product: {d:?}");
             assert_eq!(q_ids, ids, "{format}: different greedy tokens");
         }
-        // Q8Padded (our int8 kernels on the stored Q4_1 weights) and Native (candle's Q4_1 x
-        // Q8_1 kernel) compute the same products as llama.cpp, activations quantized to 8 bits
-        // per 32 values. The chat prompt's first token is a near-tie in f32 ("The" 25.325 vs "L"
-        // 25.243) that this flips, as it does in llama.cpp (`llama-server`, temperature 0: "L'Étoile,
-        // la Marseillaise, ..."; docs/engine.md); the two agree on it.
+        // Native Q4_1 runs candle's Q4_1 x Q8_1 kernel (activations quantized to 8 bits per 32
+        // values); its top-1 here differs from the dense path (see docs/engine.md), so only the
+        // fast path is held to the dense answer.
         if format == WeightFormat::Q8Padded {
+            if accellm_engine::linear::fast_q8_kernel() {
+                assert_eq!(
+                    argmax(&ref_logits),
+                    argmax(&q_logits),
+                    "{format}: different top-1"
+                );
+            } else {
+                // Without AVX-512 the Q8 path is not the default (blocks or f32 is): this CPU
+                // serves the dense answer checked above.
+                assert_ne!(WeightFormat::default(), WeightFormat::Q8Padded);
+                eprintln!("no AVX-512: {format} is not the default here; top-1 not compared");
+            }
             q8_text = q_text;
-            q8_logits = q_logits;
-        } else if format == WeightFormat::Native {
-            assert_eq!(
-                argmax(&q8_logits),
-                argmax(&q_logits),
-                "q8-padded vs native top-1"
+        } else if format == WeightFormat::Int8 {
+            // Our int8 kernels on the stored Q4_1 weights compute llama.cpp's products, which
+            // flip this near-tie first token like Native does; llama.cpp's own answer on this
+            // file (llama-server, temperature 0, 2026-12-07) starts the same way.
+            assert!(
+                q_text.starts_with("L'Étoile, la Marseillaise"),
+                "{format} no longer answers as llama.cpp does: {q_text:?}"
             );
-            let d = Deviation::of(&q8_logits, &q_logits);
-            // Float summation order differs, which flips a few 8-bit activation roundings that
-            // then travel through 30 layers: 0.028 measured (each against f32: 0.080, 0.096).
-            assert!(d.rms_rel < 0.05, "q8-padded vs native: {d:?}");
-            eprintln!("q8-padded vs native (the same Q4_1 x Q8_1 products): {d:?}");
+            int8_logits = q_logits;
+        } else if format == WeightFormat::Native {
+            // Int8 and Native compute the same Q4_1 x Q8_1 products; float summation order
+            // flips a few 8-bit activation roundings that then travel through 30 layers (0.028
+            // measured; each against f32: 0.080 and 0.096).
+            assert_eq!(
+                argmax(&int8_logits),
+                argmax(&q_logits),
+                "int8 vs native top-1"
+            );
+            let d = Deviation::of(&int8_logits, &q_logits);
+            eprintln!("int8 vs native (the same Q4_1 x Q8_1 products): {d:?}");
+            assert!(d.rms_rel < 0.05, "int8 vs native: {d:?}");
         }
     }
-    // llama.cpp's own answer on this file (llama-server, temperature 0, 2026-12-07).
     assert!(
-        q8_text.starts_with("L'Étoile, la Marseillaise"),
-        "q8-padded no longer answers as llama.cpp does: {q8_text:?}"
+        q8_text.contains("Paris") || !accellm_engine::linear::fast_q8_kernel(),
+        "incoherent q8 answer: {q8_text:?}"
     );
 }
 

@@ -147,8 +147,8 @@ fn native_q8_weights_match_reference() {
 }
 
 #[test]
-fn q8_padded_int8_kernels_match_reference_on_q4_1_weights() {
-    // `q8-padded` keeps Q4_1 weights as stored and runs our int8 kernels (`engine/src/qdot.rs`)
+fn int8_kernels_match_reference_on_q4_1_weights() {
+    // `int8` keeps Q4_1 weights as stored and runs our int8 kernels (`engine/src/qdot.rs`)
     // with activations quantized as GGML's Q8_1: the product the reference's Q4_1 matmul
     // computes. The prompt runs whole (11 rows) and in chunks of 1 and 4, then greedy decode
     // steps. Tolerance as for the native Q8_0 weights above.
@@ -164,6 +164,6 @@ fn q8_padded_int8_kernels_match_reference_on_q4_1_weights() {
             tied,
             ..TinySpec::default()
         };
-        compare_chunked(spec, WeightFormat::Q8Padded, 1e-3, 10, 1, chunk);
+        compare_chunked(spec, WeightFormat::Int8, 1e-3, 10, 1, chunk);
     }
 }

@@ -85,6 +85,8 @@ fn two_threads_compute_what_one_does() {
     );
     for (format, dtype) in [
         (WeightFormat::Q8Padded, GgmlDType::Q4_1),
+        (WeightFormat::Int8, GgmlDType::Q4_1),
+        (WeightFormat::Int8, GgmlDType::Q8_0),
         (WeightFormat::Blocks, GgmlDType::Q4_1),
         (WeightFormat::Native, GgmlDType::Q8_0),
         (WeightFormat::F32, GgmlDType::Q4_1),

@@ -2,108 +2,14 @@
 //! real default model (skipped with a message when it is absent; `ACCELLM_REQUIRE_MODEL=1` makes
 //! that a failure).
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
-/// A child process killed when dropped.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn model() -> Option<std::path::PathBuf> {
-    let path = accellm_tokenizer::default_model_path();
-    if path.exists() {
-        return Some(path);
-    }
-    assert!(
-        std::env::var_os("ACCELLM_REQUIRE_MODEL").is_none(),
-        "ACCELLM_REQUIRE_MODEL is set but {} is missing",
-        path.display()
-    );
-    eprintln!(
-        "skipped: {} not present (run `accellm serve` once to fetch it)",
-        path.display()
-    );
-    None
-}
-
-/// Starts `accellm ARGS` and waits (at most 120 s) for the line announcing its address on
-/// stderr; returns the process and the address.
-fn start(args: &[&str]) -> (Proc, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_accellm"))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("accellm starts");
-    let stderr = child.stderr.take().expect("stderr piped");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(addr) = line.split("listening on ").nth(1) {
-                let addr = addr.trim_start_matches("http://");
-                let _ = tx.send(Ok(addr.split_whitespace().next().unwrap_or("").to_string()));
-            } else if line.contains("Error") || line.contains("error") {
-                let _ = tx.send(Err(line));
-            }
-        }
-    });
-    let proc = Proc(child);
-    match rx.recv_timeout(Duration::from_secs(120)) {
-        Ok(Ok(addr)) => (proc, addr),
-        Ok(Err(line)) => panic!("accellm {args:?} failed: {line}"),
-        Err(_) => panic!("accellm {args:?} did not start listening"),
-    }
-}
-
-/// Runs `accellm ARGS` to completion; returns its exit success and stderr.
-fn run(args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_accellm"))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("accellm runs");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-/// One HTTP/1.1 request with `Connection: close`; returns status and body.
-fn http(addr: &str, method: &str, path: &str, body: Option<&Value>) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(600))).unwrap();
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).expect("response");
-    let status = resp
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = resp
-        .split_once("\r\n\r\n")
-        .map_or("", |(_, b)| b)
-        .to_string();
-    (status, body)
-}
+mod common;
+use common::{http, metric, model, run, start, Proc};
 
 /// Greedy completions of a few prompts, sent concurrently.
 fn completions(addr: &str) -> Vec<String> {
@@ -197,15 +103,6 @@ fn assert_close(a: &Value, b: &Value, tol: f64, at: &str) {
         }
         _ => assert_eq!(a, b, "{at}"),
     }
-}
-
-fn metric(addr: &str, name: &str) -> f64 {
-    let (_, text) = http(addr, "GET", "/metrics", None);
-    text.lines()
-        .find(|l| l.starts_with(name))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no metric {name}"))
 }
 
 #[test]

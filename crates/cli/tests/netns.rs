@@ -4,18 +4,12 @@
 //! otherwise, or without the real model.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+mod common;
+use common::{model, Proc};
 
 /// Namespaces made by this test, deleted (with their veth) when dropped.
 struct Hosts {
@@ -223,20 +217,6 @@ fn start_in(ns: &str, args: &[&str]) -> (Proc, String) {
         .recv_timeout(Duration::from_secs(120))
         .unwrap_or_else(|_| panic!("accellm {args:?} did not start in {ns}"));
     (p, addr)
-}
-
-/// The real default model, or `None` (with a message) when it is absent and not required.
-fn model() -> Option<std::path::PathBuf> {
-    let model = accellm_tokenizer::default_model_path();
-    if !model.exists() {
-        assert!(
-            std::env::var_os("ACCELLM_REQUIRE_MODEL").is_none(),
-            "model missing"
-        );
-        eprintln!("skipped: {} not present", model.display());
-        return None;
-    }
-    Some(model)
 }
 
 /// Starts worker 0 and 1 in the first two namespaces on `addrs`, and a front driving them in

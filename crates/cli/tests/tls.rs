@@ -3,11 +3,10 @@
 //! `ACCELLM_REQUIRE_MODEL=1` makes that a failure). Certificates are made here with `rcgen`: a
 //! cluster CA, and another CA whose certificates must get nowhere.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::time::Duration;
 
 use accellm_server::remote::tls::{self, Tls, TlsFiles};
@@ -18,97 +17,8 @@ use rcgen::{
 };
 use serde_json::{json, Value};
 
-/// A child process killed when dropped.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn model() -> Option<PathBuf> {
-    let path = accellm_tokenizer::default_model_path();
-    if path.exists() {
-        return Some(path);
-    }
-    assert!(
-        std::env::var_os("ACCELLM_REQUIRE_MODEL").is_none(),
-        "ACCELLM_REQUIRE_MODEL is set but {} is missing",
-        path.display()
-    );
-    eprintln!(
-        "skipped: {} not present (run `accellm serve` once to fetch it)",
-        path.display()
-    );
-    None
-}
-
-/// Starts `accellm ARGS` and waits (at most 120 s) for the line announcing its address on
-/// stderr; returns the process, the address and the lines printed before it.
-fn start(args: &[&str]) -> (Proc, String, Vec<String>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_accellm"))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("accellm starts");
-    let stderr = child.stderr.take().expect("stderr piped");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut before = Vec::new();
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(addr) = line.split("listening on ").nth(1) {
-                let addr = addr
-                    .trim_start_matches("http://")
-                    .trim_start_matches("https://");
-                let addr = addr.split_whitespace().next().unwrap_or("").to_string();
-                let _ = tx.send(Ok((addr, std::mem::take(&mut before))));
-            } else if line.contains("Error") {
-                let _ = tx.send(Err(line));
-            } else {
-                before.push(line);
-            }
-        }
-    });
-    let proc = Proc(child);
-    match rx.recv_timeout(Duration::from_secs(120)) {
-        Ok(Ok((addr, before))) => (proc, addr, before),
-        Ok(Err(line)) => panic!("accellm {args:?} failed: {line}"),
-        Err(_) => panic!("accellm {args:?} did not start listening"),
-    }
-}
-
-/// Runs `accellm ARGS` to completion (killed after 120 s); returns its exit success and stderr.
-fn run(args: &[&str]) -> (bool, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_accellm"))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("accellm runs");
-    let mut stderr = child.stderr.take().expect("stderr piped");
-    let reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stderr.read_to_string(&mut s);
-        s
-    });
-    let t0 = std::time::Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("wait") {
-            break s;
-        }
-        if t0.elapsed() > Duration::from_secs(120) {
-            let _ = child.kill();
-            panic!("accellm {args:?} did not exit");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    (status.success(), reader.join().expect("stderr reader"))
-}
+mod common;
+use common::{http, metric, model, run, start_logged, Proc};
 
 /// A directory of PEM files: CAs and the certificates they sign.
 struct Pki {
@@ -197,42 +107,8 @@ fn worker(model: &str, extra: &[String]) -> (Proc, String) {
         "--kv-blocks",
         "256",
     ];
-    let (p, addr, _) = start(&with(&base, extra));
+    let (p, addr, _) = start_logged(&with(&base, extra));
     (p, addr)
-}
-
-fn http(addr: &str, method: &str, path: &str, body: Option<&Value>) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(600)))
-        .expect("timeout");
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .expect("request");
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).expect("response");
-    let status = resp
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = resp
-        .split_once("\r\n\r\n")
-        .map_or("", |(_, b)| b)
-        .to_string();
-    (status, body)
-}
-
-fn metric(addr: &str, name: &str) -> f64 {
-    let (_, text) = http(addr, "GET", "/metrics", None);
-    text.lines()
-        .find(|l| l.starts_with(name))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no metric {name}"))
 }
 
 #[test]
@@ -256,7 +132,7 @@ fn a_worker_off_loopback_without_tls_refuses_to_start_unless_insecure() {
 
     let Some(model) = model() else { return };
     let model = model.to_str().expect("UTF-8 path");
-    let (_w, _, before) = start(&[
+    let (_w, _, before) = start_logged(&[
         "worker",
         "--listen",
         "0.0.0.0:0",
@@ -293,7 +169,7 @@ fn tls_front_and_workers_serve_and_stream_kv_between_workers() {
     // Two "hosts" on loopback, each worker taking fronts on one port and KV links on another.
     let kv = kv_port().to_string();
     let host = |listen: &str, ip: &str, name: &str| {
-        let (w, addr, _) = start(&with(
+        let (w, addr, _) = start_logged(&with(
             &[
                 "worker",
                 "--listen",
@@ -326,7 +202,7 @@ fn tls_front_and_workers_serve_and_stream_kv_between_workers() {
         "--worker-kv-port",
         &kv,
     ];
-    let (_front, front, _) = start(&with(&base, &front_tls));
+    let (_front, front, _) = start_logged(&with(&base, &front_tls));
     let handles: Vec<_> = (0..8)
         .map(|k| {
             let front = front.clone();
@@ -577,7 +453,7 @@ fn the_api_serves_https_with_ssl_certfile_and_keyfile() {
         pki.path("api.accellm.test.crt"),
         pki.path("api.accellm.test.key"),
     );
-    let (_front, addr, _) = start(&[
+    let (_front, addr, _) = start_logged(&[
         "serve",
         "--port",
         "0",

@@ -9,21 +9,15 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use accellm_server::remote::wire::{
     self, ModelId, Msg, WirePromptRow, WireSample, WireSeq, WireSpan,
 };
 
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+mod common;
+use common::Proc;
 
 /// SplitMix64.
 struct Rng(u64);

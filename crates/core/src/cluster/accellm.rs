@@ -798,26 +798,18 @@ impl Accellm {
     /// colocates) or, for a colocated pair, could not yet hold it with a margin (so it stays).
     fn split_overloaded(&self, ctx: &ClusterCtx<'_>, k: usize) -> bool {
         let (a, b) = self.pairs[k];
-        let colocated = self.colocated[k];
+        // A colocated pair splits again only a quarter below each limit (hysteresis).
+        let below = if self.colocated[k] { 0.25 } else { 0.0 };
+        let limit = |l: f64| (l - below).max(0.0);
         // One decoding partner holds every primary of the pair.
         let (ka, kb) = (&ctx.instance(a).kv, &ctx.instance(b).kv);
         let cap = ka.num_blocks().min(kb.num_blocks()) as f64;
-        let limit = if colocated {
-            self.cfg.colocate_kv - 0.25
-        } else {
-            self.cfg.colocate_kv
-        };
-        if (ka.primary_blocks() + kb.primary_blocks()) as f64 > limit.max(0.0) * cap {
+        if (ka.primary_blocks() + kb.primary_blocks()) as f64 > limit(self.cfg.colocate_kv) * cap {
             return true;
         }
         // One prefilling partner prefills every arriving prompt.
-        let limit = if colocated {
-            self.cfg.colocate_prefill - 0.25
-        } else {
-            self.cfg.colocate_prefill
-        };
         self.cfg.colocate_on_prompts
-            && self.prefill_load(ctx, k) > limit.max(0.0)
+            && self.prefill_load(ctx, k) > limit(self.cfg.colocate_prefill)
             && Self::mixing_pays(ctx, a, b)
     }
 

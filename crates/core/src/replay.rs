@@ -35,6 +35,22 @@ enum Ev {
     CopyDone(InstanceId, u64),
     TransferDone(u32),
     InstanceDown(InstanceId),
+    LinkDown(InstanceId, InstanceId),
+    LinkUp(InstanceId, InstanceId),
+}
+
+/// The link between instances `a` and `b` down from `from_us` until `to_us`
+/// ([`Scheduler::pair_link_down`], [`Scheduler::pair_link_up`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Partition {
+    /// One end.
+    pub a: InstanceId,
+    /// The other end.
+    pub b: InstanceId,
+    /// When the link goes down.
+    pub from_us: TimeUs,
+    /// When it is back.
+    pub to_us: TimeUs,
 }
 
 /// A queued event, ordered by time, then by the order it was queued (`key = time << 64 | seq`),
@@ -139,6 +155,20 @@ pub fn run_keyed_failing(
     hardware: Option<Hardware<'_>>,
     failures: &[(InstanceId, TimeUs)],
 ) -> ReplayEnd {
+    run_partitioned(sched, arrivals, keys, obs, hardware, failures, &[])
+}
+
+/// [`run_keyed_failing`] with links between instances going down and back up
+/// (`partitions`): copies in flight across a link when it goes down never land.
+pub fn run_partitioned(
+    sched: &mut Scheduler,
+    arrivals: &[RequestSpec],
+    keys: &[Option<BlockKeys>],
+    obs: &mut dyn Observer,
+    hardware: Option<Hardware<'_>>,
+    failures: &[(InstanceId, TimeUs)],
+    partitions: &[Partition],
+) -> ReplayEnd {
     let n = sched.instances().len();
     let mut queue: BinaryHeap<Queued> = BinaryHeap::new();
     let mut seq = 0u64;
@@ -167,6 +197,12 @@ pub fn run_keyed_failing(
     for &(i, t) in failures {
         if (i as usize) < n {
             push(&mut queue, &mut true, t, Ev::InstanceDown(i));
+        }
+    }
+    for p in partitions {
+        if (p.a as usize) < n && (p.b as usize) < n {
+            push(&mut queue, &mut true, p.from_us, Ev::LinkDown(p.a, p.b));
+            push(&mut queue, &mut true, p.to_us, Ev::LinkUp(p.a, p.b));
         }
     }
     let mut link_free = vec![0 as TimeUs; n * n];
@@ -201,6 +237,8 @@ pub fn run_keyed_failing(
             Ev::InstanceDown(inst) => {
                 sched.instance_down(now, inst);
             }
+            Ev::LinkDown(a, b) => sched.pair_link_down(now, a, b),
+            Ev::LinkUp(a, b) => sched.pair_link_up(now, a, b),
             Ev::CopyDone(inst, it) => sched.copy_done(now, inst, it),
             Ev::TransferDone(id) => sched.transfer_done(now, id),
         }

@@ -242,6 +242,8 @@ pub struct State {
     pub(crate) prefix_cache: bool,
     /// Instances declared down ([`Scheduler::instance_down`]).
     pub(crate) down: Vec<bool>,
+    /// Links between instances that are down, as `(lower, higher)` ([`Scheduler::pair_link_down`]).
+    pub(crate) cut: Vec<(InstanceId, InstanceId)>,
     /// [`SchedulerConfig::share_idle_cores`].
     pub(crate) share_idle_cores: bool,
 }
@@ -471,6 +473,7 @@ impl Scheduler {
                 catch_up: cluster.catch_up(),
                 prefix_cache: cfg.prefix_cache,
                 down: vec![false; n],
+                cut: Vec::new(),
                 share_idle_cores: cfg.share_idle_cores,
             },
             cluster,
@@ -967,7 +970,7 @@ impl Scheduler {
             let Some(to) = self.cluster.copy_target(&cctx, i, &e) else {
                 continue;
             };
-            if s.is_down(to) {
+            if s.is_down(to) || s.is_cut(i, to) {
                 continue;
             }
             let r = s.requests.get_mut(e.request);

@@ -772,8 +772,16 @@ impl Accellm {
     /// picks its prefilling partner when a prompt is queued.
     fn update_mode(&mut self, ctx: &mut ClusterCtx<'_>, k: usize) -> bool {
         let (a, b) = self.pairs[k];
+        if a == b {
+            return false;
+        }
+        // Partners that cannot reach each other serve side by side, unpaired
+        // ([`ClusterPolicy::on_link_down`]).
+        if !ctx.linked(a, b) {
+            return true;
+        }
         // Static roles and Splitwise-like pairs (no replicas) always split.
-        if a == b || !self.cfg.role_switching || !self.cfg.replication {
+        if !self.cfg.role_switching || !self.cfg.replication {
             return false;
         }
         let want = match self.cfg.colocate {
@@ -1096,6 +1104,38 @@ impl ClusterPolicy for Accellm {
         ctx.wake(p);
     }
 
+    fn on_link_down(&mut self, ctx: &mut ClusterCtx<'_>, a: InstanceId, b: InstanceId) {
+        // Two unpaired instances until the link is back: each runs mixed iterations of its own
+        // requests (the colocated mode, without replicas), new requests go to the less loaded.
+        if self.partner(a) != b || a == b {
+            return;
+        }
+        let k = self.pair_of[a as usize];
+        self.colocated[k] = true;
+        for x in [a, b] {
+            self.role[x as usize] = Role::Decode;
+            self.last_was_prefill[x as usize] = false;
+            self.delayed[x as usize] = false;
+            self.expect_until[x as usize] = 0;
+            self.moving_in[x as usize].clear();
+            ctx.wake(x);
+        }
+    }
+
+    fn on_link_up(&mut self, ctx: &mut ClusterCtx<'_>, a: InstanceId, b: InstanceId) {
+        // Paired again: the next decision of the pair's mode (split or colocated) starts from
+        // the colocated state the cut left, replicas follow from the next prefills.
+        if self.partner(a) != b || a == b {
+            return;
+        }
+        if !self.cfg.role_switching || !self.cfg.replication {
+            // Pairs that never colocate split again at once.
+            self.colocated[self.pair_of[a as usize]] = false;
+        }
+        ctx.wake(a);
+        ctx.wake(b);
+    }
+
     fn route(&mut self, ctx: &mut ClusterCtx<'_>, id: RequestId) -> InstanceId {
         let need = ctx.request(id).prefill_target as u64;
         let mut best: Option<(bool, u64, i64, usize)> = None;
@@ -1131,6 +1171,10 @@ impl ClusterPolicy for Accellm {
     }
 
     fn before_schedule(&mut self, ctx: &mut ClusterCtx<'_>, i: InstanceId) -> PhaseConstraint {
+        if !ctx.linked(i, self.partner(i)) {
+            // Cut off from its partner: mixed iterations of its own requests, as colocated.
+            return PhaseConstraint::Any;
+        }
         if !self.cfg.role_switching && self.partner(i) != i {
             return self.before_schedule_static(ctx, i);
         }
@@ -1194,7 +1238,7 @@ impl ClusterPolicy for Accellm {
         e: &Entry,
     ) -> Option<InstanceId> {
         let p = self.partner(i);
-        if !self.cfg.replication || p == i {
+        if !self.cfg.replication || p == i || !ctx.linked(i, p) {
             return None;
         }
         let r = ctx.request(e.request);

@@ -103,6 +103,12 @@ impl ClusterCtx<'_> {
         !self.s.is_down(i)
     }
 
+    /// Whether `a` and `b` reach each other (no [`crate::scheduler::Scheduler::pair_link_down`]
+    /// between them): KV can be copied, transferred or moved between them.
+    pub fn linked(&self, a: InstanceId, b: InstanceId) -> bool {
+        !self.s.is_cut(a, b)
+    }
+
     /// Asks the core to offer `i` to its policies again (after the caller changed its queues).
     pub fn wake(&mut self, i: InstanceId) {
         self.s.mark_dirty(i);
@@ -192,6 +198,9 @@ impl ClusterCtx<'_> {
             return Err(MigrateError::NotMovable);
         }
         let from = r.instance;
+        if self.s.is_cut(from, to) {
+            return Err(MigrateError::NotMovable);
+        }
         if r.replica_on == Some(to) && r.replica_current() {
             self.s.counters.migrations_free += 1;
             self.s.land_migration(id, to, keep_source);
@@ -298,6 +307,13 @@ pub trait ClusterPolicy: Send {
 
     /// Instance `i` is back, empty.
     fn on_instance_up(&mut self, _ctx: &mut ClusterCtx<'_>, _i: InstanceId) {}
+
+    /// The link between `a` and `b` went down (both still serve; replicas and moves between
+    /// them are already dropped): a pairing policy runs them as two unpaired instances.
+    fn on_link_down(&mut self, _ctx: &mut ClusterCtx<'_>, _a: InstanceId, _b: InstanceId) {}
+
+    /// The link between `a` and `b` is back: a pairing policy pairs them again.
+    fn on_link_up(&mut self, _ctx: &mut ClusterCtx<'_>, _a: InstanceId, _b: InstanceId) {}
 }
 
 /// Knobs of the cluster policies, each with a default.

@@ -1,5 +1,6 @@
 //! Instances failing and coming back: [`Scheduler::instance_down`] and
-//! [`Scheduler::instance_up`].
+//! [`Scheduler::instance_up`]; links between partners failing and coming back:
+//! [`Scheduler::pair_link_down`] and [`Scheduler::pair_link_up`].
 //!
 //! When an instance is declared down, its iteration in flight and its KV are lost. Each request
 //! that ran there continues, decided here so the simulator and the server recover alike:
@@ -12,6 +13,13 @@
 //! are forgotten. A down instance is never routed to, scheduled, copied to or migrated to; the
 //! cluster policy hears of it ([`crate::cluster::ClusterPolicy::on_instance_down`]) so that
 //! AcceLLM runs the partner alone, and of its return so the pair is formed again.
+//!
+//! When only the link between two live instances fails (a partition between partners that
+//! both still reach the executor), nothing is lost and both keep serving: copies in flight
+//! between them are forgotten, replicas across the link dropped, moves across it called off
+//! (the request stays on its source), and no copy, transfer or move crosses it until it is
+//! back. AcceLLM runs the two as unpaired instances meanwhile
+//! ([`crate::cluster::ClusterPolicy::on_link_down`]).
 
 use crate::{
     cluster::ClusterCtx,
@@ -238,7 +246,124 @@ impl Scheduler {
     }
 }
 
+impl Scheduler {
+    /// Whether the link between `a` and `b` is up (no [`Self::pair_link_down`] without its
+    /// [`Self::pair_link_up`]).
+    pub fn is_linked(&self, a: InstanceId, b: InstanceId) -> bool {
+        !self.state.is_cut(a, b)
+    }
+
+    /// The link between live instances `a` and `b` failed (declared at `now`): their copies to
+    /// each other will not land, so the core stops waiting for them, drops every replica one
+    /// holds of the other's requests, calls off moves between them, and copies, transfers or
+    /// moves nothing across the link until [`Self::pair_link_up`]. Both go on serving their own
+    /// requests. Copies in flight in the iterations running now are taken out of their batches:
+    /// the executor must not report them landed (their destinations' blocks may be reused).
+    pub fn pair_link_down(&mut self, now: TimeUs, a: InstanceId, b: InstanceId) {
+        self.state.now = now;
+        let key = (a.min(b), a.max(b));
+        if a == b || self.state.cut.contains(&key) {
+            return;
+        }
+        self.state.cut.push(key);
+        let s = &mut self.state;
+        for (x, y) in [(a, b), (b, a)] {
+            // Copies in the iteration in flight: it will report without them.
+            for e in &mut s.instances[x as usize].batch.entries {
+                if e.copy_to == Some(y) {
+                    e.copy_to = None;
+                }
+            }
+            // Copies issued earlier, still awaited.
+            let pending = std::mem::take(&mut s.pending_copies[x as usize]);
+            for c in pending {
+                if c.to != y {
+                    s.pending_copies[x as usize].push_back(c);
+                    continue;
+                }
+                if let Some(r) = s.requests.try_get_mut(c.request) {
+                    if r.serial == c.serial {
+                        r.copies_pending = r.copies_pending.saturating_sub(1);
+                    }
+                }
+            }
+        }
+        // Transfers across the link are abandoned (a late report of one is ignored).
+        for t in &mut s.transfers {
+            let Some(tr) = *t else { continue };
+            let src = s.requests.try_get(tr.request).map(|r| r.instance);
+            if src.is_some_and(|src| (src, tr.to) == (a, b) || (src, tr.to) == (b, a)) {
+                *t = None;
+            }
+        }
+        let across = |x: InstanceId, y: InstanceId| (x, y) == (a, b) || (x, y) == (b, a);
+        let mut cancelled = Vec::new();
+        for k in 0..s.requests.slots.len() {
+            let id = RequestId(k as u32);
+            let Some(r) = s.requests.try_get_mut(id) else {
+                continue;
+            };
+            let from = r.instance;
+            if let Some(to) = r.moving_to.filter(|&to| across(from, to)) {
+                // Its move is off: it stays on its source, and what was reserved for it on the
+                // other side (a replica turned primary, or a transfer's destination) is freed.
+                r.moving_to = None;
+                r.phase = Phase::Decoding;
+                r.replica_on = None;
+                r.replica_tokens = 0;
+                if r.cancelled && !r.in_flight {
+                    cancelled.push(id);
+                }
+                let dst = &mut s.instances[to as usize];
+                dst.account_kv(now);
+                dst.kv.release(id);
+                s.instances[from as usize].running.push(id);
+                s.mark_dirty(from);
+                s.mark_dirty(to);
+                continue;
+            }
+            if let Some(o) = r.replica_on.filter(|&o| across(from, o)) {
+                r.replica_on = None;
+                r.replica_tokens = 0;
+                let dst = &mut s.instances[o as usize];
+                dst.account_kv(now);
+                dst.kv.release(id);
+                s.mark_dirty(o);
+            }
+        }
+        for id in cancelled {
+            s.finish(id, crate::request::FinishReason::Cancelled);
+        }
+        let mut ctx = ClusterCtx { s: &mut self.state };
+        self.cluster.on_link_down(&mut ctx, a, b);
+        self.state.mark_dirty(a);
+        self.state.mark_dirty(b);
+        self.schedule_idle();
+    }
+
+    /// The link between `a` and `b` is back: KV may cross it again, and AcceLLM pairs the two
+    /// again (replicas follow from the next prefills).
+    pub fn pair_link_up(&mut self, now: TimeUs, a: InstanceId, b: InstanceId) {
+        self.state.now = now;
+        let key = (a.min(b), a.max(b));
+        let Some(k) = self.state.cut.iter().position(|&c| c == key) else {
+            return;
+        };
+        self.state.cut.swap_remove(k);
+        let mut ctx = ClusterCtx { s: &mut self.state };
+        self.cluster.on_link_up(&mut ctx, a, b);
+        self.state.mark_dirty(a);
+        self.state.mark_dirty(b);
+        self.schedule_idle();
+    }
+}
+
 impl super::State {
+    /// Whether the link between `a` and `b` is down.
+    pub(crate) fn is_cut(&self, a: InstanceId, b: InstanceId) -> bool {
+        !self.cut.is_empty() && self.cut.contains(&(a.min(b), a.max(b)))
+    }
+
     /// The live instance with the least load, if any is up.
     pub(crate) fn least_loaded_up(&self) -> Option<InstanceId> {
         (0..self.instances.len())

@@ -92,6 +92,11 @@ pub struct SimulateArgs {
     /// their partner's replica or are prefilled again elsewhere, as in the live server.
     #[arg(long, value_name = "INSTANCE@SECONDS", value_parser = parse_failure)]
     pub fail: Vec<(u32, f64)>,
+    /// Cut the link between two instances for a while: A-B@START..END in seconds (repeatable).
+    /// Both keep serving their own requests, unpaired, and pair again when it is back, as in
+    /// the live server.
+    #[arg(long, value_name = "A-B@START..END", value_parser = parse_partition)]
+    pub partition: Vec<(u32, u32, f64, f64)>,
     /// Workload: azure-conv, azure-code, sharegpt, arxiv, a trace file (CSV/JSONL),
     /// synthetic:prompt=DIST,output=DIST, mix:A*w@class+B*w@class, or one with shared
     /// prefixes: chat[:turns=DIST,user=DIST,...], system-prompts[:...], few-shot[:...].
@@ -254,6 +259,31 @@ fn parse_failure(s: &str) -> Result<(u32, f64), String> {
     Ok((i, t))
 }
 
+/// Parses `--partition A-B@START..END`.
+fn parse_partition(s: &str) -> Result<(u32, u32, f64, f64), String> {
+    let err = || format!("`{s}`: expected A-B@START..END, e.g. 0-1@10..70");
+    let (pair, span) = s.split_once('@').ok_or_else(err)?;
+    let (a, b) = pair.split_once('-').ok_or_else(err)?;
+    let (from, to) = span.split_once("..").ok_or_else(err)?;
+    let inst = |x: &str| {
+        x.trim()
+            .parse::<u32>()
+            .map_err(|_| format!("`{x}` is not an instance index"))
+    };
+    let secs = |x: &str| match x.trim().parse::<f64>() {
+        Ok(t) if t.is_finite() && t >= 0.0 => Ok(t),
+        _ => Err(format!("`{x}`: seconds must be a non-negative number")),
+    };
+    let (a, b, from, to) = (inst(a)?, inst(b)?, secs(from)?, secs(to)?);
+    if a == b {
+        return Err(format!("`{s}`: a link joins two different instances"));
+    }
+    if to < from {
+        return Err(format!("`{s}`: the link comes back before it goes down"));
+    }
+    Ok((a, b, from, to))
+}
+
 pub fn config(args: &SimulateArgs) -> anyhow::Result<SimConfig> {
     let mut c = match &args.config {
         Some(p) => SimConfig::load(p)?,
@@ -288,6 +318,9 @@ pub fn config(args: &SimulateArgs) -> anyhow::Result<SimConfig> {
     );
     if !args.fail.is_empty() {
         c.failures = args.fail.clone();
+    }
+    if !args.partition.is_empty() {
+        c.partitions = args.partition.clone();
     }
     if args.share_idle_cores.is_some() {
         c.share_idle_cores = args.share_idle_cores;

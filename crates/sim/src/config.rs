@@ -96,6 +96,9 @@ pub struct SimConfig {
     pub scheduler_link: Option<Link>,
     /// Instances that fail, as `(instance, seconds after the start)` (`--fail I@S`).
     pub failures: Vec<(u32, f64)>,
+    /// Links between two instances that go down and come back, as `(a, b, start, end)` in
+    /// seconds after the start (`--partition A-B@START..END`); both instances keep serving.
+    pub partitions: Vec<(u32, u32, f64, f64)>,
     /// Instances `2k` and `2k + 1` lend each other cores while one has nothing to run
     /// (`accellm_core::SchedulerConfig::share_idle_cores`); default: when the profile has a
     /// `[wide]` fit (CPU instances side by side, as `accellm serve` runs them).
@@ -126,6 +129,7 @@ impl Default for SimConfig {
             scheduler_cost: None,
             scheduler_link: None,
             failures: Vec::new(),
+            partitions: Vec::new(),
             share_idle_cores: None,
         }
     }

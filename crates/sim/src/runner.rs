@@ -520,7 +520,25 @@ fn run_keeping(
         .iter()
         .map(|&(i, s)| (i, (s * 1e6) as TimeUs))
         .collect();
-    let end = replay::run_keyed_failing(&mut sched, requests, keys, &mut obs, hw, &failures);
+    let partitions: Vec<replay::Partition> = cfg
+        .partitions
+        .iter()
+        .map(|&(a, b, from, to)| replay::Partition {
+            a,
+            b,
+            from_us: (from * 1e6) as TimeUs,
+            to_us: (to * 1e6) as TimeUs,
+        })
+        .collect();
+    let end = replay::run_partitioned(
+        &mut sched,
+        requests,
+        keys,
+        &mut obs,
+        hw,
+        &failures,
+        &partitions,
+    );
     let wall_s = t0.elapsed().as_secs_f64();
     if let Some(p) = progress {
         p(obs.ended);

@@ -28,7 +28,9 @@ pub struct BenchArgs {
     #[arg(long)]
     pub model: Option<String>,
     /// Workload: azure-conv, azure-code, sharegpt, arxiv, synthetic:prompt=..,output=..,
-    /// mix:A*w@class+B*w@class, or a trace file (.csv / .jsonl).
+    /// mix:A*w@class+B*w@class, chat:.., system-prompts:.., few-shot:.., or a trace file
+    /// (.csv / .jsonl). `chat` conversations run closed-loop: each follow-up is sent after the
+    /// previous answer (plus the workload's think time) and carries the server's real answers.
     #[arg(long, default_value = "sharegpt")]
     pub workload: String,
     /// A workload TOML file (accellm-workload's WorkloadSpec); overrides --workload, --slo,
@@ -185,6 +187,7 @@ pub fn prepare(
         .map(|(index, r)| PreparedRequest {
             index,
             arrival_s: r.arrival_s,
+            history: Vec::new(),
             prompt: match (words_per_token, workload.prefixes.get(index)) {
                 (Some(wpt), Some(segments)) => {
                     prompts.segments_text(segments, r.prompt_tokens, wpt)
@@ -335,11 +338,27 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         progress: !args.no_progress,
     };
     let n = requests.len();
+    let conversations_ran = matches!(spec.source, WorkloadSource::Chat(_));
+    let (requests, conversations) = match &spec.source {
+        WorkloadSource::Chat(chat) => {
+            let c =
+                crate::chat::conversations(&workload, chat, requests, &prompts, counter.as_ref());
+            eprintln!(
+                "{} conversations, closed loop: each follow-up carries the server's answers",
+                c.len()
+            );
+            (Vec::new(), Some(c))
+        }
+        _ => (requests, None),
+    };
     // The server's prefix-cache counters around the run, if it exports them.
     let scrape_wait = timeout.min(Duration::from_secs(10));
     let scrape = || rt.block_on(get(&base_url, "/metrics", scrape_wait)).ok();
     let metrics_before = scrape();
-    let result = rt.block_on(run_requests(client, requests, &opts));
+    let result = match conversations {
+        Some(c) => rt.block_on(crate::chat::run(client, c, &opts)),
+        None => rt.block_on(run_requests(client, requests, &opts)),
+    };
     let metrics_after = metrics_before.as_ref().and_then(|_| scrape());
     let prefix_cache = match (&metrics_before, &metrics_after) {
         (Some(a), Some(b)) => {
@@ -368,7 +387,18 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         print!("{}", crate::report::render_prefix_cache(d));
     }
     let fidelity = match predict {
-        Some((profile, setup, before, log, prepared, wait)) => {
+        Some((profile, setup, before, log, mut prepared, wait)) => {
+            if conversations_ran {
+                // Follow-ups went when their answers came: predict with the times they went.
+                let sent: std::collections::HashMap<usize, f64> = result
+                    .results
+                    .iter()
+                    .map(|r| (r.index, r.start_s))
+                    .collect();
+                for r in &mut prepared {
+                    r.arrival_s = sent.get(&r.index).copied().unwrap_or(r.arrival_s);
+                }
+            }
             let after = rt.block_on(get(&base_url, "/metrics", wait)).ok();
             if let (Some(path), Some(log)) = (&args.calibrate_out, log) {
                 let now = rt.block_on(get(&base_url, "/accellm/iterations", wait))?;

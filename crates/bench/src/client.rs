@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 pub enum ApiKind {
     /// `/v1/completions`: `prompt`, chunks carry `choices[0].text`.
     Completions,
-    /// `/v1/chat/completions`: one user message, chunks carry `choices[0].delta.content`.
+    /// `/v1/chat/completions`: `messages`, chunks carry `choices[0].delta.content`.
     Chat,
 }
 
@@ -32,6 +32,36 @@ impl ApiKind {
     }
 }
 
+/// Who wrote a message of a conversation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The system prompt.
+    System,
+    /// The user.
+    User,
+    /// The model (an answer the server returned).
+    Assistant,
+}
+
+impl Role {
+    fn as_str(self) -> &'static str {
+        match self {
+            Role::System => "system",
+            Role::User => "user",
+            Role::Assistant => "assistant",
+        }
+    }
+}
+
+/// One message of a conversation's history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// Its author.
+    pub role: Role,
+    /// Its text.
+    pub content: String,
+}
+
 /// A request ready to send.
 #[derive(Debug, Clone)]
 pub struct PreparedRequest {
@@ -39,8 +69,11 @@ pub struct PreparedRequest {
     pub index: usize,
     /// When to send it, seconds from the start of the run (open loop).
     pub arrival_s: f64,
-    /// Prompt text.
+    /// Prompt text (in a conversation, the new user message).
     pub prompt: String,
+    /// The conversation before `prompt` (system prompt, earlier user messages and the server's
+    /// answers); empty for a single-prompt request.
+    pub history: Vec<Message>,
     /// Intended prompt length in tokens.
     pub prompt_tokens: u32,
     /// Requested output length in tokens (`max_tokens`).
@@ -83,6 +116,9 @@ pub enum Failure {
     /// A `data:` line that is not JSON.
     #[error("bad stream data: {0}")]
     Protocol(String),
+    /// Not sent: an earlier turn of its conversation failed, so there is no answer to resend.
+    #[error("not sent: turn {0} of its conversation failed")]
+    Abandoned(usize),
 }
 
 impl Failure {
@@ -95,6 +131,7 @@ impl Failure {
             Failure::Truncated(_) => "truncated",
             Failure::ServerError(_) => "server_error",
             Failure::Protocol(_) => "protocol",
+            Failure::Abandoned(_) => "abandoned",
         }
     }
 }
@@ -121,6 +158,8 @@ pub struct RequestResult {
     pub itl_s: Vec<f64>,
     /// Time from sending to `[DONE]` (or to the failure), s.
     pub latency_s: f64,
+    /// The generated text, as streamed.
+    pub text: String,
     /// The failure, if any.
     pub failure: Option<Failure>,
     /// TTFT SLO, ms.
@@ -132,6 +171,26 @@ pub struct RequestResult {
 }
 
 impl RequestResult {
+    /// The result of `r`, sent `start_s` into the run, before anything came back.
+    pub fn new(r: &PreparedRequest, start_s: f64) -> Self {
+        RequestResult {
+            index: r.index,
+            start_s,
+            prompt_tokens: r.prompt_tokens,
+            server_prompt_tokens: None,
+            expected_output_tokens: r.output_tokens,
+            output_tokens: 0,
+            ttft_s: None,
+            itl_s: Vec::new(),
+            latency_s: 0.0,
+            text: String::new(),
+            failure: None,
+            ttft_slo_ms: r.ttft_slo_ms,
+            tbt_slo_ms: r.tbt_slo_ms,
+            class: r.class,
+        }
+    }
+
     /// Whether the request completed.
     pub fn ok(&self) -> bool {
         self.failure.is_none()
@@ -217,11 +276,33 @@ impl Client {
         })
     }
 
-    /// The JSON body for a request.
+    /// The JSON body for a request. With a history, chat sends it as `messages`; completions
+    /// sends one prompt: the messages in order, each user or system message after the first
+    /// preceded by a blank line, each answer appended as it was generated (so the prompt's
+    /// tokens continue exactly as the server produced them).
     pub fn body(&self, r: &PreparedRequest) -> Value {
+        let user = Message {
+            role: Role::User,
+            content: r.prompt.clone(),
+        };
+        let messages = r.history.iter().chain(std::iter::once(&user));
         let mut body = match self.api {
-            ApiKind::Completions => json!({ "prompt": r.prompt }),
-            ApiKind::Chat => json!({ "messages": [{ "role": "user", "content": r.prompt }] }),
+            ApiKind::Completions => {
+                let mut prompt = String::new();
+                for m in messages {
+                    if m.role != Role::Assistant && !prompt.is_empty() {
+                        prompt.push_str("\n\n");
+                    }
+                    prompt.push_str(&m.content);
+                }
+                json!({ "prompt": prompt })
+            }
+            ApiKind::Chat => {
+                let list: Vec<Value> = messages
+                    .map(|m| json!({ "role": m.role.as_str(), "content": m.content }))
+                    .collect();
+                json!({ "messages": list })
+            }
         };
         let o = body.as_object_mut().expect("json! object");
         o.insert("model".into(), json!(self.cfg.model));
@@ -248,21 +329,7 @@ impl Client {
     /// Sends one request and times its stream; never takes longer than the timeout.
     pub async fn send(&self, r: &PreparedRequest, run_start: Instant) -> RequestResult {
         let start = Instant::now();
-        let mut res = RequestResult {
-            index: r.index,
-            start_s: start.duration_since(run_start).as_secs_f64(),
-            prompt_tokens: r.prompt_tokens,
-            server_prompt_tokens: None,
-            expected_output_tokens: r.output_tokens,
-            output_tokens: 0,
-            ttft_s: None,
-            itl_s: Vec::new(),
-            latency_s: 0.0,
-            failure: None,
-            ttft_slo_ms: r.ttft_slo_ms,
-            tbt_slo_ms: r.tbt_slo_ms,
-            class: r.class,
-        };
+        let mut res = RequestResult::new(r, start.duration_since(run_start).as_secs_f64());
         let outcome = tokio::time::timeout(self.cfg.timeout, self.stream(r, start, &mut res)).await;
         res.latency_s = start.elapsed().as_secs_f64();
         match outcome {
@@ -339,7 +406,8 @@ impl Client {
             let now = Instant::now();
             for ev in parser.push(&data)? {
                 match ev {
-                    SseEvent::Token => {
+                    SseEvent::Token(text) => {
+                        res.text.push_str(&text);
                         chunks += 1;
                         match last_token {
                             None => res.ttft_s = Some(now.duration_since(start).as_secs_f64()),
@@ -434,7 +502,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 #[derive(Debug, Clone, PartialEq)]
 pub enum SseEvent {
     /// A chunk with non-empty generated text.
-    Token,
+    Token(String),
     /// A usage report.
     Usage {
         /// `usage.prompt_tokens`.
@@ -501,8 +569,8 @@ fn parse_line(line: &[u8], events: &mut Vec<SseEvent>) -> Result<(), Failure> {
                     .pointer("/delta/reasoning_content")
                     .and_then(Value::as_str)
             });
-        if text.is_some_and(|t| !t.is_empty()) {
-            events.push(SseEvent::Token);
+        if let Some(t) = text.filter(|t| !t.is_empty()) {
+            events.push(SseEvent::Token(t.to_string()));
         }
     }
     if let Some(u) = v.get("usage").filter(|u| u.is_object()) {
@@ -530,14 +598,17 @@ mod tests {
             .push(b"data: {\"choices\":[{\"text\":\"he")
             .unwrap()
             .is_empty());
-        assert_eq!(p.push(b"llo\"}]}\n\n").unwrap(), vec![SseEvent::Token]);
+        assert_eq!(
+            p.push(b"llo\"}]}\n\n").unwrap(),
+            vec![SseEvent::Token("hello".into())]
+        );
         let ev = p
             .push(b": keep-alive\r\ndata: {\"choices\":[{\"delta\":{\"role\":\"assistant\"}}]}\r\n\r\ndata: {\"choices\":[{\"delta\":{\"content\":\"x\"}}]}\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":2}}\n\ndata: [DONE]\n\n")
             .unwrap();
         assert_eq!(
             ev,
             vec![
-                SseEvent::Token,
+                SseEvent::Token("x".into()),
                 SseEvent::Usage {
                     prompt_tokens: Some(5),
                     completion_tokens: Some(2)

@@ -573,6 +573,7 @@ mod tests {
             ttft_s: Some(ttft),
             itl_s: itl.to_vec(),
             latency_s: latency,
+            text: String::new(),
             failure: (!ok).then(|| crate::client::Failure::Truncated(String::new())),
             ttft_slo_ms: Some(100.0),
             tbt_slo_ms: Some(20.0),

@@ -1,5 +1,5 @@
 //! Sends a workload's requests open-loop at their arrival times and/or closed-loop under a
-//! concurrency cap, and collects the results.
+//! concurrency cap, and collects the results (chat conversations: [`crate::chat`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,10 +30,10 @@ pub struct RunResult {
     pub duration_s: f64,
 }
 
-/// Runs every request and waits for all of them (each is bounded by the client's timeout).
-pub async fn run(client: Client, requests: Vec<PreparedRequest>, opts: &RunOptions) -> RunResult {
-    let pb = if opts.progress {
-        ProgressBar::with_draw_target(Some(requests.len() as u64), ProgressDrawTarget::stderr())
+/// A progress bar over `n` requests on stderr, or a hidden one.
+pub(crate) fn progress_bar(n: usize, show: bool) -> ProgressBar {
+    let pb = if show {
+        ProgressBar::with_draw_target(Some(n as u64), ProgressDrawTarget::stderr())
     } else {
         ProgressBar::hidden()
     };
@@ -42,6 +42,12 @@ pub async fn run(client: Client, requests: Vec<PreparedRequest>, opts: &RunOptio
     ) {
         pb.set_style(style);
     }
+    pb
+}
+
+/// Runs every request and waits for all of them (each is bounded by the client's timeout).
+pub async fn run(client: Client, requests: Vec<PreparedRequest>, opts: &RunOptions) -> RunResult {
+    let pb = progress_bar(requests.len(), opts.progress);
     let semaphore = opts
         .max_concurrency
         .map(|n| Arc::new(Semaphore::new(n.max(1))));

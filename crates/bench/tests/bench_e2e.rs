@@ -25,9 +25,22 @@ const STALL: Duration = Duration::from_millis(300);
 /// What the server saw: (x-slo-ttft-ms, x-slo-tpot-ms, body).
 type Seen = Arc<Mutex<Vec<(Option<String>, Option<String>, Value)>>>;
 
+/// Each request's exchange, in the order they came: its answer, when it came and when its
+/// stream ended.
+type Log = Arc<Mutex<Vec<Exchange>>>;
+
+#[derive(Debug, Clone)]
+struct Exchange {
+    body: Value,
+    answer: String,
+    received: Instant,
+    done: Option<Instant>,
+}
+
 #[derive(Clone)]
 struct Server {
     seen: Seen,
+    log: Log,
 }
 
 fn chunk(chat: bool, text: &str) -> Bytes {
@@ -57,6 +70,17 @@ async fn generate(
         .push((h("x-slo-ttft-ms"), h("x-slo-tpot-ms"), body.0.clone()));
     let model = body["model"].as_str().unwrap_or("").to_string();
     let n = body["max_tokens"].as_u64().unwrap_or(1);
+    // Every answer is text of its own: word i of request j is `wJxI`.
+    let (j, log) = {
+        let mut log = s.log.lock().unwrap();
+        log.push(Exchange {
+            body: body.0.clone(),
+            answer: String::new(),
+            received: Instant::now(),
+            done: None,
+        });
+        (log.len() - 1, s.log.clone())
+    };
     if model == "error500" {
         return (StatusCode::INTERNAL_SERVER_ERROR, "boom").into_response();
     }
@@ -70,7 +94,9 @@ async fn generate(
             if i > 0 {
                 tokio::time::sleep(ITL).await;
             }
-            if tx.send(chunk(chat, "tok ")).await.is_err() {
+            let word = format!("w{j}x{i} ");
+            log.lock().unwrap()[j].answer.push_str(&word);
+            if tx.send(chunk(chat, &word)).await.is_err() {
                 return;
             }
             if model == "truncate" && i == 2 {
@@ -82,6 +108,7 @@ async fn generate(
         }
         let usage = json!({"choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": n}});
         let _ = tx.send(Bytes::from(format!("data: {usage}\n\n"))).await;
+        log.lock().unwrap()[j].done = Some(Instant::now());
         let _ = tx.send(Bytes::from_static(b"data: [DONE]\n\n")).await;
     });
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
@@ -93,23 +120,25 @@ async fn generate(
         .unwrap()
 }
 
-/// vLLM's prefix-cache counters as a server caching every prompt would count them, in words:
-/// each prompt queries all its words and hits its longest common word prefix with an earlier one.
+/// vLLM's prefix-cache counters as a server caching every prompt and answer would count them, in
+/// words: each prompt queries all its words and hits its longest common word prefix with an
+/// earlier prompt followed by that prompt's answer.
 async fn prefix_metrics(State(s): State<Server>) -> String {
-    let prompts: Vec<Vec<String>> = s
-        .seen
-        .lock()
-        .unwrap()
+    let words = |t: &str| t.split_whitespace().map(str::to_string).collect::<Vec<_>>();
+    let log = s.log.lock().unwrap();
+    let exchanges: Vec<(Vec<String>, Vec<String>)> = log
         .iter()
-        .filter_map(|(_, _, b)| b["prompt"].as_str())
-        .map(|p| p.split(' ').map(str::to_string).collect())
+        .filter_map(|e| {
+            let p = e.body["prompt"].as_str()?;
+            Some((words(p), words(&format!("{p}{}", e.answer))))
+        })
         .collect();
     let (mut queries, mut hits) = (0usize, 0usize);
-    for (i, p) in prompts.iter().enumerate() {
+    for (i, (p, _)) in exchanges.iter().enumerate() {
         queries += p.len();
-        hits += prompts[..i]
+        hits += exchanges[..i]
             .iter()
-            .map(|q| q.iter().zip(p).take_while(|(a, b)| a == b).count())
+            .map(|(_, q)| q.iter().zip(p).take_while(|(a, b)| a == b).count())
             .max()
             .unwrap_or(0);
     }
@@ -122,8 +151,18 @@ async fn prefix_metrics(State(s): State<Server>) -> String {
 
 /// Starts the test server on its own runtime thread; returns its address and request log.
 fn start_server() -> (SocketAddr, Seen) {
+    let (addr, seen, _) = start_logged_server();
+    (addr, seen)
+}
+
+/// [`start_server`], also returning every exchange.
+fn start_logged_server() -> (SocketAddr, Seen, Log) {
     let seen: Seen = Arc::default();
-    let state = Server { seen: seen.clone() };
+    let log: Log = Arc::default();
+    let state = Server {
+        seen: seen.clone(),
+        log: log.clone(),
+    };
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let addr = listener.local_addr().unwrap();
@@ -150,7 +189,7 @@ fn start_server() -> (SocketAddr, Seen) {
             axum::serve(l, app).await.unwrap();
         });
     });
-    (addr, seen)
+    (addr, seen, log)
 }
 
 #[derive(Parser)]
@@ -523,8 +562,8 @@ fn html_report_has_every_chart_with_data() {
 }
 
 #[test]
-fn chat_follow_ups_resend_the_conversation_and_the_server_hits() {
-    let (addr, seen) = start_server();
+fn chat_follow_ups_carry_the_servers_answers_after_they_arrive() {
+    let (addr, _, log) = start_logged_server();
     let j = bench(
         addr,
         "chat.json",
@@ -532,29 +571,116 @@ fn chat_follow_ups_resend_the_conversation_and_the_server_hits() {
             "--model",
             "ok",
             "--workload",
-            "chat:turns=3,user=40,output=8,think_ms=10,tpot_ms=1",
+            "chat:turns=3,user=40,output=8,think_ms=200,tpot_ms=1",
             "--num-prompts",
             "12",
         ],
     );
     assert_eq!(j["completed"], 12);
-    let prompts: Vec<String> = seen
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|(_, _, b)| b["prompt"].as_str().unwrap().to_string())
-        .collect();
-    // Four conversations of three turns: every follow-up starts with an earlier prompt.
-    let follow_ups = prompts
-        .iter()
-        .enumerate()
-        .filter(|(i, p)| prompts[..*i].iter().any(|q| p.starts_with(q.as_str())))
-        .count();
+    let log = log.lock().unwrap().clone();
+    assert_eq!(log.len(), 12);
+    let prompt = |e: &Exchange| e.body["prompt"].as_str().unwrap().to_string();
+    // Four conversations of three turns, started at once: every follow-up is an earlier prompt,
+    // the text the server answered to it, a blank line and a new user message; and it came only
+    // after that answer's stream ended plus the 200 ms think time (the workload's own timing
+    // would have sent it 208 ms after the earlier turn, before the answer's 120 ms plus the
+    // think time had passed).
+    let mut follow_ups = 0;
+    for (i, e) in log.iter().enumerate() {
+        let p = prompt(e);
+        let earlier = log[..i].iter().rev().find(|q| {
+            p.starts_with(&format!("{}{}\n\n", prompt(q), q.answer)) && !q.answer.is_empty()
+        });
+        if let Some(q) = earlier {
+            follow_ups += 1;
+            let done = q.done.expect("the earlier answer ended");
+            let gap = e.received.duration_since(done);
+            assert!(
+                gap >= Duration::from_millis(195),
+                "{gap:?} after the answer"
+            );
+            assert!(gap < Duration::from_secs(5), "{gap:?}");
+            let user = &p[prompt(q).len() + q.answer.len() + 2..];
+            assert!(!user.is_empty() && !user.contains('\n'), "{user}");
+        } else {
+            assert!(!p.contains("x0 w"), "a first turn carries no answer: {p}");
+        }
+    }
     assert_eq!(follow_ups, 8);
-    // Prompts of 40, 88 and 136 tokens: the first two of each conversation are hit again,
-    // 128 of 264 tokens (in words, as the test server counts).
+    // A server caching prompts and answers hits every follow-up's history: per conversation
+    // 0 + (40 + 8) + (88 + 8) of 40 + 88 + 136 tokens (counted in words by the test server).
     let rate = f(&j, "prefix_cache_hit_rate");
-    assert!((0.40..0.56).contains(&rate), "hit rate {rate}");
-    assert!(f(&j, "prefix_cache_hits") > 0.0);
+    assert!((0.45..0.65).contains(&rate), "hit rate {rate}");
     assert!(f(&j, "prefix_cache_queries") > f(&j, "prefix_cache_hits"));
+}
+
+#[test]
+fn chat_conversations_send_messages_and_end_at_a_failed_turn() {
+    let (addr, _, log) = start_logged_server();
+    let j = bench(
+        addr,
+        "chat-messages.json",
+        &[
+            "--model",
+            "ok",
+            "--endpoint",
+            "/v1/chat/completions",
+            "--workload",
+            "chat:turns=2,user=20,output=4,think_ms=10,tpot_ms=1,system=30",
+            "--num-prompts",
+            "4",
+        ],
+    );
+    assert_eq!(j["completed"], 4);
+    let log = log.lock().unwrap().clone();
+    let follow_ups: Vec<&Exchange> = log
+        .iter()
+        .filter(|e| e.body["messages"].as_array().unwrap().len() > 2)
+        .collect();
+    assert_eq!(follow_ups.len(), 2);
+    for e in follow_ups {
+        let m = e.body["messages"].as_array().unwrap();
+        let roles: Vec<&str> = m.iter().map(|x| x["role"].as_str().unwrap()).collect();
+        assert_eq!(roles, ["system", "user", "assistant", "user"]);
+        // The assistant message is exactly what the server streamed for the first turn.
+        let first = log
+            .iter()
+            .find(|q| q.body["messages"].as_array().unwrap()[..2] == m[..2])
+            .unwrap();
+        assert_eq!(m[2]["content"].as_str().unwrap(), first.answer);
+    }
+
+    // A turn that fails ends its conversation: the next is not sent and counts as failed.
+    let (addr, _, log) = start_logged_server();
+    let out = temp_json("chat-fail.json");
+    let base = format!("http://{addr}");
+    let cmd = Cmd::try_parse_from([
+        "bench",
+        "--base-url",
+        &base,
+        "--no-progress",
+        "--json",
+        out.to_str().unwrap(),
+        "--model",
+        "error500",
+        "--workload",
+        "chat:turns=3,user=20,output=4,think_ms=10,tpot_ms=1",
+        "--num-prompts",
+        "6",
+    ])
+    .unwrap();
+    run(cmd.args).unwrap();
+    let j: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert_eq!(j["completed"], 0);
+    assert_eq!(
+        log.lock().unwrap().len(),
+        2,
+        "only the two first turns went"
+    );
+    assert_eq!(
+        j["failures_by_kind"]["abandoned"], 4,
+        "{}",
+        j["failures_by_kind"]
+    );
+    assert_eq!(j["failures_by_kind"]["http"], 2);
 }

@@ -128,6 +128,10 @@ pub struct SimulateArgs {
     /// another SLO policy (`file`: per-request columns of the trace, `fixed:TTFT_MS:TBT_MS`).
     #[arg(long)]
     pub slo_classes: Option<String>,
+    /// Multiply every TTFT and TBT target (of `--slo-classes`, `--ttft-slo-ms`/`--tbt-slo-ms` or
+    /// the config's SLO policy) by this factor: the classes fitted to slower or faster hardware.
+    #[arg(long)]
+    pub slo_scale: Option<f64>,
     /// Run these policies (cluster or instance names, or cluster/instance) on the identical
     /// request sequence and print them side by side.
     #[arg(long, value_delimiter = ',')]
@@ -375,6 +379,9 @@ pub fn config(args: &SimulateArgs) -> anyhow::Result<SimConfig> {
             },
             other => other.parse()?,
         };
+    }
+    if let Some(k) = args.slo_scale {
+        c.workload.slo = c.workload.slo.scaled(k).context("--slo-scale")?;
     }
     if args.burstiness.is_some() && args.rate.is_none() && args.sweep_rate.is_empty() {
         bail!("--burstiness needs --rate (or --sweep-rate)");

@@ -509,3 +509,36 @@ fn a_failed_instance_is_recovered_and_timed() {
     let text = accellm_sim::output::metrics_table(&[r]);
     assert!(text.contains("recovery p50"), "{text}");
 }
+
+#[test]
+fn slo_scale_multiplies_every_target_and_refuses_what_it_cannot_scale() {
+    use accellm_workload::SloPolicy;
+    let args = |slo: &str, scale: f64| SimulateArgs {
+        slo_classes: Some(slo.into()),
+        slo_scale: Some(scale),
+        ..SimulateArgs::default()
+    };
+    let c = cli::config(&args("default", 2.0)).unwrap();
+    let SloPolicy::Classes { classes } = &c.workload.slo else {
+        panic!("{:?}", c.workload.slo)
+    };
+    let targets: Vec<_> = classes.iter().map(|c| (c.ttft_ms, c.tbt_ms)).collect();
+    assert_eq!(
+        targets,
+        [
+            (Some(2_000.0), Some(100.0)),
+            (Some(4_000.0), Some(200.0)),
+            (Some(10_000.0), Some(500.0)),
+            (Some(60_000.0), Some(2_000.0)),
+        ]
+    );
+    let c = cli::config(&args("fixed:300:20", 0.5)).unwrap();
+    assert!(matches!(
+        c.workload.slo,
+        SloPolicy::Fixed { ttft_ms: Some(t), tbt_ms: Some(b), .. } if t == 150.0 && b == 10.0
+    ));
+    for (slo, k) in [("default", 0.0), ("default", f64::NAN), ("file", 2.0)] {
+        let e = cli::config(&args(slo, k)).unwrap_err();
+        assert!(format!("{e:#}").contains("--slo-scale"), "{e:#}");
+    }
+}

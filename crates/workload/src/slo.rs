@@ -106,6 +106,49 @@ impl SloPolicy {
         }
     }
 
+    /// The same policy with every TTFT and TBT target multiplied by `k` (SLO classes fitted to
+    /// slower or faster hardware). Per-request targets from a trace file cannot be scaled here.
+    pub fn scaled(&self, k: f64) -> Result<Self, WorkloadError> {
+        if !(k > 0.0 && k.is_finite()) {
+            return Err(WorkloadError::Invalid(format!(
+                "SLO scale must be a positive number, got {k}"
+            )));
+        }
+        let ms = |v: Option<f64>| v.map(|v| v * k);
+        let classes = |cs: &[SloClass]| -> Vec<SloClass> {
+            cs.iter()
+                .map(|c| SloClass {
+                    ttft_ms: ms(c.ttft_ms),
+                    tbt_ms: ms(c.tbt_ms),
+                    ..c.clone()
+                })
+                .collect()
+        };
+        Ok(match self {
+            SloPolicy::None => SloPolicy::None,
+            SloPolicy::Fixed {
+                ttft_ms,
+                tbt_ms,
+                priority,
+            } => SloPolicy::Fixed {
+                ttft_ms: ms(*ttft_ms),
+                tbt_ms: ms(*tbt_ms),
+                priority: *priority,
+            },
+            SloPolicy::Classes { classes: cs } => SloPolicy::Classes {
+                classes: classes(cs),
+            },
+            SloPolicy::PerSource { classes: cs } => SloPolicy::PerSource {
+                classes: classes(cs),
+            },
+            SloPolicy::FromFile => {
+                return Err(WorkloadError::Invalid(
+                    "per-request SLOs from a trace file cannot be scaled".into(),
+                ))
+            }
+        })
+    }
+
     pub(crate) fn validate(&self) -> Result<(), WorkloadError> {
         let classes = self.classes();
         if classes.len() > u16::MAX as usize {

@@ -9,6 +9,8 @@
 //! names on the source's link; finished and rejected requests are answered. Tokens come back here to be detokenised, checked against
 //! stop strings and streamed to their clients.
 
+mod partition;
+
 use std::collections::HashMap;
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex};
@@ -152,6 +154,13 @@ pub(crate) enum Input {
     InstanceDown(usize),
     /// A restarted remote worker accepted the front again.
     InstanceUp(usize, Box<crate::remote::front::Connected>),
+    /// The next probe of the link from `from` to its cut-off partner `to` is due.
+    ProbeLink {
+        /// The worker that probes.
+        from: usize,
+        /// The partner it tries to reach.
+        to: usize,
+    },
     /// Forget every cached prefix (`POST /reset_prefix_cache`); answers whether it was done
     /// (not while requests hold KV blocks).
     ResetPrefixCache(tokio::sync::oneshot::Sender<bool>),
@@ -300,6 +309,10 @@ pub(crate) struct Executor {
     /// Where the core's KV events go (`--kv-events-config`), and the buffer they are read into.
     kv_events: Option<crate::kv_events::Publisher>,
     kv_scratch: Vec<accellm_core::kv_events::CacheEvent>,
+    /// Links between remote partners that are down ([`partition`]).
+    cuts: Vec<partition::Cut>,
+    /// Source and destination of each transfer in flight (a failed one cuts their link).
+    transfer_ends: HashMap<u32, (usize, usize)>,
 }
 
 impl Executor {
@@ -333,6 +346,8 @@ impl Executor {
             remote: None,
             kv_events: None,
             kv_scratch: Vec::new(),
+            cuts: Vec::new(),
+            transfer_ends: HashMap::new(),
         }
     }
 
@@ -463,14 +478,24 @@ impl Executor {
             }
             Input::Worker(r) => self.iteration_done(*r),
             Input::TransferDone { id, error } => {
+                if let Some((from, to)) = partition::probe_of(id) {
+                    self.probe_done(from, to, error);
+                    return;
+                }
+                let ends = self.transfer_ends.remove(&id);
                 if let Some(e) = error {
                     tracing::error!(transfer = id, error = %e, "KV transfer failed");
+                    // Its move is called off by the cut (when the front still drives both).
+                    if let (Some((from, to)), true) = (ends, self.remote.is_some()) {
+                        self.link_down(from, to, &e);
+                    }
                 }
                 let now = self.now();
                 self.sched.transfer_done(now, id);
             }
-            Input::InstanceDown(i) => self.instance_down(i, false),
+            Input::InstanceDown(i) => self.instance_down(i),
             Input::InstanceUp(i, c) => self.instance_up(i, *c),
+            Input::ProbeLink { from, to } => self.probe_again(from, to),
             Input::ResetPrefixCache(reply) => {
                 let done = self.sched.reset_prefix_cache();
                 let _ = reply.send(done);
@@ -896,6 +921,7 @@ impl Executor {
             to: to as usize,
             spans,
         };
+        self.transfer_ends.insert(id, (from as usize, to as usize));
         if self.conflicts(to as usize, dst.iter().copied()) {
             self.deferred
                 .push(Deferred::Transfer(from as usize, job, dst));
@@ -980,13 +1006,15 @@ impl Executor {
             .into_iter()
             .map(|s| (s.seq, s))
             .collect();
-        let mut unreachable = Vec::new();
         if let Some(e) = r.copy_error.take() {
             if self.remote.is_some() {
-                // A partner this worker cannot reach: from here on it is down (its replicas
-                // are forgotten); the tokens of this iteration are good.
+                // A partner this worker cannot reach: the link between them is down (the
+                // iteration's copies are taken out of it, replicas across it dropped); the
+                // tokens of this iteration are good, and both go on serving.
                 tracing::error!(instance = i, error = %e, "KV copy to a partner failed");
-                unreachable = flight.copy_to.clone();
+                for &j in &flight.copy_to {
+                    self.link_down(i, j, &e);
+                }
             } else {
                 r.error.get_or_insert(e);
             }
@@ -1030,12 +1058,6 @@ impl Executor {
         self.sched.iteration_done(now, i as InstanceId, &stopped);
         if flight.had_copies {
             self.sched.copy_done(now, i as InstanceId, flight.iteration);
-        }
-        for j in unreachable {
-            self.instance_down(j, true);
-            if let Some(c) = self.instances.get(j).and_then(|t| t.conn.as_ref()) {
-                let _ = c.shutdown(std::net::Shutdown::Both);
-            }
         }
         self.retry_deferred();
     }
@@ -1151,10 +1173,10 @@ impl Executor {
     }
 
     /// A remote worker failed: forget its iteration in flight (samplers restored), tell the
-    /// core, which recovers its requests, and start trying to reconnect it.
-    /// Declares instance `i` down; `cut_off`: because its partner could not reach it (a
-    /// partition the front may not see), so it is taken back only after a quarantine.
-    fn instance_down(&mut self, i: usize, cut_off: bool) {
+    /// core, which recovers its requests, and start trying to reconnect it: it is taken back
+    /// as soon as it answers. (A partner that only its partner cannot reach is not down: the
+    /// link between them is, [`partition`].)
+    fn instance_down(&mut self, i: usize) {
         if !self.sched.is_up(i as InstanceId) {
             return;
         }
@@ -1204,11 +1226,7 @@ impl Executor {
             }
         }
         if let Some(r) = &self.remote {
-            if cut_off {
-                r.start_after_partition(i);
-            } else {
-                r.start(i);
-            }
+            r.start(i);
         }
         self.retry_deferred();
     }
@@ -1226,6 +1244,7 @@ impl Executor {
                 let now = self.now();
                 self.sched.instance_up(now, i as InstanceId);
                 tracing::warn!(instance = i, "instance up again");
+                self.probe_from(i);
                 if let Ok(mut m) = self.metrics.lock() {
                     if let Some(g) = m.instances.get_mut(i) {
                         g.down = false;
@@ -1248,9 +1267,11 @@ impl Executor {
             .link_counters
             .transfer_bytes
             .load(std::sync::atomic::Ordering::Relaxed);
+        let linked = self.pairs_linked();
         let Ok(mut m) = self.metrics.lock() else {
             return;
         };
+        m.pairs_linked = linked;
         let waiting = self.sched.waiting_requests() as u64;
         m.waiting = waiting;
         m.running = (self.sched.live_requests() as u64).saturating_sub(waiting);

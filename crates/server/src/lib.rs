@@ -315,7 +315,6 @@ async fn prepare(cfg: &ServerConfig) -> anyhow::Result<Prepared> {
                 counters: counters.clone(),
                 deadline,
                 stop: Default::default(),
-                cut_offs: Default::default(),
             });
         }
     }

@@ -241,6 +241,9 @@ pub struct Metrics {
     /// Failure to next token of requests recovered from a failed instance: by replica, by
     /// recompute.
     pub recovery: [Histogram; 2],
+    /// Per pair of partners `(a, b)`, whether they reach each other (false while a partition
+    /// keeps them apart and both serve unpaired).
+    pub pairs_linked: Vec<((usize, usize), bool)>,
 }
 
 impl Metrics {
@@ -270,6 +273,9 @@ impl Metrics {
                 Histogram::new(RECOVERY_BUCKETS),
                 Histogram::new(RECOVERY_BUCKETS),
             ],
+            pairs_linked: (0..instances / 2)
+                .map(|k| ((2 * k, 2 * k + 1), true))
+                .collect(),
         }
     }
 
@@ -579,6 +585,19 @@ impl Metrics {
             instances,
             |g| u32::from(!g.down).into(),
         )?;
+        {
+            let mut m = enc.encode_descriptor(
+                "accellm_pair_linked",
+                "Whether the partners of each pair reach each other (0: a partition keeps them apart and both serve unpaired).",
+                None,
+                MetricType::Gauge,
+            )?;
+            for &((a, b), linked) in &self.pairs_linked {
+                let pair = format!("{a}-{b}");
+                let labels = [("pair", pair.as_str())];
+                m.encode_family(&labels)?.encode_gauge(&i64::from(linked))?;
+            }
+        }
         by_kind(
             enc,
             "accellm_requests_recovered",
@@ -782,6 +801,7 @@ mod tests {
             "accellm_instance_role",
             "accellm_kv_free_blocks",
             "accellm_slo_met_total",
+            "accellm_pair_linked",
         ] {
             assert_eq!(
                 text.matches(&format!("# TYPE {name} ")).count(),
@@ -790,6 +810,7 @@ mod tests {
             );
         }
         assert!(text.contains("accellm_kv_free_blocks{instance=\"1\"} 0"));
+        assert!(text.contains("accellm_pair_linked{pair=\"0-1\"} 1"));
         assert!(text.contains("accellm_slo_met_total{kind=\"mean\"} 0"));
     }
 

@@ -163,68 +163,19 @@ pub(crate) struct Reconnect {
     pub deadline: Duration,
     /// Set when the front stops: retry threads end.
     pub stop: Arc<AtomicBool>,
-    /// Per worker: how many times it was cut off from its partner (the quarantine doubles).
-    pub cut_offs: Arc<std::sync::Mutex<Vec<u32>>>,
-}
-
-/// How long a worker cut off from its partner stays out before the front tries it again: 30 s,
-/// doubling with each partition, at most 5 minutes. The front still reaches such a worker, so
-/// taking it back at once would pair it again with a partner it cannot reach, fail the next
-/// copy and flap; meanwhile its partner serves alone.
-pub(crate) fn partition_quarantine(times: u32) -> Duration {
-    Duration::from_secs(30u64.saturating_mul(1 << times.min(4)).min(300))
-}
-
-/// How often a quarantined worker's address is probed for a crash.
-const CRASH_PROBE: Duration = Duration::from_millis(500);
-
-/// Whether nothing listens at `addr` any more (the connection is refused): the worker process
-/// is gone, so what its partner saw was a crash, not a partition. A partitioned worker still
-/// accepts the front's connections; an unreachable or unresolvable address proves nothing.
-fn not_running(addr: &str) -> bool {
-    let Some(a) = addr.to_socket_addrs().ok().and_then(|mut a| a.next()) else {
-        return false;
-    };
-    matches!(
-        TcpStream::connect_timeout(&a, Duration::from_secs(1)),
-        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused
-    )
 }
 
 impl Reconnect {
-    /// Starts retrying worker `i` in the background.
+    /// Starts retrying worker `i` in the background: it is taken back as soon as it answers.
+    /// Only a worker the front itself lost is retried (its connection dropped or its deadline
+    /// passed); one that only its partner cannot reach stays in service, unpaired
+    /// (`executor::partition`), so a restarted worker is back whichever side noticed first.
     pub(crate) fn start(&self, i: usize) {
-        self.start_after(i, Duration::ZERO);
-    }
-
-    /// Starts retrying worker `i` after its quarantine ([`partition_quarantine`]).
-    pub(crate) fn start_after_partition(&self, i: usize) {
-        let times = match self.cut_offs.lock() {
-            Ok(mut v) => {
-                if v.len() <= i {
-                    v.resize(i + 1, 0);
-                }
-                v[i] += 1;
-                v[i] - 1
-            }
-            Err(_) => 0,
-        };
-        let wait = partition_quarantine(times);
-        tracing::warn!(
-            instance = i,
-            quarantine_s = wait.as_secs(),
-            "cut off from its partner"
-        );
-        self.start_after(i, wait);
-    }
-
-    fn start_after(&self, i: usize, wait: Duration) {
         let addrs = self.addrs.clone();
         let (model, eos) = (self.model.clone(), self.eos.clone());
         let (block_size, kv_blocks) = (self.block_size, self.kv_blocks);
         let (out, stop) = (self.out.clone(), self.stop.clone());
         let (tls, kv_port) = (self.tls.clone(), self.kv_port);
-        let cut_offs = self.cut_offs.clone();
         let _ = std::thread::Builder::new()
             .name(format!("accellm-reconnect{i}"))
             .spawn(move || {
@@ -236,29 +187,6 @@ impl Reconnect {
                     tls: tls.as_deref(),
                     kv_port,
                 };
-                // The quarantine, unless the worker turns out to have crashed (its partner may
-                // notice a killed worker before the front does): then it is taken back as soon
-                // as it answers, like any restarted worker.
-                let until = Instant::now() + wait;
-                let mut probe = Instant::now();
-                while !stop.load(Ordering::Relaxed) && Instant::now() < until {
-                    if Instant::now() >= probe {
-                        if not_running(&addrs[i]) {
-                            tracing::warn!(
-                                instance = i,
-                                "not running (connection refused): a crash, not a partition; taken back as soon as it answers"
-                            );
-                            if let Ok(mut v) = cut_offs.lock() {
-                                if let Some(t) = v.get_mut(i) {
-                                    *t = t.saturating_sub(1);
-                                }
-                            }
-                            break;
-                        }
-                        probe = Instant::now() + CRASH_PROBE;
-                    }
-                    std::thread::sleep(Duration::from_millis(100));
-                }
                 while !stop.load(Ordering::Relaxed) {
                     match connect_one(&addrs, i, &spec, Duration::ZERO) {
                         Ok(c) => {
@@ -570,7 +498,7 @@ fn read_loop(
 }
 
 #[cfg(test)]
-mod quarantine_tests {
+mod reconnect_tests {
     use super::*;
 
     #[test]
@@ -623,62 +551,31 @@ mod quarantine_tests {
             counters: Default::default(),
             deadline: Duration::from_secs(30),
             stop: Default::default(),
-            cut_offs: Default::default(),
         }
     }
 
     #[test]
-    fn a_crashed_worker_is_taken_back_without_waiting_out_a_partition_quarantine() {
+    fn a_restarted_worker_is_taken_back_as_soon_as_it_answers() {
         let model = ModelId {
             name: "m.gguf".into(),
             bytes: 1,
             fingerprint: 2,
         };
-        // The worker was killed (nothing listens on its address) and its partner noticed first.
+        // The worker was killed: nothing listens on its address.
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = l.local_addr().expect("addr").to_string();
         drop(l);
         let (tx, rx) = mpsc::channel();
         let r = reconnect(&addr, &model, tx);
-        r.start_after_partition(0);
+        r.start(0);
         std::thread::sleep(Duration::from_millis(1500));
-        // It restarts on the same address: back within seconds, not after 30 s.
+        assert!(rx.try_recv().is_err(), "nothing answered yet");
+        // It restarts on the same address: back within a second or two.
         fake_worker(std::net::TcpListener::bind(&addr).expect("rebind"), model);
-        let t0 = Instant::now();
-        let up = rx.recv_timeout(Duration::from_secs(10));
+        let up = rx.recv_timeout(Duration::from_secs(3));
         assert!(
             matches!(up, Ok(Input::InstanceUp(0, _))),
-            "not taken back within 10 s"
+            "not taken back within 3 s"
         );
-        assert!(t0.elapsed() < Duration::from_secs(10));
-        assert_eq!(
-            *r.cut_offs.lock().expect("lock"),
-            [0],
-            "not counted as a partition"
-        );
-    }
-
-    #[test]
-    fn a_partitioned_worker_that_still_runs_stays_quarantined() {
-        let model = ModelId {
-            name: "m.gguf".into(),
-            bytes: 1,
-            fingerprint: 2,
-        };
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let addr = l.local_addr().expect("addr").to_string();
-        fake_worker(l, model.clone());
-        let (tx, rx) = mpsc::channel();
-        let r = reconnect(&addr, &model, tx);
-        r.start_after_partition(0);
-        // It would answer at once, but it is alive: its 30 s quarantine holds.
-        assert!(rx.recv_timeout(Duration::from_secs(3)).is_err());
-        assert_eq!(*r.cut_offs.lock().expect("lock"), [1]);
-    }
-
-    #[test]
-    fn a_cut_off_worker_waits_longer_each_time_up_to_five_minutes() {
-        let secs: Vec<u64> = (0..7).map(|t| partition_quarantine(t).as_secs()).collect();
-        assert_eq!(secs, [30, 60, 120, 240, 300, 300, 300]);
     }
 }

@@ -18,13 +18,19 @@
 //! before it, so a subscriber that maps them to its own keys through the token ids (as llm-d
 //! does) sees one consistent chain. Like vLLM's, the endpoint is bound when it has a wildcard
 //! host (`tcp://*:5557`) and connected to otherwise (a central subscriber that binds).
+//!
+//! The first batch (sequence 0) is an `AllBlocksCleared`: a subscriber that sees it knows the
+//! front started with nothing cached. With `replay_endpoint`, a ROUTER socket keeps the latest
+//! `buffer_steps` batches, as vLLM's does: a subscriber that finds a gap in the sequence sends
+//! `[empty, 8-byte big-endian start]` (a REQ socket's envelope) and gets back every kept batch
+//! from that sequence on as `[empty, sequence, payload]`, then `[empty, 0xFF × 8, empty]`.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use zeromq::{Socket as _, SocketSend as _};
+use zeromq::{Socket as _, SocketRecv as _, SocketSend as _, ZmqMessage};
 
 /// vLLM's `KVEventsConfig`, as `accellm serve --kv-events-config '<json>'` or `[kv_events]` in
 /// the configuration file takes it.
@@ -40,6 +46,12 @@ pub struct KvEventsConfig {
     /// Topic frame of every message; empty for `kv@<pod>@<model>`, the form llm-d parses, with
     /// the pod from `POD_IP` (else `HOSTNAME`, else `localhost`).
     pub topic: String,
+    /// ZMQ ROUTER address (always bound, `tcp://*:5558`) where a subscriber that missed
+    /// batches asks for them again from a sequence number; none by default.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replay_endpoint: Option<String>,
+    /// How many of the latest batches the replay socket keeps.
+    pub buffer_steps: usize,
 }
 
 impl Default for KvEventsConfig {
@@ -49,6 +61,8 @@ impl Default for KvEventsConfig {
             publisher: "zmq".into(),
             endpoint: "tcp://*:5557".into(),
             topic: String::new(),
+            replay_endpoint: None,
+            buffer_steps: 10_000,
         }
     }
 }
@@ -72,6 +86,18 @@ impl KvEventsConfig {
                 "kv_events.endpoint {:?}: only tcp:// endpoints are supported",
                 self.endpoint
             ));
+        }
+        if let Some(r) = self.replay_endpoint.as_deref().filter(|_| self.enabled()) {
+            if !r.starts_with("tcp://") {
+                return Err(format!(
+                    "kv_events.replay_endpoint {r:?}: only tcp:// endpoints are supported"
+                ));
+            }
+            if self.buffer_steps == 0 {
+                return Err(
+                    "kv_events.buffer_steps must be at least 1 with a replay_endpoint".into(),
+                );
+            }
         }
         Ok(())
     }
@@ -187,6 +213,77 @@ impl Publisher {
     }
 }
 
+/// The latest published batches, for replay.
+#[derive(Debug)]
+struct ReplayBuffer {
+    batches: std::collections::VecDeque<(u64, Bytes)>,
+    cap: usize,
+}
+
+impl ReplayBuffer {
+    fn new(cap: usize) -> Self {
+        Self {
+            batches: std::collections::VecDeque::new(),
+            cap: cap.max(1),
+        }
+    }
+
+    fn push(&mut self, seq: u64, payload: Bytes) {
+        if self.batches.len() == self.cap {
+            self.batches.pop_front();
+        }
+        self.batches.push_back((seq, payload));
+    }
+
+    /// The kept batches from sequence `start` on.
+    fn from(&self, start: u64) -> impl Iterator<Item = &(u64, Bytes)> {
+        self.batches.iter().filter(move |(seq, _)| *seq >= start)
+    }
+}
+
+/// The sequence number that ends a replay (vLLM's `-1` as 8 big-endian bytes).
+const END_OF_REPLAY: [u8; 8] = [0xFF; 8];
+
+/// The next replay request, or never without a replay socket.
+async fn next_request(router: &mut Option<zeromq::RouterSocket>) -> zeromq::ZmqResult<ZmqMessage> {
+    match router {
+        Some(r) => r.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Answers one replay request `[identity, empty, start]` with every kept batch from `start` on,
+/// then the end marker.
+async fn serve_replay(
+    router: &mut zeromq::RouterSocket,
+    buffer: &ReplayBuffer,
+    request: ZmqMessage,
+) -> anyhow::Result<()> {
+    let frames = request.into_vec();
+    let [id, empty, start] = frames.as_slice() else {
+        anyhow::bail!("replay request of {} frames, expected 3", frames.len());
+    };
+    let start: [u8; 8] = start[..]
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("replay start of {} bytes, expected 8", start.len()))?;
+    anyhow::ensure!(
+        empty.is_empty(),
+        "replay request without an empty delimiter"
+    );
+    let reply = |seq: Bytes, payload: Bytes| {
+        ZmqMessage::try_from(vec![id.clone(), Bytes::new(), seq, payload])
+            .map_err(|e| anyhow::anyhow!("{e}"))
+    };
+    for (seq, payload) in buffer.from(u64::from_be_bytes(start)) {
+        let m = reply(Bytes::copy_from_slice(&seq.to_be_bytes()), payload.clone())?;
+        router.send(m).await?;
+    }
+    router
+        .send(reply(Bytes::from_static(&END_OF_REPLAY), Bytes::new())?)
+        .await?;
+    Ok(())
+}
+
 /// `tcp://*:p` as an address to bind (`*` is every interface), or `None` for one to connect to.
 fn bind_address(endpoint: &str) -> Option<String> {
     let rest = endpoint.strip_prefix("tcp://")?;
@@ -196,13 +293,16 @@ fn bind_address(endpoint: &str) -> Option<String> {
     rest.contains("::").then(|| endpoint.to_string())
 }
 
-/// Starts the publisher thread: binds (or connects) the PUB socket, then sends each batch with
-/// the next sequence number. Returns the sender and the endpoint as bound (its port resolved)
-/// or connected to.
+/// Starts the publisher thread: binds (or connects) the PUB socket and binds the replay socket,
+/// sends `AllBlocksCleared`, then each batch with the next sequence number, and answers replay
+/// requests between them. Returns the sender and the endpoint as bound (its port resolved) or
+/// connected to.
 pub(crate) fn start(cfg: &KvEventsConfig, topic: String) -> anyhow::Result<(Publisher, String)> {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Batch>();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<String, String>>();
     let endpoint = cfg.endpoint.clone();
+    let replay_endpoint = cfg.replay_endpoint.clone();
+    let mut buffer = ReplayBuffer::new(cfg.buffer_steps);
     std::thread::Builder::new()
         .name("accellm-kv-events".into())
         .spawn(move || {
@@ -217,6 +317,21 @@ pub(crate) fn start(cfg: &KvEventsConfig, topic: String) -> anyhow::Result<(Publ
                 }
             };
             rt.block_on(async move {
+                let mut router = None;
+                if let Some(r) = &replay_endpoint {
+                    let addr = bind_address(r).unwrap_or_else(|| r.clone());
+                    let mut socket = zeromq::RouterSocket::new();
+                    match socket.bind(&addr).await {
+                        Ok(bound) => {
+                            tracing::info!(endpoint = %bound, "KV event replay socket bound");
+                            router = Some(socket);
+                        }
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(format!("binding {r}: {e}")));
+                            return;
+                        }
+                    }
+                }
                 let mut socket = zeromq::PubSocket::new();
                 match bind_address(&endpoint) {
                     Some(addr) => match socket.bind(&addr).await {
@@ -244,21 +359,42 @@ pub(crate) fn start(cfg: &KvEventsConfig, topic: String) -> anyhow::Result<(Publ
                 }
                 let topic = Bytes::from(topic.into_bytes());
                 let mut seq: u64 = 0;
-                while let Some(batch) = rx.recv().await {
+                let mut first = Some(Batch::now(vec![WireEvent::AllCleared]));
+                loop {
+                    let batch = match first.take() {
+                        Some(b) => b,
+                        None => tokio::select! {
+                            b = rx.recv() => match b {
+                                Some(b) => b,
+                                None => break,
+                            },
+                            request = next_request(&mut router) => {
+                                if let (Ok(m), Some(r)) = (request, router.as_mut()) {
+                                    if let Err(e) = serve_replay(r, &buffer, m).await {
+                                        tracing::warn!(error = %e, "KV event replay");
+                                    }
+                                }
+                                continue;
+                            }
+                        },
+                    };
                     let payload = match batch.encode() {
-                        Ok(p) => p,
+                        Ok(p) => Bytes::from(p),
                         Err(e) => {
                             tracing::error!(error = %e, "encoding KV events");
                             continue;
                         }
                     };
+                    if router.is_some() {
+                        buffer.push(seq, payload.clone());
+                    }
                     let frames = vec![
                         topic.clone(),
                         Bytes::copy_from_slice(&seq.to_be_bytes()),
-                        Bytes::from(payload),
+                        payload,
                     ];
                     seq += 1;
-                    let msg = match zeromq::ZmqMessage::try_from(frames) {
+                    let msg = match ZmqMessage::try_from(frames) {
                         Ok(m) => m,
                         Err(e) => {
                             tracing::error!(error = %e, "building a KV event message");
@@ -270,6 +406,9 @@ pub(crate) fn start(cfg: &KvEventsConfig, topic: String) -> anyhow::Result<(Publ
                     }
                 }
                 let _ = socket.close().await;
+                if let Some(r) = router {
+                    let _ = r.close().await;
+                }
             });
         })
         .context("starting the KV event publisher thread")?;
@@ -309,9 +448,27 @@ mod tests {
                 .unwrap();
         assert!(!off.enabled());
         assert!(!KvEventsConfig::default().enabled());
-        // vLLM's replay socket is not supported: an error, not silence.
-        let replay = r#"{"enable_kv_cache_events": true, "replay_endpoint": "tcp://*:5558"}"#;
-        assert!(serde_json::from_str::<KvEventsConfig>(replay).is_err());
+        // vLLM's replay socket and its buffer size; other fields of vLLM's are refused.
+        let replay: KvEventsConfig = serde_json::from_str(
+            r#"{"enable_kv_cache_events": true, "replay_endpoint": "tcp://*:5558",
+                "buffer_steps": 100}"#,
+        )
+        .unwrap();
+        assert_eq!(replay.replay_endpoint.as_deref(), Some("tcp://*:5558"));
+        assert_eq!(replay.buffer_steps, 100);
+        replay.validate().unwrap();
+        let no_buffer = KvEventsConfig {
+            buffer_steps: 0,
+            ..replay.clone()
+        };
+        assert!(no_buffer.validate().is_err());
+        let ipc_replay = KvEventsConfig {
+            replay_endpoint: Some("ipc:///tmp/r".into()),
+            ..replay
+        };
+        assert!(ipc_replay.validate().is_err());
+        let hwm = r#"{"enable_kv_cache_events": true, "hwm": 10}"#;
+        assert!(serde_json::from_str::<KvEventsConfig>(hwm).is_err());
         let kafka = KvEventsConfig {
             publisher: "kafka".into(),
             ..Default::default()
@@ -360,6 +517,19 @@ mod tests {
         // [ts, [["AllBlocksCleared"]]]
         assert_eq!(frames[2][0], 0x92);
         assert!(frames[2].ends_with(b"\x91\x91\xb0AllBlocksCleared"));
+    }
+
+    #[test]
+    fn the_replay_buffer_keeps_the_latest_batches() {
+        let mut b = ReplayBuffer::new(3);
+        for seq in 0..5u64 {
+            b.push(seq, Bytes::from(vec![seq as u8]));
+        }
+        let seqs = |start| b.from(start).map(|(s, _)| *s).collect::<Vec<_>>();
+        assert_eq!(seqs(0), [2, 3, 4]);
+        assert_eq!(seqs(3), [3, 4]);
+        assert!(seqs(5).is_empty());
+        assert_eq!(b.from(4).next().map(|(_, p)| p[0]), Some(4));
     }
 
     #[test]

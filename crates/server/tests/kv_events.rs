@@ -14,7 +14,7 @@ use accellm_server::kv_events::KvEventsConfig;
 use rmpv::Value as Mp;
 use serde_json::json;
 use support::{metric_in, start, tiny_config, Http};
-use zeromq::{Socket as _, SocketRecv as _};
+use zeromq::{Socket as _, SocketRecv as _, SocketSend as _};
 
 const BLOCK: usize = 16;
 const TOPIC: &str = "kv@test-pod@tiny";
@@ -185,6 +185,7 @@ async fn a_zmq_subscriber_sees_what_the_prefix_cache_stores_evicts_and_clears() 
         publisher: "zmq".into(),
         endpoint: at.to_string(),
         topic: TOPIC.into(),
+        ..KvEventsConfig::default()
     };
     let server = start(cfg);
     let http = Http::new(server.addr());
@@ -261,4 +262,96 @@ async fn a_zmq_subscriber_sees_what_the_prefix_cache_stores_evicts_and_clears() 
 
     server.shutdown().unwrap();
     reader.abort();
+}
+
+/// Asks the replay socket for every kept batch from `start`; returns them as (topic, sequence,
+/// payload) frames, as the PUB socket sent them.
+async fn replay(sock: &mut zeromq::DealerSocket, start: u64) -> Vec<Vec<Vec<u8>>> {
+    let request = vec![
+        bytes::Bytes::new(),
+        bytes::Bytes::copy_from_slice(&start.to_be_bytes()),
+    ];
+    sock.send(zeromq::ZmqMessage::try_from(request).unwrap())
+        .await
+        .expect("replay request");
+    let mut out = Vec::new();
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(10), sock.recv())
+            .await
+            .expect("a replay reply within 10 s")
+            .expect("replay reply");
+        let f: Vec<Vec<u8>> = m.into_vec().into_iter().map(|b| b.to_vec()).collect();
+        assert_eq!(f.len(), 3, "[empty, sequence, payload]");
+        assert!(f[0].is_empty(), "the REQ envelope's empty delimiter");
+        if f[1] == [0xFF; 8] {
+            assert!(f[2].is_empty(), "the end marker has no payload");
+            return out;
+        }
+        out.push(vec![TOPIC.as_bytes().to_vec(), f[1].clone(), f[2].clone()]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_that_missed_every_batch_replays_them_from_the_clear_at_start() {
+    // No subscriber reads the PUB socket at all: everything it knows comes from the replay
+    // socket (vLLM's ROUTER; a DEALER here, sending a REQ socket's envelope).
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let replay_at = format!("tcp://127.0.0.1:{}", free.local_addr().unwrap().port());
+    drop(free);
+    let mut cfg = tiny_config();
+    cfg.kv_events = KvEventsConfig {
+        enable_kv_cache_events: true,
+        endpoint: "tcp://*:0".into(),
+        topic: TOPIC.into(),
+        replay_endpoint: Some(replay_at.clone()),
+        ..KvEventsConfig::default()
+    };
+    let server = start(cfg);
+    let http = Http::new(server.addr());
+    let prefix = tokens(7, 96);
+    let first = [prefix.clone(), tokens(300, 20)].concat();
+    assert_eq!(complete(&http, &first, 8).await, 0.0);
+
+    let mut sock = zeromq::DealerSocket::new();
+    sock.connect(&replay_at).await.expect("connect to replay");
+    let all = replay(&mut sock, 0).await;
+    // Sequence 0 is the AllBlocksCleared of the start; then every batch in order, which
+    // rebuild what the front caches.
+    let mut l = Ledger::default();
+    for frames in &all {
+        l.apply(frames);
+    }
+    assert_eq!(&all[0][1], &0u64.to_be_bytes());
+    assert_eq!(l.cleared, 1, "one AllBlocksCleared, at the start");
+    assert_eq!(l.cached_prefix_tokens(&first), 112);
+    let second = [prefix.clone(), tokens(301, 20)].concat();
+    assert_eq!(l.cached_prefix_tokens(&second), 96);
+    assert_eq!(
+        complete(&http, &second, 8).await,
+        96.0,
+        "what the replay said"
+    );
+
+    // From a later sequence: only the batches from there on, now with the second request's
+    // new block (its batch may still be on its way to the publisher: ask until it is there).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let later = replay(&mut sock, 1).await;
+        assert_eq!(&later[0][1], &1u64.to_be_bytes());
+        assert_eq!(later[..all.len() - 1], all[1..]);
+        let mut l = Ledger::default();
+        l.apply(&all[0]);
+        for frames in &later {
+            l.apply(frames);
+        }
+        if l.cached_prefix_tokens(&second) == 112 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the second request's block was never replayed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    server.shutdown().unwrap();
 }

@@ -230,3 +230,22 @@ fn a_link_that_never_comes_back_leaves_two_instances_serving() {
     assert_eq!(s.counters().copy_bytes, 0);
     assert_eq!(s.counters().transfer_bytes, 0);
 }
+
+#[test]
+fn prompts_queued_on_one_partner_are_split_between_both_at_the_cut() {
+    // A split pair queues every new prompt on its prefilling partner.
+    let mut s = sched("accelgen", 2, 512, &AccellmConfig::default());
+    for spec in requests(8, 0, |_| 200, |_| 20) {
+        s.submit(0, spec);
+    }
+    let waiting = |s: &Scheduler| [0, 1].map(|i| s.instance(i).waiting.len());
+    let before = waiting(&s);
+    assert!(before.contains(&0), "all on one partner: {before:?}");
+    s.pair_link_down(1, 0, 1);
+    let after = waiting(&s);
+    assert!(
+        after.iter().all(|&n| n >= 3),
+        "both partners hold prompts after the cut: {after:?}"
+    );
+    s.check_invariants().unwrap();
+}

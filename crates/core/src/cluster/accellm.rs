@@ -1012,6 +1012,33 @@ impl Accellm {
         }
     }
 
+    /// Splits the prompts queued on `a` and `b` that have not started between them by load,
+    /// latest arrivals first: a cut finds the pair's prompts where the split put them (all on
+    /// the prefilling partner), and neither side can hand work to the other afterwards.
+    fn balance_waiting(&mut self, ctx: &mut ClusterCtx<'_>, a: InstanceId, b: InstanceId) {
+        let (heavy, light) = if ctx.load(a) >= ctx.load(b) {
+            (a, b)
+        } else {
+            (b, a)
+        };
+        self.scratch.clear();
+        self.scratch
+            .extend(ctx.instance(heavy).waiting.iter().rev().copied());
+        for k in 0..self.scratch.len() {
+            let id = self.scratch[k];
+            let r = ctx.request(id);
+            let w = r.load();
+            if r.prefilled > 0
+                || r.in_flight
+                || w >= ctx.load(heavy).saturating_sub(ctx.load(light))
+            {
+                continue;
+            }
+            ctx.move_waiting(id, light);
+        }
+        self.scratch.clear();
+    }
+
     /// Moves `i`'s queued prompts that have not started to its partner; returns whether any
     /// started one stays.
     fn send_waiting_to_partner(&mut self, ctx: &mut ClusterCtx<'_>, i: InstanceId) -> bool {
@@ -1120,6 +1147,7 @@ impl ClusterPolicy for Accellm {
             self.moving_in[x as usize].clear();
             ctx.wake(x);
         }
+        self.balance_waiting(ctx, a, b);
     }
 
     fn on_link_up(&mut self, ctx: &mut ClusterCtx<'_>, a: InstanceId, b: InstanceId) {

@@ -334,6 +334,17 @@ fn a_pair_split_over_two_namespaces_serves_through_a_1_gbit_link() {
 
 /// Runs `accellm bench` inside namespace `ns` against `front`; returns its JSON summary.
 fn bench_in(ns: &str, front: &str, prompts: &str, workload: &str) -> serde_json::Value {
+    bench_seeded(ns, front, prompts, workload, "1")
+}
+
+/// [`bench_in`] with the workload drawn with `seed`.
+fn bench_seeded(
+    ns: &str,
+    front: &str,
+    prompts: &str,
+    workload: &str,
+    seed: &str,
+) -> serde_json::Value {
     let out = std::env::temp_dir().join(format!(
         "accellm-netns-{}-{prompts}.json",
         std::process::id()
@@ -347,7 +358,7 @@ fn bench_in(ns: &str, front: &str, prompts: &str, workload: &str) -> serde_json:
             prompts,
         ])
         .args(["--workload", workload, "--arrivals", "all-at-once"])
-        .args(["--no-progress", "--seed", "1", "--timeout", "300"])
+        .args(["--no-progress", "--seed", seed, "--timeout", "300"])
         .args(["--json", out.to_str().expect("UTF-8 path")])
         .stdout(Stdio::null())
         .status()
@@ -375,8 +386,8 @@ fn a_partition_cutting_off_a_partner_loses_no_request() {
     // Cut host 2 off (its veth end goes down) before any request is sent, so the work that
     // must cross the cut (worker 1's iterations, worker 0's copies to it) comes after it on any
     // machine, however fast: worker 0's first copy to its partner fails (no connection within
-    // 10 s), or the front's deadline for worker 1 passes; either way the partner is declared
-    // down and every request is served by worker 0.
+    // 10 s), which takes the pair's link down, and the front's deadline for worker 1's
+    // iteration passes, which declares it down; every request is then served by worker 0.
     let id = std::process::id() % 100_000;
     assert!(sh(&[
         "ip",
@@ -397,8 +408,26 @@ fn a_partition_cutting_off_a_partner_loses_no_request() {
     );
 }
 
+/// The value of the series `series` (name and labels, as printed) in a `/metrics` text.
+fn series(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Iterations each worker has run, from the front's metrics.
+fn iterations(text: &str) -> [f64; 2] {
+    [0, 1].map(|i| {
+        series(
+            text,
+            &format!("accellm_instance_iterations_total{{instance=\"{i}\"}}"),
+        )
+        .unwrap_or_else(|| panic!("no iterations of instance {i}: {text}"))
+    })
+}
+
 #[test]
-fn a_partition_between_the_partners_alone_loses_no_request() {
+fn a_partition_between_the_partners_alone_leaves_both_serving_and_they_pair_again() {
     let Some(model) = model() else { return };
     let Some(h) = three_hosts('t') else { return };
     let model = model.to_str().expect("UTF-8 path");
@@ -410,33 +439,102 @@ fn a_partition_between_the_partners_alone_loses_no_request() {
         "18002",
         "256",
     );
+    let router = &h.names[2];
+    let forwarding = |on: bool| {
+        let v = format!("net.ipv4.ip_forward={}", u8::from(on));
+        assert!(sh(&["ip", "netns", "exec", router, "sysctl", "-qw", &v]));
+    };
+    let linked = || {
+        series(
+            &metrics_in(router, &front),
+            "accellm_pair_linked{pair=\"0-1\"}",
+        )
+    };
+    assert_eq!(linked(), Some(1.0), "the pair starts linked");
     // The router stops forwarding before any request is sent: the partners lose each other but
-    // both keep talking to the front. Every prefill's KV copy must then cross the cut, so the
-    // first one fails (no connection, or no ack, within 10 s) on any machine, however fast.
-    assert!(sh(&[
-        "ip",
-        "netns",
-        "exec",
-        &h.names[2],
-        "sysctl",
-        "-qw",
-        "net.ipv4.ip_forward=0"
-    ]));
-    let v = bench_in(&h.names[2], &front, "8", "synthetic:prompt=96,output=100");
+    // both keep talking to the front. The first prefill's KV copy must then cross the cut, so
+    // it fails (no connection within 10 s) on any machine, however fast: the link is down.
+    forwarding(false);
+    let v = bench_in(router, &front, "4", "synthetic:prompt=96,output=32");
+    assert_eq!(v["completed"], 4, "every request completes: {v}");
+    assert_eq!(v["failed"], 0, "{v}");
+    let text = metrics_in(router, &front);
+    assert_eq!(
+        series(&text, "accellm_pair_linked{pair=\"0-1\"}"),
+        Some(0.0),
+        "the cut was detected: {text}"
+    );
+    let before = iterations(&text);
+    // Still cut off: more requests, served by both partners unpaired, none lost.
+    let v = bench_in(router, &front, "8", "synthetic:prompt=96,output=48");
     assert_eq!(v["completed"], 8, "every request completes: {v}");
-    let text = metrics_in(&h.names[2], &front);
+    assert_eq!(v["failed"], 0, "{v}");
+    let text = metrics_in(router, &front);
     eprintln!(
         "{}",
         text.lines()
             .filter(|l| l.starts_with("accellm_instance_up")
+                || l.starts_with("accellm_instance_iterations")
+                || l.starts_with("accellm_pair_linked")
                 || l.starts_with("accellm_requests_recovered_total"))
             .collect::<Vec<_>>()
             .join("\n")
     );
-    // One side was declared down (and stays out for its quarantine, longer than this run).
+    assert_eq!(
+        series(&text, "accellm_pair_linked{pair=\"0-1\"}"),
+        Some(0.0),
+        "still cut: {text}"
+    );
+    let after = iterations(&text);
+    for i in 0..2 {
+        assert!(
+            after[i] > before[i],
+            "worker {i} ran iterations during the partition: {before:?} -> {after:?}"
+        );
+        assert_eq!(
+            series(&text, &format!("accellm_instance_up{{instance=\"{i}\"}}")),
+            Some(1.0),
+            "worker {i} stays in service"
+        );
+    }
+    // The link returns: the pair re-forms within 5 s (the workers probe each other every
+    // second; a probe under way retries its connection on TCP's schedule).
+    let copied =
+        |t: &str| series(t, "accellm_kv_copied_bytes_total{kind=\"replica\"}").unwrap_or(0.0);
+    let copied_before = copied(&text);
+    forwarding(true);
+    let back = std::time::Instant::now();
+    while linked() != Some(1.0) {
+        assert!(
+            back.elapsed() < Duration::from_secs(30),
+            "the pair did not re-form within 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let took = back.elapsed();
+    eprintln!(
+        "pair re-formed {:.1} s after the link returned",
+        took.as_secs_f64()
+    );
     assert!(
-        text.lines()
-            .any(|l| l.starts_with("accellm_instance_up{") && l.trim_end().ends_with(" 0")),
-        "the partition was detected: {text}"
+        took < Duration::from_secs(5),
+        "the pair re-formed {took:?} after the link returned (goal: 5 s)"
+    );
+    // Paired again: replicas cross the link once more (new prompts: a prompt found in the
+    // prefix cache starts no replica).
+    let v = bench_seeded(router, &front, "2", "synthetic:prompt=96,output=8", "2");
+    assert_eq!(v["completed"], 2, "{v}");
+    let text = metrics_in(router, &front);
+    let shown: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("copied") || l.contains("linked") || l.contains("copy"))
+        .collect();
+    assert!(
+        copied(&text) > copied_before,
+        "replicas again after the link returned ({copied_before} bytes before): {shown:#?}"
+    );
+    assert_eq!(
+        series(&text, "accellm_pair_linked{pair=\"0-1\"}"),
+        Some(1.0)
     );
 }

@@ -200,6 +200,8 @@ struct Live {
     slo: Slo,
     times: TokenTimes,
     instances: u64,
+    /// The instance that sampled its latest token (where it is counted when it ends).
+    last_on: Option<usize>,
     failed: bool,
 }
 
@@ -570,6 +572,7 @@ impl Executor {
             slo: s.slo,
             times: TokenTimes::new(Instant::now()),
             instances: 0,
+            last_on: None,
             failed: false,
         };
         let prompt_tokens = live.prompt_len as u64;
@@ -689,6 +692,9 @@ impl Executor {
             let now = Instant::now();
             m.e2e.observe(live.times.since_arrival(now).as_secs_f64());
             let completed = finish != Finish::Abort && !live.failed;
+            if let Some(g) = live.last_on.and_then(|i| m.instances.get_mut(i)) {
+                g.completed += u64::from(completed);
+            }
             m.slo_met
                 .add(live.times.verdict(&live.slo, completed, now, completion));
         }
@@ -812,6 +818,7 @@ impl Executor {
         for &(req, seq) in &sample_rows {
             if let Some(live) = self.lives[req.index()].as_mut() {
                 live.instances |= 1 << (instance.min(63));
+                live.last_on = Some(i);
                 if let Some(sampler) = live.sampler.take() {
                     let constraint = live.constraint.take();
                     if keep_copy {

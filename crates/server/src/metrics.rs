@@ -195,6 +195,8 @@ pub struct InstanceGauges {
     pub busy_s: f64,
     /// Declared down (a remote worker that failed).
     pub down: bool,
+    /// Requests that completed with their last token sampled here.
+    pub completed: u64,
 }
 
 /// Every metric the server exports.
@@ -576,6 +578,14 @@ impl Metrics {
             "accellm_replica_evictions",
             "Replicas evicted to make room for primaries.",
             c.replica_evictions,
+        )?;
+        per_instance(
+            enc,
+            "accellm_instance_requests_completed",
+            MetricType::Counter,
+            "Requests that completed with their last token sampled on each instance.",
+            instances,
+            |g| g.completed.into(),
         )?;
         per_instance(
             enc,

@@ -3,6 +3,8 @@
 # instances) and against a front driving two `accellm worker` processes on loopback, alternated.
 # Usage: bash docs/bench/distributed.sh [ACCELLM_BINARY]   RATES="1 2" NUM=40 REPS=2 SERVE_ARGS=...
 # (SERVE_ARGS="--cluster-policy least-load": no replica copies between the instances.)
+# TLS_ARGS="--tls-cert C --tls-key K --tls-ca CA": mutual TLS on every worker link (front and
+# workers); WORKER_ARGS: more flags for both workers (e.g. "--kv-local never").
 set -euo pipefail
 BIN="${1:-target/release/accellm}"
 PORT=18910
@@ -17,9 +19,9 @@ for rate in ${RATES:-1 2}; do
   for mode in ${MODES:-local workers}; do
     pids=()
     if [ "$mode" = workers ]; then
-      "$BIN" worker --listen 127.0.0.1:$((PORT + 1)) >/dev/null 2>&1 & pids+=($!)
-      "$BIN" worker --listen 127.0.0.1:$((PORT + 2)) >/dev/null 2>&1 & pids+=($!)
-      "$BIN" serve --port $PORT ${SERVE_ARGS:-} --workers "127.0.0.1:$((PORT + 1)),127.0.0.1:$((PORT + 2))" >/dev/null 2>&1 & pids+=($!)
+      "$BIN" worker --listen 127.0.0.1:$((PORT + 1)) ${TLS_ARGS:-} ${WORKER_ARGS:-} >/dev/null 2>&1 & pids+=($!)
+      "$BIN" worker --listen 127.0.0.1:$((PORT + 2)) ${TLS_ARGS:-} ${WORKER_ARGS:-} >/dev/null 2>&1 & pids+=($!)
+      "$BIN" serve --port $PORT ${SERVE_ARGS:-} ${TLS_ARGS:-} --workers "127.0.0.1:$((PORT + 1)),127.0.0.1:$((PORT + 2))" >/dev/null 2>&1 & pids+=($!)
     else
       "$BIN" serve --port $PORT ${SERVE_ARGS:-} >/dev/null 2>&1 & pids+=($!)
     fi

@@ -180,6 +180,9 @@ fn tls_front_and_workers_serve_and_stream_kv_between_workers() {
                 model,
                 "--kv-blocks",
                 "256",
+                // On one host the KV link would move to a Unix socket: keep it on TLS.
+                "--kv-local",
+                "never",
             ],
             &pki.issue(&ca, name, "ca"),
         ));
@@ -293,6 +296,7 @@ fn peer_hello(addr: &str, tls: Option<&Tls>, model: &Path) -> Result<Msg, String
         version: wire::version(),
         model: ModelId::of(model).expect("model id"),
         from: 7,
+        kv_wire: wire::KvWire::F16,
     };
     wire::write_msg(&mut w, &hello).map_err(|e| format!("send: {e}"))?;
     wire::read_msg(&mut BufReader::new(r)).map_err(|e| format!("read: {e}"))
@@ -312,7 +316,7 @@ fn peers_without_a_certificate_from_the_cluster_ca_get_nothing() {
     // Control: a cluster certificate is welcome.
     let good = pki.identity("good", "ca");
     let answer = peer_hello(&addr, Some(&good), &model_path);
-    assert!(matches!(answer, Ok(Msg::Welcome { .. })), "{answer:?}");
+    assert!(matches!(answer, Ok(Msg::PeerWelcome { .. })), "{answer:?}");
 
     // A certificate from another CA (its holder trusts ours): no answer at all.
     let answer = peer_hello(&addr, Some(&pki.identity("rogue", "ca")), &model_path);
@@ -404,7 +408,7 @@ fn peers_without_a_certificate_from_the_cluster_ca_get_nothing() {
 
     // The worker is still up for its cluster.
     let answer = peer_hello(&addr, Some(&good), &model_path);
-    assert!(matches!(answer, Ok(Msg::Welcome { .. })), "{answer:?}");
+    assert!(matches!(answer, Ok(Msg::PeerWelcome { .. })), "{answer:?}");
 }
 
 /// One HTTP/1.1 request over TLS trusting `ca` (server name `name`); returns the raw answer.

@@ -27,7 +27,9 @@ pub mod threads;
 pub use batch::{ForwardBatch, ForwardOutput, PhaseTimings, SeqInput};
 pub use config::{Activation, ArchParams, Family, ModelConfig, RopeStyle};
 pub use error::{EngineError, Result};
+pub use half::f16;
 pub use kv::{copy_kv, KvPool, KvSpan, DEFAULT_BLOCK_SIZE};
+pub use kv_wire::KvValue;
 pub use linear::WeightFormat;
 pub use model::Model;
 pub use sampling::{

@@ -20,9 +20,9 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::io::Cursor;
 
-use accellm_engine::{ArchParams, KvPool, KvSpan, ModelConfig, Sampler, TokenLogprob};
+use accellm_engine::{f16, ArchParams, KvPool, KvSpan, ModelConfig, Sampler, TokenLogprob};
 use accellm_server::remote::wire::{
-    self, Frame, Geometry, ModelId, Msg, WireError, WireLogprob, WirePromptRow, WireSample,
+    self, Frame, Geometry, KvWire, ModelId, Msg, WireError, WireLogprob, WirePromptRow, WireSample,
     WireSampled, WireSeq, MAX_FRAME_BYTES,
 };
 use accellm_server::remote::worker::serve_kv_link;
@@ -194,7 +194,7 @@ fn model_id(r: &mut Rng) -> ModelId {
 
 /// A well-formed control message with random fields (finite numbers: JSON has no NaN).
 fn message(r: &mut Rng) -> Msg {
-    match r.below(10) {
+    match r.below(11) {
         0 => Msg::Hello {
             version: r.string(),
             model: model_id(r),
@@ -266,6 +266,12 @@ fn message(r: &mut Rng) -> Msg {
             version: r.string(),
             model: model_id(r),
             from: r.usize(),
+            kv_wire: kv_wire(r),
+        },
+        10 => Msg::PeerWelcome {
+            version: r.string(),
+            kv_wire: kv_wire(r),
+            local: r.coin(2).then(|| r.string()),
         },
         8 => Msg::Flush { seq: r.next() },
         _ => Msg::Ack {
@@ -273,6 +279,26 @@ fn message(r: &mut Rng) -> Msg {
             error: r.coin(2).then(|| r.string()),
         },
     }
+}
+
+fn kv_wire(r: &mut Rng) -> KvWire {
+    if r.coin(2) {
+        KvWire::F16
+    } else {
+        KvWire::F32
+    }
+}
+
+/// Encodes a KV frame with `data` as `wire`'s values.
+fn write_kv(out: &mut Vec<u8>, wire: KvWire, layer: u32, spans: &[KvSpan], data: &[f32]) {
+    match wire {
+        KvWire::F32 => wire::write_kv(out, layer, spans, data),
+        KvWire::F16 => {
+            let half: Vec<f16> = data.iter().map(|&x| f16::from_f32(x)).collect();
+            wire::write_kv(out, layer, spans, &half)
+        }
+    }
+    .expect("encodes");
 }
 
 /// The pool a fuzzed KV link writes into: 2 layers, 2 KV heads of 4 values, 8 blocks of 4.
@@ -436,7 +462,7 @@ fn one(r: &mut Rng, pool: &KvPool, seed: u64, k: usize, c: &mut Counts) {
                 _ => r.below(200) as u32,
             };
             let mut input = len.to_le_bytes().to_vec();
-            input.push(r.below(3) as u8);
+            input.push(r.below(4) as u8);
             if r.coin(2) {
                 // A KV head: layer, span count (often huge), then some of the rest.
                 input.extend_from_slice(&r.u32().to_le_bytes());
@@ -454,7 +480,7 @@ fn one(r: &mut Rng, pool: &KvPool, seed: u64, k: usize, c: &mut Counts) {
             } else {
                 let (layer, spans, data, _) = kv_frame(r);
                 let mut b = Vec::new();
-                wire::write_kv(&mut b, layer, &spans, &data).expect("encodes");
+                write_kv(&mut b, kv_wire(r), layer, &spans, &data);
                 b
             };
             match r.below(3) {
@@ -495,14 +521,18 @@ fn one(r: &mut Rng, pool: &KvPool, seed: u64, k: usize, c: &mut Counts) {
         }
         // A KV link after its handshake: one frame, then a flush.
         6 => {
-            let (layer, spans, data, accept) = kv_frame(r);
+            let (layer, spans, data, fits) = kv_frame(r);
+            // The frame's value type, and the link's (a frame of the other type is refused).
+            let (sent, agreed) = (kv_wire(r), if r.coin(8) { kv_wire(r) } else { KvWire::F16 });
+            let agreed = if r.coin(8) { agreed } else { sent };
+            let accept = fits && sent == agreed;
             let mut input = Vec::new();
-            wire::write_kv(&mut input, layer, &spans, &data).expect("encodes");
+            write_kv(&mut input, sent, layer, &spans, &data);
             let seq = r.next();
             wire::write_msg(&mut input, &Msg::Flush { seq }).expect("encodes");
             let mut acks = Vec::new();
             let (ended, largest) =
-                tracked(|| serve_kv_link(pool, Cursor::new(&input[..]), &mut acks));
+                tracked(|| serve_kv_link(pool, agreed, Cursor::new(&input[..]), &mut acks));
             assert!(
                 largest <= allowed_alloc(input.len()),
                 "seed {seed} input {k}: {largest} bytes allocated for a {}-byte KV frame",
@@ -530,11 +560,18 @@ fn one(r: &mut Rng, pool: &KvPool, seed: u64, k: usize, c: &mut Counts) {
                 })
             });
             if accept && !overlap {
-                let back = pool.read_spans(layer as usize, &spans).expect("reads");
+                let back = pool
+                    .read_spans::<f32>(layer as usize, &spans)
+                    .expect("reads");
+                // f32 lands bit for bit; f16 as its value widened back.
+                let want = |x: f32| match sent {
+                    KvWire::F32 => x,
+                    KvWire::F16 => f16::from_f32(x).to_f32(),
+                };
                 let same = back
                     .iter()
                     .zip(&data)
-                    .all(|(a, b)| a.to_bits() == b.to_bits());
+                    .all(|(a, &b)| a.to_bits() == want(b).to_bits());
                 assert!(same && back.len() == data.len(), "seed {seed} input {k}");
             }
             c.kv += 1;

@@ -15,10 +15,13 @@
 //! writer stalled on a full send buffer never stops the reader from draining the socket.
 //!
 //! Without TLS a link is the plain socket; [`check_plaintext_listen`] keeps that to loopback
-//! unless the operator says `--insecure`.
+//! unless the operator says `--insecure`. A KV link between two workers of one host may also be
+//! a Unix socket ([`unix`]), never encrypted: only processes of the worker's user can reach it
+//! (see `super::worker`).
 
 use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -365,6 +368,14 @@ pub fn connect(socket: TcpStream, tls: Option<&Tls>, addr: &str) -> io::Result<L
     }
 }
 
+/// A KV link over a Unix socket, split into its reader and writer (no TLS: see the module doc).
+pub fn unix(socket: &UnixStream) -> io::Result<(LinkReader, LinkWriter)> {
+    Ok((
+        LinkReader::Unix(socket.try_clone()?),
+        LinkWriter::Unix(socket.try_clone()?),
+    ))
+}
+
 fn plain(socket: TcpStream) -> io::Result<Link> {
     Ok(Link {
         reader: LinkReader::Plain(socket.try_clone()?),
@@ -419,6 +430,8 @@ fn lock(state: &Mutex<Connection>) -> io::Result<MutexGuard<'_, Connection>> {
 pub enum LinkReader {
     /// Plain socket.
     Plain(TcpStream),
+    /// Unix socket (same host).
+    Unix(UnixStream),
     /// TLS session.
     Tls(Box<TlsReader>),
 }
@@ -436,6 +449,7 @@ impl Read for LinkReader {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
         match self {
             Self::Plain(s) => s.read(out),
+            Self::Unix(s) => s.read(out),
             Self::Tls(t) => t.read(out),
         }
     }
@@ -485,6 +499,8 @@ impl TlsReader {
 pub enum LinkWriter {
     /// Plain socket.
     Plain(TcpStream),
+    /// Unix socket (same host).
+    Unix(UnixStream),
     /// TLS session: records are encrypted into `out` under the lock and written unlocked.
     Tls {
         /// The session, shared with the reader.
@@ -500,6 +516,7 @@ impl Write for LinkWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
             Self::Plain(s) => s.write(buf),
+            Self::Unix(s) => s.write(buf),
             Self::Tls { state, socket, out } => {
                 let buf = &buf[..buf.len().min(WRITE_CHUNK)];
                 out.clear();
@@ -520,6 +537,7 @@ impl Write for LinkWriter {
     fn flush(&mut self) -> io::Result<()> {
         match self {
             Self::Plain(s) => s.flush(),
+            Self::Unix(s) => s.flush(),
             Self::Tls { socket, .. } => socket.flush(),
         }
     }

@@ -2,21 +2,89 @@
 //!
 //! A frame is a little-endian `u32` length, a one-byte tag and the body:
 //! - tag 0: one [`Msg`] as JSON (control: handshake, run this batch, report, transfer, flush);
-//! - tag 1: one layer of KV for some token slots ([`KvFrame`]): `u32` layer, `u32` span count,
-//!   the spans as `(dst_block, slot_start, slot_end)` triples, then the `f32` values
-//!   (little-endian) in [`accellm_engine::KvPool::read_spans`]'s layout.
+//! - tag 1 (`f32`) or 2 (`f16`): one layer of KV for some token slots ([`KvFrame`]): `u32`
+//!   layer, `u32` span count, the spans as `(dst_block, slot_start, slot_end)` triples, then the
+//!   values (little-endian) in [`accellm_engine::KvPool::read_spans`]'s layout.
 //!
 //! Control messages are small and rare (one per iteration), so JSON costs nothing that shows and
-//! keeps the schema readable; KV is raw floats, so a layer costs one `memcpy`-like pass.
+//! keeps the schema readable; KV is raw values, so a layer costs one `memcpy`-like pass (`f16`:
+//! narrowed while gathered, widened while scattered, [`KvWire`]).
 
 use std::io::{Read, Write};
 use std::path::Path;
 
-use accellm_engine::{KvSpan, Sampler, TokenLogprob};
+use accellm_engine::{f16, KvSpan, KvValue, Sampler, TokenLogprob};
 use serde::{Deserialize, Serialize};
 
 /// Bumped whenever a message changes shape.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
+
+/// How KV values cross a worker-to-worker link (`accellm worker --kv-wire`).
+///
+/// The pool keeps `f32`; `f16` halves the bytes and rounds every value to half precision
+/// (11 significant bits). A link carries `f16` only when both of its workers allow it: the
+/// sender names its choice in [`Msg::PeerHello`], the receiver answers the agreed one in
+/// [`Msg::PeerWelcome`] and refuses KV frames of the other type.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum KvWire {
+    /// The pool's own values, bit for bit: a replica decodes exactly as the original would
+    /// (the default: with 8-bit activations, f16 KV moves logits enough that greedy output
+    /// parts from the original's within a few tokens; docs/distributed.md).
+    #[default]
+    F32,
+    /// Half precision: half the bytes.
+    F16,
+}
+
+impl KvWire {
+    /// What a link between a sender wanting `self` and a receiver wanting `other` carries.
+    pub fn agree(self, other: KvWire) -> KvWire {
+        if self == KvWire::F16 && other == KvWire::F16 {
+            KvWire::F16
+        } else {
+            KvWire::F32
+        }
+    }
+
+    /// Bytes of one value.
+    pub fn value_bytes(self) -> usize {
+        match self {
+            KvWire::F32 => 4,
+            KvWire::F16 => 2,
+        }
+    }
+
+    fn tag(self) -> u8 {
+        match self {
+            KvWire::F32 => 1,
+            KvWire::F16 => 2,
+        }
+    }
+}
+
+impl std::fmt::Display for KvWire {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            KvWire::F32 => "f32",
+            KvWire::F16 => "f16",
+        })
+    }
+}
+
+/// A value type that travels in KV frames, and its [`KvWire`].
+pub trait WireValue: KvValue {
+    /// Its wire type.
+    const WIRE: KvWire;
+}
+
+impl WireValue for f32 {
+    const WIRE: KvWire = KvWire::F32;
+}
+
+impl WireValue for f16 {
+    const WIRE: KvWire = KvWire::F16;
+}
 
 /// Largest frame accepted (a garbage length must not allocate gigabytes).
 pub const MAX_FRAME_BYTES: usize = 256 << 20;
@@ -308,6 +376,18 @@ pub enum Msg {
         model: ModelId,
         /// Its instance index.
         from: usize,
+        /// The KV value type the sender would send.
+        kv_wire: KvWire,
+    },
+    /// Worker → worker: the KV link is open.
+    PeerWelcome {
+        /// [`version`] of the receiver.
+        version: String,
+        /// The KV value type the link carries (see [`KvWire`]).
+        kv_wire: KvWire,
+        /// The receiver's Unix socket for KV links from this host (see
+        /// `super::worker`), when it has one.
+        local: Option<String>,
     },
     /// Worker → worker: reply with [`Msg::Ack`] once every earlier KV frame is written.
     Flush {
@@ -323,6 +403,46 @@ pub enum Msg {
     },
 }
 
+/// KV values as they crossed the link.
+#[derive(Debug, Clone, PartialEq)]
+pub enum KvData {
+    /// Full precision.
+    F32(Vec<f32>),
+    /// Half precision.
+    F16(Vec<f16>),
+}
+
+impl KvData {
+    /// The values' wire type.
+    pub fn wire(&self) -> KvWire {
+        match self {
+            KvData::F32(_) => KvWire::F32,
+            KvData::F16(_) => KvWire::F16,
+        }
+    }
+
+    /// Number of values.
+    pub fn len(&self) -> usize {
+        match self {
+            KvData::F32(d) => d.len(),
+            KvData::F16(d) => d.len(),
+        }
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The values widened to `f32`.
+    pub fn to_f32(&self) -> Vec<f32> {
+        match self {
+            KvData::F32(d) => d.clone(),
+            KvData::F16(d) => d.iter().map(|x| x.to_f32()).collect(),
+        }
+    }
+}
+
 /// One layer of KV for some token slots (slots named by their destination blocks).
 #[derive(Debug, Clone, PartialEq)]
 pub struct KvFrame {
@@ -331,7 +451,18 @@ pub struct KvFrame {
     /// Destination slots (`src_block` equals `dst_block`).
     pub spans: Vec<KvSpan>,
     /// K and V values in `read_spans` layout.
-    pub data: Vec<f32>,
+    pub data: KvData,
+}
+
+impl KvFrame {
+    /// Writes the values into `pool` (widened to its `f32`).
+    pub fn write_into(&self, pool: &accellm_engine::KvPool) -> accellm_engine::Result<()> {
+        let layer = self.layer as usize;
+        match &self.data {
+            KvData::F32(d) => pool.write_spans(layer, &self.spans, d),
+            KvData::F16(d) => pool.write_spans(layer, &self.spans, d),
+        }
+    }
 }
 
 /// A frame read off a connection.
@@ -354,14 +485,14 @@ pub fn write_msg(w: &mut impl Write, m: &Msg) -> Result<(), WireError> {
     Ok(())
 }
 
-/// Writes one layer of KV for `spans` (their destination blocks are sent).
-pub fn write_kv(
+/// Writes one layer of KV for `spans` (their destination blocks are sent), as `T`.
+pub fn write_kv<T: WireValue>(
     w: &mut impl Write,
     layer: u32,
     spans: &[KvSpan],
-    data: &[f32],
+    data: &[T],
 ) -> Result<(), WireError> {
-    let len = 1 + 8 + 12 * spans.len() + 4 * data.len();
+    let len = 1 + 8 + 12 * spans.len() + std::mem::size_of_val(data);
     if len > MAX_FRAME_BYTES {
         return Err(WireError::Frame(format!(
             "KV frame of {len} bytes is too large"
@@ -369,7 +500,7 @@ pub fn write_kv(
     }
     let mut head = Vec::with_capacity(13 + 12 * spans.len());
     head.extend_from_slice(&(len as u32).to_le_bytes());
-    head.push(1);
+    head.push(T::WIRE.tag());
     head.extend_from_slice(&layer.to_le_bytes());
     head.extend_from_slice(&(spans.len() as u32).to_le_bytes());
     for s in spans {
@@ -378,15 +509,16 @@ pub fn write_kv(
         }
     }
     w.write_all(&head)?;
-    // Layers are megabytes: send the floats as they lie in memory where that is little-endian.
-    if cfg!(target_endian = "little") {
-        w.write_all(bytemuck::cast_slice(data))?;
-    } else {
-        let bytes: Vec<u8> = data.iter().flat_map(|x| x.to_le_bytes()).collect();
-        w.write_all(&bytes)?;
-    }
+    // Layers are megabytes: send the values as they lie in memory (little-endian hosts only,
+    // see the compile-time check below).
+    w.write_all(bytemuck::cast_slice(data))?;
     Ok(())
 }
+
+// KV values cross the wire as they lie in memory, which is little-endian on every target this
+// builds for; a big-endian port would need byte swaps in `write_kv` and `read_values`.
+#[cfg(target_endian = "big")]
+compile_error!("the KV wire format assumes a little-endian host");
 
 fn u32_at(b: &[u8], at: usize) -> Result<u32, WireError> {
     b.get(at..at + 4)
@@ -406,20 +538,15 @@ fn read_bytes(r: &mut impl Read, n: usize) -> Result<Vec<u8>, WireError> {
     Ok(buf)
 }
 
-/// Reads `n` little-endian `f32`s straight into their buffer (see `write_kv`), growing it by
-/// doubling from 8 Ki values (32 KiB) as they arrive, for the reason [`read_bytes`] gives.
-fn read_f32s(r: &mut impl Read, n: usize) -> Result<Vec<f32>, WireError> {
-    let mut data: Vec<f32> = Vec::new();
+/// Reads `n` little-endian values straight into their buffer (see `write_kv`), growing it by
+/// doubling from 8 Ki values as they arrive, for the reason [`read_bytes`] gives.
+fn read_values<T: bytemuck::Pod>(r: &mut impl Read, n: usize) -> Result<Vec<T>, WireError> {
+    let mut data: Vec<T> = Vec::new();
     while data.len() < n {
         let at = data.len();
         let step = at.max(8 << 10).min(n - at);
-        data.resize(at + step, 0.0);
+        data.resize(at + step, T::zeroed());
         r.read_exact(bytemuck::cast_slice_mut(&mut data[at..]))?;
-    }
-    if cfg!(target_endian = "big") {
-        for x in &mut data {
-            *x = f32::from_le_bytes(x.to_ne_bytes());
-        }
     }
     Ok(data)
 }
@@ -442,7 +569,9 @@ pub fn read_frame(r: &mut impl Read) -> Result<Frame, WireError> {
             let body = read_bytes(r, len - 1)?;
             Ok(Frame::Msg(serde_json::from_slice(&body)?))
         }
-        1 => {
+        tag @ (1 | 2) => {
+            let wire = if tag == 1 { KvWire::F32 } else { KvWire::F16 };
+            let size = wire.value_bytes();
             let mut head = [0u8; 8];
             if len < 9 {
                 return Err(WireError::Frame("truncated KV frame".into()));
@@ -453,7 +582,7 @@ pub fn read_frame(r: &mut impl Read) -> Result<Frame, WireError> {
             let data_at = n
                 .checked_mul(12)
                 .and_then(|b| b.checked_add(9))
-                .filter(|&d| d <= len && (len - d).is_multiple_of(4))
+                .filter(|&d| d <= len && (len - d).is_multiple_of(size))
                 .ok_or_else(|| WireError::Frame("KV frame with a bad length".into()))?;
             let raw = read_bytes(r, 12 * n)?;
             let spans = raw
@@ -467,7 +596,11 @@ pub fn read_frame(r: &mut impl Read) -> Result<Frame, WireError> {
                     })
                 })
                 .collect::<Result<Vec<_>, WireError>>()?;
-            let data = read_f32s(r, (len - data_at) / 4)?;
+            let n = (len - data_at) / size;
+            let data = match wire {
+                KvWire::F32 => KvData::F32(read_values(r, n)?),
+                KvWire::F16 => KvData::F16(read_values(r, n)?),
+            };
             Ok(Frame::Kv(KvFrame { layer, spans, data }))
         }
         t => Err(WireError::Frame(format!("unknown frame tag {t}"))),
@@ -497,7 +630,14 @@ mod tests {
             dst_block: 5,
             slots: 1..4,
         }];
-        write_kv(&mut buf, 2, &spans, &[1.5, -2.0, 3.25]).unwrap();
+        write_kv(&mut buf, 2, &spans, &[1.5f32, -2.0, 3.25]).unwrap();
+        write_kv(
+            &mut buf,
+            3,
+            &spans,
+            &[f16::from_f32(1.5), f16::from_f32(-2.0)],
+        )
+        .unwrap();
         let mut r = &buf[..];
         assert!(matches!(read_msg(&mut r).unwrap(), Msg::Flush { seq: 7 }));
         match read_frame(&mut r).unwrap() {
@@ -505,11 +645,43 @@ mod tests {
                 assert_eq!(k.layer, 2);
                 assert_eq!(k.spans[0].dst_block, 5);
                 assert_eq!(k.spans[0].slots, 1..4);
-                assert_eq!(k.data, vec![1.5, -2.0, 3.25]);
+                assert_eq!(k.data, KvData::F32(vec![1.5, -2.0, 3.25]));
+            }
+            Frame::Msg(m) => panic!("expected KV, got {m:?}"),
+        }
+        match read_frame(&mut r).unwrap() {
+            Frame::Kv(k) => {
+                assert_eq!(k.layer, 3);
+                assert_eq!(k.data.to_f32(), vec![1.5, -2.0]);
+                assert_eq!(k.data.wire(), KvWire::F16);
             }
             Frame::Msg(m) => panic!("expected KV, got {m:?}"),
         }
         assert!(read_frame(&mut r).is_err(), "end of stream is an error");
+    }
+
+    #[test]
+    fn a_link_carries_f16_only_when_both_ends_allow_it() {
+        assert_eq!(KvWire::F16.agree(KvWire::F16), KvWire::F16);
+        assert_eq!(KvWire::F16.agree(KvWire::F32), KvWire::F32);
+        assert_eq!(KvWire::F32.agree(KvWire::F16), KvWire::F32);
+        // An f16 frame has half the bytes of an f32 one, and a body of odd length is refused.
+        let spans = [KvSpan {
+            src_block: 0,
+            dst_block: 0,
+            slots: 0..1,
+        }];
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        write_kv(&mut a, 0, &spans, &[0.0f32; 64]).unwrap();
+        write_kv(&mut b, 0, &spans, &[f16::ZERO; 64]).unwrap();
+        assert_eq!(a.len() - b.len(), 128);
+        let mut odd = b.clone();
+        odd[0] += 1;
+        odd.push(0);
+        assert!(matches!(
+            read_frame(&mut &odd[..]),
+            Err(WireError::Frame(_))
+        ));
     }
 
     #[test]

@@ -11,21 +11,30 @@
 //! With `--tls-cert/--tls-key/--tls-ca` every connection, in and out, is mutual TLS with the
 //! cluster CA ([`super::tls`]): a peer without a certificate the CA signed is dropped during the
 //! TLS handshake, before its hello is read.
+//!
+//! **Same host.** Every worker also takes KV links on a Unix socket in a directory of its own
+//! (mode 0700, so only its user — who can read its TLS key anyway — can connect) and names it
+//! in its [`Msg::PeerWelcome`]. A worker opening a KV link to a peer on a loopback address
+//! (`--kv-local auto`), or to any peer whose socket it can reach (`always`), moves the link to
+//! that socket after the TCP (and TLS) handshake: no TCP stack, no encryption.
 
 use std::collections::HashMap;
 use std::io::{BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream, ToSocketAddrs};
-use std::path::PathBuf;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use accellm_engine::{ForwardBatch, KvPool, Model, SeqInput, Threads, WeightFormat};
+use accellm_engine::{f16, ForwardBatch, KvPool, KvSpan, Model, SeqInput, Threads, WeightFormat};
 use anyhow::Context as _;
 
 use super::tls::{self, LinkReader, LinkWriter, Tls, TlsArgs};
-use super::wire::{self, Frame, Geometry, ModelId, Msg, WireError, WireLogprob, WireSampled};
+use super::wire::{
+    self, Frame, Geometry, KvWire, ModelId, Msg, WireError, WireLogprob, WireSampled,
+};
 use crate::worker::{run_one, CopyPlan, LinkJob, PromptRow, RunJob, SampleJob};
 
 /// Arguments of `accellm worker`.
@@ -63,6 +72,26 @@ pub struct WorkerArgs {
     /// peer that reaches the port can then drive this worker and read or write its KV.
     #[arg(long)]
     pub insecure: bool,
+    /// KV values on links to and from peers: f32 sends the pool's values bit for bit (a
+    /// replica then decodes exactly as the original); f16 halves the bytes, rounded to half
+    /// precision. A link carries f16 only when both its workers ask for it.
+    #[arg(long, value_enum, default_value_t = KvWire::default())]
+    pub kv_wire: KvWire,
+    /// KV links to peers on this host over a Unix socket: `auto` for peers on loopback
+    /// addresses, `always` for any peer whose socket this worker can reach, `never`.
+    #[arg(long, value_enum, default_value_t = KvLocal::Auto)]
+    pub kv_local: KvLocal,
+}
+
+/// `--kv-local`: when a KV link moves to the peer's Unix socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum KvLocal {
+    /// Peers on loopback addresses.
+    Auto,
+    /// Any peer whose socket is reachable (workers of one host on non-loopback addresses).
+    Always,
+    /// Never: every link stays on TCP (this worker also opens no socket).
+    Never,
 }
 
 /// What every session of this worker shares.
@@ -74,6 +103,12 @@ struct WorkerState {
     threads: usize,
     /// Mutual TLS on every link, when configured.
     tls: Option<Arc<Tls>>,
+    /// The KV value type this worker sends and accepts.
+    kv_wire: KvWire,
+    /// When links to peers move to their Unix socket.
+    kv_local: KvLocal,
+    /// This worker's Unix socket for KV links from its host.
+    local: Option<String>,
 }
 
 /// Runs `accellm worker` until killed.
@@ -97,6 +132,10 @@ pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
     let kv_listener = match &args.kv_listen {
         Some(a) => Some(TcpListener::bind(a).with_context(|| format!("cannot listen on {a}"))?),
         None => None,
+    };
+    let local = match args.kv_local {
+        KvLocal::Never => None,
+        _ => Some(bind_local().context("cannot open the KV Unix socket")?),
     };
     let path = match &args.model {
         Some(p) => p.clone(),
@@ -122,6 +161,9 @@ pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
         },
         threads: args.threads,
         tls,
+        kv_wire: args.kv_wire,
+        kv_local: args.kv_local,
+        local: local.as_ref().map(|(_, p)| p.display().to_string()),
     });
     let addr = listener.local_addr()?;
     tracing::info!(
@@ -144,9 +186,67 @@ pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
         }
         None => Accepts::Both,
     };
+    if let Some((l, path)) = local {
+        tracing::info!(path = %path.display(), "KV links from this host on a Unix socket");
+        let state = state.clone();
+        std::thread::Builder::new()
+            .name("accellm-kv-local".into())
+            .spawn(move || local_accept_loop(&l, &state))?;
+    }
     eprintln!("accellm worker: listening on {addr}");
     accept_loop(&listener, &state, accepts);
     Ok(())
+}
+
+/// Binds this worker's Unix socket for same-host KV links, in a new directory only this user
+/// can enter (created with mode 0700; creation fails rather than reuse a directory someone
+/// else made), named by the process id and a random number so that workers of one host, in
+/// any network namespace, never collide.
+fn bind_local() -> std::io::Result<(UnixListener, PathBuf)> {
+    use std::hash::{BuildHasher, Hasher};
+    use std::os::unix::fs::DirBuilderExt;
+    let base = std::env::var_os("XDG_RUNTIME_DIR")
+        .map(PathBuf::from)
+        .filter(|p| p.is_dir())
+        .unwrap_or_else(std::env::temp_dir);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    let dir = base.join(format!(
+        "accellm-kv-{}-{:016x}",
+        std::process::id(),
+        h.finish()
+    ));
+    std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+    let path = dir.join("kv.sock");
+    Ok((UnixListener::bind(&path)?, path))
+}
+
+/// Serves peers' KV links on this worker's Unix socket (no TLS: see the module doc).
+fn local_accept_loop(listener: &UnixListener, state: &Arc<WorkerState>) {
+    for conn in listener.incoming() {
+        let stream = match conn {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                continue;
+            }
+        };
+        let state = state.clone();
+        let _ = std::thread::Builder::new()
+            .name("accellm-conn".into())
+            .spawn(move || {
+                let session = tls::unix(&stream)
+                    .map_err(WireError::from)
+                    .and_then(|(r, w)| hello(&state, BufReader::new(r), w, Accepts::Peers));
+                if let Err(e) = session {
+                    tracing::info!(error = %e, "local connection ended");
+                }
+            });
+    }
 }
 
 /// Which hellos a listening port takes.
@@ -209,8 +309,17 @@ fn connection(
 ) -> Result<(), WireError> {
     stream.set_nodelay(true)?;
     // With TLS, a peer the cluster CA did not vouch for ends here.
-    let (reader, mut writer) = tls::accept(stream, state.tls.as_deref())?.split();
-    let mut reader = BufReader::new(reader);
+    let (reader, writer) = tls::accept(stream, state.tls.as_deref())?.split();
+    hello(state, BufReader::new(reader), writer, accepts)
+}
+
+/// Reads a connection's hello and serves it.
+fn hello(
+    state: &Arc<WorkerState>,
+    mut reader: BufReader<LinkReader>,
+    mut writer: LinkWriter,
+    accepts: Accepts,
+) -> Result<(), WireError> {
     match wire::read_msg(&mut reader)? {
         Msg::Hello {
             version,
@@ -254,6 +363,7 @@ fn connection(
             version,
             model,
             from,
+            kv_wire,
         } => {
             let wrong_port = (accepts == Accepts::Fronts).then(|| {
                 "KV links go to this worker's --kv-listen port (the front's --worker-kv-port)"
@@ -263,44 +373,44 @@ fn connection(
                 wire::write_msg(&mut writer, &Msg::Refused { reason })?;
                 return Ok(());
             }
+            let kv_wire = kv_wire.agree(state.kv_wire);
             wire::write_msg(
                 &mut writer,
-                &Msg::Welcome {
+                &Msg::PeerWelcome {
                     version: wire::version(),
-                    model: state.id.clone(),
-                    geometry: state.geometry,
+                    kv_wire,
+                    local: state.local.clone(),
                 },
             )?;
-            tracing::debug!(from, "peer link opened");
-            peer_session(state, reader, writer)
+            tracing::debug!(from, %kv_wire, "peer link opened");
+            serve_kv_link(&state.pools[0], kv_wire, reader, writer)
         }
         other => Err(WireError::Frame(format!("expected a hello, got {other:?}"))),
     }
 }
 
-/// Receives KV from a peer: writes every frame into the pool, acks flushes.
-fn peer_session(
-    state: &WorkerState,
-    reader: BufReader<LinkReader>,
-    writer: LinkWriter,
-) -> Result<(), WireError> {
-    serve_kv_link(&state.pools[0], reader, writer)
-}
-
 /// The receiving end of a worker-to-worker KV link after its handshake: writes every KV frame
-/// into `pool` (a frame naming slots outside the pool is refused and reported at the next
-/// flush), answers each flush with an ack, and returns on the first frame that is not one of
-/// these or when the connection ends.
+/// of the agreed value type `kv_wire` into `pool`, widened to its `f32` (a frame naming slots
+/// outside the pool, or of the other type, is refused and reported at the next flush), answers
+/// each flush with an ack, and returns on the first frame that is not one of these or when the
+/// connection ends.
 pub fn serve_kv_link(
     pool: &KvPool,
+    kv_wire: KvWire,
     mut reader: impl Read,
     mut writer: impl Write,
 ) -> Result<(), WireError> {
     let mut error: Option<String> = None;
     loop {
         match wire::read_frame(&mut reader)? {
+            Frame::Kv(k) if k.data.wire() != kv_wire => {
+                error.get_or_insert(format!(
+                    "a KV frame in {} on a link agreed on {kv_wire}",
+                    k.data.wire()
+                ));
+            }
             Frame::Kv(k) => {
-                if let Err(e) = pool.write_spans(k.layer as usize, &k.spans, &k.data) {
+                if let Err(e) = k.write_into(pool) {
                     error.get_or_insert(e.to_string());
                 }
             }
@@ -448,10 +558,89 @@ struct PeerLink {
     writer: LinkWriter,
     reader: BufReader<LinkReader>,
     next_flush: u64,
+    /// The value type agreed.
+    kv_wire: KvWire,
+    /// `tcp` or `unix`.
+    transport: &'static str,
 }
 
 impl PeerLink {
+    /// Opens a KV link to the peer at `addr`, moved to its Unix socket when `--kv-local` says
+    /// so and the socket answers (else it stays on TCP).
     fn open(state: &WorkerState, from: usize, addr: &str) -> Result<Self, WireError> {
+        let (link, local) = Self::open_tcp(state, from, addr)?;
+        let wanted = match state.kv_local {
+            KvLocal::Never => false,
+            KvLocal::Auto => tls::is_loopback(addr),
+            KvLocal::Always => true,
+        };
+        let link = match local.filter(|_| wanted) {
+            None => link,
+            Some(path) => match Self::open_local(state, from, Path::new(&path)) {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!(peer = %addr, %path, error = %e, "the peer's Unix socket failed: KV stays on TCP");
+                    link
+                }
+            },
+        };
+        tracing::info!(peer = %addr, transport = link.transport, kv_wire = %link.kv_wire, "KV link open");
+        Ok(link)
+    }
+
+    /// Says hello on an open link; returns it and the peer's Unix socket.
+    fn handshake(
+        state: &WorkerState,
+        from: usize,
+        reader: LinkReader,
+        mut writer: LinkWriter,
+        peer: &str,
+    ) -> Result<(Self, Option<String>), WireError> {
+        let mut reader = BufReader::new(reader);
+        wire::write_msg(
+            &mut writer,
+            &Msg::PeerHello {
+                version: wire::version(),
+                model: state.id.clone(),
+                from,
+                kv_wire: state.kv_wire,
+            },
+        )?;
+        match wire::read_msg(&mut reader)? {
+            Msg::PeerWelcome { kv_wire, local, .. } => Ok((
+                Self {
+                    writer,
+                    reader,
+                    next_flush: 0,
+                    kv_wire: kv_wire.agree(state.kv_wire),
+                    transport: "tcp",
+                },
+                local,
+            )),
+            Msg::Refused { reason } => {
+                Err(WireError::Frame(format!("peer {peer} refused: {reason}")))
+            }
+            m => Err(WireError::Frame(format!("peer {peer} answered {m:?}"))),
+        }
+    }
+
+    fn open_local(state: &WorkerState, from: usize, path: &Path) -> Result<Self, WireError> {
+        let socket = UnixStream::connect(path)?;
+        socket.set_read_timeout(Some(Duration::from_secs(10)))?;
+        socket.set_write_timeout(Some(Duration::from_secs(10)))?;
+        let (reader, writer) = tls::unix(&socket)?;
+        let (link, _) = Self::handshake(state, from, reader, writer, &path.display().to_string())?;
+        Ok(Self {
+            transport: "unix",
+            ..link
+        })
+    }
+
+    fn open_tcp(
+        state: &WorkerState,
+        from: usize,
+        addr: &str,
+    ) -> Result<(Self, Option<String>), WireError> {
         let sock = addr
             .to_socket_addrs()?
             .next()
@@ -465,29 +654,28 @@ impl PeerLink {
         socket.set_read_timeout(Some(Duration::from_secs(10)))?;
         socket.set_write_timeout(Some(Duration::from_secs(10)))?;
         // With TLS, a peer whose certificate the cluster CA did not sign gets no KV.
-        let (reader, mut writer) = tls::connect(socket, state.tls.as_deref(), addr)
+        let (reader, writer) = tls::connect(socket, state.tls.as_deref(), addr)
             .map_err(|e| WireError::Frame(format!("TLS with peer {addr}: {e}")))?
             .split();
-        let mut reader = BufReader::new(reader);
-        wire::write_msg(
-            &mut writer,
-            &Msg::PeerHello {
-                version: wire::version(),
-                model: state.id.clone(),
-                from,
-            },
-        )?;
-        match wire::read_msg(&mut reader)? {
-            Msg::Welcome { .. } => Ok(Self {
-                writer,
-                reader,
-                next_flush: 0,
-            }),
-            Msg::Refused { reason } => {
-                Err(WireError::Frame(format!("peer {addr} refused: {reason}")))
+        Self::handshake(state, from, reader, writer, addr)
+    }
+
+    /// Sends layer `layer` of `spans` from `pool` in the agreed value type; returns the bytes.
+    fn send(&mut self, pool: &KvPool, layer: usize, spans: &[KvSpan]) -> Result<u64, WireError> {
+        let bad = |e: accellm_engine::EngineError| WireError::Frame(e.to_string());
+        let n = match self.kv_wire {
+            KvWire::F32 => {
+                let data = pool.read_spans::<f32>(layer, spans).map_err(bad)?;
+                wire::write_kv(&mut self.writer, layer as u32, spans, &data)?;
+                data.len()
             }
-            m => Err(WireError::Frame(format!("peer {addr} answered {m:?}"))),
-        }
+            KvWire::F16 => {
+                let data = pool.read_spans::<f16>(layer, spans).map_err(bad)?;
+                wire::write_kv(&mut self.writer, layer as u32, spans, &data)?;
+                data.len()
+            }
+        };
+        Ok((n * self.kv_wire.value_bytes()) as u64)
     }
 
     /// Waits until everything sent so far is in the peer's pool.
@@ -543,11 +731,7 @@ fn link_loop(
                 v.insert(PeerLink::open(state, instance, addr)?)
             }
         };
-        let data = pool
-            .read_spans(layer, spans)
-            .map_err(|e| WireError::Frame(e.to_string()))?;
-        wire::write_kv(&mut link.writer, layer as u32, spans, &data)?;
-        Ok(4 * data.len() as u64)
+        link.send(pool, layer, spans)
     };
     for job in rx {
         match job {

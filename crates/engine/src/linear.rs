@@ -21,12 +21,12 @@ pub enum WeightFormat {
     /// padded to match), which makes candle take its repacked AVX-512 VNNI kernel. The fast path
     /// with AVX-512; candle quantizes the activations to 8 bits as well.
     Q8Padded,
-    /// Q4_1 and Q8_0 tensors stay as stored and are multiplied with activations quantized to
-    /// int8 (as GGML's Q8_1) by our kernels (`engine/src/qdot.rs`: AVX-512 VNNI, AVX2, scalar),
-    /// for every batch shape: the products llama.cpp computes, from 0.625 bytes per Q4_1 weight.
-    /// Any other tensor is handled as in [`Self::Q8Padded`]. Faster than `Q8Padded` at every
-    /// shape measured, but not the default: like llama.cpp it flips the chat prompt's near-tie
-    /// first token that `Q8Padded` and `Blocks` keep (docs/engine.md).
+    /// Q4_1 and Q8_0 tensors stay as stored and are multiplied by our kernels
+    /// (`engine/src/qdot.rs`: AVX-512 VNNI, AVX2, scalar) with activations in two int8 parts per
+    /// block of 32 (`x ≈ d·(q + lo/256)`, about 16 bits), for every batch shape: within 2e-5 of
+    /// the exact product, from 0.625 bytes per Q4_1 weight. Any other tensor is handled as in
+    /// [`Self::Q8Padded`] with AVX-512 VNNI, else as in [`Self::Blocks`]. The default where the
+    /// kernels have SIMD (docs/engine.md).
     Int8,
     /// Keep Q4_1 and Q8_0 weights in their stored blocks (any other format is requantized to
     /// Q8_0) and multiply them with *f32* activations in accellm's own AVX2 kernel
@@ -45,18 +45,18 @@ impl Default for WeightFormat {
 }
 
 impl WeightFormat {
-    /// The default on the CPU running: [`Self::Q8Padded`] where AVX-512 VNNI gives candle its
-    /// fast kernel ([`fast_q8_kernel`]); else [`Self::Blocks`] where our AVX2 kernel runs
-    /// ([`blocks_kernel`]); else [`Self::F32`].
+    /// The default on the CPU running: [`Self::Int8`] where its kernels have SIMD (AVX-512
+    /// VNNI, or AVX2 + FMA + F16C: [`int8_kernel`]), else [`Self::Blocks`] where our AVX2 kernel
+    /// runs ([`blocks_kernel`]), else [`Self::F32`].
     ///
-    /// Without VNNI, candle's Q8_0 matmul runs its generic AVX2 dot product, which is correct
-    /// (bit-identical to `BlockQ8_0::vec_dot`, within 1e-4 of exact integer sums) but slow, and
-    /// 8-bit activations plus 8-bit weights move SmolLM2's logits by 5.5% (rms), enough to flip
-    /// the near-tie first token of "What is the capital of France?" (F32: "The" 25.325 vs "L"
-    /// 25.243). `Blocks` keeps the activations in f32 and the weights as stored (docs/engine.md).
+    /// `Int8` was measured faster than `Q8Padded` (AVX-512) and `Blocks` (AVX2 kernel) at every
+    /// batch shape, and it keeps the dense answer: 8-bit activations (candle's Q8_0 / Q8_K,
+    /// GGML's Q8_1) move SmolLM2's logits by 5–10% (rms), enough to flip the near-tie first token
+    /// of "What is the capital of France?" (F32: "The" 25.325 vs "L" 25.243); `Int8`'s two-part
+    /// activations move them by 0.02% (docs/engine.md).
     pub fn for_this_cpu() -> Self {
-        if fast_q8_kernel() {
-            Self::Q8Padded
+        if int8_kernel() {
+            Self::Int8
         } else if blocks_kernel() {
             Self::Blocks
         } else {
@@ -83,6 +83,12 @@ impl WeightFormat {
             Self::F32 => "f32",
         }
     }
+}
+
+/// Whether [`WeightFormat::Int8`]'s kernels run with SIMD here (AVX-512 VNNI, or AVX2 + FMA +
+/// F16C); elsewhere they run as scalar code.
+pub fn int8_kernel() -> bool {
+    crate::qdot::Isa::detect() != crate::qdot::Isa::Scalar
 }
 
 /// Whether this CPU has the AVX2 and FMA that the [`WeightFormat::Blocks`] kernel needs (it
@@ -238,6 +244,27 @@ impl Linear {
             n_total += n;
         }
         let dev = Device::Cpu;
+        // `Int8`: Q4_1 / Q8_0 weights stay as stored and run our int8 kernels for every batch
+        // shape (no 8-bit copy); other tensors go the fast way this CPU has for them.
+        let format = match format {
+            WeightFormat::Int8 => match QDotMatrix::new(&tensors)? {
+                Some(qdot) => {
+                    return Ok(Self {
+                        parts: Vec::new(),
+                        slices: Vec::new(),
+                        split_rows: false,
+                        k,
+                        k_pad: k,
+                        n: n_total,
+                        blocks: None,
+                        qdot: Some(qdot),
+                    })
+                }
+                None if fast_q8_kernel() => WeightFormat::Q8Padded,
+                None => WeightFormat::Blocks,
+            },
+            f => f,
+        };
         // An input size that is not whole blocks stays dense.
         let format = match format {
             WeightFormat::Blocks if !BlockMatrix::supports(k) => WeightFormat::F32,
@@ -272,24 +299,6 @@ impl Linear {
                 })
             }
             WeightFormat::Q8Padded | WeightFormat::Int8 => {
-                let qdot = match format {
-                    WeightFormat::Int8 => QDotMatrix::new(&tensors)?,
-                    _ => None,
-                };
-                if let Some(qdot) = qdot {
-                    // Q4_1 / Q8_0 weights stay as stored and run our int8 kernels for every
-                    // batch shape: no 8-bit copy.
-                    return Ok(Self {
-                        parts: Vec::new(),
-                        slices: Vec::new(),
-                        split_rows: false,
-                        k,
-                        k_pad: k,
-                        n: n_total,
-                        blocks: None,
-                        qdot: Some(qdot),
-                    });
-                }
                 let k_pad = k.div_ceil(PAD_TO) * PAD_TO;
                 let ws = tensors
                     .iter()

@@ -126,15 +126,18 @@ pub(crate) struct QDotMatrix {
     isa: Isa,
 }
 
-/// Activation rows quantized for the kernels.
+/// Activation rows quantized for the kernels: per block of 32, `x ≈ d·(q + lo/256)`.
 struct Acts {
-    /// `[rows, k]` quantized values.
+    /// `[rows, k]` high bytes `q = round(x/d)`.
     q: Vec<i8>,
-    /// Per row and block: the scale `d` (f16-rounded).
+    /// `[rows, k]` low bytes `lo = round(256·(x/d − q))`, clamped to ±127.
+    lo: Vec<i8>,
+    /// Per row and block: `d / 256`, the scale of the combined sum `256·Σw·q + Σw·lo`.
     d: Vec<f32>,
-    /// Per row and block: `d·Σq` (f16-rounded, GGML's Q8_1 `s`) for Q4's offset term.
+    /// Per row and block: `Σx`, for Q4's offset term `m·Σx`.
     s: Vec<f32>,
-    /// Per row and block: `128·Σq`, which the AVX-512 Q8 kernel's unsigned weights add.
+    /// Per row and block: `128·(256·Σq + Σlo)`, which the AVX-512 Q8 kernel's unsigned weights
+    /// add.
     bias: Vec<i32>,
 }
 
@@ -286,8 +289,9 @@ impl QDotMatrix {
         let k = self.k;
         debug_assert!(rows <= ROWS && acts.q.len() >= (r0 + rows) * k);
         let kb = k / QK;
-        let (q, d, s, bias) = (
+        let (q, lo, d, s, bias) = (
             &acts.q[r0 * k..(r0 + rows) * k],
+            &acts.lo[r0 * k..(r0 + rows) * k],
             &acts.d[r0 * kb..(r0 + rows) * kb],
             &acts.s[r0 * kb..(r0 + rows) * kb],
             &acts.bias[r0 * kb..(r0 + rows) * kb],
@@ -297,25 +301,25 @@ impl QDotMatrix {
             (Isa::Avx512Vnni, Kind::Q4) => {
                 // SAFETY: `isa` is only `Avx512Vnni` where the CPU has it (`Isa::available`);
                 // `tiles` holds `kb` Q4 tiles and the activations `rows` rows of `k`.
-                unsafe { avx512::q4(tiles, kb, q, d, s, rows, out) }
+                unsafe { avx512::q4(tiles, kb, q, lo, d, s, rows, out) }
             }
             #[cfg(target_arch = "x86_64")]
             (Isa::Avx512Vnni, Kind::Q8) => {
                 // SAFETY: as above, with Q8 tiles.
-                unsafe { avx512::q8(tiles, kb, q, d, bias, rows, out) }
+                unsafe { avx512::q8(tiles, kb, q, lo, d, bias, rows, out) }
             }
             #[cfg(target_arch = "x86_64")]
             (Isa::Avx2, Kind::Q4) => {
                 // SAFETY: `isa` is only `Avx2` where the CPU has AVX2, FMA and F16C.
-                unsafe { avx2::q4(tiles, kb, q, d, s, rows, out) }
+                unsafe { avx2::q4(tiles, kb, q, lo, d, s, rows, out) }
             }
             #[cfg(target_arch = "x86_64")]
             (Isa::Avx2, Kind::Q8) => {
                 // SAFETY: as above, with Q8 tiles.
-                unsafe { avx2::q8(tiles, kb, q, d, rows, out) }
+                unsafe { avx2::q8(tiles, kb, q, lo, d, rows, out) }
             }
-            (_, Kind::Q4) => scalar_q4(tiles, kb, q, d, s, rows, out),
-            (_, Kind::Q8) => scalar_q8(tiles, kb, q, d, rows, out),
+            (_, Kind::Q4) => scalar_q4(tiles, kb, q, lo, d, s, rows, out),
+            (_, Kind::Q8) => scalar_q8(tiles, kb, q, lo, d, rows, out),
         }
     }
 }
@@ -328,41 +332,51 @@ fn put_nibbles(vals: &mut [u8], i: usize, qs: &[u8]) {
     }
 }
 
-/// Quantizes `m` rows of `k` activations as GGML's Q8_1 blocks (candle's `BlockQ8_1::from_float`,
-/// which Q8_0's matches apart from `s`).
+/// Quantizes `m` rows of `k` activations per block of 32 into two int8 parts: `d = max|x| / 127`,
+/// `q = round(x / d)`, `lo = round(256·(x / d − q))`, so `x = d·(q + lo/256)` to within
+/// `d / 512` — about 16 bits, against GGML's Q8_1 8 bits (`q` alone).
 fn quantize(x: &[f32], m: usize, k: usize) -> Acts {
     let blocks = m * k / QK;
     let mut acts = Acts {
         q: vec![0; m * k],
+        lo: vec![0; m * k],
         d: Vec::with_capacity(blocks),
         s: Vec::with_capacity(blocks),
         bias: Vec::with_capacity(blocks),
     };
-    for (xs, qs) in x.chunks_exact(QK).zip(acts.q.chunks_exact_mut(QK)) {
+    for ((xs, qs), los) in x
+        .chunks_exact(QK)
+        .zip(acts.q.chunks_exact_mut(QK))
+        .zip(acts.lo.chunks_exact_mut(QK))
+    {
         let amax = xs.iter().fold(0f32, |a, v| a.max(v.abs()));
         let d = amax / 127.0;
         let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-        let mut sum = 0i32;
-        for (q, &v) in qs.iter_mut().zip(xs) {
-            *q = (v * id).round() as i8;
-            sum += i32::from(*q);
+        let (mut sum_q, mut sum_lo, mut sum_x) = (0i32, 0i32, 0f32);
+        for ((q, lo), &v) in qs.iter_mut().zip(los.iter_mut()).zip(xs) {
+            let t = v * id;
+            let r = t.round();
+            // |t − r| ≤ ½ (exact in f32), so `lo` is within ±128: 128 is clamped to 127.
+            *q = r as i8;
+            *lo = ((t - r) * 256.0).round().clamp(-127.0, 127.0) as i8;
+            sum_q += i32::from(*q);
+            sum_lo += i32::from(*lo);
+            sum_x += v;
         }
-        let d16 = f16_to_f32(f32_to_f16(d));
-        acts.d.push(d16);
-        // GGML: s = f16(Σq) · f16(d), rounded to f16.
-        acts.s.push(f16_to_f32(f32_to_f16(
-            f16_to_f32(f32_to_f16(sum as f32)) * d16,
-        )));
-        acts.bias.push(128 * sum);
+        acts.d.push(d / 256.0);
+        acts.s.push(sum_x);
+        acts.bias.push(128 * (256 * sum_q + sum_lo));
     }
     acts
 }
 
 /// The portable kernel: Q4 tiles.
+#[allow(clippy::too_many_arguments)]
 fn scalar_q4(
     tiles: &[u8],
     kb: usize,
     q: &[i8],
+    lo: &[i8],
     d: &[f32],
     s: &[f32],
     rows: usize,
@@ -375,15 +389,18 @@ fn scalar_q4(
         };
         for r in 0..rows {
             let x = &q[r * k + b * QK..r * k + (b + 1) * QK];
+            let xl = &lo[r * k + b * QK..r * k + (b + 1) * QK];
             for i in 0..GROUP {
-                let mut sum = 0i32;
+                let (mut hi, mut low) = (0i32, 0i32);
                 for l in 0..4 {
                     for j in 0..4 {
                         let byte = t[64 + l * 64 + 4 * i + j];
-                        sum += i32::from(byte & 0x0F) * i32::from(x[4 * l + j]);
-                        sum += i32::from(byte >> 4) * i32::from(x[16 + 4 * l + j]);
+                        let (w0, w1) = (i32::from(byte & 0x0F), i32::from(byte >> 4));
+                        hi += w0 * i32::from(x[4 * l + j]) + w1 * i32::from(x[16 + 4 * l + j]);
+                        low += w0 * i32::from(xl[4 * l + j]) + w1 * i32::from(xl[16 + 4 * l + j]);
                     }
                 }
+                let sum = 256 * hi + low;
                 let acc = (scale(0, i) * d[r * kb + b]).mul_add(sum as f32, out[r][i]);
                 out[r][i] = scale(32, i).mul_add(s[r * kb + b], acc);
             }
@@ -396,6 +413,7 @@ fn scalar_q8(
     tiles: &[u8],
     kb: usize,
     q: &[i8],
+    lo: &[i8],
     d: &[f32],
     rows: usize,
     out: &mut [[f32; GROUP]; ROWS],
@@ -404,14 +422,17 @@ fn scalar_q8(
     for (b, t) in tiles.chunks_exact(Q8_TILE).take(kb).enumerate() {
         for r in 0..rows {
             let x = &q[r * k + b * QK..r * k + (b + 1) * QK];
+            let xl = &lo[r * k + b * QK..r * k + (b + 1) * QK];
             for i in 0..GROUP {
-                let mut sum = 0i32;
+                let (mut hi, mut low) = (0i32, 0i32);
                 for l in 0..QK / 4 {
                     for j in 0..4 {
-                        let w = t[32 + l * 64 + 4 * i + j] as i8;
-                        sum += i32::from(w) * i32::from(x[4 * l + j]);
+                        let w = i32::from(t[32 + l * 64 + 4 * i + j] as i8);
+                        hi += w * i32::from(x[4 * l + j]);
+                        low += w * i32::from(xl[4 * l + j]);
                     }
                 }
+                let sum = 256 * hi + low;
                 let dw = f16_to_f32(u16::from_le_bytes([t[2 * i], t[2 * i + 1]]));
                 out[r][i] = (dw * d[r * kb + b]).mul_add(sum as f32, out[r][i]);
             }
@@ -434,21 +455,44 @@ mod avx512 {
         unsafe { (x.add(4 * l) as *const i32).read_unaligned() }
     }
 
+    /// Per row of the group, `256·Σw·q + Σw·lo` over one block: `w[l]` holds inputs
+    /// `4l..4l + 4` of the 16 rows (unsigned), `x` and `xl` a block's high and low bytes.
+    #[inline(always)]
+    unsafe fn dot(w: &[__m512i; 8], x: *const i8, xl: *const i8) -> __m512i {
+        let (mut h0, mut h1) = (_mm512_setzero_si512(), _mm512_setzero_si512());
+        let (mut l0, mut l1) = (_mm512_setzero_si512(), _mm512_setzero_si512());
+        for l in (0..8).step_by(2) {
+            // SAFETY: `l + 1 < 8`: reads stay inside the two 32-byte blocks.
+            unsafe {
+                h0 = _mm512_dpbusd_epi32(h0, w[l], _mm512_set1_epi32(lane(x, l)));
+                h1 = _mm512_dpbusd_epi32(h1, w[l + 1], _mm512_set1_epi32(lane(x, l + 1)));
+                l0 = _mm512_dpbusd_epi32(l0, w[l], _mm512_set1_epi32(lane(xl, l)));
+                l1 = _mm512_dpbusd_epi32(l1, w[l + 1], _mm512_set1_epi32(lane(xl, l + 1)));
+            }
+        }
+        _mm512_add_epi32(
+            _mm512_slli_epi32::<8>(_mm512_add_epi32(h0, h1)),
+            _mm512_add_epi32(l0, l1),
+        )
+    }
+
     /// # Safety
-    /// AVX-512 F/BW/VNNI must be available; `tiles` holds `kb` Q4 tiles; `q` holds `rows ≤ 4`
-    /// rows of `kb · 32` values and `d`, `s` `rows` rows of `kb`.
+    /// AVX-512 F/BW/VNNI must be available; `tiles` holds `kb` Q4 tiles; `q` and `lo` hold
+    /// `rows ≤ 4` rows of `kb · 32` values and `d`, `s` `rows` rows of `kb`.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     pub(super) unsafe fn q4(
         tiles: &[u8],
         kb: usize,
         q: &[i8],
+        lo: &[i8],
         d: &[f32],
         s: &[f32],
         rows: usize,
         out: &mut [[f32; GROUP]; ROWS],
     ) {
         debug_assert!(tiles.len() >= kb * Q4_TILE && q.len() >= rows * kb * QK);
-        debug_assert!(d.len() >= rows * kb && s.len() >= rows * kb && rows <= ROWS);
+        debug_assert!(lo.len() >= rows * kb * QK && rows <= ROWS);
+        debug_assert!(d.len() >= rows * kb && s.len() >= rows * kb);
         let k = kb * QK;
         let mask = _mm512_set1_epi8(0x0F);
         let mut acc = [_mm512_setzero_ps(); ROWS];
@@ -467,13 +511,8 @@ mod avx512 {
                 }
                 for r in 0..rows {
                     let x = q.as_ptr().add(r * k + b * QK);
-                    let mut s0 = _mm512_setzero_si512();
-                    let mut s1 = _mm512_setzero_si512();
-                    for l in (0..8).step_by(2) {
-                        s0 = _mm512_dpbusd_epi32(s0, w[l], _mm512_set1_epi32(lane(x, l)));
-                        s1 = _mm512_dpbusd_epi32(s1, w[l + 1], _mm512_set1_epi32(lane(x, l + 1)));
-                    }
-                    let sum = _mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1));
+                    let xl = lo.as_ptr().add(r * k + b * QK);
+                    let sum = _mm512_cvtepi32_ps(dot(&w, x, xl));
                     let scale = _mm512_mul_ps(dw, _mm512_set1_ps(d[r * kb + b]));
                     acc[r] = _mm512_fmadd_ps(scale, sum, acc[r]);
                     acc[r] = _mm512_fmadd_ps(mw, _mm512_set1_ps(s[r * kb + b]), acc[r]);
@@ -494,6 +533,7 @@ mod avx512 {
         tiles: &[u8],
         kb: usize,
         q: &[i8],
+        lo: &[i8],
         d: &[f32],
         bias: &[i32],
         rows: usize,
@@ -518,16 +558,8 @@ mod avx512 {
                 }
                 for r in 0..rows {
                     let x = q.as_ptr().add(r * k + b * QK);
-                    let mut s0 = _mm512_setzero_si512();
-                    let mut s1 = _mm512_setzero_si512();
-                    for l in (0..8).step_by(2) {
-                        s0 = _mm512_dpbusd_epi32(s0, w[l], _mm512_set1_epi32(lane(x, l)));
-                        s1 = _mm512_dpbusd_epi32(s1, w[l + 1], _mm512_set1_epi32(lane(x, l + 1)));
-                    }
-                    let sum = _mm512_sub_epi32(
-                        _mm512_add_epi32(s0, s1),
-                        _mm512_set1_epi32(bias[r * kb + b]),
-                    );
+                    let xl = lo.as_ptr().add(r * k + b * QK);
+                    let sum = _mm512_sub_epi32(dot(&w, x, xl), _mm512_set1_epi32(bias[r * kb + b]));
                     let scale = _mm512_mul_ps(dw, _mm512_set1_ps(d[r * kb + b]));
                     acc[r] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(sum), acc[r]);
                 }
@@ -561,6 +593,7 @@ mod avx2 {
         tiles: &[u8],
         kb: usize,
         q: &[i8],
+        lo: &[i8],
         d: &[f32],
         s: &[f32],
         rows: usize,
@@ -591,15 +624,24 @@ mod avx2 {
                     }
                     for r in 0..rows {
                         let x = q.as_ptr().add(r * k + b * QK);
+                        let xl = lo.as_ptr().add(r * k + b * QK);
                         // 16-bit sums: |each product pair| ≤ 2·15·127, eight of them < 2¹⁵.
-                        let mut s16 = _mm256_maddubs_epi16(w[0], _mm256_set1_epi32(lane(x, 0)));
+                        let mut h16 = _mm256_maddubs_epi16(w[0], _mm256_set1_epi32(lane(x, 0)));
+                        let mut l16 = _mm256_maddubs_epi16(w[0], _mm256_set1_epi32(lane(xl, 0)));
                         for l in 1..8 {
-                            s16 = _mm256_add_epi16(
-                                s16,
+                            h16 = _mm256_add_epi16(
+                                h16,
                                 _mm256_maddubs_epi16(w[l], _mm256_set1_epi32(lane(x, l))),
                             );
+                            l16 = _mm256_add_epi16(
+                                l16,
+                                _mm256_maddubs_epi16(w[l], _mm256_set1_epi32(lane(xl, l))),
+                            );
                         }
-                        let sum = _mm256_cvtepi32_ps(_mm256_madd_epi16(s16, ones));
+                        let sum = _mm256_cvtepi32_ps(_mm256_add_epi32(
+                            _mm256_slli_epi32::<8>(_mm256_madd_epi16(h16, ones)),
+                            _mm256_madd_epi16(l16, ones),
+                        ));
                         let scale = _mm256_mul_ps(dw, _mm256_set1_ps(d[r * kb + b]));
                         acc[r] = _mm256_fmadd_ps(scale, sum, acc[r]);
                         acc[r] = _mm256_fmadd_ps(mw, _mm256_set1_ps(s[r * kb + b]), acc[r]);
@@ -620,6 +662,7 @@ mod avx2 {
         tiles: &[u8],
         kb: usize,
         q: &[i8],
+        lo: &[i8],
         d: &[f32],
         rows: usize,
         out: &mut [[f32; GROUP]; ROWS],
@@ -637,15 +680,22 @@ mod avx2 {
                     let dw = _mm256_cvtph_ps(_mm_loadu_si128(t.add(16 * h) as *const __m128i));
                     for r in 0..rows {
                         let x = q.as_ptr().add(r * k + b * QK);
+                        let xl = lo.as_ptr().add(r * k + b * QK);
                         // |w| × (x with w's sign): unsigned × signed bytes, pairs ≤ 2·128·127.
-                        let mut sum = _mm256_setzero_si256();
+                        let mut hi = _mm256_setzero_si256();
+                        let mut low = _mm256_setzero_si256();
                         for l in 0..8 {
                             let w =
                                 _mm256_loadu_si256(t.add(32 + 64 * l + 32 * h) as *const __m256i);
+                            let aw = _mm256_sign_epi8(w, w);
                             let xs = _mm256_sign_epi8(_mm256_set1_epi32(lane(x, l)), w);
-                            let p = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), xs);
-                            sum = _mm256_add_epi32(sum, _mm256_madd_epi16(p, ones));
+                            let ls = _mm256_sign_epi8(_mm256_set1_epi32(lane(xl, l)), w);
+                            let p = _mm256_maddubs_epi16(aw, xs);
+                            let pl = _mm256_maddubs_epi16(aw, ls);
+                            hi = _mm256_add_epi32(hi, _mm256_madd_epi16(p, ones));
+                            low = _mm256_add_epi32(low, _mm256_madd_epi16(pl, ones));
                         }
+                        let sum = _mm256_add_epi32(_mm256_slli_epi32::<8>(hi), low);
                         let scale = _mm256_mul_ps(dw, _mm256_set1_ps(d[r * kb + b]));
                         acc[r] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(sum), acc[r]);
                     }
@@ -670,41 +720,6 @@ pub(crate) fn f16_to_f32(bits: u16) -> f32 {
         31 => f32::NAN,
         _ => sign * (1.0 + mant / 1024.0) * 2f32.powi(exp - 15),
     }
-}
-
-/// f32 to IEEE half-precision bits, rounding to nearest even (as `half` and F16C do).
-pub(crate) fn f32_to_f16(x: f32) -> u16 {
-    let b = x.to_bits();
-    let sign = ((b >> 16) & 0x8000) as u16;
-    let exp = ((b >> 23) & 0xFF) as i32;
-    let man = b & 0x007F_FFFF;
-    if exp == 0xFF {
-        return sign | 0x7C00 | if man != 0 { 0x200 } else { 0 };
-    }
-    let e = exp - 127 + 15;
-    if e >= 0x1F {
-        return sign | 0x7C00;
-    }
-    if e <= 0 {
-        if 14 - e > 24 {
-            return sign;
-        }
-        let man = man | 0x0080_0000;
-        let mut half = man >> (14 - e);
-        let round = 1u32 << (13 - e);
-        if man & round != 0 && man & (3 * round - 1) != 0 {
-            half += 1;
-        }
-        return sign | half as u16;
-    }
-    let v = ((e as u32) << 10) | (man >> 13);
-    let round = 0x1000u32;
-    let v = if man & round != 0 && man & (3 * round - 1) != 0 {
-        v + 1
-    } else {
-        v
-    };
-    sign | v as u16
 }
 
 #[cfg(test)]
@@ -751,48 +766,36 @@ mod tests {
         x
     }
 
-    #[test]
-    fn f16_rounding_matches_f16c() {
-        let mut xs = values(20_000, 3);
-        xs.extend([
-            0.0,
-            -0.0,
-            1e-8,
-            6.1e-5,
-            65504.0,
-            65520.0,
-            1e6,
-            f32::INFINITY,
-        ]);
-        xs.extend(values(2000, 5).iter().map(|v| v * 1e-5));
-        for &x in &xs {
-            let back = f16_to_f32(f32_to_f16(x));
-            #[cfg(target_arch = "x86_64")]
-            if std::arch::is_x86_feature_detected!("f16c") {
-                // SAFETY: F16C checked just above.
-                let hw = unsafe { f16c_round(x) };
-                assert_eq!(back.to_bits(), hw.to_bits(), "{x:e}");
-                continue;
+    /// `x · Wᵀ` in f64 with the weights dequantized exactly: what the kernels approximate.
+    fn exact(w: &QTensor, x: &[f32], rows: usize) -> Vec<f32> {
+        let (n, k) = w.shape().dims2().unwrap();
+        let wf: Vec<f32> = w
+            .dequantize(&Device::Cpu)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let mut y = vec![0f32; rows * n];
+        for r in 0..rows {
+            for j in 0..n {
+                let dot: f64 = (0..k)
+                    .map(|i| f64::from(x[r * k + i]) * f64::from(wf[j * k + i]))
+                    .sum();
+                y[r * n + j] = dot as f32;
             }
-            assert!((back - x).abs() <= x.abs() * 1e-3 + 6e-8, "{x:e}");
         }
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "f16c")]
-    unsafe fn f16c_round(x: f32) -> f32 {
-        use std::arch::x86_64::*;
-        let h = _mm_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm_set1_ps(x));
-        _mm_cvtss_f32(_mm_cvtph_ps(h))
+        y
     }
 
     /// Every kernel this CPU runs gives bit-identical results to the scalar one, for SmolLM2's
     /// shapes (Q/K/V 576 → 960, MLP down 1536 → 576), an output size that is not whole groups,
-    /// Q4_1 and Q8_0 weights, 1–9 activation rows; and the results agree with candle's own
-    /// quantized matmul on the same weights (the same 4-/8-bit × 8-bit products, which is what
-    /// llama.cpp computes) to float rounding.
+    /// Q4_1 and Q8_0 weights, 1–9 activation rows with outliers; and the results are within
+    /// 3e-4 (max relative) of the exact product with the same weights — at least 20× closer
+    /// than candle's own quantized matmul (GGML's Q8_1 / Q8_0 8-bit activations, what llama.cpp
+    /// computes), which the kernels computed before their activations had a low byte.
     #[test]
-    fn kernels_agree_with_each_other_and_with_candle() {
+    fn kernels_agree_with_each_other_and_with_the_exact_product() {
         for (n, k, dtype) in [
             (960, 576, GgmlDType::Q4_1),
             (576, 1536, GgmlDType::Q4_1),
@@ -825,6 +828,7 @@ mod tests {
                         max_rel(&y, &reference)
                     );
                 }
+                let exact = exact(&w, &x, rows);
                 let xs = Tensor::from_slice(&x, (rows, k), &Device::Cpu).unwrap();
                 let c: Vec<f32> = candle
                     .forward(&xs)
@@ -833,10 +837,11 @@ mod tests {
                     .unwrap()
                     .to_vec1()
                     .unwrap();
-                let err = max_rel(&reference, &c);
+                let (ours, eight_bit) = (max_rel(&reference, &exact), max_rel(&c, &exact));
                 assert!(
-                    err < 1e-5,
-                    "{dtype:?} n={n} k={k} rows={rows}: vs candle {err:e}"
+                    ours < 3e-4 && ours * 20.0 < eight_bit,
+                    "{dtype:?} n={n} k={k} rows={rows}: {ours:e} from the exact product \
+                     (8-bit activations: {eight_bit:e})"
                 );
             }
         }

@@ -103,7 +103,6 @@ fn smollm2_chat_answers_coherently_and_q8_stays_close_to_f32() {
     drop(f32_model);
 
     let mut q8_text = String::new();
-    let mut int8_logits = Vec::new();
     for format in [
         WeightFormat::Int8,
         WeightFormat::Q8Padded,
@@ -149,26 +148,15 @@ fn smollm2_chat_answers_coherently_and_q8_stays_close_to_f32() {
             }
             q8_text = q_text;
         } else if format == WeightFormat::Int8 {
-            // Our int8 kernels on the stored Q4_1 weights compute llama.cpp's products, which
-            // flip this near-tie first token like Native does; llama.cpp's own answer on this
-            // file (llama-server, temperature 0, 2026-12-07) starts the same way.
+            // Our int8 kernels on the stored Q4_1 weights with activations in two int8 parts
+            // (about 16 bits): the dense answer, like `blocks` (measured rms 0.0002, max 0.005).
+            // With GGML's 8-bit Q8_1 activations (llama.cpp's products) they answered
+            // "L'Étoile, la Marseillaise, …", as llama.cpp does on this file.
             assert!(
-                q_text.starts_with("L'Étoile, la Marseillaise"),
-                "{format} no longer answers as llama.cpp does: {q_text:?}"
+                d.rms_rel < 1e-3,
+                "{format} is not close to the dense product: {d:?}"
             );
-            int8_logits = q_logits;
-        } else if format == WeightFormat::Native {
-            // Int8 and Native compute the same Q4_1 x Q8_1 products; float summation order
-            // flips a few 8-bit activation roundings that then travel through 30 layers (0.028
-            // measured; each against f32: 0.080 and 0.096).
-            assert_eq!(
-                argmax(&int8_logits),
-                argmax(&q_logits),
-                "int8 vs native top-1"
-            );
-            let d = Deviation::of(&int8_logits, &q_logits);
-            eprintln!("int8 vs native (the same Q4_1 x Q8_1 products): {d:?}");
-            assert!(d.rms_rel < 0.05, "int8 vs native: {d:?}");
+            assert_eq!(q_ids, ids, "{format}: different greedy tokens");
         }
     }
     assert!(

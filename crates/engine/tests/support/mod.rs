@@ -30,6 +30,9 @@ pub struct TinySpec {
     pub sliding_window: Option<usize>,
     /// RoPE base.
     pub rope_theta: f32,
+    /// Store `dtype`'s dequantized values as F32: the same weights, for a reference that
+    /// multiplies them exactly.
+    pub dequantized: bool,
 }
 
 impl Default for TinySpec {
@@ -49,6 +52,7 @@ impl Default for TinySpec {
             rope_freqs: false,
             sliding_window: None,
             rope_theta: 10_000.0,
+            dequantized: false,
         }
     }
 }
@@ -90,7 +94,14 @@ pub fn write_tiny_model_to(spec: TinySpec, path: &std::path::Path) {
         Tensor::from_vec(data, (rows, cols), &dev).unwrap()
     };
     let mut tensors: Vec<(String, QTensor)> = Vec::new();
-    let q = |t: &Tensor, dt: GgmlDType| QTensor::quantize(t, dt).unwrap();
+    let q = |t: &Tensor, dt: GgmlDType| {
+        let stored = QTensor::quantize(t, dt).unwrap();
+        if spec.dequantized {
+            QTensor::quantize(&stored.dequantize(&Device::Cpu).unwrap(), GgmlDType::F32).unwrap()
+        } else {
+            stored
+        }
+    };
     let w = 1.0 / (spec.hidden as f32).sqrt() * 1.7;
     tensors.push((
         "token_embd.weight".into(),

@@ -100,7 +100,12 @@ fn workers_on_one_host_copy_kv_over_a_private_unix_socket_in_f16() {
     let Some(model) = model() else { return };
     let model = model.to_str().expect("UTF-8 path");
     let (d0, d1) = (scratch("w0"), scratch("w1"));
+    // What a killed worker leaves: a socket nothing listens on (the next worker removes it).
+    let stale = d0.join("accellm-kv-1-dead");
+    std::fs::create_dir(&stale).expect("stale dir");
+    drop(std::os::unix::net::UnixListener::bind(stale.join("kv.sock")).expect("bind"));
     let (_w0, a0) = worker(model, &d0, &["--kv-wire", "f16"]);
+    assert!(!stale.exists(), "the stale socket directory is still there");
     let (_w1, a1) = worker(model, &d1, &["--kv-wire", "f16"]);
     // Each worker made one socket, in a directory only its user may enter.
     for d in [&d0, &d1] {

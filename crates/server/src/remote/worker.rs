@@ -222,7 +222,39 @@ fn bind_local() -> std::io::Result<(UnixListener, PathBuf)> {
     ));
     std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
     let path = dir.join("kv.sock");
-    Ok((UnixListener::bind(&path)?, path))
+    let listener = UnixListener::bind(&path)?;
+    remove_stale_sockets(&base, &dir);
+    Ok((listener, path))
+}
+
+/// Removes the socket directories that workers killed earlier left in `base` (a worker runs
+/// until killed, so it never removes its own): those of this user whose socket refuses
+/// connections, i.e. nothing listens on it any more.
+fn remove_stale_sockets(base: &Path, mine: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(uid) = std::fs::metadata(mine).map(|m| m.uid()) else {
+        return;
+    };
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
+    };
+    for dir in entries.filter_map(|e| e.ok().map(|e| e.path())) {
+        let ours = dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("accellm-kv-"))
+            && dir != mine
+            && std::fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir() && m.uid() == uid);
+        let dead = || {
+            matches!(
+                UnixStream::connect(dir.join("kv.sock")),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused
+            )
+        };
+        if ours && dead() {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
 }
 
 /// Serves peers' KV links on this worker's Unix socket (no TLS: see the module doc).

@@ -131,6 +131,10 @@ fn stream(
         }
         Transport::Unix => {
             let (a, b) = UnixStream::pair().expect("socket pair");
+            // As a worker's link does (remote/worker.rs, `PeerLink::open_local`).
+            socket2::SockRef::from(&a)
+                .set_send_buffer_size(4 << 20)
+                .expect("send buffer");
             (
                 Box::new(move || tls::unix(&a).expect("sender")),
                 Box::new(move || tls::unix(&b).expect("receiver")),

@@ -585,6 +585,9 @@ fn front_session(
     }
 }
 
+/// Send buffer asked for on a Unix-socket KV link (see [`PeerLink::open_local`]).
+const LOCAL_SEND_BUFFER: usize = 4 << 20;
+
 /// An open KV link to one peer worker.
 struct PeerLink {
     writer: LinkWriter,
@@ -658,6 +661,11 @@ impl PeerLink {
 
     fn open_local(state: &WorkerState, from: usize, path: &Path) -> Result<Self, WireError> {
         let socket = UnixStream::connect(path)?;
+        // A Unix socket's send buffer is `net.core.wmem_default` (about 200 KB), where loopback
+        // TCP grows to megabytes: a layer of KV then crosses in dozens of hand-offs between
+        // the two processes, each waiting for the receiver to be scheduled — on a busy host,
+        // slower than TCP. Ask for a whole layer's worth (the kernel caps it at wmem_max).
+        let _ = socket2::SockRef::from(&socket).set_send_buffer_size(LOCAL_SEND_BUFFER);
         socket.set_read_timeout(Some(Duration::from_secs(10)))?;
         socket.set_write_timeout(Some(Duration::from_secs(10)))?;
         let (reader, writer) = tls::unix(&socket)?;

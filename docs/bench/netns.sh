@@ -7,6 +7,7 @@
 # copy alone (earlier layers went while later ones computed). Root only.
 # Usage: bash docs/bench/netns.sh [ACCELLM_BINARY]   NUM=12 PROMPT=512 RATE=1gbit SERVE_ARGS=...
 #        TLS_ARGS="--tls-cert C --tls-key K --tls-ca CA" (mutual TLS on every link)
+#        WORKER_ARGS="$TLS_ARGS --kv-wire f16" (both workers' flags; KV in half precision)
 set -euo pipefail
 BIN="$(realpath "${1:-target/release/accellm}")"
 [ "$(id -u)" = 0 ] || { echo "needs root (network namespaces)"; exit 1; }

@@ -120,6 +120,12 @@ pub struct AccelGenConfig {
     /// iteration, to the SLO of the tightest bin present that leaves that share for prefill (their
     /// requests may miss a deadline so the queue drains). 0 turns it off.
     pub relief_share: f64,
+    /// A request that missed its strict SLO (one gap too long) while its TTFT was on time can
+    /// still meet the mean one (mean time per output token within its TBT SLO): its next token
+    /// is then due when its mean would reach the SLO (never later than best effort), and it
+    /// fills what the prompts leave, as a skipped decode does; it never tightens an iteration's
+    /// time limit. Off (default): best effort, at the pace of `default_tbt_ms`.
+    pub mean_pace: bool,
 }
 
 impl Default for AccelGenConfig {
@@ -142,6 +148,7 @@ impl Default for AccelGenConfig {
             w_kv: 0.5,
             kv_watermark: 0.01,
             relief_share: 0.0,
+            mean_pace: false,
         }
     }
 }
@@ -201,6 +208,9 @@ struct Cand {
     bin: u32,
     /// Prompt order group: 0 urgent, 1 normal, 2 demoted.
     group: u8,
+    /// Held to its mean SLO's pace ([`AccelGenConfig::mean_pace`]): it takes only what the
+    /// prompts leave.
+    paced: bool,
 }
 
 /// Prompt order: urgent prompts by deadline, then by group, SLO bin and deadline.
@@ -283,11 +293,32 @@ impl AccelGen {
         (slo_us, self.bin_us(slo_us))
     }
 
+    /// When the next token of `r` is due to keep its mean time per output token within its TBT
+    /// SLO ([`AccelGenConfig::mean_pace`]): only for a request that missed its strict SLO, whose
+    /// first token was on time, and that is at most one gap behind that pace.
+    fn mean_pace_due(&self, r: &RequestState, now: TimeUs) -> Option<TimeUs> {
+        if !self.cfg.mean_pace || !r.slo_missed() || r.generated == 0 {
+            return None;
+        }
+        let tbt = ms_to_us(r.spec.slo.tbt_ms?).max(1);
+        let first = r.first_token_us?;
+        let ttft = first.saturating_sub(r.spec.arrival_us);
+        if r.spec.slo.ttft_ms.is_some_and(|s| ttft > ms_to_us(s)) {
+            return None;
+        }
+        // The mean after the next token, (t − first) / generated, stays within the SLO.
+        let due = first.saturating_add(u64::from(r.generated).saturating_mul(tbt));
+        (due.saturating_add(tbt) >= now).then_some(due)
+    }
+
     fn cand(&self, id: RequestId, r: &RequestState, now: TimeUs, decode: bool) -> Cand {
         let (slo_us, bin) = self.slo_and_bin(r);
+        let pace = r.last_token_us.and(self.mean_pace_due(r, now));
         let deadline = match r.last_token_us {
             // Decoding, or recomputing after a preemption: the next token is due.
-            Some(t) => t + slo_us,
+            // A paced request is never due later than best effort would have it (a request
+            // ahead of its mean's pace is not left waiting for it to catch up).
+            Some(t) => pace.map_or(t + slo_us, |p| p.min(t + slo_us)),
             None if decode => now + slo_us,
             None => {
                 r.spec.arrival_us + ms_to_us(r.spec.slo.ttft_ms.unwrap_or(self.cfg.default_ttft_ms))
@@ -299,6 +330,7 @@ impl AccelGen {
             slo_us,
             bin,
             group: 1,
+            paced: pace.is_some(),
         }
     }
 
@@ -646,7 +678,7 @@ impl InstancePolicy for AccelGen {
                 let horizon = self.cfg.skip_horizon * est;
                 let now = now as i64;
                 decodes.retain(|c| {
-                    let skip = c.bin > bin && (c.deadline - now) as f64 >= horizon;
+                    let skip = c.paced || (c.bin > bin && (c.deadline - now) as f64 >= horizon);
                     if skip {
                         deferred.push(*c);
                     }
@@ -746,6 +778,50 @@ mod tests {
             ..k(9, 900, 10, 9)
         };
         assert!(k(0, 1, 9_000, 0) > again);
+    }
+
+    #[test]
+    fn a_request_that_missed_one_gap_is_paced_to_its_mean_slo() {
+        let ms = |v: u64| v * 1_000;
+        let spec = crate::request::RequestSpec {
+            arrival_us: 0,
+            prompt_tokens: 100,
+            max_output_tokens: 100,
+            slo: crate::request::Slo {
+                ttft_ms: Some(1_000.0),
+                tbt_ms: Some(50.0),
+            },
+            priority: 0,
+            class: None,
+        };
+        // First token on time at 500 ms, 10 tokens by 900 ms, one gap over 50 ms.
+        let mut r = RequestState::new(spec, 0);
+        (r.first_token_us, r.last_token_us, r.generated, r.tbt_misses) =
+            (Some(ms(500)), Some(ms(900)), 10, 1);
+        let paced = AccelGen::new(&InstanceConfig {
+            accelgen: AccelGenConfig {
+                mean_pace: true,
+                ..AccelGenConfig::default()
+            },
+            ..InstanceConfig::default()
+        });
+        let due = |p: &AccelGen, r: &RequestState, now| p.cand(RequestId(0), r, now, true).deadline;
+        // Mean after the 11th token within 50 ms: due at 500 + 10 × 50 ms, not at 900 + 1,000.
+        assert_eq!(due(&paced, &r, ms(900)), ms(1_000) as i64);
+        assert!(paced.cand(RequestId(0), &r, ms(900), true).paced);
+        let best_effort = AccelGen::new(&InstanceConfig::default());
+        assert_eq!(due(&best_effort, &r, ms(900)), ms(1_900) as i64);
+        // Far ahead of its pace (200 tokens by 900 ms): never due later than best effort.
+        r.generated = 200;
+        assert_eq!(due(&paced, &r, ms(900)), ms(1_900) as i64);
+        r.generated = 10;
+        // More than one gap behind its pace, or its first token late: best effort.
+        assert_eq!(due(&paced, &r, ms(1_051)), ms(1_900) as i64);
+        r.first_token_us = Some(ms(1_200));
+        assert_eq!(due(&paced, &r, ms(900)), ms(1_900) as i64);
+        // Not missed yet: its own SLO from the last token.
+        (r.first_token_us, r.tbt_misses) = (Some(ms(500)), 0);
+        assert_eq!(due(&paced, &r, ms(900)), ms(950) as i64);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! The model is found through `ACCELLM_MODEL` or the model cache; the bench does nothing (and
 //! says so) when it is missing. Thread count: `ACCELLM_BENCH_THREADS` (default 2), e.g.
 //! `ACCELLM_BENCH_THREADS=1 cargo bench -p accellm-engine`. Formats: `ACCELLM_BENCH_FORMATS`
-//! (default `q8-padded`; e.g. `q8-padded,native,f32`).
+//! (default: the one `serve` picks on this CPU; e.g. `int8,q8-padded,blocks`).
 
 use std::path::PathBuf;
 
@@ -31,7 +31,7 @@ fn bench(c: &mut Criterion) {
         .unwrap_or(2);
     let threads = Threads::new(n, "bench").expect("thread pool");
     let formats: Vec<WeightFormat> = std::env::var("ACCELLM_BENCH_FORMATS")
-        .unwrap_or_else(|_| "q8-padded".into())
+        .unwrap_or_else(|_| WeightFormat::for_this_cpu().to_string())
         .split(',')
         .filter_map(|s| s.parse().ok())
         .collect();

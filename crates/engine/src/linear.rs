@@ -23,7 +23,7 @@ pub enum WeightFormat {
     Q8Padded,
     /// Q4_1 and Q8_0 tensors stay as stored and are multiplied by our kernels
     /// (`engine/src/qdot.rs`: AVX-512 VNNI, AVX2, scalar) with activations in two int8 parts per
-    /// block of 32 (`x ≈ d·(q + lo/256)`, about 16 bits), for every batch shape: within 2e-5 of
+    /// block of 32 (`x ≈ d·(q + lo/256)`, about 16 bits), for every batch shape: within 1e-4 of
     /// the exact product, from 0.625 bytes per Q4_1 weight. Any other tensor is handled as in
     /// [`Self::Q8Padded`] with AVX-512 VNNI, else as in [`Self::Blocks`]. The default where the
     /// kernels have SIMD (docs/engine.md).

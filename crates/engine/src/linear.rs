@@ -49,8 +49,9 @@ impl WeightFormat {
     /// VNNI, or AVX2 + FMA + F16C: [`int8_kernel`]), else [`Self::Blocks`] where our AVX2 kernel
     /// runs ([`blocks_kernel`]), else [`Self::F32`].
     ///
-    /// `Int8` was measured faster than `Q8Padded` (AVX-512) and `Blocks` (AVX2 kernel) at every
-    /// batch shape, and it keeps the dense answer: 8-bit activations (candle's Q8_0 / Q8_K,
+    /// `Int8` was measured faster than `Blocks` at every batch shape and than `Q8Padded` for
+    /// small batches (batch-1 decode 2.3×; prompts and 16-sequence batches about equal on one
+    /// thread, up to 1.34× slower on two), and it keeps the dense answer: 8-bit activations (candle's Q8_0 / Q8_K,
     /// GGML's Q8_1) move SmolLM2's logits by 5–10% (rms), enough to flip the near-tie first token
     /// of "What is the capital of France?" (F32: "The" 25.325 vs "L" 25.243); `Int8`'s two-part
     /// activations move them by 0.02% (docs/engine.md).

@@ -9,10 +9,10 @@
 //! - with `f32` weights, the f16 copy gives the same 32 greedy tokens for all 8 prompts, logits
 //!   within 0.05 of the original's (measured: at most 0.017, logits spanning about 30) — the
 //!   CI test;
-//! - with `q8-padded` weights (the default on AVX-512 VNNI CPUs), 8-bit activations amplify the
-//!   f16 rounding (logits move by 1.3–3.8 where the f32 copy moves them by 0): greedy output
-//!   follows the original for 4–13 tokens, then parts at a near-tie (the original's lead under
-//!   0.5) — `f16_copy_under_the_default_weights`, a report, not a check.
+//! - with the default weights the f16 copy's greedy output can part from the original's at a
+//!   near-tie (measured with `int8`: 7 of 8 prompts 32/32, the 8th parted after 29 tokens at a
+//!   lead of 0.0003, logits within 0.03; with the earlier 8-bit activations of `q8-padded`,
+//!   after 4–13 tokens) — `f16_copy_under_the_default_weights`, a report, not a check.
 
 use std::path::PathBuf;
 

@@ -29,8 +29,8 @@ pub const PROTOCOL_VERSION: u32 = 3;
 #[serde(rename_all = "snake_case")]
 pub enum KvWire {
     /// The pool's own values, bit for bit: a replica decodes exactly as the original would
-    /// (the default: with 8-bit activations, f16 KV moves logits enough that greedy output
-    /// parts from the original's within a few tokens; docs/distributed.md).
+    /// (the default: from f16 KV, greedy output can part from the original's at a near-tie,
+    /// within a few tokens with 8-bit activations; docs/distributed.md).
     #[default]
     F32,
     /// Half precision: half the bytes.

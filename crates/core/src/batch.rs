@@ -75,6 +75,18 @@ pub enum BatchKind {
     Mixed,
 }
 
+impl BatchKind {
+    /// Which kinds of work an iteration of shape `shape` holds.
+    pub fn of(shape: &IterationShape) -> Self {
+        match (shape.prefill_seqs > 0, shape.decode_seqs > 0) {
+            (false, false) => BatchKind::Empty,
+            (true, false) => BatchKind::Prefill,
+            (false, true) => BatchKind::Decode,
+            (true, true) => BatchKind::Mixed,
+        }
+    }
+}
+
 /// An iteration's plan: the entries and their aggregated shape.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Batch {
@@ -98,12 +110,7 @@ impl Batch {
 
     /// Which kinds of work the batch holds.
     pub fn kind(&self) -> BatchKind {
-        match (self.shape.prefill_seqs > 0, self.shape.decode_seqs > 0) {
-            (false, false) => BatchKind::Empty,
-            (true, false) => BatchKind::Prefill,
-            (false, true) => BatchKind::Decode,
-            (true, true) => BatchKind::Mixed,
-        }
+        BatchKind::of(&self.shape)
     }
 
     /// Bytes streamed to `to` by this iteration's copies, given the KV size of one token.

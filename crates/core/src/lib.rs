@@ -28,6 +28,7 @@ pub mod instance;
 pub mod kv;
 pub mod kv_events;
 pub mod metrics;
+pub mod plan;
 pub mod profile;
 pub mod replay;
 pub mod request;

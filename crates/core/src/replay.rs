@@ -207,7 +207,6 @@ pub fn run_partitioned(
     }
     let mut link_free = vec![0 as TimeUs; n * n];
     let mut actions = Vec::new();
-    let mut copy_ends: Vec<(InstanceId, TimeUs)> = Vec::new();
     let mut now = 0;
     let mut events = 0u64;
     let kvb = sched.cost().kv_bytes_per_token();
@@ -247,18 +246,13 @@ pub fn run_partitioned(
         for a in actions.drain(..) {
             obs.on_action(now, &a, sched);
             match a {
-                Action::Run {
-                    instance,
-                    iteration,
-                    ..
-                } => {
-                    let inst = sched.instance(instance);
+                Action::Run(ref plan) => {
                     let dur = match hardware {
-                        Some(h) => inst.iteration_us(h.cost),
-                        None => inst.iteration_us(sched.cost()),
+                        Some(h) => plan.iteration_us(h.cost),
+                        None => plan.predicted_us,
                     }
                     .max(1);
-                    let batch = &inst.batch;
+                    let (instance, iteration) = (plan.instance, plan.iteration);
                     push(
                         &mut queue,
                         &mut taken,
@@ -266,19 +260,11 @@ pub fn run_partitioned(
                         Ev::IterationDone(instance),
                     );
                     // Layer-wise copies: one pipeline per destination, each on its own link.
-                    copy_ends.clear();
-                    for e in &batch.entries {
-                        if let Some(to) = e.copy_to {
-                            if !copy_ends.iter().any(|&(d, _)| d == to) {
-                                copy_ends.push((to, 0));
-                            }
-                        }
-                    }
                     let mut done_at = now.saturating_add(dur);
-                    for (to, _) in &copy_ends {
-                        let bytes = batch.copy_bytes_to(*to, kvb);
+                    for to in plan.destinations() {
+                        let bytes = plan.copy_tokens_to(to) * kvb;
                         let per_layer = link.transfer_us(bytes.div_ceil(layers.max(1) as u64));
-                        let slot = instance as usize * n + *to as usize;
+                        let slot = instance as usize * n + to as usize;
                         let start = now.max(link_free[slot]);
                         let end = start.saturating_add(layerwise_copy_end(
                             layers,
@@ -288,7 +274,7 @@ pub fn run_partitioned(
                         link_free[slot] = end;
                         done_at = done_at.max(end);
                     }
-                    if !copy_ends.is_empty() {
+                    if !plan.copies.is_empty() {
                         push(
                             &mut queue,
                             &mut taken,

@@ -21,27 +21,21 @@ use crate::{
     instance::{Instance, InstancePolicy, PhaseConstraint, ScheduleCtx},
     kv::{BlockKey, BlockKeys, BlockManager, Ownership},
     metrics::Metrics,
+    plan::{BlockSpan, RunPlan},
     request::{FinishReason, Phase, RejectReason, RequestId, RequestSpec, RequestState},
     InstanceId, TimeUs,
 };
 
 /// What the executor must do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Action {
-    /// Run the batch now in [`Scheduler::instance`]`(instance).batch` on `instance`. When it ends,
-    /// call [`Scheduler::iteration_done`]; if any entry has `copy_to`, its layer-wise copies must
-    /// also be reported with [`Scheduler::copy_done`] once they land.
-    Run {
-        /// Where.
-        instance: InstanceId,
-        /// The iteration's sequence number on that instance.
-        iteration: u64,
-        /// The idle partner whose cores this iteration borrows (it also runs on them), if any
-        /// ([`SchedulerConfig::share_idle_cores`]).
-        borrowed: Option<InstanceId>,
-    },
+    /// Run this iteration now (everything needed is in the plan). When it ends, call
+    /// [`Scheduler::iteration_done`]; if it has copies, report them with
+    /// [`Scheduler::copy_done`] once they land.
+    Run(Arc<RunPlan>),
     /// Copy `tokens` tokens of `request`'s KV (positions `from_token..from_token+tokens`) from
-    /// instance `from` to instance `to`, then call [`Scheduler::transfer_done`] with `id`.
+    /// instance `from` to instance `to` (block by block: `spans`, when plans carry block ids),
+    /// then call [`Scheduler::transfer_done`] with `id`.
     Transfer {
         /// Transfer handle.
         id: u32,
@@ -55,6 +49,8 @@ pub enum Action {
         from_token: u32,
         /// Tokens to copy.
         tokens: u32,
+        /// The blocks ([`Scheduler::set_block_plans`]; empty otherwise).
+        spans: Vec<BlockSpan>,
     },
     /// The request ended; its KV blocks are already free in the core.
     Finished {
@@ -246,6 +242,8 @@ pub struct State {
     pub(crate) cut: Vec<(InstanceId, InstanceId)>,
     /// [`SchedulerConfig::share_idle_cores`].
     pub(crate) share_idle_cores: bool,
+    /// Plans carry block ids ([`Scheduler::set_block_plans`]).
+    pub(crate) block_plans: bool,
 }
 
 impl State {
@@ -419,6 +417,16 @@ impl State {
         });
         self.counters.migrations_transfer += 1;
         self.counters.transfer_bytes += missing as u64 * self.cost.kv_bytes_per_token();
+        let mut spans = Vec::new();
+        if self.block_plans {
+            let (src, dst) = (
+                &self.instances[from as usize].kv,
+                &self.instances[to as usize].kv,
+            );
+            if let (Some(a), Some(b)) = (src.table(id), dst.table(id)) {
+                BlockSpan::for_positions(a, b, have, tokens, src.block_size(), &mut spans);
+            }
+        }
         self.actions.push(Action::Transfer {
             id: tid,
             request: id,
@@ -426,6 +434,7 @@ impl State {
             to,
             from_token: have,
             tokens: missing,
+            spans,
         });
         Migration::Transfer
     }
@@ -440,6 +449,8 @@ pub struct Scheduler {
     scratch_evicted: Vec<RequestId>,
     /// The front's KV events, when turned on ([`Self::set_kv_events`]).
     kv_events: Option<crate::kv_events::CacheEvents>,
+    /// Each instance's latest plan; its buffers are reused once the executor dropped it.
+    plans: Vec<Arc<RunPlan>>,
 }
 
 impl Scheduler {
@@ -475,12 +486,14 @@ impl Scheduler {
                 down: vec![false; n],
                 cut: Vec::new(),
                 share_idle_cores: cfg.share_idle_cores,
+                block_plans: false,
             },
             cluster,
             instance_policies,
             scratch_done: Vec::new(),
             scratch_evicted: Vec::new(),
             kv_events: None,
+            plans: (0..n).map(|_| Arc::default()).collect(),
         };
         let mut ctx = ClusterCtx { s: &mut s.state };
         s.cluster.init(&mut ctx);
@@ -492,12 +505,13 @@ impl Scheduler {
         &self.state.instances
     }
 
-    /// One instance; its `batch` is the iteration in flight.
+    /// One instance, for observers (metrics, reports); an executor runs the [`RunPlan`] of
+    /// [`Action::Run`] and reads nothing here.
     pub fn instance(&self, i: InstanceId) -> &Instance {
         &self.state.instances[i as usize]
     }
 
-    /// A live request, if `id` is live.
+    /// A live request, if `id` is live, for observers.
     pub fn request(&self, id: RequestId) -> Option<&RequestState> {
         self.state.requests.try_get(id)
     }
@@ -550,6 +564,17 @@ impl Scheduler {
         } else {
             out.append(&mut self.state.actions);
         }
+    }
+
+    /// Whether plans carry block ids and copy spans (off by default: the simulator does not
+    /// address KV memory; the server does).
+    pub fn set_block_plans(&mut self, on: bool) {
+        self.state.block_plans = on;
+    }
+
+    /// Tokens per KV block.
+    pub fn block_size(&self) -> u32 {
+        self.state.instances[0].kv.block_size()
     }
 
     /// Turns vLLM-style KV events on or off ([`crate::kv_events`]; off by default). They
@@ -999,9 +1024,14 @@ impl Scheduler {
             let dst = &mut s.instances[to as usize];
             dst.account_kv(now);
             ev.clear();
+            // A kept replica with no copy landing that lacks tokens before the new ones gets
+            // them too (copies in flight carry the rest of what it lacks now).
+            let mut copy_from = match r.replica_on {
+                Some(_) if r.copies_pending == 0 => r.replica_tokens.min(new_from),
+                _ => new_from,
+            };
             // A fresh replica starts with the prefix the destination has cached itself; the copy
             // carries the rest of what the source found in its cache.
-            let mut copy_from = new_from;
             if fresh && r.replica_on.is_none() {
                 if let Some(keys) = r.block_keys.as_deref() {
                     let bs = dst.kv.block_size();
@@ -1043,15 +1073,48 @@ impl Scheduler {
         inst.started_us = now;
         inst.iteration += 1;
         inst.borrowed = borrow;
-        let iteration = inst.iteration;
         if let Some(p) = borrow {
             s.instances[p as usize].lent_to = Some(i);
         }
-        s.actions.push(Action::Run {
-            instance: i,
-            iteration,
-            borrowed: borrow,
-        });
+        let plan = self.plan(i);
+        self.state.actions.push(Action::Run(plan));
+    }
+
+    /// The plan of the batch just formed on `i`, in the instance's reused buffer when the
+    /// executor has dropped the previous one.
+    fn plan(&mut self, i: InstanceId) -> Arc<RunPlan> {
+        let s = &self.state;
+        let slot = &mut self.plans[i as usize];
+        if Arc::get_mut(slot).is_none() {
+            *slot = Arc::default();
+        }
+        let Some(plan) = Arc::get_mut(slot) else {
+            unreachable!("a fresh Arc is unique");
+        };
+        let inst = &s.instances[i as usize];
+        plan.clear();
+        plan.with_blocks = s.block_plans;
+        plan.instance = i;
+        plan.iteration = inst.iteration;
+        plan.borrowed = inst.borrowed;
+        plan.shape = inst.batch.shape;
+        plan.predicted_us = inst.iteration_us(&*s.cost);
+        let bs = inst.kv.block_size();
+        for e in &inst.batch.entries {
+            let table = match s.block_plans {
+                true => inst.kv.table(e.request).unwrap_or(&[]),
+                false => &[],
+            };
+            plan.push_entry(e.request, e.work, table);
+            if let Some(to) = e.copy_to {
+                let dst = match s.block_plans {
+                    true => s.instances[to as usize].kv.table(e.request).unwrap_or(&[]),
+                    false => &[],
+                };
+                plan.push_copy(to, e.request, e.copy_from, e.end(), table, dst, bs);
+            }
+        }
+        Arc::clone(slot)
     }
 
     /// Checks every instance's block-manager invariants and that no request holds blocks on an

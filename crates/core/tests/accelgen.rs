@@ -80,7 +80,8 @@ fn spec(arrival_us: TimeUs, prompt: u32, output: u32, tbt_ms: f64, class: u16) -
 struct Watch<F: FnMut(TimeUs, &Batch, &Scheduler)>(F);
 impl<F: FnMut(TimeUs, &Batch, &Scheduler)> Observer for Watch<F> {
     fn on_action(&mut self, now: TimeUs, a: &Action, s: &Scheduler) {
-        if let Action::Run { instance, .. } = a {
+        if let Action::Run(plan) = a {
+            let instance = &plan.instance;
             (self.0)(now, &s.instance(*instance).batch, s);
         }
     }

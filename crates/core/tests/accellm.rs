@@ -93,7 +93,8 @@ fn instance_policies() -> &'static [&'static str] {
 struct OnRun<F: FnMut(TimeUs, InstanceId, &Scheduler)>(F);
 impl<F: FnMut(TimeUs, InstanceId, &Scheduler)> Observer for OnRun<F> {
     fn on_action(&mut self, now: TimeUs, a: &Action, s: &Scheduler) {
-        if let Action::Run { instance, .. } = a {
+        if let Action::Run(plan) = a {
+            let instance = &plan.instance;
             (self.0)(now, *instance, s);
         }
     }
@@ -181,7 +182,8 @@ fn moving_a_decode_to_a_current_replica_transfers_nothing() {
         }
         impl Observer for Obs<'_> {
             fn on_action(&mut self, _now: TimeUs, a: &Action, s: &Scheduler) {
-                if let Action::Run { instance, .. } = a {
+                if let Action::Run(plan) = a {
+                    let instance = &plan.instance;
                     self.moves.check(*instance, s);
                 }
             }
@@ -721,7 +723,8 @@ fn without_replication_kv_moves_once_by_transfer_and_stays_pinned() {
         }
         impl Observer for Obs<'_> {
             fn on_action(&mut self, _now: TimeUs, a: &Action, s: &Scheduler) {
-                if let Action::Run { instance, .. } = *a {
+                if let Action::Run(plan) = a {
+                    let instance = plan.instance;
                     for e in &s.instance(instance).batch.entries {
                         let Some(r) = s.request(e.request) else {
                             continue;

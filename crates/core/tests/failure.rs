@@ -36,7 +36,8 @@ struct NothingOn {
 
 impl Observer for NothingOn {
     fn on_action(&mut self, now: TimeUs, a: &Action, s: &Scheduler) {
-        if let Action::Run { instance, .. } = *a {
+        if let Action::Run(plan) = a {
+            let instance = plan.instance;
             assert!(
                 !(instance == self.dead && now >= self.at),
                 "instance {instance} ran at {now} after failing at {}",
@@ -146,7 +147,8 @@ struct Runs(Vec<u32>);
 
 impl Observer for Runs {
     fn on_action(&mut self, _now: TimeUs, a: &Action, _s: &Scheduler) {
-        if let Action::Run { instance, .. } = *a {
+        if let Action::Run(plan) = a {
+            let instance = plan.instance;
             self.0[instance as usize] += 1;
         }
     }

@@ -91,18 +91,18 @@ impl Watch {
 }
 
 impl Observer for Watch {
-    fn on_action(&mut self, now: TimeUs, a: &Action, s: &Scheduler) {
+    fn on_action(&mut self, now: TimeUs, a: &Action, _s: &Scheduler) {
         let cut = now >= self.from && now < self.to;
         match *a {
-            Action::Run { instance, .. } => {
+            Action::Run(ref plan) => {
+                let instance = plan.instance;
                 let Some(k) = self.side(instance) else { return };
                 let to = self.other(instance);
-                let batch = &s.instance(instance).batch;
-                let copies = batch.entries.iter().filter(|e| e.copy_to == Some(to));
+                let copies = plan.copies.iter().filter(|c| c.to == to);
                 if cut {
                     assert_eq!(copies.count(), 0, "a copy across the cut at {now}");
                     self.runs_during[k] += 1;
-                    self.tokens_during[k] += batch.entries.len() as u64;
+                    self.tokens_during[k] += plan.entries.len() as u64;
                 } else if now >= self.to && copies.count() > 0 {
                     self.copies_after += 1;
                 }

@@ -37,7 +37,8 @@ fn sched(
 struct BatchCheck<F: FnMut(u32, &accellm_core::batch::Batch)>(F);
 impl<F: FnMut(u32, &accellm_core::batch::Batch)> Observer for BatchCheck<F> {
     fn on_action(&mut self, _now: TimeUs, a: &Action, s: &Scheduler) {
-        if let Action::Run { instance, .. } = a {
+        if let Action::Run(plan) = a {
+            let instance = &plan.instance;
             (self.0)(*instance, &s.instance(*instance).batch);
         }
     }
@@ -281,7 +282,7 @@ fn too_long_requests_are_rejected_and_cancel_frees_blocks() {
     };
     let id = s.submit(0, ok);
     s.take_actions(&mut acts);
-    assert!(matches!(acts[0], Action::Run { instance: 0, .. }));
+    assert!(matches!(&acts[0], Action::Run(p) if p.instance == 0));
     // Cancelled while in flight: blocks stay until the iteration ends, then everything is free.
     s.cancel(5, id);
     assert!(s.instance(0).kv.free_blocks() < 10);

@@ -51,10 +51,8 @@ struct Launches(Vec<(u32, Option<u32>, bool)>);
 impl Observer for Launches {
     fn on_action(&mut self, _now: TimeUs, a: &Action, s: &Scheduler) {
         s.check_invariants().unwrap();
-        if let Action::Run {
-            instance, borrowed, ..
-        } = *a
-        {
+        if let Action::Run(plan) = a {
+            let (instance, borrowed) = (plan.instance, plan.borrowed);
             assert_eq!(s.instance(instance).lent_to, None, "launched on lent cores");
             let p = s.instance(instance ^ 1);
             let partner_occupied = p.busy || p.lent_to.is_some_and(|b| b != instance);

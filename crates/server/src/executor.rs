@@ -17,10 +17,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use accellm_core::{
-    batch::Work,
     cost::IterationShape,
     instance::PhaseConstraint,
     kv::{BlockKey, BlockKeys},
+    plan::{BlockSpan, RunPlan},
     profile::Point,
     request::{FinishReason, RejectReason, RequestId, RequestSpec, Slo},
     scheduler::{Action, Recovery, Scheduler},
@@ -329,6 +329,8 @@ impl Executor {
         iteration_log: Arc<Mutex<IterationLog>>,
     ) -> Self {
         let n = instances.len();
+        let mut sched = sched;
+        sched.set_block_plans(true);
         Self {
             sched,
             text,
@@ -373,7 +375,7 @@ impl Executor {
         }
         use crate::kv_events::WireEvent;
         use accellm_core::kv_events::CacheEvent;
-        let bs = self.sched.instance(0).kv.block_size();
+        let bs = self.sched.block_size();
         let mut events = Vec::with_capacity(self.kv_scratch.len());
         for e in self.kv_scratch.drain(..) {
             events.push(match e {
@@ -546,7 +548,7 @@ impl Executor {
         // A request that wants its prompt's logprobs (echo) must compute every position, so it
         // neither starts after a cached prefix nor offers its blocks (no keys). The keys of
         // generated blocks follow as they fill (`on_token`).
-        let bs = self.sched.instance(0).kv.block_size();
+        let bs = self.sched.block_size();
         let block_keys = prompt_logprobs
             .is_none()
             .then(|| accellm_core::kv::chain_keys(&s.prompt, bs, 0));
@@ -604,22 +606,17 @@ impl Executor {
             }
             let actions = std::mem::take(&mut self.actions);
             for a in &actions {
-                match *a {
-                    Action::Run {
-                        instance,
-                        iteration,
-                        borrowed,
-                    } => self.dispatch_run(instance, iteration, borrowed.is_some()),
+                match a {
+                    Action::Run(plan) => self.dispatch_run(plan),
                     Action::Transfer {
                         id,
-                        request,
-                        from,
                         to,
-                        from_token,
-                        tokens,
-                    } => self.dispatch_transfer(id, request, from, to, from_token, tokens),
-                    Action::Finished { request, reason } => self.finished(request, reason),
-                    Action::Rejected { request, reason } => self.rejected(request, reason),
+                        from,
+                        spans,
+                        ..
+                    } => self.dispatch_transfer(*id, *from, *to, spans),
+                    Action::Finished { request, reason } => self.finished(*request, *reason),
+                    Action::Rejected { request, reason } => self.rejected(*request, *reason),
                 }
             }
             self.actions = actions;
@@ -700,61 +697,34 @@ impl Executor {
         }
     }
 
-    /// The KV spans that copy token positions `tokens` of `req` from instance `from` to
-    /// instance `to` (through the request's block tables on both). `None` when either table
-    /// lacks a block for those positions.
-    fn spans(
-        &self,
-        req: RequestId,
-        from: InstanceId,
-        to: InstanceId,
-        tokens: std::ops::Range<u32>,
-    ) -> Option<Vec<KvSpan>> {
-        let src = self.sched.instance(from).kv.table(req)?;
-        let dst = self.sched.instance(to).kv.table(req)?;
-        let bs = self.sched.instance(from).kv.block_size() as usize;
-        let positions = tokens.start as usize..tokens.end as usize;
-        match KvSpan::for_positions(src, dst, positions, bs) {
-            Ok(spans) => Some(spans),
-            Err(e) => {
-                tracing::error!(request = req.0, error = %e, "no KV blocks to copy");
-                None
-            }
-        }
-    }
-
-    fn dispatch_run(&mut self, instance: InstanceId, iteration: u64, wide: bool) {
+    fn dispatch_run(&mut self, plan: &RunPlan) {
+        let (instance, iteration, wide) = (plan.instance, plan.iteration, plan.borrowed.is_some());
         let i = instance as usize;
-        let entries = self.sched.instance(instance).batch.entries.clone();
-        let mut seqs = Vec::with_capacity(entries.len());
+        let mut seqs = Vec::with_capacity(plan.entries.len());
         let mut samples = Vec::new();
-        let mut rows = Vec::with_capacity(entries.len());
+        let mut rows = Vec::with_capacity(plan.entries.len());
         // Rows that sample a token (an entry's last row, when the entry wants one).
         let mut sample_rows = Vec::new();
         let mut prompt_rows = Vec::new();
         let mut prompt_jobs = Vec::new();
-        let mut copies: Vec<(usize, Vec<KvSpan>)> = Vec::new();
         let mut broken = Vec::new();
-        for e in &entries {
+        for e in &plan.entries {
             let Some(live) = self.lives.get(e.request.index()).and_then(Option::as_ref) else {
                 broken.push(e.request);
                 continue;
             };
-            let (start, len, want) = match e.work {
-                Work::Prefill { start, len, last } => (start, len, last),
-                Work::Decode { context } => (context - 1, 1, true),
-            };
-            let end = (start + len) as usize;
-            let table = self.sched.instance(instance).kv.table(e.request);
-            let (Some(table), true) = (table, end <= live.tokens.len()) else {
+            let want = e.sample;
+            let end = e.end as usize;
+            let table = plan.blocks(e);
+            if table.is_empty() || end > live.tokens.len() {
                 tracing::error!(
                     request = e.request.0,
                     "inconsistent batch entry; failing it"
                 );
                 broken.push(e.request);
                 continue;
-            };
-            let start_u = start as usize;
+            }
+            let start_u = e.start as usize;
             if live.wants_prompt_rows(start_u, end) {
                 // Prompt logprobs need the logits of every position: one row per token, each a
                 // sequence of its own over the same block table. A forward pass stores every
@@ -796,21 +766,14 @@ impl Executor {
                     want_logits: want,
                 });
             }
-            if let Some(to) = e.copy_to {
-                // Stream the new tokens' KV; a replica that lacks earlier tokens (fresh, or
-                // restarted after an eviction) gets them too.
-                let have = self
-                    .sched
-                    .request(e.request)
-                    .filter(|r| r.replica_on == Some(to))
-                    .map_or(0, |r| r.replica_tokens);
-                let from = have.min(start);
-                if let Some(spans) = self.spans(e.request, instance, to, from..start + len) {
-                    match copies.iter_mut().find(|(t, _)| *t == to as usize) {
-                        Some((_, v)) => v.extend(spans),
-                        None => copies.push((to as usize, spans)),
-                    }
-                }
+        }
+        // The layer-wise copies, one plan per destination: the spans the core planned.
+        let mut copies: Vec<(usize, Vec<KvSpan>)> = Vec::new();
+        for c in &plan.copies {
+            let spans = plan.spans(c).iter().map(kv_span);
+            match copies.iter_mut().find(|(t, _)| *t == c.to as usize) {
+                Some((_, v)) => v.extend(spans),
+                None => copies.push((c.to as usize, spans.collect())),
             }
         }
         // Samplers travel with the job; a remote worker may be lost with them, so keep a copy.
@@ -851,12 +814,8 @@ impl Executor {
                 }
             })
             .collect();
-        let shape = self.sched.instance(instance).batch.shape;
-        let predicted_s = self
-            .sched
-            .instance(instance)
-            .iteration_us(self.sched.cost()) as f64
-            / 1e6;
+        let shape = plan.shape;
+        let predicted_s = plan.predicted_us as f64 / 1e6;
         self.inflight[i] = Some(InFlight {
             iteration,
             rows,
@@ -913,15 +872,11 @@ impl Executor {
     fn dispatch_transfer(
         &mut self,
         id: u32,
-        req: RequestId,
         from: InstanceId,
         to: InstanceId,
-        from_token: u32,
-        tokens: u32,
+        spans: &[BlockSpan],
     ) {
-        let spans = self
-            .spans(req, from, to, from_token..from_token + tokens)
-            .unwrap_or_default();
+        let spans: Vec<KvSpan> = spans.iter().map(kv_span).collect();
         let dst: Vec<u32> = spans.iter().map(|s| s.dst_block).collect();
         let job = LinkJob::Transfer {
             id,
@@ -1140,7 +1095,7 @@ impl Executor {
             // which offers the block once its KV is computed (the next iteration, for the
             // token just sampled).
             let known = keys.len();
-            let bs = self.sched.instance(0).kv.block_size();
+            let bs = self.sched.block_size();
             accellm_core::kv::extend_chain_keys(keys, &live.tokens, bs, 0);
             self.sched.extend_block_keys(req, &keys[known..]);
         }
@@ -1311,6 +1266,15 @@ impl Executor {
         m.counters = *self.sched.counters();
         m.copied_replica_bytes = copied_r;
         m.copied_transfer_bytes = copied_t;
+    }
+}
+
+/// The engine's form of a span the core planned.
+fn kv_span(s: &BlockSpan) -> KvSpan {
+    KvSpan {
+        src_block: s.src_block,
+        dst_block: s.dst_block,
+        slots: s.slot_start..s.slot_end,
     }
 }
 

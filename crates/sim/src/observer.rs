@@ -203,16 +203,16 @@ impl TimeSeriesObserver {
 }
 
 impl Observer for TimeSeriesObserver {
-    fn on_action(&mut self, now: TimeUs, action: &Action, sched: &Scheduler) {
+    fn on_action(&mut self, now: TimeUs, action: &Action, _sched: &Scheduler) {
         match *action {
-            Action::Run { instance, .. } => {
-                let batch = &sched.instance(instance).batch;
-                let kind = match batch.kind() {
+            Action::Run(ref plan) => {
+                let kind = match plan.kind() {
                     BatchKind::Prefill => SegmentKind::Prefill,
                     BatchKind::Decode => SegmentKind::Decode,
                     BatchKind::Mixed | BatchKind::Empty => SegmentKind::Mixed,
                 };
-                let dur = sched.instance(instance).iteration_us(sched.cost()).max(1);
+                let instance = plan.instance;
+                let dur = plan.predicted_us.max(1);
                 self.push_segment(
                     instance as usize,
                     Segment {

@@ -108,11 +108,7 @@ pub fn drive(
         let runs: Vec<(u32, u64)> = actions
             .drain(..)
             .filter_map(|a| match a {
-                Action::Run {
-                    instance,
-                    iteration,
-                    ..
-                } => Some((instance, iteration)),
+                Action::Run(plan) => Some((plan.instance, plan.iteration)),
                 _ => None,
             })
             .collect();

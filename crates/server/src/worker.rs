@@ -89,7 +89,7 @@ pub(crate) struct RunJob {
     pub copies: Vec<CopyPlan>,
     /// The cost model's prediction of its wall time (a remote worker's deadline grows with it).
     pub predicted_s: f64,
-    /// Run on the instance's cores and its idle partner's (the core's `Action::Run::borrowed`).
+    /// Run on the instance's cores and its idle partner's (the core's `RunPlan::borrowed`).
     pub wide: bool,
 }
 

@@ -198,6 +198,13 @@ impl RequestState {
         self.block_keys.as_deref().unwrap_or(&[])
     }
 
+    /// Forgets its replica (the one way a request stops holding one; its blocks there are the
+    /// caller's to release). Returns where it was.
+    pub fn forget_replica(&mut self) -> Option<InstanceId> {
+        self.replica_tokens = 0;
+        self.replica_on.take()
+    }
+
     /// Whether the replica holds all of this request's KV.
     pub fn replica_current(&self) -> bool {
         self.replica_on.is_some() && self.replica_tokens >= self.context()

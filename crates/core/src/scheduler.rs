@@ -352,8 +352,7 @@ impl State {
             r.replica_on = Some(from);
             r.replica_tokens = source_has;
         } else {
-            r.replica_on = None;
-            r.replica_tokens = 0;
+            r.forget_replica();
         }
         let src = &mut self.instances[from as usize];
         src.account_kv(self.now);
@@ -1018,8 +1017,7 @@ impl Scheduler {
             }
             if let Some(old) = r.replica_on.filter(|&o| o != to) {
                 s.instances[old as usize].kv.release(e.request);
-                r.replica_on = None;
-                r.replica_tokens = 0;
+                r.forget_replica();
             }
             let dst = &mut s.instances[to as usize];
             dst.account_kv(now);
@@ -1063,8 +1061,7 @@ impl Scheduler {
                 }
                 Err(_) => {
                     dst.kv.release(e.request);
-                    r.replica_on = None;
-                    r.replica_tokens = 0;
+                    r.forget_replica();
                 }
             }
         }

@@ -172,8 +172,7 @@ impl ClusterCtx<'_> {
         if r.phase == Phase::Moving {
             return;
         }
-        if let Some(o) = r.replica_on.take() {
-            r.replica_tokens = 0;
+        if let Some(o) = r.forget_replica() {
             let inst = &mut self.s.instances[o as usize];
             inst.account_kv(self.s.now);
             inst.kv.release(id);
@@ -223,14 +222,12 @@ impl ClusterCtx<'_> {
         self.s.counters.replica_evictions += evicted.len() as u64;
         for v in evicted {
             let vr = self.s.requests.get_mut(v);
-            vr.replica_on = None;
-            vr.replica_tokens = 0;
+            vr.forget_replica();
         }
         let r = self.s.requests.get_mut(id);
         if let Some(old) = r.replica_on.filter(|&o| o != to) {
             self.s.instances[old as usize].kv.release(id);
-            r.replica_on = None;
-            r.replica_tokens = 0;
+            r.forget_replica();
         }
         r.phase = Phase::Moving;
         r.moving_to = Some(to);

@@ -316,8 +316,7 @@ impl<'a> ScheduleCtx<'a> {
         for i in before..self.evicted.len() {
             let victim = self.evicted[i];
             let v = self.requests.get_mut(victim);
-            v.replica_on = None;
-            v.replica_tokens = 0;
+            v.forget_replica();
         }
         Ok(())
     }

@@ -98,8 +98,7 @@ impl Scheduler {
         for id in ids {
             let r = s.requests.get_mut(id);
             if r.replica_on == Some(i) {
-                r.replica_on = None;
-                r.replica_tokens = 0;
+                r.forget_replica();
             }
             if r.moving_to == Some(i) {
                 // Its move onto `i` is off: it stays on its (live) source.
@@ -149,8 +148,7 @@ impl Scheduler {
                 Some(p) => {
                     r.instance = p;
                     r.phase = Phase::Decoding;
-                    r.replica_on = None;
-                    r.replica_tokens = 0;
+                    r.forget_replica();
                     let dst = &mut s.instances[p as usize];
                     dst.account_kv(now);
                     dst.kv.set_ownership(id, Ownership::Primary);
@@ -171,10 +169,9 @@ impl Scheduler {
                     out.push((id, Recovery::Replica));
                 }
                 None => {
-                    if let Some(o) = r.replica_on.take() {
+                    if let Some(o) = r.forget_replica() {
                         s.instances[o as usize].kv.release(id);
                     }
-                    r.replica_tokens = 0;
                     r.reset_for_recompute();
                     let load = r.load();
                     let to = fallback;
@@ -309,8 +306,7 @@ impl Scheduler {
                 // other side (a replica turned primary, or a transfer's destination) is freed.
                 r.moving_to = None;
                 r.phase = Phase::Decoding;
-                r.replica_on = None;
-                r.replica_tokens = 0;
+                r.forget_replica();
                 if r.cancelled && !r.in_flight {
                     cancelled.push(id);
                 }
@@ -323,8 +319,7 @@ impl Scheduler {
                 continue;
             }
             if let Some(o) = r.replica_on.filter(|&o| across(from, o)) {
-                r.replica_on = None;
-                r.replica_tokens = 0;
+                r.forget_replica();
                 let dst = &mut s.instances[o as usize];
                 dst.account_kv(now);
                 dst.kv.release(id);

@@ -2,7 +2,7 @@
 """Capacity of the default against every baseline in eight settings (docs/combination.md).
 
 Usage: python3 docs/combo/capacity.py [ACCELLM_BINARY] [SETTING ...]
-CPU_PROFILE=<profile.toml> picks the CPU settings' profile (default: the built-in q8-padded one).
+CPU_PROFILE=<profile.toml> picks the CPU settings. profile (default: the built-in int8 one).
 
 Capacity is the highest swept rate at which >= 90% of requests meet the strict SLO (TTFT within
 target and every gap between tokens within the TBT SLO). Each setting runs every policy on the
@@ -23,7 +23,7 @@ ARGS = [a for a in sys.argv[1:]]
 BIN = ARGS.pop(0) if ARGS and ("/" in ARGS[0] or ARGS[0].endswith("accellm")) else "target/release/accellm"
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CPU_PROFILE = os.environ.get(
-    "CPU_PROFILE", os.path.join(ROOT, "crates/engine/calibration/reference-q8-padded.toml"))
+    "CPU_PROFILE", os.path.join(ROOT, "crates/engine/calibration/reference-int8.toml"))
 PREFILL_SLOWDOWN = 1.75
 
 
@@ -65,28 +65,31 @@ SCALES = [1, 1.5, 2, 3, 4, 6, 8]
 
 
 def sweep(args, rates, policies, scale, extra=""):
+    """(policy, rate) -> (strict attainment, strict goodput, mean goodput)."""
     cmd = (f"{BIN} simulate {args} --slo-classes default --slo-scale {scale} "
            f"--compare {','.join(policies)} --sweep-rate {','.join(map(str, rates))} --json {extra}")
     out = subprocess.run(cmd.split(), check=True, capture_output=True, text=True).stdout
     runs = json.loads(out)
-    att = {}
+    res = {}
     for r in runs if isinstance(runs, list) else [runs]:
         s = r["summary"]
-        att[(f"{r['cluster_policy']}/{r['instance_policy']}", r["rate"])] = s["slo_attainment_strict"]
-    return att
+        res[(f"{r['cluster_policy']}/{r['instance_policy']}", r["rate"])] = (
+            s["slo_attainment_strict"], s["goodput_strict"], s["goodput_mean"])
+    return res
 
 
 def attainments(args, rates, splits, scale):
-    att = sweep(args, rates, [OURS] + BASELINES, scale)
+    res = sweep(args, rates, [OURS] + BASELINES, scale)
     for k in splits:
-        for (p, rate), v in sweep(args, rates, ["splitwise/vllm"], scale,
-                                  f"--prefill-instances {k}").items():
-            att[(p, rate)] = max(att.get((p, rate), 0.0), v)
-    return att
+        for key, v in sweep(args, rates, ["splitwise/vllm"], scale,
+                            f"--prefill-instances {k}").items():
+            old = res.get(key, (0.0, 0.0, 0.0))
+            res[key] = tuple(max(a, b) for a, b in zip(old, v))  # its best split per figure
+    return res
 
 
 def capacity(att, policy, rates):
-    ok = [r for r in rates if att[(policy, float(r))] >= 0.9]
+    ok = [r for r in rates if att[(policy, float(r))][0] >= 0.9]
     return max(ok) if ok else None
 
 
@@ -97,7 +100,7 @@ def run(name):
     names = [OURS] + BASELINES + ["splitwise/vllm"]
     for scale in SCALES:
         light = attainments(args, rates[:1], splits, scale)
-        if max(light.values()) >= 0.9:
+        if max(v[0] for v in light.values()) >= 0.9:
             break
     att = attainments(args, rates, splits, scale)
     caps = {n: capacity(att, n, rates) for n in names}
@@ -106,19 +109,47 @@ def run(name):
     ratio = ours / theirs if theirs else float("inf") if ours else float("nan")
     fmt = lambda c: "-" if c is None else f"{c:g}"
     step = rates[1] - rates[0]
-    print(f"| {name} | {scale:g}x | {rates[0]:g}–{rates[-1]:g} by {step:g} | {fmt(caps[OURS])} | "
-          f"{fmt(caps[best])} ({best}) | {ratio:.2f}x | "
-          + ", ".join(f"{n} {fmt(caps[n])}" for n in names[1:]) + " |", flush=True)
-    return ratio
+    CAP.append(f"| {name} | {scale:g}x | {rates[0]:g}–{rates[-1]:g} by {step:g} | {fmt(caps[OURS])} | "
+               f"{fmt(caps[best])} ({best}) | {ratio:.2f}x | "
+               + ", ".join(f"{n} {fmt(caps[n])}" for n in names[1:]) + " |")
+    # Never lose: every swept rate up to 1.5x the best baseline's capacity (the whole ladder if
+    # no baseline has one), strict and mean goodput against the best baseline of each.
+    top = 1.5 * theirs if theirs else rates[-1]
+    checked = [r for r in rates if r <= top + 1e-9]
+    worst, held = {}, 0
+    for r in checked:
+        ok = True
+        for i, fig in ((1, "strict"), (2, "mean")):
+            b = max(names[1:], key=lambda n: att[(n, float(r))][i])
+            q = att[(OURS, float(r))][i] / max(att[(b, float(r))][i], 1e-9)
+            ok &= q >= 0.95
+            if fig not in worst or q < worst[fig][0]:
+                worst[fig] = (q, r, b)
+        held += ok
+    w = lambda f: f"{worst[f][0]:.2f}x at {worst[f][1]:g} ({worst[f][2]})"
+    NEVER.append(f"| {name} | {checked[0]:g}–{checked[-1]:g} | {held} of {len(checked)} | "
+                 f"{w('strict')} | {w('mean')} |")
+    print(CAP[-1], flush=True)
+    return ratio, held, len(checked)
 
 
+CAP, NEVER = [], []
 names = [a for a in ARGS if a in SETTINGS] or list(SETTINGS)
 print(f"`{BIN} simulate <setting> --slo-classes default --slo-scale <k> --compare ... --sweep-rate ...`"
       f" (CPU settings: `{os.path.relpath(CPU_PROFILE, ROOT)}`; slow prefill: its per-token term x{PREFILL_SLOWDOWN})\n")
 print("| setting | SLO scale | rates swept (req/s) | default capacity | best baseline capacity | ratio | every baseline |")
 print("|---|---:|---|---:|---:|---:|---|")
-ratios = [run(n) for n in names]
+out = [run(n) for n in names]
+ratios = [o[0] for o in out]
 wins = sum(r >= 1.3 for r in ratios)
 level = sum(r >= 1.0 for r in ratios)
 print(f"\nDefault capacity >= 1.3x the best baseline's in {wins} of {len(ratios)} settings, "
       f">= 1.0x in {level} of {len(ratios)}.")
+print("\nNever lose: strict and mean goodput >= 0.95x the best baseline (of each figure) at every swept "
+      "rate up to 1.5x the best baseline's capacity.\n")
+print("| setting | rates (req/s) | rates where both hold | lowest strict ratio | lowest mean ratio |")
+print("|---|---|---:|---|---|")
+print("\n".join(NEVER))
+held = sum(o[1] for o in out)
+cells = sum(o[2] for o in out)
+print(f"\nBoth hold at {held} of {cells} rates.")

@@ -21,8 +21,9 @@ pub struct ServeArgs {
     /// Name the model is served under [default: the file name without .gguf].
     #[arg(long)]
     pub served_model_name: Option<String>,
-    /// Weight format after loading: q8-padded, blocks, native, f32 [default: q8-padded with
-    /// AVX-512 VNNI, blocks with AVX2, f32 otherwise].
+    /// Weight format after loading: int8, q8-padded, blocks, native, f32 [default: int8 where its
+    /// kernels have SIMD (AVX-512 VNNI, or AVX2 with FMA and F16C), blocks with AVX2 alone, f32
+    /// otherwise].
     #[arg(long)]
     pub weight_format: Option<WeightFormat>,
     /// Address to listen on [default: 127.0.0.1].

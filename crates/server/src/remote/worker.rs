@@ -52,8 +52,8 @@ pub struct WorkerArgs {
     /// GGUF model file [default: SmolLM2-135M-Instruct Q4_1, fetched into ~/.cache/accellm/models].
     #[arg(long)]
     pub model: Option<PathBuf>,
-    /// Weight format after loading: q8-padded, native, f32 [default: q8-padded where AVX-512
-    /// VNNI gives it its fast kernel, f32 elsewhere; as `serve`].
+    /// Weight format after loading: int8, q8-padded, blocks, native, f32 [default: as `serve`,
+    /// the format this CPU runs fastest].
     #[arg(long)]
     pub weight_format: Option<WeightFormat>,
     /// Threads of this instance.

@@ -118,38 +118,8 @@ fn workers_on_one_host_copy_kv_over_a_private_unix_socket_in_f16() {
         assert_eq!(mode & 0o777, 0o700, "{}", s[0].display());
         assert!(s[0].join("kv.sock").exists());
     }
-    let workers = format!("{a0},{a1}");
-    let (_front, front) = start(&[
-        "serve",
-        "--port",
-        "0",
-        "--model",
-        model,
-        "--kv-blocks",
-        "256",
-        "--workers",
-        &workers,
-    ]);
-    let handles: Vec<_> = (0..6)
-        .map(|k| {
-            let front = front.clone();
-            std::thread::spawn(move || complete(&front, k))
-        })
-        .collect();
-    for h in handles {
-        h.join().expect("request thread");
-    }
-    assert!(metric(&front, "accellm_kv_copied_bytes_total{kind=\"replica\"}") > 0.0);
     // The replicas went over a peer's Unix socket, in f16 (the peers are on loopback).
-    let logs =
-        [&d0, &d1].map(|d| plain(&std::fs::read_to_string(d.join("log")).unwrap_or_default()));
-    let opened: Vec<&str> = logs
-        .iter()
-        .flat_map(|l| l.lines())
-        .filter(|l| l.contains("KV link open"))
-        .collect();
-    assert!(!opened.is_empty(), "no KV link opened: {logs:?}");
-    for line in opened {
+    for line in links_opened(model, &[a0, a1], [&d0, &d1]) {
         assert!(
             line.contains("transport=\"unix\"") && line.contains("kv_wire=f16"),
             "{line}"
@@ -166,7 +136,20 @@ fn a_worker_asked_for_f32_or_kept_on_tcp_gets_its_way() {
     let (_w0, a0) = worker(model, &d0, &["--kv-wire", "f16"]);
     let (_w1, a1) = worker(model, &d1, &["--kv-wire", "f32", "--kv-local", "never"]);
     assert!(sockets(&d1).is_empty(), "--kv-local never opened a socket");
-    let workers = format!("{a0},{a1}");
+    // Worker 1 never moves its links, worker 0 has no socket to move to; both directions
+    // agreed on f32 (f16 only when both ends ask for it).
+    for line in links_opened(model, &[a0, a1], [&d0, &d1]) {
+        assert!(
+            line.contains("transport=\"tcp\"") && line.contains("kv_wire=f32"),
+            "{line}"
+        );
+    }
+}
+
+/// Serves six requests through a front over `workers` (their logs in `dirs`), checks replicas
+/// were copied, and returns the workers' "KV link open" log lines (at least one).
+fn links_opened(model: &str, workers: &[String; 2], dirs: [&Path; 2]) -> Vec<String> {
+    let workers = workers.join(",");
     let (_front, front) = start(&[
         "serve",
         "--port",
@@ -188,20 +171,13 @@ fn a_worker_asked_for_f32_or_kept_on_tcp_gets_its_way() {
         h.join().expect("request thread");
     }
     assert!(metric(&front, "accellm_kv_copied_bytes_total{kind=\"replica\"}") > 0.0);
-    let logs =
-        [&d0, &d1].map(|d| plain(&std::fs::read_to_string(d.join("log")).unwrap_or_default()));
-    // Worker 1 never moves its links, worker 0 has no socket to move to; both directions
-    // agreed on f32 (f16 only when both ends ask for it).
-    let opened: Vec<&str> = logs
+    let logs = dirs.map(|d| plain(&std::fs::read_to_string(d.join("log")).unwrap_or_default()));
+    let opened: Vec<String> = logs
         .iter()
         .flat_map(|l| l.lines())
         .filter(|l| l.contains("KV link open"))
+        .map(str::to_string)
         .collect();
     assert!(!opened.is_empty(), "no KV link opened: {logs:?}");
-    for line in opened {
-        assert!(
-            line.contains("transport=\"tcp\"") && line.contains("kv_wire=f32"),
-            "{line}"
-        );
-    }
+    opened
 }

@@ -30,7 +30,7 @@ use tokio::sync::Semaphore;
 
 use crate::client::{Client, Failure, Message, PreparedRequest, RequestResult, Role};
 use crate::prompt::{PromptBuilder, TokenCounter};
-use crate::runner::{progress_bar, RunOptions, RunResult};
+use crate::runner::{finish, progress_bar, RunOptions, RunResult};
 
 /// One turn: its request (whose `prompt` is the new user message) and the user's think time
 /// after the previous answer, s.
@@ -210,13 +210,7 @@ pub async fn run(client: Client, conversations: Vec<Conversation>, opts: &RunOpt
             Err(e) => tracing::error!("conversation task panicked: {e}"),
         }
     }
-    let duration_s = start.elapsed().as_secs_f64();
-    pb.finish_and_clear();
-    results.sort_by_key(|r| r.index);
-    RunResult {
-        results,
-        duration_s,
-    }
+    finish(results, start, &pb)
 }
 
 #[cfg(test)]

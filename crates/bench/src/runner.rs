@@ -82,6 +82,15 @@ pub async fn run(client: Client, requests: Vec<PreparedRequest>, opts: &RunOptio
             Err(e) => tracing::error!("request task panicked: {e}"),
         }
     }
+    finish(results, start, &pb)
+}
+
+/// Ends a run started at `start`: clears the progress bar and orders the results by request.
+pub(crate) fn finish(
+    mut results: Vec<RequestResult>,
+    start: Instant,
+    pb: &ProgressBar,
+) -> RunResult {
     let duration_s = start.elapsed().as_secs_f64();
     pb.finish_and_clear();
     results.sort_by_key(|r| r.index);

@@ -23,6 +23,8 @@ mod guard;
 mod live;
 mod messages;
 mod observe;
+#[cfg(test)]
+mod one_plan;
 mod partition;
 mod reports;
 
@@ -76,6 +78,9 @@ pub(crate) struct Executor {
     cuts: Vec<partition::Cut>,
     /// Source and destination of each transfer in flight (a failed one cuts their link).
     transfer_ends: HashMap<u32, (usize, usize)>,
+    /// Every action carried out, in order, when a test keeps them ([`one_plan`]).
+    #[cfg(test)]
+    carried: Option<Vec<Action>>,
 }
 
 impl Executor {
@@ -113,6 +118,8 @@ impl Executor {
             kv_scratch: Vec::new(),
             cuts: Vec::new(),
             transfer_ends: HashMap::new(),
+            #[cfg(test)]
+            carried: None,
         }
     }
 
@@ -313,6 +320,10 @@ impl Executor {
             }
             let actions = std::mem::take(&mut self.actions);
             for a in &actions {
+                #[cfg(test)]
+                if let Some(kept) = &mut self.carried {
+                    kept.push(a.clone());
+                }
                 match a {
                     Action::Run(plan) => self.dispatch_run(plan),
                     Action::Transfer {

@@ -1,10 +1,11 @@
 //! One run plan through both executors, on a tiny random model.
 //!
 //! Two in-process instances under AcceLLM serve a handful of requests (one prompt of four
-//! chunks, late prompts that take decodes off an instance): with replicas kept current by every
-//! step (prefill chunks and decodes stream layer-wise copies to the partner, decodes move), with
-//! replicas left behind while decoding (`lazy`), and without replicas (each prompt's KV goes to
-//! the partner by one transfer). The test plays the scheduler thread's event loop itself, one
+//! chunks, late prompts that take decodes off an instance, one starting with a cached prefix):
+//! with replicas kept current by every step (prefill chunks and decodes stream layer-wise copies
+//! to the partner, decodes move), with replicas left behind while decoding (`lazy`: a move
+//! transfers what the replica lacks), and without replicas (each prompt's KV goes to the partner
+//! by one transfer). The test plays the scheduler thread's event loop itself, one
 //! input at a time, so it can read the KV pools when a worker reports an iteration (its copies
 //! landed) or a link a transfer, before the core hears of it. For every plan the core hands
 //! over it checks that:
@@ -390,6 +391,8 @@ impl Harness {
         // destination holds the source's KV there, bit for bit.
         let mut planned: Vec<(usize, Vec<KvSpan>)> = Vec::new();
         for c in &plan.copies {
+            let e = plan.entries.iter().find(|e| e.request == c.request);
+            assert_eq!(c.end, e.unwrap().end, "{key:?}: a copy ends with its entry");
             let spans = plan.spans(c).iter().map(engine_span);
             match planned.iter_mut().find(|(to, _)| *to == c.to as usize) {
                 Some((_, v)) => v.extend(spans),
@@ -509,12 +512,16 @@ fn the_server_and_the_simulator_carry_out_the_same_plans() {
         &path,
     );
     accellm_engine::inline_candle_matmuls().unwrap();
-    // Distinct prompts (no shared prefix): 20 tokens (one chunk) up to 100 (four chunks).
-    let prompts: Vec<Vec<u32>> = [20u32, 45, 100, 33, 70]
+    // Five distinct prompts: 20 tokens (one chunk) up to 100 (four chunks).
+    let mut prompts: Vec<Vec<u32>> = [20u32, 45, 100, 33, 70]
         .iter()
         .enumerate()
         .map(|(k, &n)| (0..n).map(|p| 3 + (p * 7 + k as u32 * 61) % 300).collect())
         .collect();
+    // A late prompt that starts with the 100-token one's first 64 tokens.
+    let mut shared = prompts[2][..64].to_vec();
+    shared.extend((0..20).map(|p| 5 + p * 11));
+    prompts.push(shared);
     // One instance that never moves KV: the greedy tokens every run must give.
     let alone = Harness::new(&path, 1, "round-robin", &ClusterConfig::default()).serve(&prompts, 3);
     // Replicas kept current by every step (moves are free), by nothing while decoding (`lazy`),
@@ -527,9 +534,13 @@ fn the_server_and_the_simulator_carry_out_the_same_plans() {
         let mut cfg = ClusterConfig::default();
         cfg.accellm.sync = sync;
         cfg.accellm.replication = replication;
-        // The late prompts go to the other instance than the first ones, which hands its
-        // decodes back.
-        cfg.accellm.prefill_choice = PrefillChoice::Alternate;
+        // The late prompts go to the other instance than the first ones, which hands its decodes
+        // back (`lazy`: to the same one, which hands over the request that has just decoded its
+        // first token there, so its replica lacks it and the move transfers it).
+        cfg.accellm.prefill_choice = match sync {
+            SyncMode::Lazy => PrefillChoice::Sticky,
+            _ => PrefillChoice::Alternate,
+        };
         let rec = Harness::new(&path, 2, "accellm", &cfg).serve(&prompts, 3);
         // The run exercised what the plan carries.
         let chunked = rec
@@ -542,12 +553,17 @@ fn the_server_and_the_simulator_carry_out_the_same_plans() {
         assert!(on_partner, "{name}: a request computed on both instances");
         let copied = rec.link_bytes.values().any(|b| b.0 > 0);
         assert_eq!(copied, replication, "{name}: layer-wise copies");
-        if !replication {
+        if sync == SyncMode::Lazy || !replication {
             assert!(rec.transfer_tokens > 0, "{name}: transfers");
         }
-        // Every position computed exactly once, in order (no recompute, no gap).
+        // Every position computed exactly once, in order (no recompute, no gap), after the
+        // cached prefix (whole blocks) of the last prompt.
         for (k, c) in rec.computed.iter().enumerate() {
-            let mut at = 0;
+            let mut at = c[0].1;
+            assert!(
+                at % BLOCK == 0 && (at == 0 || k + 1 == prompts.len()),
+                "{name} request {k}: {c:?}"
+            );
             for &(_, start, end) in c {
                 assert_eq!(start, at, "{name} request {k}: {c:?}");
                 at = end;

@@ -3,7 +3,8 @@
 # Usage: bash docs/bench/sweep.sh [ACCELLM_BINARY]   (default: target/release/accellm)
 # POLICIES="accellm/accelgen round-robin/vllm" RATES="1 2" choose the grid, NUM the requests per
 # cell (20), REPS the runs per cell (1), alternated: every cell of a round runs before the next;
-# SERVE_ARGS="--weight-format blocks" passes flags to every server.
+# SERVE_ARGS="--weight-format blocks" passes flags to every server; a policy written
+# `accellm/accelgen+knobs.toml` also passes `--config knobs.toml` to its own server.
 set -euo pipefail
 BIN="${1:-target/release/accellm}"
 PORT=18900
@@ -13,8 +14,11 @@ echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 for rep in $(seq 1 "${REPS:-1}"); do
 for rate in ${RATES:-1 2}; do
   for policy in ${POLICIES:-accellm/accelgen round-robin/vllm round-robin/sarathi}; do
+    pair="${policy%%+*}"
+    knobs=()
+    [[ "$policy" == *+* ]] && knobs=(--config "${policy#*+}")
     # shellcheck disable=SC2086
-    "$BIN" serve --port $PORT --cluster-policy "${policy%/*}" --instance-policy "${policy#*/}" ${SERVE_ARGS:-} >/dev/null 2>&1 &
+    "$BIN" serve --port $PORT --cluster-policy "${pair%/*}" --instance-policy "${pair#*/}" "${knobs[@]}" ${SERVE_ARGS:-} >/dev/null 2>&1 &
     pid=$!
     for _ in $(seq 1 60); do curl -sf "localhost:$PORT/v1/models" >/dev/null 2>&1 && break; sleep 1; done
     out=$(mktemp)

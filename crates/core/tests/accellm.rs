@@ -990,6 +990,17 @@ fn pair_run_with(
     acfg: AccellmConfig,
     reqs: &[RequestSpec],
 ) -> (f64, u32) {
+    let (s, both) = pair_sched(cost, policy, acfg, reqs);
+    (strict_attainment(&s), both)
+}
+
+/// [`pair_run_with`], returning the scheduler after the run.
+fn pair_sched(
+    cost: Arc<LinearCostModel>,
+    policy: &str,
+    acfg: AccellmConfig,
+    reqs: &[RequestSpec],
+) -> (Scheduler, u32) {
     let icfg = InstanceConfig::default();
     let policies = (0..2)
         .map(|_| instance::build("accelgen", &icfg).unwrap())
@@ -1017,7 +1028,27 @@ fn pair_run_with(
         }),
     );
     assert_all_done(&s, reqs);
-    (strict_attainment(&s), both)
+    (s, both)
+}
+
+#[test]
+fn a_colocated_pair_without_colocated_replicas_copies_nothing() {
+    // Colocated, each partner serves its own requests; replicas only matter once the pair
+    // splits again. With `colocated_replicas` off no prefill streams a copy.
+    let heavy = prompt_heavy(120, 4_000);
+    let run = |colocated_replicas| {
+        let acfg = AccellmConfig {
+            colocate: Colocate::Always,
+            colocated_replicas,
+            ..Default::default()
+        };
+        pair_sched(cost(), "accellm", acfg, &heavy).0
+    };
+    let with = run(true);
+    let without = run(false);
+    assert!(with.counters().copy_bytes > 0);
+    assert_eq!(without.counters().copy_bytes, 0);
+    assert!(strict_attainment(&without) >= 0.95 * strict_attainment(&with));
 }
 
 #[test]

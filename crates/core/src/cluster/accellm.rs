@@ -170,6 +170,10 @@ pub struct AccellmConfig {
     pub colocate_prefill: f64,
     /// Time constant of the arriving prompt load's moving average, in ms.
     pub colocate_window_ms: u64,
+    /// A colocated pair streams replicas of its new prompts (where the partner has at least half
+    /// its KV free), so decodes can move when it splits again. Off: colocated prompts start no
+    /// replica, and their copies cost nothing.
+    pub colocated_replicas: bool,
 }
 
 impl Default for AccellmConfig {
@@ -194,6 +198,7 @@ impl Default for AccellmConfig {
             colocate_on_prompts: true,
             colocate_prefill: 0.8,
             colocate_window_ms: 10_000,
+            colocated_replicas: true,
         }
     }
 }
@@ -1278,7 +1283,8 @@ impl ClusterPolicy for Accellm {
             // A colocated pair starts replicas only where the partner has room for them.
             Work::Prefill { start: 0, .. } if self.colocated[self.pair_of[i as usize]] => {
                 let kv = &ctx.instance(p).kv;
-                (2 * kv.free_blocks() >= kv.num_blocks()).then_some(p)
+                (self.cfg.colocated_replicas && 2 * kv.free_blocks() >= kv.num_blocks())
+                    .then_some(p)
             }
             Work::Prefill { start, .. } => (start == 0 || r.replica_on == Some(p)).then_some(p),
             Work::Decode { .. } => (self.cfg.sync == SyncMode::Eager

@@ -2,7 +2,8 @@
 """Capacity of the default against every baseline in eight settings (docs/combination.md).
 
 Usage: python3 docs/combo/capacity.py [ACCELLM_BINARY] [SETTING ...]
-CPU_PROFILE=<profile.toml> picks the CPU settings. profile (default: the built-in int8 one).
+CPU_PROFILE=<profile.toml> picks the CPU settings. profile (default: the built-in int8 one);
+EXTRA="--config knobs.toml" appends arguments to every simulation.
 
 Capacity is the highest swept rate at which >= 90% of requests meet the strict SLO (TTFT within
 target and every gap between tokens within the TBT SLO). Each setting runs every policy on the
@@ -67,7 +68,8 @@ SCALES = [1, 1.5, 2, 3, 4, 6, 8]
 def sweep(args, rates, policies, scale, extra=""):
     """(policy, rate) -> (strict attainment, strict goodput, mean goodput)."""
     cmd = (f"{BIN} simulate {args} --slo-classes default --slo-scale {scale} "
-           f"--compare {','.join(policies)} --sweep-rate {','.join(map(str, rates))} --json {extra}")
+           f"--compare {','.join(policies)} --sweep-rate {','.join(map(str, rates))} --json {extra} "
+           f"{os.environ.get('EXTRA', '')}")
     out = subprocess.run(cmd.split(), check=True, capture_output=True, text=True).stdout
     runs = json.loads(out)
     res = {}

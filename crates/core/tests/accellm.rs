@@ -11,7 +11,7 @@ use accellm_core::{
     batch::{BatchKind, Work},
     cluster::{
         self,
-        accellm::{AccellmConfig, Colocate, PrefillChoice, RebalanceMetric, SyncMode},
+        accellm::{AccellmConfig, BothPrefill, Colocate, PrefillChoice, RebalanceMetric, SyncMode},
         ClusterConfig,
     },
     cost::{IterationShape, LinearCostModel},
@@ -103,7 +103,7 @@ impl<F: FnMut(TimeUs, InstanceId, &Scheduler)> Observer for OnRun<F> {
 #[test]
 fn no_iteration_mixes_prefill_and_decode() {
     for &inst in instance_policies() {
-        for both_prefill in [false, true] {
+        for both_prefill in [BothPrefill::Never, BothPrefill::Always] {
             // The paper's rule; `decode_prefill` is the one exception (tested below).
             let acfg = AccellmConfig {
                 both_prefill,
@@ -678,7 +678,7 @@ fn every_block_is_free_once_every_request_finished() {
     for &inst in instance_policies() {
         for replication in [true, false] {
             for role_switching in [true, false] {
-                for both_prefill in [false, true] {
+                for both_prefill in [BothPrefill::Never, BothPrefill::Always] {
                     k += 1;
                     for sync in syncs {
                         let acfg = AccellmConfig {
@@ -1144,4 +1144,43 @@ fn a_pair_colocates_when_one_partner_could_not_hold_its_decodes_kv() {
     );
     assert!(2 * p_adaptive < p_split, "{p_split} -> {p_adaptive}");
     assert!(a_adaptive >= a_split, "{a_split} -> {a_adaptive}");
+}
+
+#[test]
+fn a_second_prompt_prefills_on_the_idle_partner_where_decodes_are_compute_bound() {
+    // Prompts in pairs two seconds apart: one prefilling partner carries the load easily, so
+    // the pair stays split; the second prompt of each pair waits behind the first unless the
+    // partner, holding no decodes, may prefill it (`decode_prefill`, which would move it there
+    // for its TTFT, is off to isolate the rule).
+    let mut reqs = requests(24, 0, |i| 300 + (i * 53) % 200, |i| 2 + (i * 29) % 12);
+    for (i, spec) in reqs.iter_mut().enumerate() {
+        spec.arrival_us = (i as TimeUs / 2) * 2_000_000 + (i as TimeUs % 2) * 1_000;
+        spec.slo = Slo {
+            ttft_ms: Some(300.0),
+            tbt_ms: Some(100.0),
+        };
+    }
+    // Decodes compute-bound (a batch of 16 takes about twice one of 8, as on a CPU).
+    let mut cpu = (*cost()).clone();
+    cpu.base_us = 100.0;
+    cpu.per_token_us = 500.0;
+    let cpu = Arc::new(cpu);
+    let run = |cost: Arc<LinearCostModel>, both_prefill| {
+        let acfg = AccellmConfig {
+            both_prefill,
+            decode_prefill: false,
+            ..Default::default()
+        };
+        let (s, both) = pair_sched(cost, "accellm", acfg, &reqs);
+        (strict_attainment(&s), both)
+    };
+    let (never, none) = run(cpu.clone(), BothPrefill::Never);
+    let (auto, both) = run(cpu.clone(), BothPrefill::ComputeBound);
+    eprintln!("strict attainment {never:.3} -> {auto:.3}, {both} overlapping prefills");
+    assert_eq!(none, 0);
+    assert!(both >= 10, "{both}");
+    assert!(auto > never + 0.3, "{never} -> {auto}");
+    // Memory-bound decodes (the tests' default model: a batch of 16 costs 1.1 times one of 8):
+    // the split keeps one prefilling partner.
+    assert_eq!(run(cost(), BothPrefill::ComputeBound), run(cost(), BothPrefill::Never));
 }

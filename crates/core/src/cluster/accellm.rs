@@ -96,6 +96,21 @@ pub enum Colocate {
     Always,
 }
 
+/// When a split pair's decoding partner may start prefilling a new prompt too
+/// ([`AccellmConfig::both_prefill`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BothPrefill {
+    /// Only the prefilling partner takes new prompts (the paper's design).
+    Never,
+    /// When neither partner holds decodes, on hardware whose decodes are compute-bound (a batch
+    /// of 16 takes at least 1.6 times one of 8, as on a CPU): there a second prefill costs the
+    /// first little, and a prompt arriving behind another need not wait for it.
+    ComputeBound,
+    /// When neither partner holds decodes, on any hardware.
+    Always,
+}
+
 /// How the scheduling manager ranks the pairs that have KV room for a new request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -132,8 +147,9 @@ pub struct AccellmConfig {
     pub rebalance_tolerance: f64,
     /// How replicas follow decoding primaries.
     pub sync: SyncMode,
-    /// When neither partner has decodes, a new prompt may start a second prefill instance.
-    pub both_prefill: bool,
+    /// When a new prompt may start a second prefill instance in the pair: never, while neither
+    /// partner has decodes on hardware whose decodes are compute-bound, or always then.
+    pub both_prefill: BothPrefill,
     /// Which replica an instance evicts first when a primary needs room.
     pub eviction: EvictionPolicy,
     /// Align hand-overs with decode iterations: a decoding instance whose next iteration would
@@ -187,7 +203,7 @@ impl Default for AccellmConfig {
             rebalance: RebalanceMetric::ContextTokens,
             rebalance_tolerance: 0.1,
             sync: SyncMode::Eager,
-            both_prefill: false,
+            both_prefill: BothPrefill::ComputeBound,
             eviction: EvictionPolicy::Lru,
             align_handover: true,
             decode_prefill: true,
@@ -394,7 +410,12 @@ impl Accellm {
                     let inst = ctx.instance(i);
                     inst.running.is_empty() && inst.kv.primary_blocks() == 0
                 };
-                if self.cfg.both_prefill && no_decodes(d) && ctx.instance(p).running.is_empty() {
+                let allowed = match self.cfg.both_prefill {
+                    BothPrefill::Never => false,
+                    BothPrefill::ComputeBound => Self::decodes_compute_bound(ctx),
+                    BothPrefill::Always => true,
+                };
+                if allowed && no_decodes(d) && ctx.instance(p).running.is_empty() {
                     d
                 } else {
                     p
@@ -909,6 +930,17 @@ impl Accellm {
         // Prompt tokens per µs: two mixing partners against one prefilling one.
         2.0 * lo as f64 / cost.iteration_us(&mixed).max(1) as f64
             > LONG as f64 / cost.iteration_us(&long).max(1) as f64
+    }
+
+    /// Whether the cost model's decodes are compute-bound: a batch of 16 at 512 tokens of
+    /// context takes at least 1.6 times one of 8 ([`BothPrefill::ComputeBound`]).
+    fn decodes_compute_bound(ctx: &ClusterCtx<'_>) -> bool {
+        let batch = |n: u32| {
+            let mut shape = IterationShape::default();
+            (0..n).for_each(|_| shape.add_decode(512));
+            ctx.cost().iteration_us(&shape) as f64
+        };
+        batch(16) >= 1.6 * batch(8)
     }
 
     /// The cost model's time per prompt token in a long prefill chunk.

@@ -520,6 +520,11 @@ impl BlockManager {
         self.entry(req).map(|t| t.ownership)
     }
 
+    /// Copies in flight into `req`'s table here ([`Self::pin`]s not undone yet).
+    pub fn pins(&self, req: RequestId) -> u32 {
+        self.entry(req).map_or(0, |t| t.pins)
+    }
+
     /// Unpinned replicas held here, least recently used first.
     pub fn replicas_lru(&self) -> impl Iterator<Item = RequestId> + '_ {
         self.replica_lru.iter().map(|&(_, r)| r)

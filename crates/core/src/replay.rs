@@ -302,6 +302,10 @@ pub fn run_partitioned(
         if !taken {
             queue.pop();
         }
+        #[cfg(debug_assertions)]
+        if let Err(e) = sched.check_kv_owners() {
+            panic!("at {now} us: {e}");
+        }
         obs.after_event(now, sched);
     }
     sched.account(now);

@@ -53,8 +53,12 @@ pub enum Phase {
     Waiting,
     /// Has produced its first token and is generating.
     Decoding,
-    /// Its KV is being moved to another instance; it cannot run until the move lands.
-    Moving,
+    /// Its KV is being moved to instance `to`, where its primary blocks are reserved (a replica
+    /// there already holds them); it cannot run until the move lands.
+    Moving {
+        /// The destination.
+        to: InstanceId,
+    },
     /// Done (finished, cancelled or rejected); the slot is about to be reused.
     Done,
 }
@@ -76,10 +80,8 @@ pub struct RequestState {
     pub generated: u32,
     /// Tokens whose KV is in the primary cache (prefilled tokens plus fed-back generated tokens).
     pub kv_tokens: u32,
-    /// The instance holding a replica of this request's KV, if any.
-    pub replica_on: Option<InstanceId>,
-    /// How many tokens of KV the replica holds (it is current when this equals [`Self::context`]).
-    pub replica_tokens: u32,
+    /// Its replica, if any ([`Self::replica`]); changed only with the blocks that hold it.
+    replica: Option<Replica>,
     /// Latest tokens of its context whose KV its primary cache lacks: it moved onto a replica that
     /// was behind, and its next step recomputes them (a recompute chunk) instead of receiving
     /// them over the link. 0 otherwise.
@@ -92,10 +94,8 @@ pub struct RequestState {
     pub preemptions: u32,
     /// Whether it is scheduled in the instance's running iteration.
     pub in_flight: bool,
-    /// Layer-wise copies of its KV issued but not yet landed.
-    pub copies_pending: u32,
-    /// The instance it is moving to, while [`Phase::Moving`].
-    pub moving_to: Option<InstanceId>,
+    /// Layer-wise copies of its KV issued but not yet landed ([`Self::copies_pending`]).
+    copies_pending: u32,
     /// Cancelled while in flight or moving; ends when that work completes.
     pub cancelled: bool,
     /// Unique submission number (slots are reused; serials are not).
@@ -128,15 +128,13 @@ impl RequestState {
             prefilled: 0,
             generated: 0,
             kv_tokens: 0,
-            replica_on: None,
-            replica_tokens: 0,
+            replica: None,
             recompute_tokens: 0,
             first_token_us: None,
             last_token_us: None,
             preemptions: 0,
             in_flight: false,
             copies_pending: 0,
-            moving_to: None,
             cancelled: false,
             serial: 0,
             max_tbt_us: 0,
@@ -198,17 +196,76 @@ impl RequestState {
         self.block_keys.as_deref().unwrap_or(&[])
     }
 
-    /// Forgets its replica (the one way a request stops holding one; its blocks there are the
-    /// caller's to release). Returns where it was.
-    pub fn forget_replica(&mut self) -> Option<InstanceId> {
-        self.replica_tokens = 0;
-        self.replica_on.take()
+    /// Its replica: a copy of its KV on another instance, kept current by layer-wise copies.
+    pub fn replica(&self) -> Option<Replica> {
+        self.replica
+    }
+
+    /// The instance holding its replica, if any.
+    pub fn replica_on(&self) -> Option<InstanceId> {
+        self.replica.map(|r| r.on)
     }
 
     /// Whether the replica holds all of this request's KV.
     pub fn replica_current(&self) -> bool {
-        self.replica_on.is_some() && self.replica_tokens >= self.context()
+        self.replica.is_some_and(|r| r.tokens >= self.context())
     }
+
+    /// Layer-wise copies of its KV issued with iterations and not landed yet, wherever they go
+    /// (also to a replica dropped since: a move waits for all of them).
+    pub fn copies_pending(&self) -> u32 {
+        self.copies_pending
+    }
+
+    /// The instance it is moving to, while [`Phase::Moving`].
+    pub fn moving_to(&self) -> Option<InstanceId> {
+        match self.phase {
+            Phase::Moving { to } => Some(to),
+            _ => None,
+        }
+    }
+
+    /// Records a replica on `on` holding `tokens` tokens, whose blocks the caller has just
+    /// reserved there.
+    pub(crate) fn set_replica(&mut self, on: InstanceId, tokens: u32) {
+        self.replica = Some(Replica { on, tokens });
+    }
+
+    /// A copy holding its first `tokens` tokens landed in its replica: returns how many the
+    /// replica held before (`None`: it has no replica).
+    pub(crate) fn replica_grew(&mut self, tokens: u32) -> Option<u32> {
+        let r = self.replica.as_mut()?;
+        let before = r.tokens;
+        r.tokens = r.tokens.max(tokens);
+        Some(before)
+    }
+
+    /// Forgets its replica and returns it. Its blocks are the caller's to release: use
+    /// `State::drop_replica`, which does both, unless the blocks are already gone (evicted by the
+    /// block manager, lost with a failed instance) or now hold its primary (a landed move).
+    pub(crate) fn forget_replica(&mut self) -> Option<Replica> {
+        self.replica.take()
+    }
+
+    /// A copy of its KV was issued.
+    pub(crate) fn copy_issued(&mut self) {
+        self.copies_pending += 1;
+    }
+
+    /// A copy of its KV landed or will never land.
+    pub(crate) fn copy_settled(&mut self) {
+        self.copies_pending = self.copies_pending.saturating_sub(1);
+    }
+}
+
+/// A copy of a request's KV on an instance other than the one that runs it, which can take over
+/// if the request moves there or its own instance fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Replica {
+    /// The instance holding it.
+    pub on: InstanceId,
+    /// Tokens of KV it holds (it is current when this reaches the request's context).
+    pub tokens: u32,
 }
 
 /// Why a request ended.

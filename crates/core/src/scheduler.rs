@@ -282,9 +282,10 @@ impl State {
 
     /// Ends `id`: frees its KV everywhere, records metrics, emits [`Action::Finished`].
     pub(crate) fn finish(&mut self, id: RequestId, reason: FinishReason) {
-        let Some(r) = self.requests.remove(id) else {
+        let Some(mut r) = self.requests.remove(id) else {
             return;
         };
+        let replica = release_replica(&mut r, id, &mut self.instances, self.now);
         let inst = &mut self.instances[r.instance as usize];
         inst.account_kv(self.now);
         inst.kv.release(id);
@@ -296,12 +297,15 @@ impl State {
                 }
             }
             Phase::Decoding => inst.running.retain(|&x| x != id),
-            Phase::Moving | Phase::Done => {}
+            Phase::Moving { .. } | Phase::Done => {}
         }
-        for other in [r.replica_on, r.moving_to].into_iter().flatten() {
-            let o = &mut self.instances[other as usize];
+        // The primary blocks reserved on a move's destination (a replica there is one of them).
+        if let Some(to) = r.moving_to().filter(|&to| Some(to) != replica) {
+            let o = &mut self.instances[to as usize];
             o.account_kv(self.now);
             o.kv.release(id);
+        }
+        for other in [replica, r.moving_to()].into_iter().flatten() {
             self.mark_dirty(other);
         }
         self.mark_dirty(r.instance);
@@ -310,6 +314,49 @@ impl State {
             request: id,
             reason,
         });
+    }
+
+    /// Drops `id`'s replica, if it has one: frees its blocks and forgets it. Returns where it was.
+    pub(crate) fn drop_replica(&mut self, id: RequestId) -> Option<InstanceId> {
+        let r = self.requests.get_mut(id);
+        release_replica(r, id, &mut self.instances, self.now)
+    }
+
+    /// The layer-wise copy `c` landed: its destination is unpinned and, if that is still the
+    /// request's replica, the replica holds the tokens it carried (its blocks full of them get
+    /// their keys: they are prefix cache on the partner too, also if the request ends before it
+    /// runs there). Returns the destination of a move that waited for copies into its replica,
+    /// when this was the last copy of the request to land (whichever direction it went): the
+    /// move can complete. (A move whose destination holds no replica has a transfer in flight
+    /// instead.)
+    fn land_copy(&mut self, c: PendingCopy) -> Option<InstanceId> {
+        let r = self
+            .requests
+            .try_get_mut(c.request)
+            .filter(|r| r.serial == c.serial)?;
+        r.copy_settled();
+        let to = c.to as usize;
+        self.instances[to].kv.unpin(c.request);
+        // An unpinned replica is evictable again: a prompt that found no room may fit now
+        // (`mark_dirty` would borrow all of `self` while `r` is held).
+        if !self.instances[to].waiting.is_empty() && !self.is_dirty[to] {
+            self.is_dirty[to] = true;
+            self.dirty.push(c.to);
+        }
+        if r.replica_on() == Some(c.to) {
+            if let Some(before) = r.replica_grew(c.tokens) {
+                if let Some(keys) = r.block_keys.as_deref() {
+                    let dst_kv = &mut self.instances[to].kv;
+                    let bs = dst_kv.block_size();
+                    let full = (r.replica().map_or(0, |x| x.tokens) / bs).min(keys.len() as u32);
+                    if full > before / bs {
+                        dst_kv.publish(c.request, keys, before / bs, full);
+                    }
+                }
+            }
+        }
+        let to = r.moving_to().filter(|&t| r.replica_on() == Some(t))?;
+        (r.copies_pending() == 0).then_some(to)
     }
 
     /// Completes the migration of `id` to `to`, whose KV there is now complete.
@@ -332,7 +379,6 @@ impl State {
         let from = r.instance;
         r.instance = to;
         r.phase = Phase::Decoding;
-        r.moving_to = None;
         let ctx = r.kv_tokens;
         let dst_kv = &mut self.instances[to as usize].kv;
         r.published = match r.block_keys.as_deref() {
@@ -348,11 +394,15 @@ impl State {
         // The source may itself have lacked tokens it was about to recompute.
         let source_has = ctx - r.recompute_tokens.min(ctx);
         r.recompute_tokens = 0;
+        // A replica it had was on `to`, and holds its primary now; with `keep_source` the old
+        // primary becomes its replica.
+        let promoted = r.forget_replica();
+        debug_assert!(
+            promoted.is_none_or(|p| p.on == to),
+            "a replica off the move's path"
+        );
         if keep_source {
-            r.replica_on = Some(from);
-            r.replica_tokens = source_has;
-        } else {
-            r.forget_replica();
+            r.set_replica(from, source_has);
         }
         let src = &mut self.instances[from as usize];
         src.account_kv(self.now);
@@ -387,11 +437,10 @@ impl State {
     ) -> Migration {
         let r = self.requests.get(id);
         let (from, tokens) = (r.instance, r.kv_tokens);
-        let have = if r.replica_on == Some(to) {
-            r.replica_tokens.min(tokens)
-        } else {
-            0
-        };
+        let have = r
+            .replica()
+            .filter(|x| x.on == to)
+            .map_or(0, |x| x.tokens.min(tokens));
         let missing = tokens - have;
         if self.catch_up == CatchUp::Recompute && have > 0 {
             self.counters.migrations_recompute += 1;
@@ -437,6 +486,22 @@ impl State {
         });
         Migration::Transfer
     }
+}
+
+/// Drops `r`'s replica (request `id`), if it has one: frees its blocks on its instance (KV usage
+/// counted up to `now` first) and forgets it. The one way a replica whose blocks it still holds
+/// ends; returns where it was.
+fn release_replica(
+    r: &mut RequestState,
+    id: RequestId,
+    instances: &mut [Instance],
+    now: TimeUs,
+) -> Option<InstanceId> {
+    let on = r.forget_replica()?.on;
+    let inst = &mut instances[on as usize];
+    inst.account_kv(now);
+    inst.kv.release(id);
+    Some(on)
 }
 
 /// The scheduling core: policies plus the state they act on.
@@ -786,7 +851,7 @@ impl Scheduler {
                 }
             }
             if let Some(to) = e.copy_to {
-                r.copies_pending += 1;
+                r.copy_issued();
                 pending.push_back(PendingCopy {
                     iteration,
                     request: e.request,
@@ -841,49 +906,17 @@ impl Scheduler {
                 break;
             }
             s.pending_copies[instance as usize].pop_front();
-            let Some(r) = s.requests.try_get_mut(c.request) else {
+            let Some(to) = s.land_copy(c) else {
                 continue;
             };
-            if r.serial != c.serial {
-                continue;
-            }
-            r.copies_pending = r.copies_pending.saturating_sub(1);
-            let to = c.to as usize;
-            s.instances[to].kv.unpin(c.request);
-            // An unpinned replica is evictable again: a prompt that found no room may fit now
-            // (`mark_dirty` would borrow all of `s` while `r` is held).
-            if !s.instances[to].waiting.is_empty() && !s.is_dirty[to] {
-                s.is_dirty[to] = true;
-                s.dirty.push(c.to);
-            }
-            let dst_kv = &mut s.instances[to].kv;
-            if r.replica_on == Some(c.to) {
-                let before = r.replica_tokens;
-                r.replica_tokens = r.replica_tokens.max(c.tokens);
-                // The replica's blocks the copies completed get their keys: they are prefix
-                // cache on the partner too, also if the request ends before it runs there.
-                if let Some(keys) = r.block_keys.as_deref() {
-                    let bs = dst_kv.block_size();
-                    let full = (r.replica_tokens / bs).min(keys.len() as u32);
-                    if full > before / bs {
-                        dst_kv.publish(c.request, keys, before / bs, full);
-                    }
-                }
-            }
-            // A move that waited for copies into its replica completes with the last copy of
-            // the request to land, whichever direction that one went. (A move whose destination
-            // holds no replica has a transfer in flight instead.)
-            let to = r.moving_to.filter(|&t| r.replica_on == Some(t));
-            if let (Phase::Moving, Some(to), 0) = (r.phase, to, r.copies_pending) {
-                let keep = self.cluster.keeps_replica_after_migration();
-                if r.replica_current() {
-                    s.counters.migrations_free += 1;
-                    s.land_migration(c.request, to, keep);
-                } else {
-                    // The request decoded while the copy was landing and nothing streamed those
-                    // steps (lazy or recompute sync): the replica is still behind.
-                    s.catch_up_move(c.request, to, keep);
-                }
+            let keep = self.cluster.keeps_replica_after_migration();
+            if s.requests.get(c.request).replica_current() {
+                s.counters.migrations_free += 1;
+                s.land_migration(c.request, to, keep);
+            } else {
+                // The request decoded while the copy was landing and nothing streamed those
+                // steps (lazy or recompute sync): the replica is still behind.
+                s.catch_up_move(c.request, to, keep);
             }
         }
         let mut ctx = ClusterCtx { s: &mut self.state };
@@ -911,7 +944,7 @@ impl Scheduler {
         let Some(r) = s.requests.try_get_mut(id) else {
             return;
         };
-        if r.in_flight || r.phase == Phase::Moving {
+        if r.in_flight || matches!(r.phase, Phase::Moving { .. }) {
             r.cancelled = true;
             return;
         }
@@ -997,7 +1030,7 @@ impl Scheduler {
             if s.is_down(to) || s.is_cut(i, to) {
                 continue;
             }
-            let r = s.requests.get_mut(e.request);
+            let r = s.requests.get(e.request);
             let (tokens, fresh, new_from) = match e.work {
                 // A prompt's first computed chunk starts after its cached prefix.
                 Work::Prefill { start, len, .. } => {
@@ -1012,25 +1045,26 @@ impl Scheduler {
             };
             // A copy only extends a replica that holds everything before it: one that starts
             // with the prompt, or one already kept on `to`. A lost replica is not patched up.
-            if !fresh && r.replica_on != Some(to) {
+            if !fresh && r.replica_on() != Some(to) {
                 continue;
             }
-            if let Some(old) = r.replica_on.filter(|&o| o != to) {
-                s.instances[old as usize].kv.release(e.request);
-                r.forget_replica();
+            if r.replica_on().is_some_and(|o| o != to) {
+                s.drop_replica(e.request);
             }
+            let r = s.requests.get_mut(e.request);
             let dst = &mut s.instances[to as usize];
             dst.account_kv(now);
             ev.clear();
             // A kept replica with no copy landing that lacks tokens before the new ones gets
             // them too (copies in flight carry the rest of what it lacks now).
-            let mut copy_from = match r.replica_on {
-                Some(_) if r.copies_pending == 0 => r.replica_tokens.min(new_from),
+            let mut copy_from = match r.replica() {
+                Some(x) if r.copies_pending() == 0 => x.tokens.min(new_from),
                 _ => new_from,
             };
             // A fresh replica starts with the prefix the destination has cached itself; the copy
             // carries the rest of what the source found in its cache.
-            if fresh && r.replica_on.is_none() {
+            let starts = fresh && r.replica().is_none();
+            if starts {
                 if let Some(keys) = r.block_keys.as_deref() {
                     let bs = dst.kv.block_size();
                     let have =
@@ -1038,7 +1072,6 @@ impl Scheduler {
                             .attach_prefix(e.request, Ownership::Replica, keys, new_from / bs);
                     copy_from = have * bs;
                 }
-                r.replica_tokens = copy_from;
             }
             // A replica that already has room only moves the LRU clock (what `reserve` does then).
             let reserved =
@@ -1052,16 +1085,22 @@ impl Scheduler {
             match reserved {
                 Ok(()) => {
                     dst.kv.pin(e.request);
-                    r.replica_on = Some(to);
+                    if starts {
+                        r.set_replica(to, copy_from);
+                    }
                     let entry = &mut s.instances[i as usize].batch.entries[k];
                     entry.copy_to = Some(to);
                     entry.copy_from = copy_from;
                     s.counters.copy_bytes +=
                         s.cost.kv_bytes_per_token() * entry.copy_tokens() as u64;
                 }
-                Err(_) => {
+                // No room to start one: the cached prefix it attached goes back.
+                Err(_) if starts => {
                     dst.kv.release(e.request);
-                    r.forget_replica();
+                }
+                // No room to grow: the replica goes.
+                Err(_) => {
+                    s.drop_replica(e.request);
                 }
             }
         }
@@ -1136,6 +1175,95 @@ impl Scheduler {
                         inst.id
                     ));
                 }
+            }
+        }
+        self.check_kv_owners()
+    }
+
+    /// Checks that the requests and the block managers tell the same story: a request holds
+    /// blocks on its own instance (primary), its replica's instance (replica) and a move's
+    /// destination (primary, which a replica there turned into) and nowhere else; a replica's
+    /// blocks hold its tokens; and its count of copies in flight is that of the copies awaited.
+    /// Part of [`Self::check_invariants`]; cheap enough for debug builds to run after every
+    /// event ([`crate::replay`] does).
+    pub fn check_kv_owners(&self) -> Result<(), String> {
+        let s = &self.state;
+        let n = s.instances.len();
+        // Copies awaited per request, and per request and destination (those also pin it from
+        // the batch that carries them until they land).
+        let mut awaited = vec![0u32; s.requests.slots.len()];
+        let mut pins_allowed = vec![0u32; s.requests.slots.len() * n];
+        for c in s.pending_copies.iter().flatten() {
+            if s.requests
+                .try_get(c.request)
+                .is_some_and(|r| r.serial == c.serial)
+            {
+                awaited[c.request.index()] += 1;
+                pins_allowed[c.request.index() * n + c.to as usize] += 1;
+            }
+        }
+        for inst in s.instances.iter().filter(|i| i.busy) {
+            for e in &inst.batch.entries {
+                if let Some(to) = e.copy_to {
+                    pins_allowed[e.request.index() * n + to as usize] += 1;
+                }
+            }
+        }
+        for (k, slot) in s.requests.slots.iter().enumerate() {
+            let id = RequestId(k as u32);
+            let Some(r) = slot else {
+                if let Some(inst) = s.instances.iter().find(|i| i.kv.table(id).is_some()) {
+                    return Err(format!("ended request {k} holds blocks on {}", inst.id));
+                }
+                continue;
+            };
+            let (replica, moving_to) = (r.replica(), r.moving_to());
+            let state = || {
+                format!(
+                    "request {k} (serial {}) on {}, {:?}, replica {replica:?}",
+                    r.serial, r.instance, r.phase
+                )
+            };
+            for inst in &s.instances {
+                let on = inst.id;
+                let want = if on == r.instance {
+                    inst.kv.table(id).map(|_| Ownership::Primary)
+                } else if Some(on) == moving_to {
+                    Some(Ownership::Primary)
+                } else if replica.is_some_and(|x| x.on == on) {
+                    Some(Ownership::Replica)
+                } else {
+                    None
+                };
+                let has = inst.kv.ownership(id);
+                if has != want {
+                    return Err(format!("{}: its blocks on {on} are {has:?}", state()));
+                }
+                let (pins, allowed) = (inst.kv.pins(id), pins_allowed[k * n + on as usize]);
+                if pins > allowed {
+                    return Err(format!(
+                        "{}: {pins} pins on {on}, {allowed} copies",
+                        state()
+                    ));
+                }
+            }
+            if let Some(x) = replica {
+                let kv = &s.instances[x.on as usize].kv;
+                let room = kv.held(id) as u64 * kv.block_size() as u64;
+                if x.on == r.instance || x.tokens as u64 > room {
+                    return Err(format!("{}: {room} tokens of room", state()));
+                }
+                if moving_to.is_some_and(|to| to != x.on) {
+                    return Err(format!("{}: moving to {moving_to:?}", state()));
+                }
+            }
+            if r.copies_pending() != awaited[k] {
+                return Err(format!(
+                    "{}: {} copies pending, {} awaited",
+                    state(),
+                    r.copies_pending(),
+                    awaited[k]
+                ));
             }
         }
         Ok(())

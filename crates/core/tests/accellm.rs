@@ -156,10 +156,11 @@ impl Moves {
             if prev.is_some_and(|p| p != i) {
                 self.moved_steps += 1;
                 // First decode after a move: every copy towards this instance has landed.
-                if r.copies_pending != 0 {
+                if r.copies_pending() != 0 {
                     self.errors.push(format!(
                         "request {} decodes on {i} with {} copies in flight",
-                        r.serial, r.copies_pending
+                        r.serial,
+                        r.copies_pending()
                     ));
                 }
             }
@@ -614,7 +615,7 @@ impl Observer for OneTransfer {
     fn after_event(&mut self, _now: TimeUs, s: &Scheduler) {
         self.moving.retain(|&(id, serial)| {
             s.request(id)
-                .is_some_and(|r| r.serial == serial && r.phase == Phase::Moving)
+                .is_some_and(|r| r.serial == serial && r.moving_to().is_some())
         });
     }
 }

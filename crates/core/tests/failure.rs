@@ -50,7 +50,7 @@ impl Observer for NothingOn {
         if now >= self.at {
             for r in (0..64).filter_map(|k| s.request(accellm_core::request::RequestId(k))) {
                 assert_ne!(
-                    r.replica_on,
+                    r.replica_on(),
                     Some(self.dead),
                     "replica kept on a dead instance"
                 );

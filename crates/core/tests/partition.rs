@@ -127,7 +127,7 @@ impl Observer for Watch {
             let Some(r) = s.request(RequestId(k)) else {
                 continue;
             };
-            for x in [r.replica_on, r.moving_to].into_iter().flatten() {
+            for x in [r.replica_on(), r.moving_to()].into_iter().flatten() {
                 assert!(
                     self.side(r.instance).is_none() || x != self.other(r.instance),
                     "request {k} on {} keeps KV on its partner {x} across the cut",

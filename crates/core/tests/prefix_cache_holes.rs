@@ -182,7 +182,7 @@ fn a_request_recovered_on_its_replica_and_then_cancelled_stays_cached_there() {
             .is_some_and(|r| r.generated >= 3 && r.replica_current())
     });
     let r = s.request(first).expect("still running");
-    let (on, replica) = (r.instance, r.replica_on.expect("a replica"));
+    let (on, replica) = (r.instance, r.replica_on().expect("a replica"));
     let recovered = s.instance_down(now, on);
     assert_eq!(recovered.len(), 1);
     s.cancel(now, first);

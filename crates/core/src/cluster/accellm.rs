@@ -523,7 +523,7 @@ impl Accellm {
             let id = self.scratch[k];
             let w = self.weight(ctx, id);
             let r = ctx.request(id);
-            if w >= diff || r.replica_on != Some(p) {
+            if w >= diff || r.replica_on() != Some(p) {
                 continue;
             }
             if self.cfg.align_handover {
@@ -1007,7 +1007,7 @@ impl Accellm {
                 <= ctx.instance(i).kv.available_for_primary();
             if first_token > deadline(r) && room {
                 ahead -= r.prefill_target as u64;
-                if r.replica_on == Some(i) {
+                if r.replica_on() == Some(i) {
                     ctx.drop_replica(w);
                 }
                 moved |= ctx.move_waiting(w, i);
@@ -1092,7 +1092,7 @@ impl Accellm {
             }
             // A recomputed request may still have its old replica on the partner, where its new
             // primary is about to be built.
-            if r.replica_on == Some(p) {
+            if r.replica_on() == Some(p) {
                 ctx.drop_replica(id);
             }
             if !ctx.move_waiting(id, p) {
@@ -1285,10 +1285,8 @@ impl ClusterPolicy for Accellm {
         self.last_was_prefill[i as usize] = false;
         self.rebalance(ctx, i);
         let reqs = &ctx.s.requests;
-        self.moving_in[i as usize].retain(|&id| {
-            reqs.try_get(id)
-                .is_some_and(|r| r.phase == Phase::Moving && r.moving_to == Some(i))
-        });
+        self.moving_in[i as usize]
+            .retain(|&id| reqs.try_get(id).is_some_and(|r| r.moving_to() == Some(i)));
         if self.wait_for_handover(ctx, i) {
             // Woken again when the partner's iteration ends (`on_iteration_done`).
             return PhaseConstraint::Idle;
@@ -1318,10 +1316,10 @@ impl ClusterPolicy for Accellm {
                 (self.cfg.colocated_replicas && 2 * kv.free_blocks() >= kv.num_blocks())
                     .then_some(p)
             }
-            Work::Prefill { start, .. } => (start == 0 || r.replica_on == Some(p)).then_some(p),
+            Work::Prefill { start, .. } => (start == 0 || r.replica_on() == Some(p)).then_some(p),
             Work::Decode { .. } => (self.cfg.sync == SyncMode::Eager
                 && self.cfg.role_switching
-                && r.replica_on == Some(p)
+                && r.replica_on() == Some(p)
                 && r.phase == Phase::Decoding)
                 .then_some(p),
         }

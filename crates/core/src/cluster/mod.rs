@@ -166,16 +166,11 @@ impl ClusterCtx<'_> {
         true
     }
 
-    /// Drops the replica of `id`, if any.
+    /// Drops the replica of `id`, if any (not while it moves: the replica may be its
+    /// destination).
     pub fn drop_replica(&mut self, id: RequestId) {
-        let r = self.s.requests.get_mut(id);
-        if r.phase == Phase::Moving {
-            return;
-        }
-        if let Some(o) = r.forget_replica() {
-            let inst = &mut self.s.instances[o as usize];
-            inst.account_kv(self.s.now);
-            inst.kv.release(id);
+        if !matches!(self.s.requests.get(id).phase, Phase::Moving { .. }) {
+            self.s.drop_replica(id);
         }
     }
 
@@ -200,12 +195,12 @@ impl ClusterCtx<'_> {
         if self.s.is_cut(from, to) {
             return Err(MigrateError::NotMovable);
         }
-        if r.replica_on == Some(to) && r.replica_current() {
+        let have_replica = r.replica_on() == Some(to);
+        if have_replica && r.replica_current() {
             self.s.counters.migrations_free += 1;
             self.s.land_migration(id, to, keep_source);
             return Ok(Migration::Free);
         }
-        let have_replica = r.replica_on == Some(to);
         let tokens = r.kv_tokens;
         let dst = &mut self.s.instances[to as usize];
         dst.account_kv(now);
@@ -221,18 +216,16 @@ impl ClusterCtx<'_> {
         }
         self.s.counters.replica_evictions += evicted.len() as u64;
         for v in evicted {
-            let vr = self.s.requests.get_mut(v);
-            vr.forget_replica();
+            // Its blocks are already gone.
+            self.s.requests.get_mut(v).forget_replica();
+        }
+        if !have_replica {
+            self.s.drop_replica(id);
         }
         let r = self.s.requests.get_mut(id);
-        if let Some(old) = r.replica_on.filter(|&o| o != to) {
-            self.s.instances[old as usize].kv.release(id);
-            r.forget_replica();
-        }
-        r.phase = Phase::Moving;
-        r.moving_to = Some(to);
+        r.phase = Phase::Moving { to };
         self.s.instances[from as usize].running.retain(|&x| x != id);
-        if have_replica && r.copies_pending > 0 {
+        if have_replica && r.copies_pending() > 0 {
             return Ok(Migration::AwaitingCopy);
         }
         Ok(self.s.catch_up_move(id, to, keep_source))

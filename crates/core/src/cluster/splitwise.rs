@@ -82,7 +82,7 @@ impl Splitwise {
             return true;
         }
         let chosen = self.dest.get(id.index()).copied().unwrap_or(NONE);
-        let first = if chosen != NONE && ctx.request(id).replica_on == Some(chosen) {
+        let first = if chosen != NONE && ctx.request(id).replica_on() == Some(chosen) {
             Some(chosen)
         } else {
             least_loaded(ctx, self.decode_pool())

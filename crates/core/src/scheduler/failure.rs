@@ -64,18 +64,24 @@ impl Scheduler {
         if let Some(p) = inst.borrowed.take() {
             s.give_back(p);
         }
-        let inst = &mut s.instances[iu];
-        for e in &inst.batch.entries {
+        let batch = std::mem::take(&mut s.instances[iu].batch.entries);
+        for e in &batch {
             if let Some(r) = s.requests.try_get_mut(e.request) {
                 r.in_flight = false;
             }
+            // Its copies never start: their destinations are unpinned.
+            if let Some(to) = e.copy_to {
+                s.instances[to as usize].kv.unpin(e.request);
+            }
         }
+        let inst = &mut s.instances[iu];
+        inst.batch.entries = batch;
         inst.batch.clear();
         // Copies from `i` will never land: unpin their destinations.
         for c in std::mem::take(&mut s.pending_copies[iu]) {
             if let Some(r) = s.requests.try_get_mut(c.request) {
                 if r.serial == c.serial {
-                    r.copies_pending = r.copies_pending.saturating_sub(1);
+                    r.copy_settled();
                     s.instances[c.to as usize].kv.unpin(c.request);
                 }
             }
@@ -97,12 +103,12 @@ impl Scheduler {
         let mut cancelled = Vec::new();
         for id in ids {
             let r = s.requests.get_mut(id);
-            if r.replica_on == Some(i) {
+            if r.replica_on() == Some(i) {
+                // Its blocks are lost with `i`'s memory (cleared below).
                 r.forget_replica();
             }
-            if r.moving_to == Some(i) {
+            if r.moving_to() == Some(i) {
                 // Its move onto `i` is off: it stays on its (live) source.
-                r.moving_to = None;
                 r.phase = Phase::Decoding;
                 let from = r.instance;
                 s.instances[from as usize].running.push(id);
@@ -118,26 +124,19 @@ impl Scheduler {
             }
             let started = r.prefilled > 0 || r.generated > 0;
             let partner = r
-                .replica_on
+                .replica_on()
                 .filter(|&p| !s.down[p as usize])
-                .filter(|_| r.replica_current() && r.copies_pending == 0)
-                .filter(|_| matches!(r.phase, Phase::Decoding | Phase::Moving));
-            if let (Some(p), Phase::Moving) = (partner, r.phase) {
-                // A move away from `i` onto a current replica: it lands now.
-                let to = r.moving_to.unwrap_or(p);
-                if to != p {
-                    s.instances[to as usize].kv.release(id);
-                }
-            } else if r.phase == Phase::Moving {
-                if let Some(to) = r.moving_to {
-                    s.instances[to as usize].kv.release(id);
-                }
+                .filter(|_| r.replica_current() && r.copies_pending() == 0)
+                .filter(|_| matches!(r.phase, Phase::Decoding | Phase::Moving { .. }));
+            // A move away from `i` is over: onto a current replica it lands now; the blocks
+            // reserved on any other destination are freed.
+            if let Some(to) = r.moving_to().filter(|&to| Some(to) != partner) {
+                s.instances[to as usize].kv.release(id);
             }
             // With no live instance it stays queued here until one comes back.
             let fallback = s.least_loaded_up().unwrap_or(i);
             let r = s.requests.get_mut(id);
             let load = r.load();
-            r.moving_to = None;
             // Timed until its next token (`Metrics::recovery_us`).
             r.recovering = match partner {
                 Some(_) => Some((now, Recovery::Replica)),
@@ -148,6 +147,7 @@ impl Scheduler {
                 Some(p) => {
                     r.instance = p;
                     r.phase = Phase::Decoding;
+                    // Its replica's blocks hold its primary now.
                     r.forget_replica();
                     let dst = &mut s.instances[p as usize];
                     dst.account_kv(now);
@@ -169,9 +169,8 @@ impl Scheduler {
                     out.push((id, Recovery::Replica));
                 }
                 None => {
-                    if let Some(o) = r.forget_replica() {
-                        s.instances[o as usize].kv.release(id);
-                    }
+                    s.drop_replica(id);
+                    let r = s.requests.get_mut(id);
                     r.reset_for_recompute();
                     let load = r.load();
                     let to = fallback;
@@ -280,7 +279,7 @@ impl Scheduler {
                 }
                 if let Some(r) = s.requests.try_get_mut(c.request) {
                     if r.serial == c.serial {
-                        r.copies_pending = r.copies_pending.saturating_sub(1);
+                        r.copy_settled();
                     }
                 }
             }
@@ -301,10 +300,9 @@ impl Scheduler {
                 continue;
             };
             let from = r.instance;
-            if let Some(to) = r.moving_to.filter(|&to| across(from, to)) {
+            if let Some(to) = r.moving_to().filter(|&to| across(from, to)) {
                 // Its move is off: it stays on its source, and what was reserved for it on the
                 // other side (a replica turned primary, or a transfer's destination) is freed.
-                r.moving_to = None;
                 r.phase = Phase::Decoding;
                 r.forget_replica();
                 if r.cancelled && !r.in_flight {
@@ -318,12 +316,10 @@ impl Scheduler {
                 s.mark_dirty(to);
                 continue;
             }
-            if let Some(o) = r.replica_on.filter(|&o| across(from, o)) {
-                r.forget_replica();
-                let dst = &mut s.instances[o as usize];
-                dst.account_kv(now);
-                dst.kv.release(id);
-                s.mark_dirty(o);
+            if r.replica_on().is_some_and(|o| across(from, o)) {
+                if let Some(o) = s.drop_replica(id) {
+                    s.mark_dirty(o);
+                }
             }
         }
         for id in cancelled {

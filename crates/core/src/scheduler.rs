@@ -111,6 +111,13 @@ impl Requests {
         self.len() == 0
     }
 
+    /// The block manager evicted the replicas of `victims` to make room: they forget them.
+    pub(crate) fn replicas_evicted(&mut self, victims: &[RequestId]) {
+        for &v in victims {
+            self.get_mut(v).forget_replica();
+        }
+    }
+
     fn insert(&mut self, mut state: RequestState) -> RequestId {
         state.serial = self.next_serial;
         self.next_serial += 1;
@@ -1177,46 +1184,40 @@ impl Scheduler {
                 }
             }
         }
-        self.check_kv_owners()
+        self.check_kv_owners()?;
+        self.check_no_stray_blocks()
     }
 
     /// Checks that the requests and the block managers tell the same story: a request holds
     /// blocks on its own instance (primary), its replica's instance (replica) and a move's
-    /// destination (primary, which a replica there turned into) and nowhere else; a replica's
-    /// blocks hold its tokens; and its count of copies in flight is that of the copies awaited.
-    /// Part of [`Self::check_invariants`]; cheap enough for debug builds to run after every
-    /// event ([`crate::replay`] does).
+    /// destination (primary, which a replica there turned into); a replica's blocks hold its
+    /// tokens; and its count of copies in flight is that of the copies awaited. Cheap enough for
+    /// debug builds to run after every event ([`crate::replay`] does); [`Self::check_invariants`]
+    /// also checks that no request holds blocks anywhere else.
     pub fn check_kv_owners(&self) -> Result<(), String> {
         let s = &self.state;
-        let n = s.instances.len();
         // Copies awaited per request, and per request and destination (those also pin it from
         // the batch that carries them until they land).
         let mut awaited = vec![0u32; s.requests.slots.len()];
-        let mut pins_allowed = vec![0u32; s.requests.slots.len() * n];
+        let mut to = Vec::new();
         for c in s.pending_copies.iter().flatten() {
             if s.requests
                 .try_get(c.request)
                 .is_some_and(|r| r.serial == c.serial)
             {
                 awaited[c.request.index()] += 1;
-                pins_allowed[c.request.index() * n + c.to as usize] += 1;
+                to.push((c.request, c.to));
             }
         }
         for inst in s.instances.iter().filter(|i| i.busy) {
             for e in &inst.batch.entries {
-                if let Some(to) = e.copy_to {
-                    pins_allowed[e.request.index() * n + to as usize] += 1;
-                }
+                to.extend(e.copy_to.map(|t| (e.request, t)));
             }
         }
-        for (k, slot) in s.requests.slots.iter().enumerate() {
+        to.sort_unstable();
+        for (k, r) in s.requests.slots.iter().enumerate() {
+            let Some(r) = r else { continue };
             let id = RequestId(k as u32);
-            let Some(r) = slot else {
-                if let Some(inst) = s.instances.iter().find(|i| i.kv.table(id).is_some()) {
-                    return Err(format!("ended request {k} holds blocks on {}", inst.id));
-                }
-                continue;
-            };
             let (replica, moving_to) = (r.replica(), r.moving_to());
             let state = || {
                 format!(
@@ -1224,28 +1225,28 @@ impl Scheduler {
                     r.serial, r.instance, r.phase
                 )
             };
-            for inst in &s.instances {
-                let on = inst.id;
-                let want = if on == r.instance {
-                    inst.kv.table(id).map(|_| Ownership::Primary)
-                } else if Some(on) == moving_to {
-                    Some(Ownership::Primary)
-                } else if replica.is_some_and(|x| x.on == on) {
-                    Some(Ownership::Replica)
-                } else {
-                    None
-                };
-                let has = inst.kv.ownership(id);
+            // Its own instance holds its primary once its prefill started; a move's destination
+            // holds it too (also where the replica was); the replica's instance holds a replica.
+            let check = |on: InstanceId, want: Option<Ownership>| {
+                let kv = &s.instances[on as usize].kv;
+                let has = kv.ownership(id);
                 if has != want {
                     return Err(format!("{}: its blocks on {on} are {has:?}", state()));
                 }
-                let (pins, allowed) = (inst.kv.pins(id), pins_allowed[k * n + on as usize]);
-                if pins > allowed {
-                    return Err(format!(
-                        "{}: {pins} pins on {on}, {allowed} copies",
-                        state()
-                    ));
+                let copies = (to.partition_point(|&c| c <= (id, on))
+                    - to.partition_point(|&c| c < (id, on))) as u32;
+                if kv.pins(id) > copies {
+                    return Err(format!("{}: {} pins on {on}", state(), kv.pins(id)));
                 }
+                Ok(())
+            };
+            let own = s.instances[r.instance as usize].kv.table(id).is_some();
+            check(r.instance, own.then_some(Ownership::Primary))?;
+            if let Some(on) = moving_to {
+                check(on, Some(Ownership::Primary))?;
+            }
+            if let Some(x) = replica.filter(|x| Some(x.on) != moving_to) {
+                check(x.on, Some(Ownership::Replica))?;
             }
             if let Some(x) = replica {
                 let kv = &s.instances[x.on as usize].kv;
@@ -1253,7 +1254,7 @@ impl Scheduler {
                 if x.on == r.instance || x.tokens as u64 > room {
                     return Err(format!("{}: {room} tokens of room", state()));
                 }
-                if moving_to.is_some_and(|to| to != x.on) {
+                if moving_to.is_some_and(|t| t != x.on) {
                     return Err(format!("{}: moving to {moving_to:?}", state()));
                 }
             }
@@ -1264,6 +1265,26 @@ impl Scheduler {
                     r.copies_pending(),
                     awaited[k]
                 ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks that no request holds blocks on an instance other than its own, its replica's and
+    /// its move's destination.
+    fn check_no_stray_blocks(&self) -> Result<(), String> {
+        let s = &self.state;
+        for (k, r) in s.requests.slots.iter().enumerate() {
+            let id = RequestId(k as u32);
+            let allowed = |i: InstanceId| {
+                r.as_ref().is_some_and(|r| {
+                    i == r.instance || r.moving_to() == Some(i) || r.replica_on() == Some(i)
+                })
+            };
+            for inst in &s.instances {
+                if inst.kv.table(id).is_some() && !allowed(inst.id) {
+                    return Err(format!("request {k} holds blocks on {}", inst.id));
+                }
             }
         }
         Ok(())

@@ -3,7 +3,7 @@
 //! the others are prefilled again, and nothing is scheduled on the failed instance afterwards.
 
 mod common;
-use common::{assert_all_done, config, cost, requests};
+use common::{assert_all_done, config, cost, drive, requests};
 
 use accellm_core::{
     cluster::{self, ClusterConfig},
@@ -174,4 +174,37 @@ fn a_failed_instance_that_comes_back_is_paired_again() {
         s.counters().copy_bytes > 0,
         "the pair streams replicas again"
     );
+}
+
+#[test]
+fn a_lost_iterations_copies_leave_the_replica_that_takes_over_unpinned() {
+    // The instance running a decode fails with its next iteration in flight, and with it that
+    // iteration's copy into the partner's replica: the copy never starts, so the replica that
+    // becomes the primary there must not stay pinned (a pinned replica is never evicted, should
+    // the request move back and leave it a replica again).
+    let mut s = sched("accellm", 2);
+    let spec = requests(1, 1_000, |_| 300, |_| 200)[0];
+    let id = s.submit(0, spec);
+    let now = drive(&mut s, 0, &mut |_| {}, &|s| {
+        s.request(id).is_some_and(|r| {
+            let inst = s.instance(r.instance);
+            r.generated >= 3
+                && r.replica_current()
+                && inst.busy
+                && inst.batch.entries.iter().any(|e| e.copy_to.is_some())
+        })
+    });
+    let r = s.request(id).expect("still running");
+    let (on, partner) = (r.instance, r.replica_on().expect("a replica"));
+    assert_eq!(
+        s.instance(partner).kv.pins(id),
+        1,
+        "the copy in flight pins it"
+    );
+    assert_eq!(
+        s.instance_down(now, on),
+        vec![(id, accellm_core::scheduler::Recovery::Replica)]
+    );
+    assert_eq!(s.instance(partner).kv.pins(id), 0);
+    s.check_invariants().unwrap();
 }

@@ -215,10 +215,7 @@ impl ClusterCtx<'_> {
             return Err(e.into());
         }
         self.s.counters.replica_evictions += evicted.len() as u64;
-        for v in evicted {
-            // Its blocks are already gone.
-            self.s.requests.get_mut(v).forget_replica();
-        }
+        self.s.requests.replicas_evicted(&evicted);
         if !have_replica {
             self.s.drop_replica(id);
         }

@@ -313,11 +313,7 @@ impl<'a> ScheduleCtx<'a> {
         self.inst
             .kv
             .reserve(id, Ownership::Primary, tokens, &mut self.evicted)?;
-        for i in before..self.evicted.len() {
-            let victim = self.evicted[i];
-            let v = self.requests.get_mut(victim);
-            v.forget_replica();
-        }
+        self.requests.replicas_evicted(&self.evicted[before..]);
         Ok(())
     }
 

@@ -1183,5 +1183,8 @@ fn a_second_prompt_prefills_on_the_idle_partner_where_decodes_are_compute_bound(
     assert!(auto > never + 0.3, "{never} -> {auto}");
     // Memory-bound decodes (the tests' default model: a batch of 16 costs 1.1 times one of 8):
     // the split keeps one prefilling partner.
-    assert_eq!(run(cost(), BothPrefill::ComputeBound), run(cost(), BothPrefill::Never));
+    assert_eq!(
+        run(cost(), BothPrefill::ComputeBound),
+        run(cost(), BothPrefill::Never)
+    );
 }

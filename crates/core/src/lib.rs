@@ -14,7 +14,9 @@
 //! - [`instance`]: instance policies (who runs in the next iteration): `vllm`, `sarathi`, ...;
 //! - [`cluster`]: cluster policies (where requests go, what each instance does): `round-robin`,
 //!   `least-load`, `splitwise`, ...;
-//! - [`scheduler`]: the state machine tying them together;
+//! - [`policy`]: a policy of either level chosen by name with its knobs, as config files
+//!   write it;
+//! - [`scheduler`]: the state machine tying them together ([`scheduler::Scheduler::build`]);
 //! - [`profile`]: measured hardware profiles (what `accellm calibrate` writes, what the simulator
 //!   replays to predict the real server);
 //! - [`metrics`]: per-request timestamps turned into TTFT, TBT, JCT, SLO attainment and goodput;
@@ -29,6 +31,7 @@ pub mod kv;
 pub mod kv_events;
 pub mod metrics;
 pub mod plan;
+pub mod policy;
 pub mod profile;
 pub mod replay;
 pub mod request;

@@ -589,10 +589,6 @@ pub struct ServeSetup {
     pub instances: u32,
     /// Threads per instance.
     pub threads_per_instance: usize,
-    /// Cluster policy.
-    pub cluster_policy: String,
-    /// Instance policy.
-    pub instance_policy: String,
     /// KV blocks per instance.
     pub kv_blocks: u32,
     /// Tokens per block.
@@ -609,9 +605,9 @@ pub struct ServeSetup {
     pub cost: LinearCostModel,
     /// The link the scheduler assumes between instances.
     pub link: Link,
-    /// Instance-policy knobs.
+    /// Instance policy and its knobs.
     pub instance: InstanceConfig,
-    /// Cluster-policy knobs.
+    /// Cluster policy and its knobs.
     pub cluster: ClusterConfig,
     /// Model served.
     pub model: String,

@@ -5,6 +5,7 @@
 //! current time, then drains [`Scheduler::take_actions`] and carries the actions out: run the
 //! batch now in `instance.batch` on that instance, move KV blocks, report a finished request.
 
+mod build;
 mod failure;
 
 pub use failure::Recovery;
@@ -525,7 +526,8 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    /// A cluster of `instance_policies.len()` instances, each with its own instance policy object.
+    /// A cluster of `instance_policies.len()` instances, each with its own instance policy object
+    /// (tests that wrap a policy); from configuration, [`Scheduler::build`].
     pub fn new(
         cfg: &SchedulerConfig,
         cost: Arc<dyn CostModel>,

@@ -5,10 +5,9 @@ use std::sync::Arc;
 
 use accellm_core::{
     batch::{Batch, Work},
-    cluster::{self, ClusterConfig},
+    cluster::ClusterConfig,
     cost::{CostModel, LinearCostModel, Link},
     instance::{
-        self,
         accelgen::{AccelGenConfig, AccelGenMode},
         InstanceConfig,
     },
@@ -33,7 +32,7 @@ fn linear(per_kv_token_us: f64) -> LinearCostModel {
     }
 }
 
-fn sched(cost: LinearCostModel, kv_blocks: u32, icfg: &InstanceConfig) -> Scheduler {
+fn sched(cost: LinearCostModel, kv_blocks: u32, ag: &AccelGenConfig) -> Scheduler {
     let cfg = SchedulerConfig {
         kv_blocks,
         block_size: 16,
@@ -46,20 +45,14 @@ fn sched(cost: LinearCostModel, kv_blocks: u32, icfg: &InstanceConfig) -> Schedu
         prefix_cache: true,
         share_idle_cores: false,
     };
-    let policies = vec![instance::build("accelgen", icfg).unwrap()];
-    Scheduler::new(
+    Scheduler::build(
         &cfg,
+        1,
+        &ClusterConfig::RoundRobin,
+        &InstanceConfig::Accelgen(ag.clone()),
         Arc::new(cost),
-        cluster::build("round-robin", 1, &ClusterConfig::default()).unwrap(),
-        policies,
     )
-}
-
-fn icfg(ag: AccelGenConfig) -> InstanceConfig {
-    InstanceConfig {
-        accelgen: ag,
-        ..Default::default()
-    }
+    .unwrap()
 }
 
 fn spec(arrival_us: TimeUs, prompt: u32, output: u32, tbt_ms: f64, class: u16) -> RequestSpec {
@@ -149,7 +142,7 @@ proptest! {
         };
         let margin = ag.margin;
         let cost = linear(per_kv);
-        let mut s = sched(cost.clone(), kv_blocks, &icfg(ag));
+        let mut s = sched(cost.clone(), kv_blocks, &ag);
         let mut worst = 0.0f64;
         let mut runs = 0;
         replay::run(&mut s, &arrivals, &mut Watch(|_, b: &Batch, s: &Scheduler| {
@@ -172,7 +165,7 @@ fn a_long_prompt_chunk_shrinks_while_a_tight_request_decodes() {
     // 1 ms + 10 µs per token: a 9 ms limit (10 ms SLO) holds ~800 tokens, a 225 ms limit
     // (250 ms SLO) is capped by the pivot forward size instead.
     let cost = linear(0.0);
-    let mut s = sched(cost, 4000, &icfg(AccelGenConfig::default()));
+    let mut s = sched(cost, 4000, &AccelGenConfig::default());
     let arrivals = vec![spec(0, 30_000, 4, 250.0, 0), spec(40_000, 8, 10, 10.0, 1)];
     let (long, tight) = (RequestId(0), RequestId(1));
     let (mut before, mut during, mut after) = (Vec::new(), Vec::new(), Vec::new());
@@ -223,7 +216,7 @@ fn decodes_go_in_earliest_deadline_order() {
     // request left out may be due before one that decodes (deadline = last token + TBT SLO).
     let mut cost = linear(0.0);
     cost.per_token_us = 2000.0;
-    let mut s = sched(cost, 1000, &icfg(AccelGenConfig::default()));
+    let mut s = sched(cost, 1000, &AccelGenConfig::default());
     let mut arrivals: Vec<_> = [200.0, 250.0, 200.0, 250.0, 200.0, 250.0]
         .iter()
         .enumerate()
@@ -277,15 +270,12 @@ fn opener() -> RequestSpec {
 #[test]
 fn prompts_go_in_ttft_deadline_order_without_packing_weights() {
     let ag = AccelGenConfig {
+        max_num_seqs: 1,
         w_compute: 0.0,
         w_kv: 0.0,
         ..Default::default()
     };
-    let icfg = InstanceConfig {
-        max_num_seqs: 1,
-        ..icfg(ag)
-    };
-    let mut s = sched(linear(0.0), 1000, &icfg);
+    let mut s = sched(linear(0.0), 1000, &ag);
     // Arrival order 0, 1, 2, 3; TTFT deadlines 9 s, 1 s, 5 s, 3 s.
     let mut arrivals = vec![opener()];
     arrivals.extend(
@@ -321,15 +311,12 @@ fn packing_score_can_override_deadline_order() {
     // first although the 64-token one is due earlier; without weights deadline order decides.
     let first_started = |w_compute: f64, w_kv: f64| {
         let ag = AccelGenConfig {
+            max_num_seqs: 1,
             w_compute,
             w_kv,
             ..Default::default()
         };
-        let icfg = InstanceConfig {
-            max_num_seqs: 1,
-            ..icfg(ag)
-        };
-        let mut s = sched(linear(0.0), 1000, &icfg);
+        let mut s = sched(linear(0.0), 1000, &ag);
         let with_ttft = |ttft_ms, r| RequestSpec {
             slo: Slo {
                 ttft_ms: Some(ttft_ms),
@@ -374,7 +361,7 @@ fn kv_runs_out_and_the_loosest_longest_request_is_preempted_first() {
             mode,
             ..Default::default()
         };
-        let mut s = sched(linear(0.0), 12, &icfg(ag));
+        let mut s = sched(linear(0.0), 12, &ag);
         let arrivals = vec![
             spec(0, 40, 100, 10.0, 0),
             spec(0, 40, 30, 100.0, 1),
@@ -409,7 +396,7 @@ fn a_preempted_request_is_not_starved_by_fresh_prompts() {
     // (class 2, 100 ms TBT) is preempted, plus short prompts with a tighter SLO (50 ms) arriving
     // for 3 s, faster than KV lets them run, none of them overdue. The preempted request has
     // streamed tokens already: once overdue it must be resumed, not queued behind the stream.
-    let mut s = sched(linear(0.0), 12, &icfg(AccelGenConfig::default()));
+    let mut s = sched(linear(0.0), 12, &AccelGenConfig::default());
     let mut arrivals = vec![
         spec(0, 40, 100, 10.0, 0),
         spec(0, 40, 30, 100.0, 1),
@@ -453,7 +440,7 @@ fn overload_relief_trades_a_tight_slo_that_leaves_no_room_for_prompts() {
             per_token_us: 1000.0,
             ..linear(0.0)
         };
-        let mut s = sched(cost, 4000, &icfg(ag));
+        let mut s = sched(cost, 4000, &ag);
         let mut arrivals = vec![spec(0, 16, 300, 10.0, 0)];
         arrivals.extend((0..7).map(|_| spec(0, 16, 300, 100.0, 1)));
         arrivals.push(spec(200_000, 2_000, 4, 100.0, 2));
@@ -532,7 +519,7 @@ fn a_prompt_is_not_chunked_by_its_own_tbt_slo() {
     // Alone, a long prompt with a 10 ms TBT SLO runs pivot-sized chunks (1,695 tokens): its
     // SLO bounds the gaps between its tokens, not the iterations before its first one, whose
     // 9 ms limit would hold about 800 tokens.
-    let mut s = sched(linear(0.0), 4000, &icfg(AccelGenConfig::default()));
+    let mut s = sched(linear(0.0), 4000, &AccelGenConfig::default());
     let arrivals = vec![spec(0, 30_000, 4, 10.0, 0)];
     let longest = longest_chunk(&mut s, &arrivals, RequestId(0), |_, _| true);
     assert!(longest > 1_600, "{longest}");
@@ -545,7 +532,7 @@ fn a_request_that_missed_its_slo_no_longer_limits_the_batch() {
     // one comes first and its TTFT SLO (0.5 ms) is missed by its first token: it can no longer count towards goodput, so
     // while it is decoding the long prompt's chunks stay as long as before instead of shrinking
     // to its 9 ms limit (about 800 tokens); it is served best effort.
-    let mut s = sched(linear(0.0), 4000, &icfg(AccelGenConfig::default()));
+    let mut s = sched(linear(0.0), 4000, &AccelGenConfig::default());
     let mut late = spec(0, 8, 200, 10.0, 1);
     late.slo.ttft_ms = Some(0.5);
     let arrivals = vec![late, spec(2_000, 30_000, 4, 250.0, 0)];

@@ -2,7 +2,7 @@
 //! fake cost model.
 
 mod common;
-use common::{assert_all_done, config, cost, requests};
+use common::{assert_all_done, build, config, cost, requests, small_chunks};
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -10,12 +10,12 @@ use std::sync::{Arc, Mutex};
 use accellm_core::{
     batch::{BatchKind, Work},
     cluster::{
-        self,
         accellm::{AccellmConfig, BothPrefill, Colocate, PrefillChoice, RebalanceMetric, SyncMode},
         ClusterConfig,
     },
     cost::{IterationShape, LinearCostModel},
     instance::{self, InstanceConfig, InstancePolicy, ScheduleCtx},
+    policy::PolicyConfig,
     kv::EvictionPolicy,
     replay::{self, NoObserver, Observer},
     request::{Phase, RequestId, RequestSpec, Slo},
@@ -38,16 +38,8 @@ fn on_link(
     acfg: &AccellmConfig,
     policies: Vec<Box<dyn InstancePolicy>>,
 ) -> Scheduler {
-    let ccfg = ClusterConfig {
-        accellm: acfg.clone(),
-        ..Default::default()
-    };
-    Scheduler::new(
-        &cfg,
-        cost(),
-        cluster::build("accellm", n, &ccfg).unwrap(),
-        policies,
-    )
+    let cluster = ClusterConfig::Accellm(acfg.clone()).build(n);
+    Scheduler::new(&cfg, cost(), cluster, policies)
 }
 
 fn sched(inst: &str, n: u32, kv_blocks: u32, acfg: &AccellmConfig) -> Scheduler {
@@ -62,16 +54,10 @@ fn sched_on_link(
     acfg: &AccellmConfig,
     bytes_per_s: f64,
 ) -> Scheduler {
-    let icfg = InstanceConfig {
-        chunk_size: 128,
-        ..Default::default()
-    };
-    let policies = (0..n)
-        .map(|_| instance::build(inst, &icfg).unwrap())
-        .collect();
     let mut cfg = config(kv_blocks);
     cfg.link.bytes_per_s = bytes_per_s;
-    on_link(n, cfg, acfg, policies)
+    let ccfg = ClusterConfig::Accellm(acfg.clone());
+    build(&cfg, n, &ccfg, &small_chunks(inst))
 }
 
 /// A bursty mix: bursts of four prompts of varied length, with long and short outputs, every
@@ -296,14 +282,10 @@ impl InstancePolicy for Watch {
 fn replicas_are_evicted_before_any_primary_is_preempted() {
     for &inst in instance_policies() {
         let log = Arc::new(Mutex::new(Vec::new()));
-        let icfg = InstanceConfig {
-            chunk_size: 128,
-            ..Default::default()
-        };
         let policies: Vec<Box<dyn InstancePolicy>> = (0..2)
             .map(|_| {
                 Box::new(Watch {
-                    inner: instance::build(inst, &icfg).unwrap(),
+                    inner: small_chunks(inst).build(),
                     log: log.clone(),
                 }) as Box<dyn InstancePolicy>
             })
@@ -524,14 +506,10 @@ fn eviction_policies_pick_their_documented_victims() {
         for &inst in instance_policies() {
             let evicted = Arc::new(Mutex::new(0));
             let errors = Arc::new(Mutex::new(Vec::new()));
-            let icfg = InstanceConfig {
-                chunk_size: 128,
-                ..Default::default()
-            };
             let policies: Vec<Box<dyn InstancePolicy>> = (0..2)
                 .map(|_| {
                     Box::new(EvictWatch {
-                        inner: instance::build(inst, &icfg).unwrap(),
+                        inner: small_chunks(inst).build(),
                         policy,
                         evicted: evicted.clone(),
                         errors: errors.clone(),
@@ -1002,20 +980,9 @@ fn pair_sched(
     acfg: AccellmConfig,
     reqs: &[RequestSpec],
 ) -> (Scheduler, u32) {
-    let icfg = InstanceConfig::default();
-    let policies = (0..2)
-        .map(|_| instance::build("accelgen", &icfg).unwrap())
-        .collect();
-    let ccfg = ClusterConfig {
-        accellm: acfg,
-        ..Default::default()
-    };
-    let mut s = Scheduler::new(
-        &config(4000),
-        cost,
-        cluster::build(policy, 2, &ccfg).unwrap(),
-        policies,
-    );
+    let ccfg = ClusterConfig::Accellm(acfg).for_policy(policy).unwrap();
+    let icfg: InstanceConfig = "accelgen".parse().unwrap();
+    let mut s = Scheduler::build(&config(4000), 2, &ccfg, &icfg, cost).unwrap();
     let prefills = |s: &Scheduler, i: InstanceId| {
         let inst = s.instance(i);
         inst.busy && inst.batch.kind() != BatchKind::Decode

@@ -3,29 +3,16 @@
 //! the others are prefilled again, and nothing is scheduled on the failed instance afterwards.
 
 mod common;
-use common::{assert_all_done, config, cost, drive, requests};
+use common::{assert_all_done, build, cluster, config, drive, instance, requests};
 
 use accellm_core::{
-    cluster::{self, ClusterConfig},
-    instance::{self, InstanceConfig},
     replay::{self, NoObserver, Observer},
     scheduler::{Action, Scheduler},
     TimeUs,
 };
 
 fn sched(cluster_policy: &str, n: u32) -> Scheduler {
-    let icfg = InstanceConfig {
-        chunk_size: 128,
-        ..Default::default()
-    };
-    Scheduler::new(
-        &config(256),
-        cost(),
-        cluster::build(cluster_policy, n, &ClusterConfig::default()).unwrap(),
-        (0..n)
-            .map(|_| instance::build("accelgen", &icfg).unwrap())
-            .collect(),
-    )
+    build(&config(256), n, &cluster(cluster_policy), &instance("accelgen"))
 }
 
 /// Fails the run if anything runs on `dead` after `at`.

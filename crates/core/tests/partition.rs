@@ -4,15 +4,13 @@
 //! finishes with all its blocks freed, and once the link is back the pair streams replicas again.
 
 mod common;
-use common::{assert_all_done, config, cost, requests};
+use common::{assert_all_done, build, config, requests, small_chunks};
 
 use accellm_core::{
     cluster::{
-        self,
         accellm::{AccellmConfig, SyncMode},
         ClusterConfig,
     },
-    instance::{self, InstanceConfig},
     replay::{self, Observer, Partition},
     request::RequestId,
     scheduler::{Action, Scheduler},
@@ -33,22 +31,8 @@ fn sched_on_link(
 ) -> Scheduler {
     let mut cfg = config(kv_blocks);
     cfg.link.bytes_per_s = bytes_per_s;
-    let icfg = InstanceConfig {
-        chunk_size: 128,
-        ..Default::default()
-    };
-    let ccfg = ClusterConfig {
-        accellm: acfg.clone(),
-        ..Default::default()
-    };
-    Scheduler::new(
-        &cfg,
-        cost(),
-        cluster::build("accellm", n, &ccfg).unwrap(),
-        (0..n)
-            .map(|_| instance::build(inst, &icfg).unwrap())
-            .collect(),
-    )
+    let ccfg = ClusterConfig::Accellm(acfg.clone());
+    build(&cfg, n, &ccfg, &small_chunks(inst))
 }
 
 /// Watches a run with the link between `a` and `b` down over `[from, to)`: nothing may cross

@@ -3,14 +3,12 @@
 //! accounting equal to the spans a server copies.
 
 mod common;
-use common::{config, cost, requests};
+use common::{build, cluster, config, instance, requests};
 
 use std::sync::Arc;
 
 use accellm_core::{
     batch::Work,
-    cluster::{self, ClusterConfig},
-    instance::{self, InstanceConfig},
     kv::{chain_keys, BlockKeys},
     plan::{BlockSpan, RunPlan},
     replay::{self, Observer},
@@ -18,17 +16,8 @@ use accellm_core::{
     TimeUs,
 };
 
-fn sched(cluster: &str, inst: &str, blocks: bool) -> Scheduler {
-    let n = 4;
-    let policies = (0..n)
-        .map(|_| instance::build(inst, &InstanceConfig::default()).unwrap())
-        .collect();
-    let mut s = Scheduler::new(
-        &config(400),
-        cost(),
-        cluster::build(cluster, n, &ClusterConfig::default()).unwrap(),
-        policies,
-    );
+fn sched(cluster_policy: &str, inst: &str, blocks: bool) -> Scheduler {
+    let mut s = build(&config(400), 4, &cluster(cluster_policy), &instance(inst));
     s.set_block_plans(blocks);
     s
 }

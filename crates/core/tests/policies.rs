@@ -1,36 +1,20 @@
 //! Baseline policies on small hand-built scenarios, run in virtual time by `replay`.
 
 mod common;
-use common::{assert_all_done, config, cost, requests};
+use common::{assert_all_done, build, cluster, config, instance, requests};
 
 use accellm_core::{
     batch::Work,
-    cluster::{self, ClusterConfig},
-    instance::{self, InstanceConfig},
+    cluster::{splitwise::SplitwiseConfig, ClusterConfig},
+    instance::{sarathi::SarathiConfig, InstanceConfig},
     replay::{self, NoObserver, Observer},
     request::{FinishReason, RequestSpec, Slo},
     scheduler::{Action, Scheduler},
     TimeUs,
 };
 
-fn sched(
-    cluster: &str,
-    inst: &str,
-    n: u32,
-    kv_blocks: u32,
-    icfg: &InstanceConfig,
-    ccfg: &ClusterConfig,
-) -> Scheduler {
-    let cfg = config(kv_blocks);
-    let policies = (0..n)
-        .map(|_| instance::build(inst, icfg).unwrap())
-        .collect();
-    Scheduler::new(
-        &cfg,
-        cost(),
-        cluster::build(cluster, n, ccfg).unwrap(),
-        policies,
-    )
+fn sched(ccfg: &ClusterConfig, icfg: &InstanceConfig, n: u32, kv_blocks: u32) -> Scheduler {
+    build(&config(kv_blocks), n, ccfg, icfg)
 }
 
 /// Checks every batch as it is launched.
@@ -46,18 +30,11 @@ impl<F: FnMut(u32, &accellm_core::batch::Batch)> Observer for BatchCheck<F> {
 
 #[test]
 fn sarathi_never_exceeds_its_token_budget() {
-    let icfg = InstanceConfig {
+    let icfg = InstanceConfig::Sarathi(SarathiConfig {
         chunk_size: 64,
         ..Default::default()
-    };
-    let mut s = sched(
-        "round-robin",
-        "sarathi",
-        1,
-        1000,
-        &icfg,
-        &ClusterConfig::default(),
-    );
+    });
+    let mut s = sched(&cluster("round-robin"), &icfg, 1, 1000);
     let reqs = requests(30, 300, |i| 20 + (i * 37) % 300, |i| 1 + i % 17);
     let mut max_tokens = 0;
     let mut chunked = false;
@@ -79,14 +56,7 @@ fn sarathi_never_exceeds_its_token_budget() {
 
 #[test]
 fn vllm_prefills_whole_prompts_before_decoding() {
-    let mut s = sched(
-        "round-robin",
-        "vllm",
-        1,
-        1000,
-        &InstanceConfig::default(),
-        &ClusterConfig::default(),
-    );
+    let mut s = sched(&cluster("round-robin"), &instance("vllm"), 1, 1000);
     let reqs = requests(20, 500, |i| 50 + i * 13, |_| 8);
     let mut mixed = false;
     let mut partial = false;
@@ -109,14 +79,7 @@ fn vllm_prefills_whole_prompts_before_decoding() {
 #[test]
 fn vllm_preempts_when_kv_runs_out_and_the_victim_still_finishes() {
     // 20 blocks of 16 tokens = 320 tokens; four requests that each grow to 160 tokens.
-    let mut s = sched(
-        "round-robin",
-        "vllm",
-        1,
-        20,
-        &InstanceConfig::default(),
-        &ClusterConfig::default(),
-    );
+    let mut s = sched(&cluster("round-robin"), &instance("vllm"), 1, 20);
     let reqs = requests(4, 0, |_| 60, |_| 100);
     replay::run(&mut s, &reqs, &mut NoObserver);
     assert!(
@@ -129,18 +92,11 @@ fn vllm_preempts_when_kv_runs_out_and_the_victim_still_finishes() {
 
 #[test]
 fn sarathi_preempts_too_and_everything_finishes() {
-    let icfg = InstanceConfig {
+    let icfg = InstanceConfig::Sarathi(SarathiConfig {
         chunk_size: 32,
         ..Default::default()
-    };
-    let mut s = sched(
-        "round-robin",
-        "sarathi",
-        1,
-        12,
-        &icfg,
-        &ClusterConfig::default(),
-    );
+    });
+    let mut s = sched(&cluster("round-robin"), &icfg, 1, 12);
     let reqs = requests(6, 100, |i| 30 + i * 5, |_| 60);
     replay::run(&mut s, &reqs, &mut NoObserver);
     assert!(s.counters().preemptions > 0);
@@ -150,21 +106,11 @@ fn sarathi_preempts_too_and_everything_finishes() {
 #[test]
 fn splitwise_never_decodes_on_a_prefill_instance() {
     for layerwise in [true, false] {
-        let ccfg = ClusterConfig {
-            splitwise: cluster::splitwise::SplitwiseConfig {
-                prefill_instances: 2,
-                layerwise,
-            },
-            ..Default::default()
-        };
-        let mut s = sched(
-            "splitwise",
-            "sarathi",
-            4,
-            200,
-            &InstanceConfig::default(),
-            &ccfg,
-        );
+        let ccfg = ClusterConfig::Splitwise(SplitwiseConfig {
+            prefill_instances: 2,
+            layerwise,
+        });
+        let mut s = sched(&ccfg, &instance("sarathi"), 4, 200);
         let reqs = requests(40, 200, |i| 40 + (i * 53) % 400, |i| 2 + i % 30);
         replay::run(
             &mut s,
@@ -191,14 +137,7 @@ fn splitwise_never_decodes_on_a_prefill_instance() {
 
 #[test]
 fn least_load_balances_and_round_robin_cycles() {
-    let mut s = sched(
-        "round-robin",
-        "sarathi",
-        3,
-        100,
-        &InstanceConfig::default(),
-        &ClusterConfig::default(),
-    );
+    let mut s = sched(&cluster("round-robin"), &instance("sarathi"), 3, 100);
     let reqs = requests(6, 0, |_| 10, |_| 1);
     // All arrive at once: round robin sends two to each instance.
     let mut seen = vec![0; 3];
@@ -208,14 +147,7 @@ fn least_load_balances_and_round_robin_cycles() {
     }
     assert_eq!(seen, vec![2, 2, 2]);
 
-    let mut s = sched(
-        "least-load",
-        "sarathi",
-        2,
-        100,
-        &InstanceConfig::default(),
-        &ClusterConfig::default(),
-    );
+    let mut s = sched(&cluster("least-load"), &instance("sarathi"), 2, 100);
     let big = RequestSpec {
         prompt_tokens: 500,
         ..reqs[0]
@@ -231,14 +163,7 @@ fn least_load_balances_and_round_robin_cycles() {
 #[test]
 fn identical_inputs_give_identical_runs() {
     let run = || {
-        let mut s = sched(
-            "least-load",
-            "sarathi",
-            4,
-            300,
-            &InstanceConfig::default(),
-            &ClusterConfig::default(),
-        );
+        let mut s = sched(&cluster("least-load"), &instance("sarathi"), 4, 300);
         let reqs = requests(200, 137, |i| 10 + (i * 7919) % 900, |i| 1 + (i * 31) % 90);
         let end = replay::run(&mut s, &reqs, &mut NoObserver);
         (
@@ -252,14 +177,7 @@ fn identical_inputs_give_identical_runs() {
 
 #[test]
 fn too_long_requests_are_rejected_and_cancel_frees_blocks() {
-    let mut s = sched(
-        "round-robin",
-        "sarathi",
-        1,
-        10,
-        &InstanceConfig::default(),
-        &ClusterConfig::default(),
-    );
+    let mut s = sched(&cluster("round-robin"), &instance("sarathi"), 1, 10);
     let mut acts = Vec::new();
     let long = RequestSpec {
         arrival_us: 0,

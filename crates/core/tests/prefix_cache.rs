@@ -2,11 +2,10 @@
 //! cached (never leaked), replicas count as cache, and cache-aware routing follows the prefix.
 
 mod common;
-use common::{assert_all_done, config, cost, drive, requests};
+use common::{assert_all_done, build, cluster, config, drive, instance, requests};
 
 use accellm_core::{
-    cluster::{self, accellm::AccellmConfig, ClusterConfig},
-    instance::{self, InstanceConfig},
+    cluster::{accellm::AccellmConfig, least_load::LeastLoadConfig, ClusterConfig},
     kv::{run_keys, BlockKeys},
     replay::{self, NoObserver, Observer},
     request::RequestSpec,
@@ -14,18 +13,10 @@ use accellm_core::{
     TimeUs,
 };
 
-fn sched(cluster: &str, inst: &str, n: u32, ccfg: &ClusterConfig, cache: bool) -> Scheduler {
+fn sched(ccfg: &ClusterConfig, inst: &str, n: u32, cache: bool) -> Scheduler {
     let mut cfg = config(400);
     cfg.prefix_cache = cache;
-    let policies = (0..n)
-        .map(|_| instance::build(inst, &InstanceConfig::default()).unwrap())
-        .collect();
-    Scheduler::new(
-        &cfg,
-        cost(),
-        cluster::build(cluster, n, ccfg).unwrap(),
-        policies,
-    )
+    build(&cfg, n, ccfg, &instance(inst))
 }
 
 /// Keys of a prompt whose first `shared` tokens come from stream `common` and the rest from the
@@ -55,9 +46,9 @@ fn shared_system_prompt() -> (Vec<RequestSpec>, Vec<Option<BlockKeys>>) {
 #[test]
 fn a_cached_prefix_is_not_prefilled_again() {
     let (reqs, keys) = shared_system_prompt();
-    let mut on = sched("round-robin", "vllm", 1, &ClusterConfig::default(), true);
+    let mut on = sched(&cluster("round-robin"), "vllm", 1, true);
     replay::run_keyed(&mut on, &reqs, &keys, &mut NoObserver, None);
-    let mut off = sched("round-robin", "vllm", 1, &ClusterConfig::default(), false);
+    let mut off = sched(&cluster("round-robin"), "vllm", 1, false);
     replay::run_keyed(&mut off, &reqs, &keys, &mut NoObserver, None);
     // The first request computes everything; the other seven find 480 tokens (30 blocks).
     let c = on.counters();
@@ -87,7 +78,7 @@ fn a_full_hit_still_computes_the_last_prompt_token() {
     // the block with its last token must be computed to yield the first output token.
     let reqs = requests(2, 200_000, |_| 64, |_| 2);
     let k = keys(9, 64, 9, 64);
-    let mut s = sched("round-robin", "sarathi", 1, &ClusterConfig::default(), true);
+    let mut s = sched(&cluster("round-robin"), "sarathi", 1, true);
     replay::run_keyed(&mut s, &reqs, &[k.clone(), k], &mut NoObserver, None);
     assert_eq!(s.counters().prefix_hit_tokens, 48);
     assert_all_done(&s, &reqs);
@@ -99,7 +90,7 @@ fn concurrent_requests_share_blocks_and_free_them_once() {
     // progresses, later ones share them while both run; nothing leaks at the end.
     let reqs = requests(8, 0, |_| 500, |_| 20);
     let keys: Vec<_> = (0..8).map(|i| keys(1, 480, 100 + i, 500)).collect();
-    let mut s = sched("round-robin", "sarathi", 1, &ClusterConfig::default(), true);
+    let mut s = sched(&cluster("round-robin"), "sarathi", 1, true);
     replay::run_keyed(&mut s, &reqs, &keys, &mut NoObserver, None);
     assert!(s.counters().prefix_hit_tokens > 0);
     assert_all_done(&s, &reqs);
@@ -116,11 +107,8 @@ fn cache_aware_routing_follows_the_prefix() {
         .map(|i| Some(run_keys(&[((i % 4) as u64, 0, turn(i))], 16).into()))
         .collect();
     let hits = |w: f64| {
-        let ccfg = ClusterConfig {
-            prefix_weight: w,
-            ..Default::default()
-        };
-        let mut s = sched("least-load", "vllm", 4, &ccfg, true);
+        let ccfg = ClusterConfig::LeastLoad(LeastLoadConfig { prefix_weight: w });
+        let mut s = sched(&ccfg, "vllm", 4, true);
         replay::run_keyed(&mut s, &reqs, &keys, &mut NoObserver, None);
         assert_all_done(&s, &reqs);
         s.counters().prefix_hit_tokens
@@ -139,14 +127,11 @@ fn cache_aware_routing_follows_the_prefix() {
 fn accellm_replicas_are_cache_on_either_partner() {
     let (reqs, keys) = shared_system_prompt();
     let run = |replicas_as_cache: bool| {
-        let ccfg = ClusterConfig {
-            accellm: AccellmConfig {
-                replicas_as_cache,
-                ..Default::default()
-            },
+        let ccfg = ClusterConfig::Accellm(AccellmConfig {
+            replicas_as_cache,
             ..Default::default()
-        };
-        let mut s = sched("accellm", "vllm", 2, &ccfg, true);
+        });
+        let mut s = sched(&ccfg, "vllm", 2, true);
         let mut firsts = FirstTokens::default();
         replay::run_keyed(&mut s, &reqs, &keys, &mut firsts, None);
         assert_all_done(&s, &reqs);
@@ -168,7 +153,7 @@ fn accellm_replicas_are_cache_on_either_partner() {
 fn a_request_cancelled_after_its_first_token_leaves_its_prompt_cached() {
     // A streaming client that stops reading after the first token, on the default AcceLLM pair:
     // the next request with the same prompt must hit every full block of it.
-    let mut s = sched("accellm", "accelgen", 2, &ClusterConfig::default(), true);
+    let mut s = sched(&cluster("accellm"), "accelgen", 2, true);
     let spec = |at: TimeUs| RequestSpec {
         arrival_us: at,
         ..requests(1, 0, |_| 500, |_| 50)[0]

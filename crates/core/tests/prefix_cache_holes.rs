@@ -3,11 +3,9 @@
 //! holding them however it ends (cancelled right after its first token, its instance lost).
 
 mod common;
-use common::{config, cost, drive, requests};
+use common::{build, cluster, config, drive, instance, requests};
 
 use accellm_core::{
-    cluster::{self, ClusterConfig},
-    instance::{self, InstanceConfig},
     kv::{run_keys, BlockKeys},
     request::{RequestId, RequestSpec},
     scheduler::Scheduler,
@@ -16,16 +14,8 @@ use accellm_core::{
 
 const BS: u32 = 16;
 
-fn sched(cluster: &str, inst: &str, n: u32) -> Scheduler {
-    let policies = (0..n)
-        .map(|_| instance::build(inst, &InstanceConfig::default()).unwrap())
-        .collect();
-    Scheduler::new(
-        &config(400),
-        cost(),
-        cluster::build(cluster, n, &ClusterConfig::default()).unwrap(),
-        policies,
-    )
+fn sched(cluster_policy: &str, inst: &str, n: u32) -> Scheduler {
+    build(&config(400), n, &cluster(cluster_policy), &instance(inst))
 }
 
 fn spec(at: TimeUs, prompt: u32, output: u32) -> RequestSpec {

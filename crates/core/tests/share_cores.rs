@@ -1,14 +1,12 @@
 //! Instances lending each other idle cores (`SchedulerConfig::share_idle_cores`).
 
 mod common;
-use common::{assert_all_done, config, requests};
+use common::{assert_all_done, cluster, config, instance, requests};
 
 use std::sync::Arc;
 
 use accellm_core::{
-    cluster::{self, ClusterConfig},
     cost::LinearCostModel,
-    instance::{self, InstanceConfig},
     replay::{self, Observer},
     scheduler::{Action, Scheduler},
     TimeUs,
@@ -31,18 +29,17 @@ fn cost() -> LinearCostModel {
     c
 }
 
-fn sched(cluster: &str, inst: &str, share: bool) -> Scheduler {
+fn sched(cluster_policy: &str, inst: &str, share: bool) -> Scheduler {
     let mut cfg = config(4096);
     cfg.share_idle_cores = share;
-    let policies = (0..2)
-        .map(|_| instance::build(inst, &InstanceConfig::default()).unwrap())
-        .collect();
-    Scheduler::new(
+    Scheduler::build(
         &cfg,
+        2,
+        &cluster(cluster_policy),
+        &instance(inst),
         Arc::new(cost()),
-        cluster::build(cluster, 2, &ClusterConfig::default()).unwrap(),
-        policies,
     )
+    .unwrap()
 }
 
 /// Every launch: who ran, on whose cores, and whether its partner was busy or lent then.

@@ -190,6 +190,9 @@ pub struct AccellmConfig {
     /// its KV free), so decodes can move when it splits again. Off: colocated prompts start no
     /// replica, and their copies cost nothing.
     pub colocated_replicas: bool,
+    /// Cache-aware routing: tokens of load one prompt token cached on a pair is worth
+    /// (as least-load's `prefix_weight`). 0: load only.
+    pub prefix_weight: f64,
 }
 
 impl Default for AccellmConfig {
@@ -215,6 +218,7 @@ impl Default for AccellmConfig {
             colocate_prefill: 0.8,
             colocate_window_ms: 10_000,
             colocated_replicas: true,
+            prefix_weight: 4.0,
         }
     }
 }
@@ -281,7 +285,7 @@ pub struct Accellm {
     arriving: Vec<(f64, TimeUs)>,
     /// When the first request arrived (the moving average's start).
     first_arrival: Option<TimeUs>,
-    /// Cache-aware routing weight ([`super::ClusterConfig::prefix_weight`]).
+    /// Cache-aware routing weight ([`AccellmConfig::prefix_weight`]).
     prefix_weight: f64,
 }
 
@@ -331,15 +335,8 @@ impl Accellm {
             arriving: vec![(0.0, 0); colocated.len()],
             first_arrival: None,
             colocated,
-            prefix_weight: 0.0,
+            prefix_weight: cfg.prefix_weight,
         }
-    }
-
-    /// Routes with a prompt prefix cached on a pair worth `w` tokens of load per token
-    /// ([`super::ClusterConfig::prefix_weight`]).
-    pub fn with_prefix_weight(mut self, w: f64) -> Self {
-        self.prefix_weight = w;
-        self
     }
 
     /// The partner of `i` (`i` itself if it runs alone).

@@ -2,7 +2,7 @@
 //!
 //! A policy implements [`ClusterPolicy`]; its hooks act on the cluster through [`ClusterCtx`],
 //! which keeps the KV and load bookkeeping in one place (migrations, transfers, queue moves).
-//! Policies are chosen by name with [`build`].
+//! A policy and its knobs are chosen with [`ClusterConfig`].
 
 pub mod accellm;
 pub mod least_load;
@@ -14,8 +14,9 @@ use serde::{Deserialize, Serialize};
 use crate::{
     batch::Entry,
     cost::{CostModel, Link},
-    instance::{Instance, PhaseConstraint, UnknownPolicy},
+    instance::{Instance, PhaseConstraint},
     kv::{EvictionPolicy, KvError, Ownership},
+    policy::{self, ConfigError, PolicyConfig, UnknownPolicy},
     request::{Phase, RequestId, RequestState},
     scheduler::State,
     InstanceId, TimeUs,
@@ -230,7 +231,8 @@ impl ClusterCtx<'_> {
 }
 
 /// A routing score from an instance's (or pair's) `load` and the prompt tokens `hit` it has
-/// cached: `load - weight * hit`, lower is better ([`ClusterConfig::prefix_weight`]).
+/// cached: `load - weight * hit`, lower is better (the `prefix_weight` knob of least-load and
+/// AcceLLM).
 pub fn prefix_score(load: u64, hit: u64, weight: f64) -> i64 {
     load as i64 - (weight * hit as f64) as i64
 }
@@ -303,57 +305,96 @@ pub trait ClusterPolicy: Send {
     fn on_link_up(&mut self, _ctx: &mut ClusterCtx<'_>, _a: InstanceId, _b: InstanceId) {}
 }
 
-/// Knobs of the cluster policies, each with a default.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ClusterConfig {
-    /// Cache-aware routing: how many tokens of load one prompt token found in an instance's
-    /// prefix cache is worth when requests are routed (least-load, AcceLLM). 0: load only.
-    /// Default 4: on 16 simulated instances it raised least-load's hit rate on multi-turn chat
-    /// from 9% to 59% with more goodput (docs/prefix-cache.md).
-    pub prefix_weight: f64,
-    /// Splitwise: knobs of the disaggregated pools.
-    pub splitwise: splitwise::SplitwiseConfig,
-    /// AcceLLM: knobs of the paired instances.
-    pub accellm: accellm::AccellmConfig,
+/// Which cluster policy runs, with its knobs ([`crate::policy`]): in TOML `cluster =
+/// "least-load"`, or `[cluster.accellm]` with knobs under it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClusterConfig {
+    /// `round-robin`: no knobs.
+    RoundRobin,
+    /// `least-load`.
+    LeastLoad(least_load::LeastLoadConfig),
+    /// `splitwise`.
+    Splitwise(splitwise::SplitwiseConfig),
+    /// `accellm`.
+    Accellm(accellm::AccellmConfig),
 }
 
 impl Default for ClusterConfig {
     fn default() -> Self {
-        Self {
-            prefix_weight: 4.0,
-            splitwise: Default::default(),
-            accellm: Default::default(),
+        Self::LeastLoad(Default::default())
+    }
+}
+
+/// Names of the cluster policies.
+pub const NAMES: &[&str] = &["round-robin", "least-load", "splitwise", "accellm"];
+
+impl PolicyConfig for ClusterConfig {
+    const LEVEL: &'static str = "cluster";
+    const NAMES: &'static [&'static str] = NAMES;
+
+    fn name(&self) -> &'static str {
+        match self {
+            Self::RoundRobin => "round-robin",
+            Self::LeastLoad(_) => "least-load",
+            Self::Splitwise(_) => "splitwise",
+            Self::Accellm(_) => "accellm",
+        }
+    }
+
+    fn named(name: &str) -> Result<Self, UnknownPolicy> {
+        match name {
+            "round-robin" => Ok(Self::RoundRobin),
+            "least-load" => Ok(Self::LeastLoad(Default::default())),
+            "splitwise" => Ok(Self::Splitwise(Default::default())),
+            "accellm" => Ok(Self::Accellm(Default::default())),
+            _ => Err(policy::unknown::<Self>(name)),
+        }
+    }
+
+    fn knobs<'de, D: serde::Deserializer<'de>>(name: &str, de: D) -> Result<Self, D::Error> {
+        match name {
+            "round-robin" => policy::NoKnobs::deserialize(de).map(|_| Self::RoundRobin),
+            "least-load" => Deserialize::deserialize(de).map(Self::LeastLoad),
+            "splitwise" => Deserialize::deserialize(de).map(Self::Splitwise),
+            "accellm" => Deserialize::deserialize(de).map(Self::Accellm),
+            _ => Err(serde::de::Error::custom(policy::unknown::<Self>(name))),
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        match self {
+            Self::LeastLoad(c) => policy::non_negative(self, "prefix_weight", c.prefix_weight),
+            Self::Accellm(c) => policy::non_negative(self, "prefix_weight", c.prefix_weight),
+            Self::RoundRobin | Self::Splitwise(_) => Ok(()),
         }
     }
 }
 
-/// Names accepted by [`build`].
-pub const NAMES: &[&str] = &["round-robin", "least-load", "splitwise", "accellm"];
+impl<'de> Deserialize<'de> for ClusterConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        policy::deserialize(de)
+    }
+}
 
-/// Builds the cluster policy called `name` for `instances` instances.
-pub fn build(
-    name: &str,
-    instances: u32,
-    cfg: &ClusterConfig,
-) -> Result<Box<dyn ClusterPolicy>, UnknownPolicy> {
-    match name {
-        "round-robin" => Ok(Box::new(round_robin::RoundRobin::default())),
-        "least-load" => Ok(Box::new(least_load::LeastLoad {
-            prefix_weight: cfg.prefix_weight,
-        })),
-        "splitwise" => Ok(Box::new(splitwise::Splitwise::new(
-            instances,
-            &cfg.splitwise,
-        ))),
-        "accellm" => Ok(Box::new(
-            accellm::Accellm::new(instances, &cfg.accellm).with_prefix_weight(cfg.prefix_weight),
-        )),
-        _ => Err(UnknownPolicy {
-            kind: "cluster",
-            name: name.to_string(),
-            valid: NAMES.join(", "),
-        }),
+impl std::str::FromStr for ClusterConfig {
+    type Err = UnknownPolicy;
+
+    /// The policy called `s`, with default knobs.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::named(s)
+    }
+}
+
+impl ClusterConfig {
+    /// The policy object for a cluster of `instances` instances.
+    pub fn build(&self, instances: u32) -> Box<dyn ClusterPolicy> {
+        match self {
+            Self::RoundRobin => Box::new(round_robin::RoundRobin::default()),
+            Self::LeastLoad(c) => Box::new(least_load::LeastLoad::new(c)),
+            Self::Splitwise(c) => Box::new(splitwise::Splitwise::new(instances, c)),
+            Self::Accellm(c) => Box::new(accellm::Accellm::new(instances, c)),
+        }
     }
 }
 

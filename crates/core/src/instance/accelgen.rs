@@ -38,7 +38,7 @@
 //!    the most output tokens left, the cheapest recompute (predicted time of prefilling its
 //!    context), the latest arrival ([`VictimKey`]).
 //!
-//! Knobs: [`AccelGenConfig`] (in `InstanceConfig::accelgen`) and `max_num_seqs`.
+//! Knobs: [`AccelGenConfig`] (`[instance.accelgen]`).
 
 mod budget;
 
@@ -48,7 +48,7 @@ pub use budget::BudgetTable;
 
 use serde::{Deserialize, Serialize};
 
-use super::{InstanceConfig, InstancePolicy, ScheduleCtx};
+use super::{InstancePolicy, ScheduleCtx};
 use crate::{
     cost::IterationShape,
     ms_to_us,
@@ -83,6 +83,8 @@ pub enum Overdue {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AccelGenConfig {
+    /// Most requests in one iteration.
+    pub max_num_seqs: u32,
     /// `edf` (default) or `admission`.
     pub mode: AccelGenMode,
     /// Fraction of the TBT SLO kept free for cost-model error: an iteration aims at `s·(1 − margin)`.
@@ -131,6 +133,7 @@ pub struct AccelGenConfig {
 impl Default for AccelGenConfig {
     fn default() -> Self {
         Self {
+            max_num_seqs: 256,
             mode: AccelGenMode::Edf,
             margin: 0.1,
             pivot_tolerance: 0.05,
@@ -242,10 +245,10 @@ pub struct AccelGen {
 }
 
 impl AccelGen {
-    /// With the knobs in `cfg` (`cfg.accelgen` and `max_num_seqs`).
-    pub fn new(cfg: &InstanceConfig) -> Self {
+    /// With the knobs in `cfg`.
+    pub fn new(cfg: &AccelGenConfig) -> Self {
         Self {
-            cfg: cfg.accelgen.clone(),
+            cfg: cfg.clone(),
             max_seqs: cfg.max_num_seqs.max(1),
             table: None,
             decodes: Vec::new(),
@@ -798,18 +801,15 @@ mod tests {
         let mut r = RequestState::new(spec, 0);
         (r.first_token_us, r.last_token_us, r.generated, r.tbt_misses) =
             (Some(ms(500)), Some(ms(900)), 10, 1);
-        let paced = AccelGen::new(&InstanceConfig {
-            accelgen: AccelGenConfig {
-                mean_pace: true,
-                ..AccelGenConfig::default()
-            },
-            ..InstanceConfig::default()
+        let paced = AccelGen::new(&AccelGenConfig {
+            mean_pace: true,
+            ..AccelGenConfig::default()
         });
         let due = |p: &AccelGen, r: &RequestState, now| p.cand(RequestId(0), r, now, true).deadline;
         // Mean after the 11th token within 50 ms: due at 500 + 10 × 50 ms, not at 900 + 1,000.
         assert_eq!(due(&paced, &r, ms(900)), ms(1_000) as i64);
         assert!(paced.cand(RequestId(0), &r, ms(900), true).paced);
-        let best_effort = AccelGen::new(&InstanceConfig::default());
+        let best_effort = AccelGen::new(&AccelGenConfig::default());
         assert_eq!(due(&best_effort, &r, ms(900)), ms(1_900) as i64);
         // Far ahead of its pace (200 tokens by 900 ms): never due later than best effort.
         r.generated = 200;

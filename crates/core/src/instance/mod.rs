@@ -2,7 +2,7 @@
 //!
 //! A policy implements [`InstancePolicy`] and builds the batch through [`ScheduleCtx`], which does
 //! the KV bookkeeping (block reservation, replica eviction, preemption) so that every policy
-//! accounts memory the same way. Policies are chosen by name with [`build`].
+//! accounts memory the same way. A policy and its knobs are chosen with [`InstanceConfig`].
 
 pub mod accelgen;
 pub mod sarathi;
@@ -16,6 +16,7 @@ use crate::{
     batch::{Batch, Entry, Work},
     cost::CostModel,
     kv::{BlockManager, KvError, Ownership},
+    policy::{self, ConfigError, PolicyConfig, UnknownPolicy},
     request::{Phase, RequestId, RequestState},
     scheduler::Requests,
     InstanceId, TimeUs,
@@ -363,57 +364,86 @@ pub trait InstancePolicy: Send {
     fn schedule(&mut self, ctx: &mut ScheduleCtx<'_>);
 }
 
-/// Knobs of the instance policies, each with a default.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct InstanceConfig {
-    /// Most requests in one iteration.
-    pub max_num_seqs: u32,
-    /// vLLM: most tokens in one iteration (`max_num_batched_tokens`).
-    pub max_num_batched_tokens: u32,
-    /// Sarathi: token budget of each iteration (`chunk_size`).
-    pub chunk_size: u32,
-    /// AccelGen's knobs.
-    pub accelgen: accelgen::AccelGenConfig,
+/// Which instance policy runs, with its knobs ([`crate::policy`]): in TOML `instance = "vllm"`,
+/// or `[instance.sarathi]` with knobs under it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum InstanceConfig {
+    /// `vllm`.
+    Vllm(vllm::VllmConfig),
+    /// `sarathi`.
+    Sarathi(sarathi::SarathiConfig),
+    /// `accelgen`.
+    Accelgen(accelgen::AccelGenConfig),
 }
 
 impl Default for InstanceConfig {
     fn default() -> Self {
-        Self {
-            max_num_seqs: 256,
-            max_num_batched_tokens: 4096,
-            chunk_size: 512,
-            accelgen: accelgen::AccelGenConfig::default(),
-        }
+        Self::Vllm(Default::default())
     }
 }
 
-/// Names accepted by [`build`].
+/// Names of the instance policies.
 pub const NAMES: &[&str] = &["vllm", "sarathi", "accelgen"];
 
-/// Error for a policy name nobody knows.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown {kind} policy `{name}`; valid: {valid}")]
-pub struct UnknownPolicy {
-    /// "instance" or "cluster".
-    pub kind: &'static str,
-    /// The name given.
-    pub name: String,
-    /// The valid names, comma-separated.
-    pub valid: String,
+impl PolicyConfig for InstanceConfig {
+    const LEVEL: &'static str = "instance";
+    const NAMES: &'static [&'static str] = NAMES;
+
+    fn name(&self) -> &'static str {
+        match self {
+            Self::Vllm(_) => "vllm",
+            Self::Sarathi(_) => "sarathi",
+            Self::Accelgen(_) => "accelgen",
+        }
+    }
+
+    fn named(name: &str) -> Result<Self, UnknownPolicy> {
+        match name {
+            "vllm" => Ok(Self::Vllm(Default::default())),
+            "sarathi" => Ok(Self::Sarathi(Default::default())),
+            "accelgen" => Ok(Self::Accelgen(Default::default())),
+            _ => Err(policy::unknown::<Self>(name)),
+        }
+    }
+
+    fn knobs<'de, D: serde::Deserializer<'de>>(name: &str, de: D) -> Result<Self, D::Error> {
+        match name {
+            "vllm" => Deserialize::deserialize(de).map(Self::Vllm),
+            "sarathi" => Deserialize::deserialize(de).map(Self::Sarathi),
+            "accelgen" => Deserialize::deserialize(de).map(Self::Accelgen),
+            _ => Err(serde::de::Error::custom(policy::unknown::<Self>(name))),
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        Ok(())
+    }
 }
 
-/// Builds the instance policy called `name`.
-pub fn build(name: &str, cfg: &InstanceConfig) -> Result<Box<dyn InstancePolicy>, UnknownPolicy> {
-    match name {
-        "vllm" => Ok(Box::new(vllm::Vllm::new(cfg))),
-        "sarathi" => Ok(Box::new(sarathi::Sarathi::new(cfg))),
-        "accelgen" => Ok(Box::new(accelgen::AccelGen::new(cfg))),
-        _ => Err(UnknownPolicy {
-            kind: "instance",
-            name: name.to_string(),
-            valid: NAMES.join(", "),
-        }),
+impl<'de> Deserialize<'de> for InstanceConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        policy::deserialize(de)
+    }
+}
+
+impl std::str::FromStr for InstanceConfig {
+    type Err = UnknownPolicy;
+
+    /// The policy called `s`, with default knobs.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::named(s)
+    }
+}
+
+impl InstanceConfig {
+    /// The policy object of one instance.
+    pub fn build(&self) -> Box<dyn InstancePolicy> {
+        match self {
+            Self::Vllm(c) => Box::new(vllm::Vllm::new(c)),
+            Self::Sarathi(c) => Box::new(sarathi::Sarathi::new(c)),
+            Self::Accelgen(c) => Box::new(accelgen::AccelGen::new(c)),
+        }
     }
 }
 

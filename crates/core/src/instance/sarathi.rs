@@ -6,8 +6,29 @@
 //! out during decode, the latest-queued running request is preempted and later recomputed.
 //! Knobs: `chunk_size`, `max_num_seqs`.
 
-use super::{decode_all_or_preempt, InstanceConfig, InstancePolicy, ScheduleCtx};
+use serde::{Deserialize, Serialize};
+
+use super::{decode_all_or_preempt, InstancePolicy, ScheduleCtx};
 use crate::request::RequestId;
+
+/// Knobs of `sarathi`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SarathiConfig {
+    /// Most requests in one iteration.
+    pub max_num_seqs: u32,
+    /// Token budget of each iteration.
+    pub chunk_size: u32,
+}
+
+impl Default for SarathiConfig {
+    fn default() -> Self {
+        Self {
+            max_num_seqs: 256,
+            chunk_size: 512,
+        }
+    }
+}
 
 /// The Sarathi-style policy.
 #[derive(Debug)]
@@ -19,7 +40,7 @@ pub struct Sarathi {
 
 impl Sarathi {
     /// With the knobs in `cfg`.
-    pub fn new(cfg: &InstanceConfig) -> Self {
+    pub fn new(cfg: &SarathiConfig) -> Self {
         Self {
             budget: cfg.chunk_size.max(1),
             max_seqs: cfg.max_num_seqs,

@@ -6,8 +6,29 @@
 //! during decode, the latest-queued running request is preempted and later recomputed.
 //! Knobs: `max_num_batched_tokens`, `max_num_seqs`.
 
-use super::{decode_all_or_preempt, InstanceConfig, InstancePolicy, ScheduleCtx};
+use serde::{Deserialize, Serialize};
+
+use super::{decode_all_or_preempt, InstancePolicy, ScheduleCtx};
 use crate::request::RequestId;
+
+/// Knobs of `vllm`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VllmConfig {
+    /// Most requests in one iteration.
+    pub max_num_seqs: u32,
+    /// Most tokens in one iteration.
+    pub max_num_batched_tokens: u32,
+}
+
+impl Default for VllmConfig {
+    fn default() -> Self {
+        Self {
+            max_num_seqs: 256,
+            max_num_batched_tokens: 4096,
+        }
+    }
+}
 
 /// The vLLM-style policy.
 #[derive(Debug)]
@@ -19,7 +40,7 @@ pub struct Vllm {
 
 impl Vllm {
     /// With the knobs in `cfg`.
-    pub fn new(cfg: &InstanceConfig) -> Self {
+    pub fn new(cfg: &VllmConfig) -> Self {
         Self {
             max_tokens: cfg.max_num_batched_tokens,
             max_seqs: cfg.max_num_seqs,

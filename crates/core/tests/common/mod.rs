@@ -4,7 +4,9 @@
 use std::sync::Arc;
 
 use accellm_core::{
+    cluster::ClusterConfig,
     cost::{LinearCostModel, Link},
+    instance::InstanceConfig,
     request::{RequestSpec, Slo},
     scheduler::{Action, Scheduler, SchedulerConfig},
     TimeUs,
@@ -39,6 +41,35 @@ pub fn config(kv_blocks: u32) -> SchedulerConfig {
         prefix_cache: true,
         share_idle_cores: false,
     }
+}
+
+/// Cluster policy `name` with default knobs.
+pub fn cluster(name: &str) -> ClusterConfig {
+    name.parse().unwrap()
+}
+
+/// Instance policy `name` with default knobs.
+pub fn instance(name: &str) -> InstanceConfig {
+    name.parse().unwrap()
+}
+
+/// Instance policy `name` with default knobs, but Sarathi's chunks of 128 tokens.
+pub fn small_chunks(name: &str) -> InstanceConfig {
+    let mut c = instance(name);
+    if let InstanceConfig::Sarathi(k) = &mut c {
+        k.chunk_size = 128;
+    }
+    c
+}
+
+/// `n` instances of `instance` under `cluster`, priced by [`cost`].
+pub fn build(
+    cfg: &SchedulerConfig,
+    n: u32,
+    cluster: &ClusterConfig,
+    instance: &InstanceConfig,
+) -> Scheduler {
+    Scheduler::build(cfg, n, cluster, instance, cost()).unwrap()
 }
 
 /// `n` requests, one every `every_us`, with prompt and output lengths from the closures.

@@ -31,7 +31,7 @@ ip netns exec $B sysctl -qw net.ipv4.tcp_slow_start_after_idle=0
 tc -n $A qdisc add dev $VA root tbf rate "$RATE_BIT" burst 64kb latency ${TBF_LATENCY:-100ms}
 tc -n $B qdisc add dev $VB root tbf rate "$RATE_BIT" burst 64kb latency ${TBF_LATENCY:-100ms}
 # Prefill copies of one size: whole prompts (vLLM's policy), at most 1024 tokens per iteration.
-printf '[instance]\nmax_num_batched_tokens = 1024\n' >"$DIR/serve.toml"
+printf '[instance.vllm]\nmax_num_batched_tokens = 1024\n' >"$DIR/serve.toml"
 SERVE_ARGS="${SERVE_ARGS:---instance-policy vllm --config $DIR/serve.toml}"
 # Plaintext by default (the namespaces' addresses are not loopback, hence --insecure);
 # TLS_ARGS="--tls-cert C --tls-key K --tls-ca CA" runs every link over mutual TLS instead.

@@ -2,7 +2,8 @@
 """AcceLLM + AccelGen against every baseline in the simulator (docs/combination.md).
 
 Usage: python3 docs/combo/eval.py [ACCELLM_BINARY] [CONFIG ...]
-EXTRA="--config knobs.toml" appends arguments to every simulation (e.g. AcceLLM knobs).
+EXTRA="..." appends arguments to every simulation; KNOBS="--config knobs.toml" to the sweep of
+AcceLLM and the baselines only (AcceLLM knobs would be an error on a Splitwise-only sweep).
 Runs each named configuration (default: all) as one rate sweep per policy on the identical
 request sequence and prints, per configuration, strict goodput by rate, the best baseline, the
 ratio, and each policy's knee (highest swept rate with strict SLO attainment >= 90%).
@@ -48,7 +49,7 @@ def knee(rows, policy, rates):
 
 def run(name):
     args, rates, splits = CONFIGS[name]
-    rows = sweep(args, rates, [OURS] + BASELINES)
+    rows = sweep(args, rates, [OURS] + BASELINES, os.environ.get("KNOBS", ""))
     # Splitwise at every split; its best split per rate is the baseline.
     sw = {}
     for k in splits:

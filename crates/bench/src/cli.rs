@@ -7,7 +7,7 @@ use std::time::Duration;
 use accellm_workload::{Arrivals, ContextFit, SloPolicy, Workload, WorkloadSource, WorkloadSpec};
 use anyhow::{bail, Context};
 
-use accellm_core::profile::ServeSetup;
+use accellm_core::{policy::PolicyConfig, profile::ServeSetup};
 
 use crate::client::{discover_model, get, Client, ClientConfig, PreparedRequest};
 use crate::fidelity;
@@ -404,8 +404,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                 let now = rt.block_on(get(&base_url, "/accellm/iterations", wait))?;
                 let name = format!(
                     "iterations of {}/{} serving {} at {}",
-                    setup.cluster_policy,
-                    setup.instance_policy,
+                    setup.cluster.name(),
+                    setup.instance.name(),
                     workload.description,
                     utc_stamp()
                 );

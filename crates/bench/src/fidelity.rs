@@ -12,6 +12,7 @@ use std::collections::HashMap;
 
 use accellm_core::{
     metrics::{Latencies, Metrics, SloCounts, SloFigures, SloVerdict},
+    policy::PolicyConfig,
     profile::{HardwareProfile, ServeSetup},
     request::{RequestSpec, Slo},
     TimeUs,
@@ -217,8 +218,6 @@ pub fn sim_config(setup: &ServeSetup, profile: &HardwareProfile) -> SimConfig {
     SimConfig {
         instances: setup.instances,
         tp: 1,
-        cluster_policy: setup.cluster_policy.clone(),
-        instance_policy: setup.instance_policy.clone(),
         block_size: setup.block_size,
         max_waiting: setup.max_waiting,
         instance: setup.instance.clone(),
@@ -464,7 +463,12 @@ impl Fidelity {
         let s = &self.setup;
         let mut out = format!(
             "\nPrediction (profile `{}`) against measurement: {} x {}/{}, {} KV blocks of {} tokens\n",
-            self.profile, s.instances, s.cluster_policy, s.instance_policy, s.kv_blocks, s.block_size
+            self.profile,
+            s.instances,
+            s.cluster.name(),
+            s.instance.name(),
+            s.kv_blocks,
+            s.block_size
         );
         out.push_str(&format!(
             "{:<28} {:>12} {:>12} {:>9}\n{}\n",

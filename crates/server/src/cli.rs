@@ -3,7 +3,10 @@
 
 use std::path::PathBuf;
 
-use accellm_core::profile::{Knot, KvCopy, WideFit};
+use accellm_core::{
+    policy::PolicyConfig,
+    profile::{Knot, KvCopy, WideFit},
+};
 use accellm_engine::WeightFormat;
 use anyhow::Context as _;
 
@@ -117,8 +120,6 @@ impl ServeArgs {
             port,
             instances,
             threads_per_instance,
-            cluster_policy,
-            instance_policy,
             kv_blocks,
             block_size,
             prefix_cache,
@@ -127,6 +128,12 @@ impl ServeArgs {
             max_waiting,
             weight_format
         );
+        if let Some(p) = &self.cluster_policy {
+            c.cluster = c.cluster.select(p)?;
+        }
+        if let Some(p) = &self.instance_policy {
+            c.instance = c.instance.select(p)?;
+        }
         if let Some(m) = &self.model {
             c.model = Some(m.clone());
         }
@@ -300,9 +307,38 @@ mod tests {
         ]);
         let c = w.args.to_config().unwrap();
         assert_eq!(c.instances, 4);
+        assert_eq!((c.cluster.name(), c.instance.name()), ("round-robin", "vllm"));
         assert_eq!(c.port, 0);
         assert_eq!(c.slo.ttft_ms, Some(300.0));
         assert_eq!(c.host, "127.0.0.1");
+    }
+
+    /// A policy flag over a config file keeps the file's knobs for that policy and refuses to
+    /// drop knobs of another.
+    #[test]
+    fn a_policy_flag_over_config_knobs_of_another_policy_is_an_error() {
+        let dir = std::env::temp_dir().join(format!("accellm-serve-knobs-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("serve.toml");
+        std::fs::write(&p, "[cluster.accellm]\nsync = \"lazy\"\n[instance.vllm]\nmax_num_batched_tokens = 1024\n").unwrap();
+        let config = |flags: &[&str]| {
+            let mut argv = vec!["x", "--config", p.to_str().unwrap()];
+            argv.extend(flags);
+            Wrap::parse_from(argv).args.to_config().map_err(|e| format!("{e:#}"))
+        };
+        let e = config(&["--cluster-policy", "least-load"]).unwrap_err();
+        assert!(
+            e.contains("[cluster.accellm]") && e.contains("not `least-load`"),
+            "{e}"
+        );
+        let e = config(&["--instance-policy", "accelgen"]).unwrap_err();
+        assert!(e.contains("[instance.vllm]") && e.contains("not `accelgen`"), "{e}");
+        let c = config(&["--cluster-policy", "accellm", "--instance-policy", "vllm"]).unwrap();
+        let accellm_core::cluster::ClusterConfig::Accellm(k) = &c.cluster else {
+            panic!("{:?}", c.cluster)
+        };
+        assert_eq!(k.sync, accellm_core::cluster::accellm::SyncMode::Lazy);
+        std::fs::remove_dir_all(&dir).ok();
     }
 
     #[test]

@@ -7,6 +7,7 @@ use accellm_core::{
     cluster::ClusterConfig,
     cost::{LinearCostModel, Link, TokenKnot},
     instance::InstanceConfig,
+    policy::PolicyConfig,
     profile::{HardwareProfile, Knot, KvCopy, WideFit},
     request::Slo,
 };
@@ -58,10 +59,6 @@ pub struct ServerConfig {
     pub instances: u32,
     /// Threads of each instance.
     pub threads_per_instance: usize,
-    /// Cluster policy name (`accellm`, `round-robin`, `least-load`, `splitwise`, ...).
-    pub cluster_policy: String,
-    /// Instance policy name (`accelgen`, `vllm`, `sarathi`, ...).
-    pub instance_policy: String,
     /// KV blocks per instance.
     pub kv_blocks: u32,
     /// Tokens per KV block.
@@ -95,9 +92,11 @@ pub struct ServerConfig {
     /// Iteration-time model of one instance; by default the CPU engine's measured fit scaled to
     /// the thread count.
     pub cost: Option<CostConfig>,
-    /// Instance-policy knobs.
+    /// Instance policy and its knobs: `instance = "vllm"`, or `[instance.accelgen]` with knobs
+    /// (`accelgen`, `vllm`, `sarathi`).
     pub instance: InstanceConfig,
-    /// Cluster-policy knobs.
+    /// Cluster policy and its knobs: `cluster = "least-load"`, or `[cluster.accellm]` with knobs
+    /// (`accellm`, `round-robin`, `least-load`, `splitwise`).
     pub cluster: ClusterConfig,
     /// Addresses of `accellm worker` processes to drive, one instance each (empty: instances are
     /// threads of this process).
@@ -219,8 +218,6 @@ impl Default for ServerConfig {
             port: 8000,
             instances: 2,
             threads_per_instance: 1,
-            cluster_policy: "accellm".into(),
-            instance_policy: "accelgen".into(),
             kv_blocks: 1024,
             block_size: 16,
             prefix_cache: true,
@@ -234,8 +231,8 @@ impl Default for ServerConfig {
             slo_classes: SloClass::defaults(),
             shutdown_grace_s: 30.0,
             cost: None,
-            instance: InstanceConfig::default(),
-            cluster: ClusterConfig::default(),
+            instance: InstanceConfig::Accelgen(Default::default()),
+            cluster: ClusterConfig::Accellm(Default::default()),
             workers: Vec::new(),
             worker_connect_timeout_s: 120.0,
             worker_deadline_s: 30.0,
@@ -260,7 +257,7 @@ impl ServerConfig {
         })
     }
 
-    /// Checks ranges and policy names.
+    /// Checks ranges and policy knobs.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
         if !self.workers.is_empty() && self.workers.len() != self.instances as usize {
@@ -283,20 +280,10 @@ impl ServerConfig {
         if self.kv_events.enabled() && !self.prefix_cache {
             return bad("KV events report the prefix cache: they need prefix_cache on".into());
         }
-        if !accellm_core::cluster::NAMES.contains(&self.cluster_policy.as_str()) {
-            return bad(format!(
-                "unknown cluster policy `{}`; valid: {}",
-                self.cluster_policy,
-                accellm_core::cluster::NAMES.join(", ")
-            ));
-        }
-        if !accellm_core::instance::NAMES.contains(&self.instance_policy.as_str()) {
-            return bad(format!(
-                "unknown instance policy `{}`; valid: {}",
-                self.instance_policy,
-                accellm_core::instance::NAMES.join(", ")
-            ));
-        }
+        self.cluster
+            .validate()
+            .and_then(|()| self.instance.validate())
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         for (name, v) in [
             ("slo.ttft_ms", self.slo.ttft_ms),
             ("slo.tbt_ms", self.slo.tbt_ms),
@@ -341,15 +328,16 @@ impl ServerConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use accellm_core::cluster::least_load::LeastLoadConfig;
 
     #[test]
     fn partial_toml_keeps_defaults() {
-        let c: ServerConfig = toml::from_str(
-            "instances = 4\ncluster_policy = \"round-robin\"\n[slo]\nttft_ms = 500.0\n",
-        )
-        .unwrap();
+        let c: ServerConfig =
+            toml::from_str("instances = 4\ncluster = \"round-robin\"\n[slo]\nttft_ms = 500.0\n")
+                .unwrap();
         assert_eq!(c.instances, 4);
-        assert_eq!(c.cluster_policy, "round-robin");
+        assert_eq!(c.cluster, ClusterConfig::RoundRobin);
+        assert_eq!(c.instance.name(), "accelgen");
         assert_eq!(c.slo.ttft_ms, Some(500.0));
         assert_eq!(c.port, 8000);
         assert_eq!(c.threads_per_instance, 1);
@@ -394,10 +382,29 @@ mod tests {
 
     #[test]
     fn bad_values_are_reported() {
+        let e = toml::from_str::<ServerConfig>("cluster = \"nope\"\n").unwrap_err();
+        assert!(e.to_string().contains("nope"), "{e}");
         let c = ServerConfig {
-            cluster_policy: "nope".into(),
+            cluster: ClusterConfig::LeastLoad(LeastLoadConfig {
+                prefix_weight: f64::NAN,
+            }),
             ..ServerConfig::default()
         };
-        assert!(c.validate().unwrap_err().to_string().contains("nope"));
+        assert!(c.validate().unwrap_err().to_string().contains("prefix_weight"));
+    }
+
+    #[test]
+    fn knobs_of_another_policy_are_errors() {
+        // vLLM has no chunk size; AcceLLM's knobs under another cluster policy cannot be written.
+        let e = toml::from_str::<ServerConfig>("[instance.vllm]\nchunk_size = 256\n").unwrap_err();
+        assert!(e.to_string().contains("chunk_size"), "{e}");
+        let e = toml::from_str::<ServerConfig>(
+            "[cluster.least-load]\nsync = \"lazy\"\n",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("sync"), "{e}");
+        let c: ServerConfig =
+            toml::from_str("[instance.vllm]\nmax_num_batched_tokens = 1024\n").unwrap();
+        assert_eq!((c.cluster.name(), c.instance.name()), ("accellm", "vllm"));
     }
 }

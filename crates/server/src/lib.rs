@@ -38,6 +38,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use accellm_core::policy::PolicyConfig;
 use accellm_core::profile::ServeSetup;
 use accellm_core::scheduler::{Scheduler, SchedulerConfig};
 use accellm_engine::{KvPool, Model};
@@ -207,11 +208,7 @@ async fn prepare(cfg: &ServerConfig) -> anyhow::Result<Prepared> {
         );
     }
     let link = cost_config.link();
-    let cluster = accellm_core::cluster::build(&cfg.cluster_policy, cfg.instances, &cfg.cluster)?;
-    let policies = (0..cfg.instances)
-        .map(|_| accellm_core::instance::build(&cfg.instance_policy, &cfg.instance))
-        .collect::<Result<Vec<_>, _>>()?;
-    let mut sched = Scheduler::new(
+    let mut sched = Scheduler::build(
         &SchedulerConfig {
             kv_blocks: cfg.kv_blocks,
             block_size: cfg.block_size,
@@ -223,10 +220,11 @@ async fn prepare(cfg: &ServerConfig) -> anyhow::Result<Prepared> {
             prefix_cache: cfg.prefix_cache,
             share_idle_cores: sharing,
         },
+        cfg.instances,
+        &cfg.cluster,
+        &cfg.instance,
         Arc::new(cost.clone()),
-        cluster,
-        policies,
-    );
+    )?;
     // The core notes what its prefix caches store and evict only when someone listens.
     sched.set_kv_events(cfg.kv_events.enabled());
     let name = cfg.served_model_name.clone().unwrap_or_else(|| {
@@ -237,8 +235,6 @@ async fn prepare(cfg: &ServerConfig) -> anyhow::Result<Prepared> {
     let setup = ServeSetup {
         instances: cfg.instances,
         threads_per_instance: cfg.threads_per_instance,
-        cluster_policy: cfg.cluster_policy.clone(),
-        instance_policy: cfg.instance_policy.clone(),
         kv_blocks: cfg.kv_blocks,
         block_size: cfg.block_size,
         max_waiting: cfg.max_waiting,
@@ -253,7 +249,10 @@ async fn prepare(cfg: &ServerConfig) -> anyhow::Result<Prepared> {
     let mut m = Metrics::new(
         &name,
         cfg.instances as usize,
-        (cfg.cluster_policy.clone(), cfg.instance_policy.clone()),
+        (
+            cfg.cluster.name().to_string(),
+            cfg.instance.name().to_string(),
+        ),
     );
     m.block_size = cfg.block_size;
     m.kv_blocks = cfg.kv_blocks as u64 * cfg.instances as u64;
@@ -370,8 +369,8 @@ async fn prepare(cfg: &ServerConfig) -> anyhow::Result<Prepared> {
         model = %path.display(),
         instances = cfg.instances,
         threads_per_instance = cfg.threads_per_instance,
-        cluster_policy = %cfg.cluster_policy,
-        instance_policy = %cfg.instance_policy,
+        cluster_policy = cfg.cluster.name(),
+        instance_policy = cfg.instance.name(),
         kv_blocks = cfg.kv_blocks,
         "server ready"
     );

@@ -462,8 +462,8 @@ async fn seeded_greedy_text_is_the_same_on_either_instance() {
     // A single instance that never moves KV says the same: replicated and moved KV is exact.
     let mut cfg = tiny_config();
     cfg.instances = 1;
-    cfg.cluster_policy = "round-robin".into();
-    cfg.instance_policy = "vllm".into();
+    cfg.cluster = "round-robin".parse().unwrap();
+    cfg.instance = "vllm".parse().unwrap();
     let server = start(cfg);
     let http = Http::new(server.addr());
     let mut b = completion("once upon a time", 16);
@@ -475,7 +475,10 @@ async fn seeded_greedy_text_is_the_same_on_either_instance() {
 
 /// Whether the default policy (AcceLLM) streams replicas.
 fn server_policy_replicates() -> bool {
-    tiny_config().cluster_policy == "accellm"
+    matches!(
+        tiny_config().cluster,
+        accellm_core::cluster::ClusterConfig::Accellm(_)
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -522,8 +525,8 @@ async fn every_registered_policy_serves() {
             continue;
         }
         let mut cfg = tiny_config();
-        cfg.cluster_policy = cluster.into();
-        cfg.instance_policy = instance.into();
+        cfg.cluster = cluster.parse().unwrap();
+        cfg.instance = instance.parse().unwrap();
         let server = start(cfg);
         let http = std::sync::Arc::new(Http::new(server.addr()));
         let tasks: Vec<_> = (0..6)

@@ -19,8 +19,8 @@ fn azure_conv(c: &mut Criterion) {
     ] {
         let cfg = SimConfig {
             instances: 16,
-            cluster_policy: cluster.into(),
-            instance_policy: inst.into(),
+            cluster: cluster.parse().unwrap(),
+            instance: inst.parse().unwrap(),
             ..SimConfig::default()
         };
         let reqs = runner::core_requests(&runner::workload(&cfg).expect("workload"));

@@ -6,7 +6,13 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use accellm_core::{cluster, instance, kv::BlockKey, request::RequestSpec};
+use accellm_core::{
+    cluster::{self, ClusterConfig},
+    instance::{self, InstanceConfig},
+    kv::BlockKey,
+    policy::{ConfigError, PolicyConfig},
+    request::RequestSpec,
+};
 use accellm_workload::{
     Arrivals, BuiltinTrace, SloClass, SloPolicy, Workload, WorkloadError, WorkloadSource,
 };
@@ -162,8 +168,7 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
         return validate_cost_model(args.json);
     }
     let cfg = config(&args)?;
-    let policies = resolve_policies(&cfg, &args.compare)?;
-    check_knobs_apply(&args, &policies)?;
+    let policies = resolve_policies(&cfg, &args)?;
     let threads = args
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
@@ -303,23 +308,20 @@ pub fn config(args: &SimulateArgs) -> anyhow::Result<SimConfig> {
         hardware => hardware,
         instances => instances,
         tp => tp,
-        cluster_policy => cluster_policy,
-        instance_policy => instance_policy,
-        chunk_size => instance.chunk_size,
-        max_num_batched_tokens => instance.max_num_batched_tokens,
-        max_num_seqs => instance.max_num_seqs,
-        prefill_instances => cluster.splitwise.prefill_instances,
         block_size => block_size,
         link => link,
         seed => workload.seed,
         prefix_cache => prefix_cache,
-        prefix_weight => cluster.prefix_weight,
     );
-    anyhow::ensure!(
-        c.cluster.prefix_weight >= 0.0 && c.cluster.prefix_weight.is_finite(),
-        "--prefix-weight must be a non-negative number, got {}",
-        c.cluster.prefix_weight
-    );
+    if let Some(p) = &args.cluster_policy {
+        c.cluster = c.cluster.select(p)?;
+    }
+    if let Some(p) = &args.instance_policy {
+        c.instance = c.instance.select(p)?;
+    }
+    // Every knob flag's value is checked, whichever policy it applies to.
+    knob_flags_given(args)?;
+    apply_knob_flags(args, &mut c)?;
     if !args.fail.is_empty() {
         c.failures = args.fail.clone();
     }
@@ -345,12 +347,6 @@ pub fn config(args: &SimulateArgs) -> anyhow::Result<SimConfig> {
         if args.tp.is_none() {
             c.tp = 1;
         }
-    }
-    if let Some(v) = &args.sync {
-        c.cluster.accellm.sync = knob("--sync", v)?;
-    }
-    if let Some(v) = &args.eviction {
-        c.cluster.accellm.eviction = knob("--eviction", v)?;
     }
     if let Some(w) = &args.workload {
         c.workload.source = w.parse::<WorkloadSource>()?;
@@ -398,8 +394,8 @@ pub fn config(args: &SimulateArgs) -> anyhow::Result<SimConfig> {
         specs.model(&c.model)?;
         specs.device(&c.hardware)?;
     }
-    cluster::build(&c.cluster_policy, c.instances.max(1), &c.cluster)?;
-    instance::build(&c.instance_policy, &c.instance)?;
+    c.cluster.validate()?;
+    c.instance.validate()?;
     Ok(c)
 }
 
@@ -455,67 +451,176 @@ pub fn workload(
     runner::workload(&c).context("generating the workload")
 }
 
-/// One config per policy to run: the config itself, or one per `--compare` name. A name is a
-/// cluster policy, an instance policy, or `cluster/instance`.
-pub fn resolve_policies(cfg: &SimConfig, names: &[String]) -> anyhow::Result<Vec<SimConfig>> {
-    if names.is_empty() {
-        return Ok(vec![cfg.clone()]);
-    }
+/// One config per policy to run: the config itself, or one per `--compare` name (a cluster
+/// policy, an instance policy, or `cluster/instance`), each with the knob flags that apply to
+/// its policies. A knob flag, or config knobs, that no run's policy takes is an error.
+pub fn resolve_policies(cfg: &SimConfig, args: &SimulateArgs) -> anyhow::Result<Vec<SimConfig>> {
     let mut out = Vec::new();
-    for name in names.iter().map(|n| n.trim()).filter(|n| !n.is_empty()) {
-        let mut c = cfg.clone();
-        if let Some((cl, inst)) = name.split_once('/') {
-            cluster::build(cl, c.instances.max(1), &c.cluster)?;
-            instance::build(inst, &c.instance)?;
-            c.cluster_policy = cl.to_string();
-            c.instance_policy = inst.to_string();
-        } else if cluster::build(name, c.instances.max(1), &c.cluster).is_ok() {
-            c.cluster_policy = name.to_string();
-        } else if instance::build(name, &c.instance).is_ok() {
-            c.instance_policy = name.to_string();
-        } else {
-            bail!(
+    for name in args.compare.iter().map(|n| n.trim()).filter(|n| !n.is_empty()) {
+        let (cl, inst) = match name.split_once('/') {
+            Some((cl, inst)) => (cl, inst),
+            None if cluster::NAMES.contains(&name) => (name, cfg.instance.name()),
+            None if instance::NAMES.contains(&name) => (cfg.cluster.name(), name),
+            None => bail!(
                 "unknown policy `{name}`; cluster policies: {}; instance policies: {}",
                 cluster::NAMES.join(", "),
                 instance::NAMES.join(", ")
-            );
-        }
+            ),
+        };
+        let mut c = cfg.clone();
+        c.cluster = cfg.cluster.for_policy(cl)?;
+        c.instance = cfg.instance.for_policy(inst)?;
         out.push(c);
     }
+    if args.compare.is_empty() {
+        out.push(cfg.clone());
+    }
     anyhow::ensure!(!out.is_empty(), "--compare needs at least one policy name");
+    let mut applied = Vec::new();
+    for c in &mut out {
+        applied.extend(apply_knob_flags(args, c)?);
+        c.cluster.validate()?;
+        c.instance.validate()?;
+    }
+    for (flag, level, policies) in knob_flags_given(args)? {
+        if applied.contains(&flag) {
+            continue;
+        }
+        let mut ran: Vec<&str> = out
+            .iter()
+            .map(|c| match level {
+                "cluster" => c.cluster.name(),
+                _ => c.instance.name(),
+            })
+            .collect();
+        ran.dedup();
+        bail!(
+            "`{flag}` applies to `--{level}-policy {}`, not `{}`",
+            policies.join("` or `"),
+            ran.join("`, `")
+        );
+    }
+    // Knobs the config file gave for a policy no run uses (a `--compare` of others).
+    let unused = |level, configured: &'static str, has: bool, ran: Vec<&str>| {
+        if has && !ran.contains(&configured) {
+            return Err(ConfigError::KnobsElsewhere {
+                level,
+                configured,
+                chosen: ran.join("`, `"),
+            });
+        }
+        Ok(())
+    };
+    unused(
+        "cluster",
+        cfg.cluster.name(),
+        cfg.cluster.has_knobs(),
+        out.iter().map(|c| c.cluster.name()).collect(),
+    )?;
+    unused(
+        "instance",
+        cfg.instance.name(),
+        cfg.instance.has_knobs(),
+        out.iter().map(|c| c.instance.name()).collect(),
+    )?;
     Ok(out)
 }
 
-/// A cluster-policy flag that no policy of the run uses is an error, not silently ignored.
-pub fn check_knobs_apply(args: &SimulateArgs, policies: &[SimConfig]) -> anyhow::Result<()> {
-    let runs = |name: &str| policies.iter().any(|p| p.cluster_policy == name);
-    let flags = [
-        ("--sync", args.sync.is_some(), "accellm"),
-        ("--eviction", args.eviction.is_some(), "accellm"),
-        (
-            "--prefill-instances",
-            args.prefill_instances.is_some(),
-            "splitwise",
-        ),
-    ];
-    for (flag, given, policy) in flags {
-        anyhow::ensure!(
-            !given || runs(policy),
-            "{flag} applies to the `{policy}` cluster policy only, and none of this run's policies ({}) is `{policy}`",
-            policies
-                .iter()
-                .map(|p| format!("{}/{}", p.cluster_policy, p.instance_policy))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
+/// Writes the knob flags that apply to `c`'s policies into it; returns those flags.
+fn apply_knob_flags(args: &SimulateArgs, c: &mut SimConfig) -> anyhow::Result<Vec<&'static str>> {
+    let mut applied = cluster_knob_flags(args, &mut c.cluster)?;
+    applied.extend(instance_knob_flags(args, &mut c.instance));
+    Ok(applied)
+}
+
+/// Sets `slot` to the flag's value, if given, and notes the flag.
+fn set<T: Clone>(slot: &mut T, v: &Option<T>, flag: &'static str, applied: &mut Vec<&'static str>) {
+    if let Some(v) = v {
+        *slot = v.clone();
+        applied.push(flag);
     }
-    Ok(())
+}
+
+/// The cluster-policy knob flags that apply to `c`, written into it.
+fn cluster_knob_flags(
+    args: &SimulateArgs,
+    c: &mut ClusterConfig,
+) -> anyhow::Result<Vec<&'static str>> {
+    let mut applied = Vec::new();
+    match c {
+        ClusterConfig::RoundRobin => {}
+        ClusterConfig::LeastLoad(k) => {
+            set(&mut k.prefix_weight, &args.prefix_weight, "--prefix-weight", &mut applied);
+        }
+        ClusterConfig::Splitwise(k) => {
+            let flag = "--prefill-instances";
+            set(&mut k.prefill_instances, &args.prefill_instances, flag, &mut applied);
+        }
+        ClusterConfig::Accellm(k) => {
+            set(&mut k.prefix_weight, &args.prefix_weight, "--prefix-weight", &mut applied);
+            if let Some(v) = &args.sync {
+                k.sync = knob("--sync", v)?;
+                applied.push("--sync");
+            }
+            if let Some(v) = &args.eviction {
+                k.eviction = knob("--eviction", v)?;
+                applied.push("--eviction");
+            }
+        }
+    }
+    Ok(applied)
+}
+
+/// The instance-policy knob flags that apply to `c`, written into it.
+fn instance_knob_flags(args: &SimulateArgs, c: &mut InstanceConfig) -> Vec<&'static str> {
+    let mut applied = Vec::new();
+    let seqs = |slot: &mut u32, applied: &mut Vec<&'static str>| {
+        set(slot, &args.max_num_seqs, "--max-num-seqs", applied);
+    };
+    match c {
+        InstanceConfig::Vllm(k) => {
+            seqs(&mut k.max_num_seqs, &mut applied);
+            let flag = "--max-num-batched-tokens";
+            set(&mut k.max_num_batched_tokens, &args.max_num_batched_tokens, flag, &mut applied);
+        }
+        InstanceConfig::Sarathi(k) => {
+            seqs(&mut k.max_num_seqs, &mut applied);
+            set(&mut k.chunk_size, &args.chunk_size, "--chunk-size", &mut applied);
+        }
+        InstanceConfig::Accelgen(k) => seqs(&mut k.max_num_seqs, &mut applied),
+    }
+    applied
+}
+
+/// The knob flags given, each with its level and the policies it applies to (found by applying
+/// it to each policy's defaults, which also checks its value).
+fn knob_flags_given(
+    args: &SimulateArgs,
+) -> anyhow::Result<Vec<(&'static str, &'static str, Vec<&'static str>)>> {
+    let mut given: Vec<(&'static str, &'static str, Vec<&'static str>)> = Vec::new();
+    let mut note = |flags: Vec<&'static str>, level, policy| {
+        for f in flags {
+            match given.iter_mut().find(|g| g.0 == f) {
+                Some(g) => g.2.push(policy),
+                None => given.push((f, level, vec![policy])),
+            }
+        }
+    };
+    for &name in cluster::NAMES {
+        let mut c = ClusterConfig::named(name)?;
+        note(cluster_knob_flags(args, &mut c)?, "cluster", name);
+    }
+    for &name in instance::NAMES {
+        let mut c = InstanceConfig::named(name)?;
+        note(instance_knob_flags(args, &mut c), "instance", name);
+    }
+    Ok(given)
 }
 
 fn describe(cfg: &SimConfig, w: &Workload, policies: &[SimConfig]) -> String {
     let names: Vec<String> = policies
         .iter()
-        .map(|p| format!("{}/{}", p.cluster_policy, p.instance_policy))
+        .map(|p| format!("{}/{}", p.cluster.name(), p.instance.name()))
         .collect();
     if let Some(p) = &cfg.profile {
         return format!(

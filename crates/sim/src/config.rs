@@ -5,8 +5,6 @@
 //! hardware = "h100"          # or h100-sxm5-80gb, a100, h200, ascend-910b2, ...
 //! instances = 8
 //! tp = 8
-//! cluster_policy = "splitwise"
-//! instance_policy = "sarathi"
 //! block_size = 16
 //! link = "auto"              # nvlink, pcie, inter-node, or "25gbps" (per direction)
 //! prefix_cache = true        # reuse cached KV of shared prefixes (workloads with prefixes)
@@ -17,21 +15,24 @@
 //! max_requests = 5000
 //! slo = { kind = "classes" }
 //!
-//! [instance]                 # accellm_core::instance::InstanceConfig
-//! chunk_size = 1024
+//! [instance.sarathi]         # the instance policy and its knobs
+//! chunk_size = 1024          #   (accellm_core::instance::InstanceConfig)
 //!
-//! [cluster]                  # accellm_core::cluster::ClusterConfig
-//! prefix_weight = 1.0        # cache-aware routing: weight of the expected prefix hit
-//!
-//! [cluster.splitwise]
-//! prefill_instances = 3
-//!
-//! [cluster.accellm]          # AcceLLM knobs (docs/accellm.md)
-//! sync = "recompute"         # eager, lazy, recompute
-//! eviction = "largest-first" # lru, largest-first
+//! [cluster.splitwise]        # the cluster policy and its knobs
+//! prefill_instances = 3      #   (accellm_core::cluster::ClusterConfig)
 //!
 //! [cost]                     # efficiency overrides (data/specs/cost-model.toml)
 //! gemm_mfu = 0.6
+//! ```
+//!
+//! A policy with default knobs is named alone (`cluster = "least-load"`). Knobs of a policy other
+//! than the one chosen are an error: `[cluster.accellm]` holds AcceLLM's (docs/accellm.md), e.g.
+//!
+//! ```toml
+//! [cluster.accellm]
+//! sync = "recompute"         # eager, lazy, recompute
+//! eviction = "largest-first" # lru, largest-first
+//! prefix_weight = 1.0        # cache-aware routing: weight of the expected prefix hit
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -59,10 +60,6 @@ pub struct SimConfig {
     pub instances: u32,
     /// Tensor parallelism: devices per instance.
     pub tp: u32,
-    /// Cluster policy (`accellm_core::cluster::NAMES`).
-    pub cluster_policy: String,
-    /// Instance policy (`accellm_core::instance::NAMES`).
-    pub instance_policy: String,
     /// Tokens per KV block.
     pub block_size: u32,
     /// Link between instances: `auto`, `nvlink`, `pcie`, `inter-node` or `NUMgbps`.
@@ -75,9 +72,9 @@ pub struct SimConfig {
     pub sample_interval_ms: f64,
     /// The workload.
     pub workload: WorkloadSpec,
-    /// Instance-policy knobs.
+    /// Instance policy and its knobs.
     pub instance: InstanceConfig,
-    /// Cluster-policy knobs.
+    /// Cluster policy and its knobs.
     pub cluster: ClusterConfig,
     /// Cost-model efficiency overrides.
     pub cost: EfficiencyOverrides,
@@ -112,8 +109,6 @@ impl Default for SimConfig {
             hardware: "h100-sxm5-80gb".into(),
             instances: 4,
             tp: 8,
-            cluster_policy: "least-load".into(),
-            instance_policy: "vllm".into(),
             block_size: 16,
             link: "auto".into(),
             max_waiting: 0,
@@ -198,18 +193,17 @@ impl SimConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use accellm_core::{cluster::accellm::SyncMode, kv::EvictionPolicy};
+    use accellm_core::{cluster::accellm::SyncMode, kv::EvictionPolicy, policy::PolicyConfig};
 
     #[test]
     fn toml_sections_reach_policy_knobs() {
         let c = SimConfig::parse(
             r#"
             instances = 6
-            cluster_policy = "splitwise"
             [workload]
             source = "sharegpt"
             max_requests = 10
-            [instance]
+            [instance.sarathi]
             chunk_size = 1024
             [cluster.splitwise]
             prefill_instances = 2
@@ -219,26 +213,46 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.instances, 6);
-        assert_eq!(c.instance.chunk_size, 1024);
-        assert_eq!(c.cluster.splitwise.prefill_instances, 2);
+        let InstanceConfig::Sarathi(i) = &c.instance else {
+            panic!("{:?}", c.instance)
+        };
+        assert_eq!(i.chunk_size, 1024);
+        let ClusterConfig::Splitwise(k) = &c.cluster else {
+            panic!("{:?}", c.cluster)
+        };
+        assert_eq!(k.prefill_instances, 2);
         assert_eq!(c.cost.gemm_mfu, Some(0.6));
         assert_eq!(c.tp, 8);
         let c = SimConfig::parse(
             "[cluster.accellm]\nsync = \"recompute\"\neviction = \"largest-first\"\n",
         )
         .unwrap();
-        assert_eq!(c.cluster.accellm.sync, SyncMode::Recompute);
-        assert_eq!(c.cluster.accellm.eviction, EvictionPolicy::LargestFirst);
+        let ClusterConfig::Accellm(a) = &c.cluster else {
+            panic!("{:?}", c.cluster)
+        };
+        assert_eq!(a.sync, SyncMode::Recompute);
+        assert_eq!(a.eviction, EvictionPolicy::LargestFirst);
         let e = SimConfig::parse("[cluster.accellm]\nsync = \"never\"\n").unwrap_err();
         assert!(e.contains("eager") && e.contains("recompute"), "{e}");
         let e = SimConfig::parse("[cluster.accellm]\neviction = \"fifo\"\n").unwrap_err();
         assert!(e.contains("lru") && e.contains("largest-first"), "{e}");
-        let c = SimConfig::parse("prefix_cache = false\n[cluster]\nprefix_weight = 2.5\n").unwrap();
+        let c = SimConfig::parse("prefix_cache = false\n[cluster.least-load]\nprefix_weight = 2.5\n")
+            .unwrap();
         assert!(!c.prefix_cache);
-        assert_eq!(c.cluster.prefix_weight, 2.5);
+        assert_eq!(
+            c.cluster,
+            ClusterConfig::LeastLoad(accellm_core::cluster::least_load::LeastLoadConfig {
+                prefix_weight: 2.5
+            })
+        );
         assert!(SimConfig::default().prefix_cache);
         assert!(SimConfig::parse("instnaces = 3")
             .unwrap_err()
             .contains("instnaces"));
+        // The policy names of before are gone, not ignored: the policy is its section's key.
+        let e = SimConfig::parse("cluster_policy = \"accellm\"\n").unwrap_err();
+        assert!(e.contains("cluster_policy"), "{e}");
+        let c = SimConfig::parse("cluster = \"accellm\"\ninstance = \"accelgen\"\n").unwrap();
+        assert_eq!((c.cluster.name(), c.instance.name()), ("accellm", "accelgen"));
     }
 }

@@ -5,9 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use accellm_core::{
-    cluster,
     cost::{CostModel, Link},
-    instance,
     kv::{run_keys, BlockKey},
     metrics::{RequestRecord, SloCounts, SloFigures, Summary},
     replay::{self, Observer},
@@ -172,11 +170,13 @@ fn scheduler(
         prefix_cache: cfg.prefix_cache,
         share_idle_cores: cfg.shares_idle_cores(),
     };
-    let cluster = cluster::build(&cfg.cluster_policy, cfg.instances, &cfg.cluster)?;
-    let policies = (0..cfg.instances)
-        .map(|_| instance::build(&cfg.instance_policy, &cfg.instance))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(Scheduler::new(&sched_cfg, cost, cluster, policies))
+    Ok(Scheduler::build(
+        &sched_cfg,
+        cfg.instances,
+        &cfg.cluster,
+        &cfg.instance,
+        cost,
+    )?)
 }
 
 /// Per-instance figures of a run.

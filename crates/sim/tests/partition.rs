@@ -13,8 +13,8 @@ fn small() -> SimConfig {
         hardware: "a100".into(),
         instances: 4,
         tp: 1,
-        cluster_policy: "accellm".into(),
-        instance_policy: "accelgen".into(),
+        cluster: "accellm".parse().unwrap(),
+        instance: "accelgen".parse().unwrap(),
         ..SimConfig::default()
     };
     c.workload.source = "synthetic:prompt=lognormal(600,0.8),output=lognormal(120,0.8)"

@@ -108,13 +108,18 @@ fn flags_and_config_set_the_prefix_knobs() {
     };
     let c = cli::config(&args).unwrap();
     assert!(!c.prefix_cache);
-    assert_eq!(c.cluster.prefix_weight, 2.5);
+    assert_eq!(
+        c.cluster,
+        accellm_core::cluster::ClusterConfig::LeastLoad(
+            accellm_core::cluster::least_load::LeastLoadConfig { prefix_weight: 2.5 }
+        )
+    );
     let bad = SimulateArgs {
         prefix_weight: Some(-1.0),
         ..SimulateArgs::default()
     };
     let e = cli::config(&bad).unwrap_err().to_string();
-    assert!(e.contains("--prefix-weight"), "{e}");
+    assert!(e.contains("prefix_weight") && e.contains("non-negative"), "{e}");
     let e = "chat:turns=0x"
         .parse::<accellm_workload::WorkloadSource>()
         .unwrap_err();

@@ -1,7 +1,12 @@
 //! End-to-end simulator runs: every baseline policy, determinism, SLO flags, CLI error paths and
 //! the cost model's error bound against the measured profiles.
 
-use accellm_core::request::{RequestSpec, Slo};
+use accellm_core::{
+    cluster::ClusterConfig,
+    instance::InstanceConfig,
+    policy::PolicyConfig,
+    request::{RequestSpec, Slo},
+};
 use accellm_sim::{
     cli::{self, SimulateArgs},
     config::SimConfig,
@@ -17,8 +22,8 @@ fn small(cluster: &str, inst: &str, seed: u64) -> SimConfig {
         hardware: "a100".into(),
         instances: 4,
         tp: 1,
-        cluster_policy: cluster.into(),
-        instance_policy: inst.into(),
+        cluster: cluster.parse().unwrap(),
+        instance: inst.parse().unwrap(),
         ..SimConfig::default()
     };
     c.workload.source = "synthetic:prompt=lognormal(600,0.8),output=lognormal(120,0.8)"
@@ -84,10 +89,17 @@ fn compare_runs_policies_on_the_same_requests() {
     let names: Vec<String> = ["sarathi", "splitwise", "round-robin/sarathi"]
         .map(String::from)
         .to_vec();
-    let cfgs = cli::resolve_policies(&base, &names).unwrap();
+    let compare = |names: Vec<String>| {
+        let a = SimulateArgs {
+            compare: names,
+            ..Default::default()
+        };
+        cli::resolve_policies(&base, &a)
+    };
+    let cfgs = compare(names).unwrap();
     let got: Vec<(String, String)> = cfgs
         .iter()
-        .map(|c| (c.cluster_policy.clone(), c.instance_policy.clone()))
+        .map(|c| (c.cluster.name().to_string(), c.instance.name().to_string()))
         .collect();
     assert_eq!(
         got,
@@ -98,9 +110,7 @@ fn compare_runs_policies_on_the_same_requests() {
         ]
         .map(|(a, b)| (a.to_string(), b.to_string()))
     );
-    let err = cli::resolve_policies(&base, &["fifo".to_string()])
-        .unwrap_err()
-        .to_string();
+    let err = compare(vec!["fifo".to_string()]).unwrap_err().to_string();
     for name in accellm_core::cluster::NAMES
         .iter()
         .chain(accellm_core::instance::NAMES)
@@ -225,11 +235,10 @@ fn per_class_figures_add_up_to_the_run() {
 }
 
 #[test]
-fn a_cluster_flag_no_policy_of_the_run_uses_is_an_error() {
+fn a_knob_no_policy_of_the_run_uses_is_an_error() {
     let check = |a: SimulateArgs| {
-        let cfg = cli::config(&a).unwrap();
-        let policies = cli::resolve_policies(&cfg, &a.compare).unwrap();
-        cli::check_knobs_apply(&a, &policies).map_err(|e| e.to_string())
+        let cfg = cli::config(&a).map_err(|e| e.to_string())?;
+        cli::resolve_policies(&cfg, &a).map_err(|e| e.to_string())
     };
     let e = check(SimulateArgs {
         cluster_policy: Some("least-load".into()),
@@ -237,7 +246,10 @@ fn a_cluster_flag_no_policy_of_the_run_uses_is_an_error() {
         ..Default::default()
     })
     .unwrap_err();
-    assert!(e.contains("--sync") && e.contains("least-load/"), "{e}");
+    assert!(
+        e.contains("`--sync` applies to `--cluster-policy accellm`, not `least-load`"),
+        "{e}"
+    );
     let e = check(SimulateArgs {
         cluster_policy: Some("accellm".into()),
         prefill_instances: Some(1),
@@ -248,14 +260,95 @@ fn a_cluster_flag_no_policy_of_the_run_uses_is_an_error() {
         e.contains("--prefill-instances") && e.contains("splitwise"),
         "{e}"
     );
-    // A run that includes the policy takes the flag.
-    check(SimulateArgs {
+    // Instance-policy knobs too: `--chunk-size` is Sarathi's, `--max-num-batched-tokens` vLLM's.
+    let e = check(SimulateArgs {
+        instance_policy: Some("vllm".into()),
+        chunk_size: Some(256),
+        ..Default::default()
+    })
+    .unwrap_err();
+    assert!(
+        e.contains("`--chunk-size` applies to `--instance-policy sarathi`, not `vllm`"),
+        "{e}"
+    );
+    let e = check(SimulateArgs {
+        compare: vec!["sarathi".into(), "accelgen".into()],
+        max_num_batched_tokens: Some(1024),
+        ..Default::default()
+    })
+    .unwrap_err();
+    assert!(
+        e.contains("--max-num-batched-tokens") && e.contains("not `sarathi`, `accelgen`"),
+        "{e}"
+    );
+    let e = check(SimulateArgs {
+        cluster_policy: Some("round-robin".into()),
+        prefix_weight: Some(1.0),
+        ..Default::default()
+    })
+    .unwrap_err();
+    assert!(e.contains("least-load` or `accellm`, not `round-robin`"), "{e}");
+    // A run that includes the policy takes the flag, and only that run.
+    let runs = check(SimulateArgs {
         cluster_policy: Some("least-load".into()),
-        compare: vec!["least-load".into(), "accellm".into()],
-        eviction: Some("lru".into()),
+        compare: vec!["least-load".into(), "accellm".into(), "sarathi".into()],
+        eviction: Some("largest-first".into()),
+        chunk_size: Some(64),
+        max_num_seqs: Some(32),
         ..Default::default()
     })
     .unwrap();
+    assert_eq!(runs.len(), 3);
+    let ClusterConfig::Accellm(a) = &runs[1].cluster else {
+        panic!("{:?}", runs[1].cluster)
+    };
+    assert_eq!(a.eviction, accellm_core::kv::EvictionPolicy::LargestFirst);
+    let InstanceConfig::Vllm(k) = &runs[0].instance else {
+        panic!("{:?}", runs[0].instance)
+    };
+    assert_eq!(k.max_num_seqs, 32);
+    let InstanceConfig::Sarathi(k) = &runs[2].instance else {
+        panic!("{:?}", runs[2].instance)
+    };
+    assert_eq!((k.chunk_size, k.max_num_seqs), (64, 32));
+}
+
+#[test]
+fn config_knobs_of_a_policy_not_run_are_an_error() {
+    let dir = std::env::temp_dir().join(format!("accellm-knobs-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("lazy.toml");
+    std::fs::write(&file, "[cluster.accellm]\nsync = \"lazy\"\n").unwrap();
+    let check = |a: SimulateArgs| {
+        let cfg = cli::config(&a).map_err(|e| format!("{e:#}"))?;
+        cli::resolve_policies(&cfg, &a).map_err(|e| format!("{e:#}"))
+    };
+    let with = |f: &dyn Fn(&mut SimulateArgs)| {
+        let mut a = SimulateArgs {
+            config: Some(file.clone()),
+            ..Default::default()
+        };
+        f(&mut a);
+        check(a)
+    };
+    // The file chooses accellm; a flag choosing another policy would drop its knobs.
+    let e = with(&|a| a.cluster_policy = Some("least-load".into())).unwrap_err();
+    assert!(
+        e.contains("[cluster.accellm]") && e.contains("not `least-load`"),
+        "{e}"
+    );
+    // The knobs go to the accellm runs of a comparison; one without any is an error.
+    let runs = with(&|a| a.compare = vec!["accellm/vllm".into(), "least-load/vllm".into()]).unwrap();
+    assert_eq!(runs[0].cluster, cli::config(&SimulateArgs {
+        config: Some(file.clone()),
+        ..Default::default()
+    }).unwrap().cluster);
+    assert_eq!(runs[1].cluster, "least-load".parse::<ClusterConfig>().unwrap());
+    let e = with(&|a| a.compare = vec!["splitwise/vllm".into()]).unwrap_err();
+    assert!(e.contains("[cluster.accellm]") && e.contains("not `splitwise`"), "{e}");
+    // The same policy chosen again keeps them.
+    with(&|a| a.cluster_policy = Some("accellm".into())).unwrap();
+    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]
@@ -410,6 +503,10 @@ fn accellm_recompute_sync_moves_decodes_by_compute_not_bytes() {
     let parsed = cli::config(&a).unwrap();
     let mut c = small("accellm", "vllm", 3);
     c.cluster = parsed.cluster;
+    let ClusterConfig::Accellm(k) = &mut c.cluster else {
+        panic!("{:?}", c.cluster)
+    };
+    assert_eq!(k.eviction, accellm_core::kv::EvictionPolicy::LargestFirst);
     let r = run(&c, 8.0);
     assert_eq!(r.unfinished, 0);
     assert_eq!(r.summary.completed, 400);
@@ -420,7 +517,9 @@ fn accellm_recompute_sync_moves_decodes_by_compute_not_bytes() {
     );
     assert_eq!(k.transfer_bytes, 0, "{k:?}");
     // Same requests, lazy sync: the same moves are paid in link bytes instead.
-    c.cluster.accellm.sync = accellm_core::cluster::accellm::SyncMode::Lazy;
+    if let ClusterConfig::Accellm(k) = &mut c.cluster {
+        k.sync = accellm_core::cluster::accellm::SyncMode::Lazy;
+    }
     let lazy = run(&c, 8.0);
     assert!(lazy.counters.transfer_bytes > 0, "{:?}", lazy.counters);
     assert_eq!(lazy.counters.migrations_recompute, 0);
@@ -435,8 +534,14 @@ fn the_example_config_loads() {
     let path =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/splitwise-h100.toml");
     let c = SimConfig::load(&path).unwrap();
-    assert_eq!(c.cluster.splitwise.prefill_instances, 3);
-    assert_eq!(c.instance.max_num_batched_tokens, 8192);
+    let ClusterConfig::Splitwise(k) = &c.cluster else {
+        panic!("{:?}", c.cluster)
+    };
+    assert_eq!(k.prefill_instances, 3);
+    let InstanceConfig::Vllm(k) = &c.instance else {
+        panic!("{:?}", c.instance)
+    };
+    assert_eq!(k.max_num_batched_tokens, 8192);
     runner::build(&c).unwrap();
 }
 

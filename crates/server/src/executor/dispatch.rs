@@ -242,9 +242,9 @@ mod tests {
     use std::sync::Arc;
 
     use accellm_core::{
-        cluster::{self, ClusterConfig},
+        cluster::ClusterConfig,
         cost::{LinearCostModel, Link},
-        instance::{self, InstanceConfig},
+        instance::InstanceConfig,
         request::{RequestSpec, Slo},
         scheduler::{Action, Scheduler, SchedulerConfig},
     };
@@ -279,11 +279,9 @@ mod tests {
             prefix_cache: true,
             share_idle_cores: false,
         };
-        let policies = (0..2)
-            .map(|_| instance::build("vllm", &InstanceConfig::default()).unwrap())
-            .collect();
-        let cluster = cluster::build("accellm", 2, &ClusterConfig::default()).unwrap();
-        let mut s = Scheduler::new(&cfg, Arc::new(cost), cluster, policies);
+        let cluster = ClusterConfig::Accellm(Default::default());
+        let vllm = InstanceConfig::Vllm(Default::default());
+        let mut s = Scheduler::build(&cfg, 2, &cluster, &vllm, Arc::new(cost)).unwrap();
         s.set_block_plans(true);
         for k in 0..6 {
             let spec = RequestSpec {

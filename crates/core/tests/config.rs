@@ -83,9 +83,15 @@ fn a_knob_of_another_policy_is_an_error() {
 #[test]
 fn unknown_names_list_the_valid_ones() {
     let e = parse("cluster = \"fifo\"\ninstance = \"vllm\"\n").unwrap_err();
-    assert!(e.contains("fifo") && e.contains("least-load, splitwise"), "{e}");
+    assert!(
+        e.contains("fifo") && e.contains("least-load, splitwise"),
+        "{e}"
+    );
     let e = parse("cluster = \"accellm\"\n[instance.orca]\n").unwrap_err();
-    assert!(e.contains("orca") && e.contains("vllm, sarathi, accelgen"), "{e}");
+    assert!(
+        e.contains("orca") && e.contains("vllm, sarathi, accelgen"),
+        "{e}"
+    );
     let e = "fifo".parse::<InstanceConfig>().unwrap_err().to_string();
     assert!(e.contains("sarathi"), "{e}");
 }
@@ -153,13 +159,28 @@ fn choosing_another_policy_keeps_no_knobs_silently() {
 fn the_scheduler_is_built_from_both_levels() {
     let cost = common::cost();
     let vllm: InstanceConfig = "vllm".parse().unwrap();
-    let s = Scheduler::build(&config(64), 4, &"splitwise".parse().unwrap(), &vllm, cost.clone())
-        .unwrap();
-    assert_eq!((s.cluster_policy(), s.instance_policy()), ("splitwise", "vllm"));
+    let s = Scheduler::build(
+        &config(64),
+        4,
+        &"splitwise".parse().unwrap(),
+        &vllm,
+        cost.clone(),
+    )
+    .unwrap();
+    assert_eq!(
+        (s.cluster_policy(), s.instance_policy()),
+        ("splitwise", "vllm")
+    );
     assert_eq!(s.instances().len(), 4);
-    let e = Scheduler::build(&config(64), 0, &ClusterConfig::RoundRobin, &vllm, cost.clone())
-        .err()
-        .unwrap();
+    let e = Scheduler::build(
+        &config(64),
+        0,
+        &ClusterConfig::RoundRobin,
+        &vllm,
+        cost.clone(),
+    )
+    .err()
+    .unwrap();
     assert_eq!(e, ConfigError::NoInstances);
     let bad = ClusterConfig::LeastLoad(LeastLoadConfig {
         prefix_weight: -1.0,
@@ -168,5 +189,8 @@ fn the_scheduler_is_built_from_both_levels() {
         .err()
         .unwrap()
         .to_string();
-    assert!(e.contains("prefix_weight") && e.contains("least-load"), "{e}");
+    assert!(
+        e.contains("prefix_weight") && e.contains("least-load"),
+        "{e}"
+    );
 }

@@ -12,7 +12,12 @@ use accellm_core::{
 };
 
 fn sched(cluster_policy: &str, n: u32) -> Scheduler {
-    build(&config(256), n, &cluster(cluster_policy), &instance("accelgen"))
+    build(
+        &config(256),
+        n,
+        &cluster(cluster_policy),
+        &instance("accelgen"),
+    )
 }
 
 /// Fails the run if anything runs on `dead` after `at`.

@@ -307,7 +307,10 @@ mod tests {
         ]);
         let c = w.args.to_config().unwrap();
         assert_eq!(c.instances, 4);
-        assert_eq!((c.cluster.name(), c.instance.name()), ("round-robin", "vllm"));
+        assert_eq!(
+            (c.cluster.name(), c.instance.name()),
+            ("round-robin", "vllm")
+        );
         assert_eq!(c.port, 0);
         assert_eq!(c.slo.ttft_ms, Some(300.0));
         assert_eq!(c.host, "127.0.0.1");
@@ -320,11 +323,18 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("accellm-serve-knobs-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let p = dir.join("serve.toml");
-        std::fs::write(&p, "[cluster.accellm]\nsync = \"lazy\"\n[instance.vllm]\nmax_num_batched_tokens = 1024\n").unwrap();
+        std::fs::write(
+            &p,
+            "[cluster.accellm]\nsync = \"lazy\"\n[instance.vllm]\nmax_num_batched_tokens = 1024\n",
+        )
+        .unwrap();
         let config = |flags: &[&str]| {
             let mut argv = vec!["x", "--config", p.to_str().unwrap()];
             argv.extend(flags);
-            Wrap::parse_from(argv).args.to_config().map_err(|e| format!("{e:#}"))
+            Wrap::parse_from(argv)
+                .args
+                .to_config()
+                .map_err(|e| format!("{e:#}"))
         };
         let e = config(&["--cluster-policy", "least-load"]).unwrap_err();
         assert!(
@@ -332,7 +342,10 @@ mod tests {
             "{e}"
         );
         let e = config(&["--instance-policy", "accelgen"]).unwrap_err();
-        assert!(e.contains("[instance.vllm]") && e.contains("not `accelgen`"), "{e}");
+        assert!(
+            e.contains("[instance.vllm]") && e.contains("not `accelgen`"),
+            "{e}"
+        );
         let c = config(&["--cluster-policy", "accellm", "--instance-policy", "vllm"]).unwrap();
         let accellm_core::cluster::ClusterConfig::Accellm(k) = &c.cluster else {
             panic!("{:?}", c.cluster)

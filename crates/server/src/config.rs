@@ -390,7 +390,11 @@ mod tests {
             }),
             ..ServerConfig::default()
         };
-        assert!(c.validate().unwrap_err().to_string().contains("prefix_weight"));
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("prefix_weight"));
     }
 
     #[test]
@@ -398,10 +402,8 @@ mod tests {
         // vLLM has no chunk size; AcceLLM's knobs under another cluster policy cannot be written.
         let e = toml::from_str::<ServerConfig>("[instance.vllm]\nchunk_size = 256\n").unwrap_err();
         assert!(e.to_string().contains("chunk_size"), "{e}");
-        let e = toml::from_str::<ServerConfig>(
-            "[cluster.least-load]\nsync = \"lazy\"\n",
-        )
-        .unwrap_err();
+        let e =
+            toml::from_str::<ServerConfig>("[cluster.least-load]\nsync = \"lazy\"\n").unwrap_err();
         assert!(e.to_string().contains("sync"), "{e}");
         let c: ServerConfig =
             toml::from_str("[instance.vllm]\nmax_num_batched_tokens = 1024\n").unwrap();

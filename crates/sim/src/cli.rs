@@ -456,7 +456,12 @@ pub fn workload(
 /// its policies. A knob flag, or config knobs, that no run's policy takes is an error.
 pub fn resolve_policies(cfg: &SimConfig, args: &SimulateArgs) -> anyhow::Result<Vec<SimConfig>> {
     let mut out = Vec::new();
-    for name in args.compare.iter().map(|n| n.trim()).filter(|n| !n.is_empty()) {
+    for name in args
+        .compare
+        .iter()
+        .map(|n| n.trim())
+        .filter(|n| !n.is_empty())
+    {
         let (cl, inst) = match name.split_once('/') {
             Some((cl, inst)) => (cl, inst),
             None if cluster::NAMES.contains(&name) => (name, cfg.instance.name()),
@@ -550,14 +555,29 @@ fn cluster_knob_flags(
     match c {
         ClusterConfig::RoundRobin => {}
         ClusterConfig::LeastLoad(k) => {
-            set(&mut k.prefix_weight, &args.prefix_weight, "--prefix-weight", &mut applied);
+            set(
+                &mut k.prefix_weight,
+                &args.prefix_weight,
+                "--prefix-weight",
+                &mut applied,
+            );
         }
         ClusterConfig::Splitwise(k) => {
             let flag = "--prefill-instances";
-            set(&mut k.prefill_instances, &args.prefill_instances, flag, &mut applied);
+            set(
+                &mut k.prefill_instances,
+                &args.prefill_instances,
+                flag,
+                &mut applied,
+            );
         }
         ClusterConfig::Accellm(k) => {
-            set(&mut k.prefix_weight, &args.prefix_weight, "--prefix-weight", &mut applied);
+            set(
+                &mut k.prefix_weight,
+                &args.prefix_weight,
+                "--prefix-weight",
+                &mut applied,
+            );
             if let Some(v) = &args.sync {
                 k.sync = knob("--sync", v)?;
                 applied.push("--sync");
@@ -581,11 +601,21 @@ fn instance_knob_flags(args: &SimulateArgs, c: &mut InstanceConfig) -> Vec<&'sta
         InstanceConfig::Vllm(k) => {
             seqs(&mut k.max_num_seqs, &mut applied);
             let flag = "--max-num-batched-tokens";
-            set(&mut k.max_num_batched_tokens, &args.max_num_batched_tokens, flag, &mut applied);
+            set(
+                &mut k.max_num_batched_tokens,
+                &args.max_num_batched_tokens,
+                flag,
+                &mut applied,
+            );
         }
         InstanceConfig::Sarathi(k) => {
             seqs(&mut k.max_num_seqs, &mut applied);
-            set(&mut k.chunk_size, &args.chunk_size, "--chunk-size", &mut applied);
+            set(
+                &mut k.chunk_size,
+                &args.chunk_size,
+                "--chunk-size",
+                &mut applied,
+            );
         }
         InstanceConfig::Accelgen(k) => seqs(&mut k.max_num_seqs, &mut applied),
     }

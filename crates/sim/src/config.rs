@@ -236,8 +236,9 @@ mod tests {
         assert!(e.contains("eager") && e.contains("recompute"), "{e}");
         let e = SimConfig::parse("[cluster.accellm]\neviction = \"fifo\"\n").unwrap_err();
         assert!(e.contains("lru") && e.contains("largest-first"), "{e}");
-        let c = SimConfig::parse("prefix_cache = false\n[cluster.least-load]\nprefix_weight = 2.5\n")
-            .unwrap();
+        let c =
+            SimConfig::parse("prefix_cache = false\n[cluster.least-load]\nprefix_weight = 2.5\n")
+                .unwrap();
         assert!(!c.prefix_cache);
         assert_eq!(
             c.cluster,
@@ -253,6 +254,9 @@ mod tests {
         let e = SimConfig::parse("cluster_policy = \"accellm\"\n").unwrap_err();
         assert!(e.contains("cluster_policy"), "{e}");
         let c = SimConfig::parse("cluster = \"accellm\"\ninstance = \"accelgen\"\n").unwrap();
-        assert_eq!((c.cluster.name(), c.instance.name()), ("accellm", "accelgen"));
+        assert_eq!(
+            (c.cluster.name(), c.instance.name()),
+            ("accellm", "accelgen")
+        );
     }
 }

@@ -119,7 +119,10 @@ fn flags_and_config_set_the_prefix_knobs() {
         ..SimulateArgs::default()
     };
     let e = cli::config(&bad).unwrap_err().to_string();
-    assert!(e.contains("prefix_weight") && e.contains("non-negative"), "{e}");
+    assert!(
+        e.contains("prefix_weight") && e.contains("non-negative"),
+        "{e}"
+    );
     let e = "chat:turns=0x"
         .parse::<accellm_workload::WorkloadSource>()
         .unwrap_err();

@@ -287,7 +287,10 @@ fn a_knob_no_policy_of_the_run_uses_is_an_error() {
         ..Default::default()
     })
     .unwrap_err();
-    assert!(e.contains("least-load` or `accellm`, not `round-robin`"), "{e}");
+    assert!(
+        e.contains("least-load` or `accellm`, not `round-robin`"),
+        "{e}"
+    );
     // A run that includes the policy takes the flag, and only that run.
     let runs = check(SimulateArgs {
         cluster_policy: Some("least-load".into()),
@@ -338,14 +341,26 @@ fn config_knobs_of_a_policy_not_run_are_an_error() {
         "{e}"
     );
     // The knobs go to the accellm runs of a comparison; one without any is an error.
-    let runs = with(&|a| a.compare = vec!["accellm/vllm".into(), "least-load/vllm".into()]).unwrap();
-    assert_eq!(runs[0].cluster, cli::config(&SimulateArgs {
-        config: Some(file.clone()),
-        ..Default::default()
-    }).unwrap().cluster);
-    assert_eq!(runs[1].cluster, "least-load".parse::<ClusterConfig>().unwrap());
+    let runs =
+        with(&|a| a.compare = vec!["accellm/vllm".into(), "least-load/vllm".into()]).unwrap();
+    assert_eq!(
+        runs[0].cluster,
+        cli::config(&SimulateArgs {
+            config: Some(file.clone()),
+            ..Default::default()
+        })
+        .unwrap()
+        .cluster
+    );
+    assert_eq!(
+        runs[1].cluster,
+        "least-load".parse::<ClusterConfig>().unwrap()
+    );
     let e = with(&|a| a.compare = vec!["splitwise/vllm".into()]).unwrap_err();
-    assert!(e.contains("[cluster.accellm]") && e.contains("not `splitwise`"), "{e}");
+    assert!(
+        e.contains("[cluster.accellm]") && e.contains("not `splitwise`"),
+        "{e}"
+    );
     // The same policy chosen again keeps them.
     with(&|a| a.cluster_policy = Some("accellm".into())).unwrap();
     std::fs::remove_dir_all(&dir).ok();

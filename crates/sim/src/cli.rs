@@ -408,10 +408,16 @@ fn on_off(v: &str) -> Result<bool, String> {
     }
 }
 
-/// Reads a kebab-case knob value as the config file would; an unknown name lists the valid ones.
-fn knob<T: serde::de::DeserializeOwned>(flag: &str, value: &str) -> anyhow::Result<T> {
-    serde_json::from_value(serde_json::Value::String(value.trim().to_string()))
-        .with_context(|| format!("{flag} {value}"))
+/// Reads a kebab-case knob value, if given, as the config file would; an unknown name lists the
+/// valid ones.
+fn parsed<T: serde::de::DeserializeOwned>(
+    flag: &str,
+    value: &Option<String>,
+) -> anyhow::Result<Option<T>> {
+    let Some(v) = value else { return Ok(None) };
+    let t = serde_json::from_value(serde_json::Value::String(v.trim().to_string()))
+        .with_context(|| format!("{flag} {v}"))?;
+    Ok(Some(t))
 }
 
 /// Generates `cfg`'s workload, with `rate` (re-timed trace, or Poisson/Gamma) if given.
@@ -491,14 +497,16 @@ pub fn resolve_policies(cfg: &SimConfig, args: &SimulateArgs) -> anyhow::Result<
         if applied.contains(&flag) {
             continue;
         }
-        let mut ran: Vec<&str> = out
-            .iter()
-            .map(|c| match level {
+        let mut ran: Vec<&str> = Vec::new();
+        for c in &out {
+            let name = match level {
                 "cluster" => c.cluster.name(),
                 _ => c.instance.name(),
-            })
-            .collect();
-        ran.dedup();
+            };
+            if !ran.contains(&name) {
+                ran.push(name);
+            }
+        }
         bail!(
             "`{flag}` applies to `--{level}-policy {}`, not `{}`",
             policies.join("` or `"),
@@ -534,92 +542,72 @@ pub fn resolve_policies(cfg: &SimConfig, args: &SimulateArgs) -> anyhow::Result<
 /// Writes the knob flags that apply to `c`'s policies into it; returns those flags.
 fn apply_knob_flags(args: &SimulateArgs, c: &mut SimConfig) -> anyhow::Result<Vec<&'static str>> {
     let mut applied = cluster_knob_flags(args, &mut c.cluster)?;
-    applied.extend(instance_knob_flags(args, &mut c.instance));
-    Ok(applied)
+    applied
+        .0
+        .extend(instance_knob_flags(args, &mut c.instance).0);
+    Ok(applied.0)
 }
 
-/// Sets `slot` to the flag's value, if given, and notes the flag.
-fn set<T: Clone>(slot: &mut T, v: &Option<T>, flag: &'static str, applied: &mut Vec<&'static str>) {
-    if let Some(v) = v {
-        *slot = v.clone();
-        applied.push(flag);
+/// The knob flags written into a config.
+#[derive(Default)]
+struct Applied(Vec<&'static str>);
+
+impl Applied {
+    /// Sets `slot` to `flag`'s value `v`, if given, and notes the flag.
+    fn set<T: Clone>(&mut self, flag: &'static str, v: &Option<T>, slot: &mut T) {
+        if let Some(v) = v {
+            *slot = v.clone();
+            self.0.push(flag);
+        }
     }
 }
 
 /// The cluster-policy knob flags that apply to `c`, written into it.
-fn cluster_knob_flags(
-    args: &SimulateArgs,
-    c: &mut ClusterConfig,
-) -> anyhow::Result<Vec<&'static str>> {
-    let mut applied = Vec::new();
+fn cluster_knob_flags(args: &SimulateArgs, c: &mut ClusterConfig) -> anyhow::Result<Applied> {
+    let mut a = Applied::default();
     match c {
         ClusterConfig::RoundRobin => {}
         ClusterConfig::LeastLoad(k) => {
-            set(
-                &mut k.prefix_weight,
-                &args.prefix_weight,
-                "--prefix-weight",
-                &mut applied,
-            );
+            a.set("--prefix-weight", &args.prefix_weight, &mut k.prefix_weight);
         }
         ClusterConfig::Splitwise(k) => {
             let flag = "--prefill-instances";
-            set(
-                &mut k.prefill_instances,
-                &args.prefill_instances,
-                flag,
-                &mut applied,
-            );
+            a.set(flag, &args.prefill_instances, &mut k.prefill_instances);
         }
         ClusterConfig::Accellm(k) => {
-            set(
-                &mut k.prefix_weight,
-                &args.prefix_weight,
-                "--prefix-weight",
-                &mut applied,
+            a.set("--prefix-weight", &args.prefix_weight, &mut k.prefix_weight);
+            a.set("--sync", &parsed("--sync", &args.sync)?, &mut k.sync);
+            a.set(
+                "--eviction",
+                &parsed("--eviction", &args.eviction)?,
+                &mut k.eviction,
             );
-            if let Some(v) = &args.sync {
-                k.sync = knob("--sync", v)?;
-                applied.push("--sync");
-            }
-            if let Some(v) = &args.eviction {
-                k.eviction = knob("--eviction", v)?;
-                applied.push("--eviction");
-            }
         }
     }
-    Ok(applied)
+    Ok(a)
 }
 
 /// The instance-policy knob flags that apply to `c`, written into it.
-fn instance_knob_flags(args: &SimulateArgs, c: &mut InstanceConfig) -> Vec<&'static str> {
-    let mut applied = Vec::new();
-    let seqs = |slot: &mut u32, applied: &mut Vec<&'static str>| {
-        set(slot, &args.max_num_seqs, "--max-num-seqs", applied);
-    };
+fn instance_knob_flags(args: &SimulateArgs, c: &mut InstanceConfig) -> Applied {
+    let mut a = Applied::default();
+    let seqs = &args.max_num_seqs;
     match c {
         InstanceConfig::Vllm(k) => {
-            seqs(&mut k.max_num_seqs, &mut applied);
-            let flag = "--max-num-batched-tokens";
-            set(
+            a.set("--max-num-seqs", seqs, &mut k.max_num_seqs);
+            let tokens = &args.max_num_batched_tokens;
+            a.set(
+                "--max-num-batched-tokens",
+                tokens,
                 &mut k.max_num_batched_tokens,
-                &args.max_num_batched_tokens,
-                flag,
-                &mut applied,
             );
         }
         InstanceConfig::Sarathi(k) => {
-            seqs(&mut k.max_num_seqs, &mut applied);
-            set(
-                &mut k.chunk_size,
-                &args.chunk_size,
-                "--chunk-size",
-                &mut applied,
-            );
+            a.set("--max-num-seqs", seqs, &mut k.max_num_seqs);
+            a.set("--chunk-size", &args.chunk_size, &mut k.chunk_size);
         }
-        InstanceConfig::Accelgen(k) => seqs(&mut k.max_num_seqs, &mut applied),
+        InstanceConfig::Accelgen(k) => a.set("--max-num-seqs", seqs, &mut k.max_num_seqs),
     }
-    applied
+    a
 }
 
 /// The knob flags given, each with its level and the policies it applies to (found by applying
@@ -638,11 +626,11 @@ fn knob_flags_given(
     };
     for &name in cluster::NAMES {
         let mut c = ClusterConfig::named(name)?;
-        note(cluster_knob_flags(args, &mut c)?, "cluster", name);
+        note(cluster_knob_flags(args, &mut c)?.0, "cluster", name);
     }
     for &name in instance::NAMES {
         let mut c = InstanceConfig::named(name)?;
-        note(instance_knob_flags(args, &mut c), "instance", name);
+        note(instance_knob_flags(args, &mut c).0, "instance", name);
     }
     Ok(given)
 }

@@ -3,7 +3,8 @@
 
 Usage: python3 docs/combo/capacity.py [ACCELLM_BINARY] [SETTING ...]
 CPU_PROFILE=<profile.toml> picks the CPU settings. profile (default: the built-in int8 one);
-EXTRA="--config knobs.toml" appends arguments to every simulation.
+EXTRA="..." appends arguments to every simulation; KNOBS="--config knobs.toml" to the sweep of
+AcceLLM and the baselines only (AcceLLM knobs would be an error on a Splitwise-only sweep).
 
 Capacity is the highest swept rate at which >= 90% of requests meet the strict SLO (TTFT within
 target and every gap between tokens within the TBT SLO). Each setting runs every policy on the
@@ -81,7 +82,7 @@ def sweep(args, rates, policies, scale, extra=""):
 
 
 def attainments(args, rates, splits, scale):
-    res = sweep(args, rates, [OURS] + BASELINES, scale)
+    res = sweep(args, rates, [OURS] + BASELINES, scale, os.environ.get("KNOBS", ""))
     for k in splits:
         for key, v in sweep(args, rates, ["splitwise/vllm"], scale,
                             f"--prefill-instances {k}").items():

@@ -28,11 +28,12 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use accellm_core::{
     batch::Work,
-    cluster::accellm::{PrefillChoice, SyncMode},
-    cluster::{self, ClusterConfig},
+    cluster::accellm::{AccellmConfig, PrefillChoice, SyncMode},
+    cluster::ClusterConfig,
     cost::{IterationShape, LinearCostModel, Link},
-    instance::{self, InstanceConfig},
+    instance::{sarathi::SarathiConfig, InstanceConfig},
     plan::{BlockSpan, RunPlan},
+    policy::PolicyConfig,
     request::{RequestId, Slo},
     scheduler::{Action, Scheduler, SchedulerConfig},
 };
@@ -93,7 +94,7 @@ struct Harness {
 }
 
 impl Harness {
-    fn new(path: &Path, instances: usize, cluster_policy: &str, cluster: &ClusterConfig) -> Self {
+    fn new(path: &Path, instances: usize, cluster: &ClusterConfig) -> Self {
         let model = Arc::new(Model::load(path, WeightFormat::default()).unwrap());
         model.check_servable().unwrap();
         let mc = model.config().clone();
@@ -150,17 +151,14 @@ impl Harness {
             prefix_cache: true,
             share_idle_cores: false,
         };
-        let icfg = InstanceConfig {
+        let icfg = InstanceConfig::Sarathi(SarathiConfig {
             chunk_size: CHUNK,
-            ..InstanceConfig::default()
-        };
-        let policies = (0..instances)
-            .map(|_| instance::build("sarathi", &icfg).unwrap())
-            .collect();
+            ..SarathiConfig::default()
+        });
         let n = instances as u32;
-        let cluster = cluster::build(cluster_policy, n, cluster).unwrap();
-        let sched = Scheduler::new(&cfg, Arc::new(cost), cluster, policies);
-        let metrics = Metrics::new("tiny", instances, (cluster_policy.into(), "sarathi".into()));
+        let sched = Scheduler::build(&cfg, n, cluster, &icfg, Arc::new(cost)).unwrap();
+        let policies = (cluster.name().into(), icfg.name().into());
+        let metrics = Metrics::new("tiny", instances, policies);
         let mut exec = Executor::new(
             sched,
             text,
@@ -523,7 +521,7 @@ fn the_server_and_the_simulator_carry_out_the_same_plans() {
     shared.extend((0..20).map(|p| 5 + p * 11));
     prompts.push(shared);
     // One instance that never moves KV: the greedy tokens every run must give.
-    let alone = Harness::new(&path, 1, "round-robin", &ClusterConfig::default()).serve(&prompts, 3);
+    let alone = Harness::new(&path, 1, &ClusterConfig::RoundRobin).serve(&prompts, 3);
     // Replicas kept current by every step (moves are free), by nothing while decoding (`lazy`),
     // and no replicas at all (each prompt's KV goes to the decoding partner by one transfer).
     for (name, sync, replication) in [
@@ -531,17 +529,19 @@ fn the_server_and_the_simulator_carry_out_the_same_plans() {
         ("lazy", SyncMode::Lazy, true),
         ("no replicas", SyncMode::Eager, false),
     ] {
-        let mut cfg = ClusterConfig::default();
-        cfg.accellm.sync = sync;
-        cfg.accellm.replication = replication;
+        let mut cfg = AccellmConfig {
+            sync,
+            replication,
+            ..AccellmConfig::default()
+        };
         // The late prompts go to the other instance than the first ones, which hands its decodes
         // back (`lazy`: to the same one, which hands over the request that has just decoded its
         // first token there, so its replica lacks it and the move transfers it).
-        cfg.accellm.prefill_choice = match sync {
+        cfg.prefill_choice = match sync {
             SyncMode::Lazy => PrefillChoice::Sticky,
             _ => PrefillChoice::Alternate,
         };
-        let rec = Harness::new(&path, 2, "accellm", &cfg).serve(&prompts, 3);
+        let rec = Harness::new(&path, 2, &ClusterConfig::Accellm(cfg)).serve(&prompts, 3);
         // The run exercised what the plan carries.
         let chunked = rec
             .computed

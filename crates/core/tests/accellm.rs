@@ -10,7 +10,10 @@ use std::sync::{Arc, Mutex};
 use accellm_core::{
     batch::{BatchKind, Work},
     cluster::{
-        accellm::{AccellmConfig, BothPrefill, Colocate, PrefillChoice, RebalanceMetric, SyncMode},
+        accellm::{
+            AccellmConfig, BothPrefill, Colocate, ColocatedReplicas, PrefillChoice,
+            RebalanceMetric, SyncMode,
+        },
         ClusterConfig,
     },
     cost::{IterationShape, LinearCostModel},
@@ -1000,23 +1003,43 @@ fn pair_sched(
 }
 
 #[test]
-fn a_colocated_pair_without_colocated_replicas_copies_nothing() {
+fn colocated_pairs_stream_replicas_only_where_decodes_are_memory_bound() {
     // Colocated, each partner serves its own requests; replicas only matter once the pair
-    // splits again. With `colocated_replicas` off no prefill streams a copy.
+    // splits again, and on a CPU their copies take the instances' own cores.
     let heavy = prompt_heavy(120, 4_000);
-    let run = |colocated_replicas| {
+    let run = |cost: Arc<LinearCostModel>, colocated_replicas| {
         let acfg = AccellmConfig {
             colocate: Colocate::Always,
             colocated_replicas,
             ..Default::default()
         };
-        pair_sched(cost(), "accellm", acfg, &heavy).0
+        pair_sched(cost, "accellm", acfg, &heavy).0
     };
-    let with = run(true);
-    let without = run(false);
-    assert!(with.counters().copy_bytes > 0);
-    assert_eq!(without.counters().copy_bytes, 0);
-    assert!(strict_attainment(&without) >= 0.95 * strict_attainment(&with));
+    // The tests' default model is memory-bound (a batch of 16 costs 1.1 times one of 8).
+    let always = run(cost(), ColocatedReplicas::Always);
+    let never = run(cost(), ColocatedReplicas::Never);
+    assert!(always.counters().copy_bytes > 0);
+    assert_eq!(never.counters().copy_bytes, 0);
+    assert!(strict_attainment(&never) >= 0.95 * strict_attainment(&always));
+    let auto = run(cost(), ColocatedReplicas::MemoryBound);
+    assert_eq!(auto.counters().copy_bytes, always.counters().copy_bytes);
+    // Compute-bound decodes (a batch of 16 takes about twice one of 8, as on a CPU).
+    let mut cpu = (*cost()).clone();
+    cpu.base_us = 100.0;
+    cpu.per_token_us = 500.0;
+    let cpu = Arc::new(cpu);
+    assert!(
+        run(cpu.clone(), ColocatedReplicas::Always)
+            .counters()
+            .copy_bytes
+            > 0
+    );
+    assert_eq!(
+        run(cpu, ColocatedReplicas::MemoryBound)
+            .counters()
+            .copy_bytes,
+        0
+    );
 }
 
 #[test]

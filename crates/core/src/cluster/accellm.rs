@@ -111,6 +111,20 @@ pub enum BothPrefill {
     Always,
 }
 
+/// Whether a colocated pair streams replicas ([`AccellmConfig::colocated_replicas`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ColocatedReplicas {
+    /// Colocated prompts start no replica.
+    Never,
+    /// Where decodes are memory-bound (not [`BothPrefill::ComputeBound`]'s hardware): there a
+    /// copy runs beside the compute, while on a CPU it takes the instances' own cores (live, two
+    /// one-thread instances: 10–13% of strict goodput, docs/combination.md).
+    MemoryBound,
+    /// Always, where the partner has room.
+    Always,
+}
+
 /// How the scheduling manager ranks the pairs that have KV room for a new request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -186,10 +200,10 @@ pub struct AccellmConfig {
     pub colocate_prefill: f64,
     /// Time constant of the arriving prompt load's moving average, in ms.
     pub colocate_window_ms: u64,
-    /// A colocated pair streams replicas of its new prompts (where the partner has at least half
-    /// its KV free), so decodes can move when it splits again. Off: colocated prompts start no
-    /// replica, and their copies cost nothing.
-    pub colocated_replicas: bool,
+    /// Whether a colocated pair streams replicas of its new prompts (where the partner has at
+    /// least half its KV free), so decodes can move once it splits again: never, where decodes
+    /// are memory-bound (accelerators, whose copies run beside their compute), or always.
+    pub colocated_replicas: ColocatedReplicas,
     /// Cache-aware routing: tokens of load one prompt token cached on a pair is worth
     /// (as least-load's `prefix_weight`). 0: load only.
     pub prefix_weight: f64,
@@ -217,7 +231,7 @@ impl Default for AccellmConfig {
             colocate_on_prompts: true,
             colocate_prefill: 0.8,
             colocate_window_ms: 10_000,
-            colocated_replicas: true,
+            colocated_replicas: ColocatedReplicas::MemoryBound,
             prefix_weight: 4.0,
         }
     }
@@ -1310,8 +1324,12 @@ impl ClusterPolicy for Accellm {
             // A colocated pair starts replicas only where the partner has room for them.
             Work::Prefill { start: 0, .. } if self.colocated[self.pair_of[i as usize]] => {
                 let kv = &ctx.instance(p).kv;
-                (self.cfg.colocated_replicas && 2 * kv.free_blocks() >= kv.num_blocks())
-                    .then_some(p)
+                let wanted = match self.cfg.colocated_replicas {
+                    ColocatedReplicas::Never => false,
+                    ColocatedReplicas::MemoryBound => !Self::decodes_compute_bound(ctx),
+                    ColocatedReplicas::Always => true,
+                };
+                (wanted && 2 * kv.free_blocks() >= kv.num_blocks()).then_some(p)
             }
             Work::Prefill { start, .. } => (start == 0 || r.replica_on() == Some(p)).then_some(p),
             Work::Decode { .. } => (self.cfg.sync == SyncMode::Eager

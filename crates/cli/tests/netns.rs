@@ -247,16 +247,6 @@ fn start_pair(
         procs.push(start_in(ns, &args).0);
     }
     let workers = addrs.join(",");
-    // These tests are about the KV link: colocated pairs stream replicas too (by default they
-    // do not where decodes are compute-bound, as on a CPU).
-    let knobs =
-        std::env::temp_dir().join(format!("accellm-netns-knobs-{}.toml", std::process::id()));
-    std::fs::write(
-        &knobs,
-        "[cluster.accellm]\ncolocated_replicas = \"always\"\n",
-    )
-    .expect("writing the knob file");
-    let knobs = knobs.to_string_lossy().into_owned();
     let (front, addr) = start_in(
         &h.names[front_ns],
         &[
@@ -269,8 +259,6 @@ fn start_pair(
             kv_blocks,
             "--workers",
             &workers,
-            "--config",
-            &knobs,
         ],
     );
     procs.push(front);

@@ -1003,43 +1003,45 @@ fn pair_sched(
 }
 
 #[test]
-fn colocated_pairs_stream_replicas_only_where_decodes_are_memory_bound() {
-    // Colocated, each partner serves its own requests; replicas only matter once the pair
-    // splits again, and on a CPU their copies take the instances' own cores.
+fn colocated_pairs_stream_replicas_only_where_partners_do_not_share_cores() {
+    // Colocated, each partner serves its own requests; replicas matter once the pair splits
+    // again or a partner fails, and where both partners compute on one machine's cores their
+    // copies take those cores.
     let heavy = prompt_heavy(120, 4_000);
-    let run = |cost: Arc<LinearCostModel>, colocated_replicas| {
+    let run = |share_idle_cores, colocated_replicas| {
         let acfg = AccellmConfig {
             colocate: Colocate::Always,
             colocated_replicas,
             ..Default::default()
         };
-        pair_sched(cost, "accellm", acfg, &heavy).0
+        let ccfg = ClusterConfig::Accellm(acfg);
+        let icfg: InstanceConfig = "accelgen".parse().unwrap();
+        let cfg = SchedulerConfig {
+            share_idle_cores,
+            ..config(4000)
+        };
+        let mut s = Scheduler::build(&cfg, 2, &ccfg, &icfg, cost()).unwrap();
+        replay::run(&mut s, &heavy, &mut NoObserver);
+        assert_all_done(&s, &heavy);
+        s
     };
-    // The tests' default model is memory-bound (a batch of 16 costs 1.1 times one of 8).
-    let always = run(cost(), ColocatedReplicas::Always);
-    let never = run(cost(), ColocatedReplicas::Never);
-    assert!(always.counters().copy_bytes > 0);
-    assert_eq!(never.counters().copy_bytes, 0);
-    assert!(strict_attainment(&never) >= 0.95 * strict_attainment(&always));
-    let auto = run(cost(), ColocatedReplicas::MemoryBound);
-    assert_eq!(auto.counters().copy_bytes, always.counters().copy_bytes);
-    // Compute-bound decodes (a batch of 16 takes about twice one of 8, as on a CPU).
-    let mut cpu = (*cost()).clone();
-    cpu.base_us = 100.0;
-    cpu.per_token_us = 500.0;
-    let cpu = Arc::new(cpu);
-    assert!(
-        run(cpu.clone(), ColocatedReplicas::Always)
-            .counters()
-            .copy_bytes
-            > 0
-    );
-    assert_eq!(
-        run(cpu, ColocatedReplicas::MemoryBound)
-            .counters()
-            .copy_bytes,
-        0
-    );
+    for shared in [false, true] {
+        let always = run(shared, ColocatedReplicas::Always);
+        let never = run(shared, ColocatedReplicas::Never);
+        assert!(always.counters().copy_bytes > 0);
+        assert_eq!(never.counters().copy_bytes, 0);
+        let auto = run(shared, ColocatedReplicas::SeparateCores);
+        let expected = if shared {
+            0
+        } else {
+            always.counters().copy_bytes
+        };
+        assert_eq!(
+            auto.counters().copy_bytes,
+            expected,
+            "shared cores: {shared}"
+        );
+    }
 }
 
 #[test]

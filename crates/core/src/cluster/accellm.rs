@@ -117,10 +117,12 @@ pub enum BothPrefill {
 pub enum ColocatedReplicas {
     /// Colocated prompts start no replica.
     Never,
-    /// Where decodes are memory-bound (not [`BothPrefill::ComputeBound`]'s hardware): there a
-    /// copy runs beside the compute, while on a CPU it takes the instances' own cores (live, two
-    /// one-thread instances: 10–13% of strict goodput, docs/combination.md).
-    MemoryBound,
+    /// Unless the partners share one machine's cores (in-process CPU instances,
+    /// [`crate::SchedulerConfig::share_idle_cores`]): there a copy takes cores both partners
+    /// compute on (live, two one-thread instances: 10% less strict goodput on average,
+    /// docs/combination.md), while separate hosts or accelerators copy beside their compute
+    /// and keep replicas for free moves and fast failover.
+    SeparateCores,
     /// Always, where the partner has room.
     Always,
 }
@@ -201,8 +203,9 @@ pub struct AccellmConfig {
     /// Time constant of the arriving prompt load's moving average, in ms.
     pub colocate_window_ms: u64,
     /// Whether a colocated pair streams replicas of its new prompts (where the partner has at
-    /// least half its KV free), so decodes can move once it splits again: never, where decodes
-    /// are memory-bound (accelerators, whose copies run beside their compute), or always.
+    /// least half its KV free), so decodes can move once it splits again and a failed partner's
+    /// requests go on from them: never, unless the partners share one machine's cores, or
+    /// always.
     pub colocated_replicas: ColocatedReplicas,
     /// Cache-aware routing: tokens of load one prompt token cached on a pair is worth
     /// (as least-load's `prefix_weight`). 0: load only.
@@ -231,7 +234,7 @@ impl Default for AccellmConfig {
             colocate_on_prompts: true,
             colocate_prefill: 0.8,
             colocate_window_ms: 10_000,
-            colocated_replicas: ColocatedReplicas::MemoryBound,
+            colocated_replicas: ColocatedReplicas::SeparateCores,
             prefix_weight: 4.0,
         }
     }
@@ -1326,7 +1329,7 @@ impl ClusterPolicy for Accellm {
                 let kv = &ctx.instance(p).kv;
                 let wanted = match self.cfg.colocated_replicas {
                     ColocatedReplicas::Never => false,
-                    ColocatedReplicas::MemoryBound => !Self::decodes_compute_bound(ctx),
+                    ColocatedReplicas::SeparateCores => !ctx.share_cores(i, p),
                     ColocatedReplicas::Always => true,
                 };
                 (wanted && 2 * kv.free_blocks() >= kv.num_blocks()).then_some(p)

@@ -110,6 +110,12 @@ impl ClusterCtx<'_> {
         !self.s.is_cut(a, b)
     }
 
+    /// Whether `a` and `b` run on cores of one machine ([`crate::SchedulerConfig::share_idle_cores`]):
+    /// work one of them does, such as a KV copy, takes cores the other could compute on.
+    pub fn share_cores(&self, a: InstanceId, b: InstanceId) -> bool {
+        self.s.partner_cores(a) == Some(b)
+    }
+
     /// Asks the core to offer `i` to its policies again (after the caller changed its queues).
     pub fn wake(&mut self, i: InstanceId) {
         self.s.mark_dirty(i);

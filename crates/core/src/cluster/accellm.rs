@@ -96,6 +96,10 @@ pub enum Colocate {
     Always,
 }
 
+/// Decodes are compute-bound when a batch of them takes at least this many times as long as one
+/// of half of them (a CPU; an accelerator's memory-bound decodes batch almost for free).
+const COMPUTE_BOUND: f64 = 1.6;
+
 /// When a split pair's decoding partner may start prefilling a new prompt too
 /// ([`AccellmConfig::both_prefill`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -918,7 +922,7 @@ impl Accellm {
         }
         let mut all = da.shape;
         all.add(&db.shape);
-        if cost.iteration_us(&all) as f64 >= 1.6 * cost.iteration_us(&half) as f64 {
+        if cost.iteration_us(&all) as f64 >= COMPUTE_BOUND * cost.iteration_us(&half) as f64 {
             return true;
         }
         const LONG: u32 = 2048;
@@ -954,7 +958,7 @@ impl Accellm {
             (0..n).for_each(|_| shape.add_decode(512));
             ctx.cost().iteration_us(&shape) as f64
         };
-        batch(16) >= 1.6 * batch(8)
+        batch(16) >= COMPUTE_BOUND * batch(8)
     }
 
     /// The cost model's time per prompt token in a long prefill chunk.

@@ -9,7 +9,7 @@ AcceLLM and the baselines only (AcceLLM knobs would be an error on a Splitwise-o
 Capacity is the highest swept rate at which >= 90% of requests meet the strict SLO (TTFT within
 target and every gap between tokens within the TBT SLO). Each setting runs every policy on the
 identical request sequence at every rate of a fine ladder; Splitwise counts with its best split
-per rate. Where no policy meets 90% at the ladder's lightest rate under the default classes
+per rate, `accellm/vllm` with the better of the current knobs and those the default gave up. Where no policy meets 90% at the ladder's lightest rate under the default classes
 (hardware slower than the classes were written for), every TTFT and TBT target is multiplied by
 the smallest factor of 1.5, 2, 3, 4, 6, 8 at which one does (`--slo-scale`), and the table says
 so.
@@ -81,8 +81,16 @@ def sweep(args, rates, policies, scale, extra=""):
     return res
 
 
+# The AcceLLM split with vLLM inside also runs with the knobs the default gave up, best per figure:
+# a knob that helps AccelGen's pairs must not handicap this baseline.
+ACCELLM_VLLM_VARIANTS = [f"--config {ROOT}/docs/accellm/knobs/rebalance-always.toml"]
+
+
 def attainments(args, rates, splits, scale):
     res = sweep(args, rates, [OURS] + BASELINES, scale, os.environ.get("KNOBS", ""))
+    for variant in ACCELLM_VLLM_VARIANTS:
+        for key, v in sweep(args, rates, ["accellm/vllm"], scale, variant).items():
+            res[key] = tuple(max(a, b) for a, b in zip(res[key], v))
     for k in splits:
         for key, v in sweep(args, rates, ["splitwise/vllm"], scale,
                             f"--prefill-instances {k}").items():
@@ -136,23 +144,28 @@ def run(name):
     return ratio, held, len(checked)
 
 
+def main():
+    names = [a for a in ARGS if a in SETTINGS] or list(SETTINGS)
+    print(f"`{BIN} simulate <setting> --slo-classes default --slo-scale <k> --compare ... --sweep-rate ...`"
+          f" (CPU settings: `{os.path.relpath(CPU_PROFILE, ROOT)}`; slow prefill: its per-token term x{PREFILL_SLOWDOWN})\n")
+    print("| setting | SLO scale | rates swept (req/s) | default capacity | best baseline capacity | ratio | every baseline |")
+    print("|---|---:|---|---:|---:|---:|---|")
+    out = [run(n) for n in names]
+    ratios = [o[0] for o in out]
+    wins = sum(r >= 1.3 for r in ratios)
+    level = sum(r >= 1.0 for r in ratios)
+    print(f"\nDefault capacity >= 1.3x the best baseline's in {wins} of {len(ratios)} settings, "
+          f">= 1.0x in {level} of {len(ratios)}.")
+    print("\nNever lose: strict and mean goodput >= 0.95x the best baseline (of each figure) at every swept "
+          "rate up to 1.5x the best baseline's capacity.\n")
+    print("| setting | rates (req/s) | rates where both hold | lowest strict ratio | lowest mean ratio |")
+    print("|---|---|---:|---|---|")
+    print("\n".join(NEVER))
+    held = sum(o[1] for o in out)
+    cells = sum(o[2] for o in out)
+    print(f"\nBoth hold at {held} of {cells} rates.")
+
+
 CAP, NEVER = [], []
-names = [a for a in ARGS if a in SETTINGS] or list(SETTINGS)
-print(f"`{BIN} simulate <setting> --slo-classes default --slo-scale <k> --compare ... --sweep-rate ...`"
-      f" (CPU settings: `{os.path.relpath(CPU_PROFILE, ROOT)}`; slow prefill: its per-token term x{PREFILL_SLOWDOWN})\n")
-print("| setting | SLO scale | rates swept (req/s) | default capacity | best baseline capacity | ratio | every baseline |")
-print("|---|---:|---|---:|---:|---:|---|")
-out = [run(n) for n in names]
-ratios = [o[0] for o in out]
-wins = sum(r >= 1.3 for r in ratios)
-level = sum(r >= 1.0 for r in ratios)
-print(f"\nDefault capacity >= 1.3x the best baseline's in {wins} of {len(ratios)} settings, "
-      f">= 1.0x in {level} of {len(ratios)}.")
-print("\nNever lose: strict and mean goodput >= 0.95x the best baseline (of each figure) at every swept "
-      "rate up to 1.5x the best baseline's capacity.\n")
-print("| setting | rates (req/s) | rates where both hold | lowest strict ratio | lowest mean ratio |")
-print("|---|---|---:|---|---|")
-print("\n".join(NEVER))
-held = sum(o[1] for o in out)
-cells = sum(o[2] for o in out)
-print(f"\nBoth hold at {held} of {cells} rates.")
+if __name__ == "__main__":
+    main()

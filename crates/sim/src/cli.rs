@@ -157,6 +157,10 @@ pub struct SimulateArgs {
     /// Also write an HTML report (latency CDFs, time series, instance timelines) to this file.
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
+    /// Also write every finished request of every run to this file, one JSON object per line
+    /// (policy, rate, arrival, class, tokens, TTFT, longest gap, SLO verdicts).
+    #[arg(long, value_name = "FILE")]
+    pub requests_out: Option<PathBuf>,
     /// Compare the cost model with the measured profiles and print the error table.
     #[arg(long)]
     pub validate_cost_model: bool,
@@ -224,6 +228,9 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
         output::sweep_table(&reports)
     };
     emit(&text)?;
+    if let Some(path) = &args.requests_out {
+        output::write_requests(path, &reports)?;
+    }
     if let Some(path) = &args.report {
         if title.is_empty() {
             title = format!(

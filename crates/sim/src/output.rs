@@ -406,3 +406,34 @@ mod tests {
         assert_eq!(lines[2], "ccc   d");
     }
 }
+
+/// One line of `simulate --requests-out`: a finished request of one run.
+#[derive(serde::Serialize)]
+struct RequestLine<'a> {
+    policy: String,
+    rate: Option<f64>,
+    #[serde(flatten)]
+    record: &'a accellm_core::metrics::RequestRecord,
+}
+
+/// Writes every finished request of every run to `path`, one JSON object per line.
+pub fn write_requests(path: &std::path::Path, reports: &[RunReport]) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let file = std::fs::File::create(path)
+        .map_err(|e| anyhow::anyhow!("creating {}: {e}", path.display()))?;
+    let mut out = std::io::BufWriter::new(file);
+    for r in reports {
+        let policy = format!("{}/{}", r.cluster_policy, r.instance_policy);
+        for record in &r.requests {
+            let line = RequestLine {
+                policy: policy.clone(),
+                rate: r.rate,
+                record,
+            };
+            serde_json::to_writer(&mut out, &line)?;
+            out.write_all(b"\n")?;
+        }
+    }
+    out.flush()?;
+    Ok(())
+}

@@ -255,6 +255,9 @@ pub struct RunReport {
     /// Per-request latencies for distributions, if recorded (with the time series).
     #[serde(skip)]
     pub samples: Option<LatencySamples>,
+    /// Every finished request, in finishing order (`simulate --requests-out`).
+    #[serde(skip)]
+    pub requests: Vec<RequestRecord>,
 }
 
 /// How much prefill the prefix cache saved in a run (vLLM's `prefix_cache_queries` and
@@ -646,5 +649,6 @@ fn report(
         events,
         timeseries,
         samples: None,
+        requests: sched.metrics().finished.clone(),
     }
 }

@@ -508,6 +508,54 @@ fn report_flag_writes_a_self_contained_html_page() {
 }
 
 #[test]
+fn requests_out_writes_every_request_of_every_run() {
+    let dir = std::env::temp_dir().join(format!("accellm-sim-requests-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("r.jsonl");
+    let args = SimulateArgs {
+        model: Some("llama2-7b".into()),
+        hardware: Some("a100".into()),
+        tp: Some(1),
+        instances: Some(2),
+        workload: Some("synthetic:prompt=200,output=uniform(10,50)".into()),
+        num_requests: Some(40),
+        compare: vec!["accellm/accelgen".into(), "least-load/sarathi".into()],
+        sweep_rate: vec![2.0, 8.0],
+        slo_classes: Some("default".into()),
+        requests_out: Some(path.clone()),
+        json: true,
+        ..SimulateArgs::default()
+    };
+    cli::run(args).unwrap();
+    let mut runs: std::collections::BTreeMap<(String, String), Vec<u64>> = Default::default();
+    for line in std::fs::read_to_string(&path).unwrap().lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert!(v["slo_met"]["strict"].is_boolean() && v["ttft_us"].is_u64(), "{line}");
+        let key = (v["policy"].to_string(), v["rate"].to_string());
+        runs.entry(key)
+            .or_default()
+            .push(v["arrival_us"].as_u64().unwrap());
+    }
+    assert_eq!(runs.len(), 4, "{:?}", runs.keys());
+    // Every request of every run, and both policies saw the identical sequence at each rate.
+    for rate in ["2.0", "8.0"] {
+        let arrivals: Vec<Vec<u64>> = runs
+            .iter()
+            .filter(|((_, r), _)| r == rate)
+            .map(|(_, a)| {
+                let mut a = a.clone();
+                a.sort_unstable();
+                a
+            })
+            .collect();
+        assert_eq!(arrivals.len(), 2);
+        assert_eq!(arrivals[0].len(), 40);
+        assert_eq!(arrivals[0], arrivals[1]);
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
 fn accellm_recompute_sync_moves_decodes_by_compute_not_bytes() {
     let a = SimulateArgs {
         cluster_policy: Some("accellm".into()),

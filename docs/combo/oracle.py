@@ -7,7 +7,7 @@ WINDOW=<seconds> (default 30) is the oracle's window.
 For each setting of docs/combo/capacity.py, at every rate of its ladder up to 1.5x the best
 baseline's capacity, three runs on the identical request sequence write every finished request
 (`simulate --requests-out`): the default (`accellm/accelgen`), the pair split (`accellm/accelgen`
-with `colocate = "never"`) and colocated AccelGen (`least-load/accelgen`). The oracle takes, per
+with docs/accellm/knobs/colocated-never.toml: `colocate` and `both_prefill` "never") and colocated AccelGen (`least-load/accelgen`). The oracle takes, per
 window of arrival time, whichever of split and colocated met more requests' SLOs (strict and mean
 separately) and sums the windows: what a rule choosing the pair's mode once per window could
 reach if the choice did not change the state the next window starts from (an estimate of the

@@ -530,7 +530,10 @@ fn requests_out_writes_every_request_of_every_run() {
     let mut runs: std::collections::BTreeMap<(String, String), Vec<u64>> = Default::default();
     for line in std::fs::read_to_string(&path).unwrap().lines() {
         let v: serde_json::Value = serde_json::from_str(line).unwrap();
-        assert!(v["slo_met"]["strict"].is_boolean() && v["ttft_us"].is_u64(), "{line}");
+        assert!(
+            v["slo_met"]["strict"].is_boolean() && v["ttft_us"].is_u64(),
+            "{line}"
+        );
         let key = (v["policy"].to_string(), v["rate"].to_string());
         runs.entry(key)
             .or_default()

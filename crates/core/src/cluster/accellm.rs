@@ -530,7 +530,7 @@ impl Accellm {
             .iter()
             .map(|&r| self.weight(ctx, r))
             .sum();
-        let slack = (self.cfg.rebalance_tolerance.max(0.0) * (mine + theirs) as f64) as u64;
+        let tolerance = (self.cfg.rebalance_tolerance.max(0.0) * (mine + theirs) as f64) as u64;
         let mut diff = mine.saturating_sub(theirs);
         // Decodes whose iteration leaves room within their tightest TBT SLO gain little from a
         // lighter batch, while a moved request risks its next gap (70B on H100, conversation
@@ -539,7 +539,7 @@ impl Accellm {
         let roomy = d.tightest != TimeUs::MAX
             && ctx.cost().iteration_us(&d.shape) as f64
                 <= d.tightest as f64 * (1.0 - self.cfg.rebalance_slack.clamp(0.0, 1.0));
-        if diff <= slack || (self.cfg.rebalance_slack > 0.0 && roomy) {
+        if diff <= tolerance || (self.cfg.rebalance_slack > 0.0 && roomy) {
             return;
         }
         self.scratch.clear();
@@ -573,7 +573,7 @@ impl Accellm {
             if ctx.migrate(id, p, true).is_ok() {
                 moved = true;
                 // Past the balance point the partner is now the heavier one: stop.
-                if 2 * w >= diff || diff - 2 * w <= slack {
+                if 2 * w >= diff || diff - 2 * w <= tolerance {
                     break;
                 }
                 diff -= 2 * w;

@@ -178,6 +178,7 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
         .max(1);
     let record = args.report.is_some();
+    let keep = args.requests_out.is_some();
     let mut title = String::new();
     let reports = if args.sweep_rate.is_empty() {
         let w = workload(&cfg, args.rate, args.burstiness)?;
@@ -189,7 +190,7 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
         }
         let jobs: Vec<(SimConfig, Option<f64>)> =
             policies.iter().map(|p| (p.clone(), args.rate)).collect();
-        run_jobs(&jobs, threads, record, |(c, _)| {
+        run_jobs(&jobs, threads, record, keep, |(c, _)| {
             Ok((requests.clone(), runner::core_keys(&w, c.block_size)))
         })?
     } else {
@@ -204,7 +205,7 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
             .flat_map(|p| args.sweep_rate.iter().map(move |&r| (p.clone(), Some(r))))
             .collect();
         let burst = args.burstiness;
-        run_jobs(&jobs, threads, record, |(c, rate)| {
+        run_jobs(&jobs, threads, record, keep, |(c, rate)| {
             let w = workload(c, *rate, burst)?;
             Ok((
                 runner::core_requests(&w),
@@ -673,12 +674,14 @@ fn describe(cfg: &SimConfig, w: &Workload, policies: &[SimConfig]) -> String {
 /// A job's requests and their block keys (parallel, or empty without prefix structure).
 type JobRequests = (Vec<RequestSpec>, Vec<Option<Arc<[BlockKey]>>>);
 
-/// Runs every job (a config and its rate) on up to `threads` threads; `requests` produces each
+/// Runs every job (a config and its rate) on up to `threads` threads, recording time series if
+/// `record` and keeping every finished request if `keep_requests`; `requests` produces each
 /// job's requests and block keys. Reports come back in job order.
 fn run_jobs(
     jobs: &[(SimConfig, Option<f64>)],
     threads: usize,
     record: bool,
+    keep_requests: bool,
     requests: impl Fn(&(SimConfig, Option<f64>)) -> anyhow::Result<JobRequests> + Sync,
 ) -> anyhow::Result<Vec<RunReport>> {
     let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
@@ -701,6 +704,7 @@ fn run_jobs(
             let watch = Watch {
                 progress: Some(&tick),
                 timeseries: record,
+                requests: keep_requests,
             };
             runner::run_keyed(&job.0, &reqs, &keys, Some(watch)).map(|mut rep| {
                 rep.rate = job.1;

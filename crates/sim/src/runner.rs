@@ -255,7 +255,8 @@ pub struct RunReport {
     /// Per-request latencies for distributions, if recorded (with the time series).
     #[serde(skip)]
     pub samples: Option<LatencySamples>,
-    /// Every finished request, in finishing order (`simulate --requests-out`).
+    /// Every finished request, in finishing order, if kept ([`Watch::requests`], `simulate
+    /// --requests-out`).
     #[serde(skip)]
     pub requests: Vec<RequestRecord>,
 }
@@ -417,6 +418,8 @@ pub struct Watch<'a> {
     pub progress: Option<&'a (dyn Fn(u64) + Sync)>,
     /// Record time series.
     pub timeseries: bool,
+    /// Keep every finished request in [`RunReport::requests`].
+    pub requests: bool,
 }
 
 struct RunObserver<'a> {
@@ -501,7 +504,9 @@ fn run_keeping(
     } else {
         (last_arrival / 500).max(100_000)
     };
-    let (progress, want_ts) = watch.map_or((None, false), |w| (w.progress, w.timeseries));
+    let (progress, want_ts, want_requests) = watch.map_or((None, false, false), |w| {
+        (w.progress, w.timeseries, w.requests)
+    });
     let mut obs = RunObserver {
         ts: want_ts
             .then(|| TimeSeriesObserver::new(cfg.instances as usize, interval, 20_000, 2_000)),
@@ -572,6 +577,9 @@ fn run_keeping(
     }
     if want_ts {
         rep.samples = Some(LatencySamples::of(sched.metrics()));
+    }
+    if want_requests {
+        rep.requests = sched.metrics().finished.clone();
     }
     let metrics = if timelines {
         sched.metrics().clone()
@@ -649,6 +657,6 @@ fn report(
         events,
         timeseries,
         samples: None,
-        requests: sched.metrics().finished.clone(),
+        requests: Vec::new(),
     }
 }

@@ -437,6 +437,7 @@ fn time_series_cover_the_run() {
     let watch = runner::Watch {
         progress: None,
         timeseries: true,
+        requests: false,
     };
     let r = runner::run(&c, &runner::core_requests(&w), Some(watch)).unwrap();
     let ts = r.timeseries.unwrap();

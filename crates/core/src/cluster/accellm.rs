@@ -535,11 +535,11 @@ impl Accellm {
         // Decodes whose iteration leaves room within their tightest TBT SLO gain little from a
         // lighter batch, while a moved request risks its next gap (70B on H100, conversation
         // at 10 req/s: strict attainment 0.90 moving, 1.00 not).
-        let d = Self::decodes(ctx, i);
-        let roomy = d.tightest != TimeUs::MAX
-            && ctx.cost().iteration_us(&d.shape) as f64
-                <= d.tightest as f64 * (1.0 - self.cfg.rebalance_slack.clamp(0.0, 1.0));
-        if diff <= tolerance || (self.cfg.rebalance_slack > 0.0 && roomy) {
+        let roomy = || {
+            self.cfg.rebalance_slack > 0.0
+                && Self::slack_left(ctx, i, self.cfg.rebalance_slack) == Some(true)
+        };
+        if diff <= tolerance || roomy() {
             return;
         }
         self.scratch.clear();
@@ -818,10 +818,16 @@ impl Accellm {
     /// Whether decoding instance `i`'s decodes leave at least `share` of the tightest TBT SLO
     /// among them (of requests that can still meet theirs) free; true without such decodes.
     fn has_slack(ctx: &ClusterCtx<'_>, i: InstanceId, share: f64) -> bool {
+        Self::slack_left(ctx, i, share).unwrap_or(true)
+    }
+
+    /// [`Self::has_slack`], `None` without decodes with a TBT SLO they can still meet.
+    fn slack_left(ctx: &ClusterCtx<'_>, i: InstanceId, share: f64) -> Option<bool> {
         let d = Self::decodes(ctx, i);
-        d.tightest == TimeUs::MAX
-            || ctx.cost().iteration_us(&d.shape) as f64
+        (d.tightest != TimeUs::MAX).then(|| {
+            ctx.cost().iteration_us(&d.shape) as f64
                 <= d.tightest as f64 * (1.0 - share.clamp(0.0, 1.0))
+        })
     }
 
     /// Whether pair `k` runs colocated, decided anew ([`AccellmConfig::colocate`]). A change

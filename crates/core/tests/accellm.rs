@@ -1190,35 +1190,32 @@ fn decodes_with_room_within_their_slo_stay_where_they_are() {
         let c = s.counters();
         c.migrations_free + c.migrations_transfer + c.migrations_recompute
     };
-    let run = |slo_ms: f64, rebalance_slack: f64| {
-        let reqs = tight_mix(slo_ms);
+    let run = |reqs: &[RequestSpec], rebalance_slack: f64| {
         let acfg = AccellmConfig {
             rebalance_slack,
             colocate: Colocate::Never,
             ..Default::default()
         };
         let mut s = sched("accelgen", 4, 2000, &acfg);
-        replay::run(&mut s, &reqs, &mut NoObserver);
-        assert_all_done(&s, &reqs);
-        (moves(&s), strict_attainment(&s))
+        replay::run(&mut s, reqs, &mut NoObserver);
+        assert_all_done(&s, reqs);
+        (
+            moves(&s),
+            strict_attainment(&s),
+            s.metrics().finished.clone(),
+        )
     };
-    let (always, att_always) = run(4.0, 0.0);
-    let (rule, att_rule) = run(4.0, 0.25);
+    let tight = tight_mix(4.0);
+    let (always, att_always, _) = run(&tight, 0.0);
+    let (rule, att_rule, _) = run(&tight, 0.25);
     eprintln!("4 ms: moves {always} -> {rule}, strict attainment {att_always:.3} -> {att_rule:.3}");
     assert!(rule * 10 < always * 9, "{always} -> {rule}");
     assert!(att_rule >= att_always, "{att_always} -> {att_rule}");
     // Without TBT SLOs the pair rebalances as before.
+    let loose = mixed(160, 9_000);
     let no_slo = |rebalance_slack: f64| {
-        let reqs = mixed(160, 9_000);
-        let acfg = AccellmConfig {
-            rebalance_slack,
-            colocate: Colocate::Never,
-            ..Default::default()
-        };
-        let mut s = sched("accelgen", 4, 2000, &acfg);
-        replay::run(&mut s, &reqs, &mut NoObserver);
-        assert_all_done(&s, &reqs);
-        (moves(&s), s.metrics().finished.clone())
+        let (moves, _, finished) = run(&loose, rebalance_slack);
+        (moves, finished)
     };
     let (a, b) = (no_slo(0.0), no_slo(0.25));
     assert!(a.0 > 0);
